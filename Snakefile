@@ -1,0 +1,20 @@
+# batchpipe: GitHub issues -> chunked batch requests -> provider batches -> per-issue results.
+# Run: snakemake --cores 4 results/all   (dry run: snakemake -n results/all)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/requests.smk"
+include: "rules/batches.smk"
+include: "rules/results.smk"
+
+
+rule all:
+    input:
+        "results/all",
+    default_target: True

@@ -1,0 +1,338 @@
+"""Chunks: which requests go into which batch, and the plan of what a run has to do.
+
+The plan is computed from files alone (issues, request tables, the ledger, result manifests), with
+no network and no writes outside `.snakemake/`, so Snakemake can build its DAG from it in a dry run.
+
+* A request's identity is its hash; its custom_id is `r<hash>a<attempt>`.
+* A chunk's id is the hash of its (custom_id, request hash) list: a chunk with the same requests is
+  the same chunk, and its ledger entry says whether it was ever submitted.
+* Only chunks with a ledger entry count as sent. Requests of the current selection that were never
+  sent, or whose last attempt failed with attempts left, go into new chunks, in file order,
+  `chunk_size` at a time. Existing chunks are never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Settings
+from .files import atomic_write_text, canonical_json, read_json, sha256_hex
+from .issues import IssueFileError, load_issue
+from .requests import custom_id_for, render_request
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every file of the pipeline lives."""
+
+    settings: Settings
+
+    def _dir(self, key: str) -> Path:
+        return self.settings.path(key)
+
+    def request_file(self, processor: str, chunk: str) -> Path:
+        return self._dir("requests_dir") / processor / f"{chunk}.jsonl"
+
+    def index_file(self, processor: str, chunk: str) -> Path:
+        return self._dir("requests_dir") / processor / f"{chunk}.index.json"
+
+    def marker(self, processor: str, chunk: str) -> Path:
+        return self._dir("batches_dir") / processor / f"{chunk}.submitted.json"
+
+    def output(self, processor: str, chunk: str) -> Path:
+        return self._dir("batches_dir") / processor / f"{chunk}.output.jsonl"
+
+    def errors(self, processor: str, chunk: str) -> Path:
+        return self._dir("batches_dir") / processor / f"{chunk}.errors.jsonl"
+
+    def manifest(self, processor: str, chunk: str) -> Path:
+        return self._dir("batches_dir") / processor / f"{chunk}.results.json"
+
+    def ledger_dir(self) -> Path:
+        return self._dir("batches_dir") / "ledger"
+
+    def ledger(self, chunk: str) -> Path:
+        return self.ledger_dir() / f"{chunk}.jsonl"
+
+    def result(self, issue_key: str, processor: str) -> Path:
+        return self._dir("results_dir") / f"{issue_key}_{processor}.json"
+
+    def cache_file(self) -> Path:
+        return self.settings.root / ".snakemake" / "batchpipe" / "scan-cache.json"
+
+
+@dataclass
+class IssueEntry:
+    """An issue file as the plan sees it: where it is, who it is, and its request hash per processor."""
+
+    path: str
+    key: str
+    org: str
+    repo: str
+    number: int
+    state: str
+    hashes: dict[str, str]
+
+
+@dataclass
+class ExistingChunk:
+    """A chunk that has a ledger entry: it was (or may have been) submitted."""
+
+    chunk: str
+    processor: str
+    requests: dict[str, dict]  # custom_id -> {request_hash, attempt, issues: [...], truncation}
+    outcomes: dict[str, dict] | None  # custom_id -> outcome, once collected
+
+    @property
+    def collected(self) -> bool:
+        return self.outcomes is not None
+
+
+@dataclass
+class NewChunk:
+    chunk: str
+    processor: str
+    members: list[tuple[str, str, list[str]]]  # (custom_id, request_hash, issue file paths)
+
+
+@dataclass
+class ProcessorPlan:
+    processor: str
+    selected: list[str] = field(default_factory=list)  # issue keys
+    chunks: list[str] = field(default_factory=list)  # chunk ids the run needs, in order
+    new: dict[str, NewChunk] = field(default_factory=dict)
+    existing: dict[str, ExistingChunk] = field(default_factory=dict)
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # issue key -> (chunk, custom_id)
+    waiting: dict[str, str] = field(default_factory=dict)  # issue key -> chunk in flight
+    failed: dict[str, dict] = field(default_factory=dict)  # issue key -> {reason, attempts, permanent}
+    missing_results: list[str] = field(default_factory=list)  # issue keys whose result file is gone
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    issues: dict[str, IssueEntry]  # by key, every readable issue file
+    selected: list[str]
+    skipped: list[IssueFileError]
+    processors: dict[str, ProcessorPlan]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.settings)
+
+    def current_hash(self, issue_key: str, processor: str) -> str | None:
+        entry = self.issues.get(issue_key)
+        return entry.hashes.get(processor) if entry else None
+
+    def describe(self) -> str:
+        """The split plan, for dry runs."""
+        lines = []
+        for name, pp in self.processors.items():
+            new_sizes = [len(c.members) for c in pp.new.values()]
+            in_flight = sum(1 for c in pp.chunks if c in pp.existing and not pp.existing[c].collected)
+            lines.append(
+                f"batchpipe plan: {name}: {len(pp.selected)} issues selected, {len(pp.sources)} with results, "
+                f"{len(new_sizes)} new chunk(s) {new_sizes if new_sizes else ''} with {sum(new_sizes)} request(s), "
+                f"{in_flight} chunk(s) in flight, {len(pp.failed)} failed for good"
+            )
+            for chunk in pp.new.values():
+                lines.append(f"  new chunk {name}/{chunk.chunk}: {len(chunk.members)} request(s)")
+        if self.skipped:
+            lines.append(f"batchpipe plan: {len(self.skipped)} issue file(s) skipped (see messages above)")
+        return "\n".join(lines)
+
+
+def chunk_id_for(members: list[tuple[str, str]]) -> str:
+    """Content hash of a chunk: its custom_ids and request hashes in order."""
+    return sha256_hex(canonical_json(members))[:16]
+
+
+def _render_fingerprint(settings: Settings) -> str:
+    values = settings.values
+    return sha256_hex(
+        canonical_json(
+            {
+                "cache": CACHE_VERSION,
+                "provider": settings.provider,
+                "model": settings.model_override,
+                "truncation": values["truncation"],
+                "processors": {p.name: repr(p) for p in settings.processors},
+            }
+        )
+    )
+
+
+def scan_issues(settings: Settings) -> tuple[list[IssueEntry], list[IssueFileError]]:
+    """Every issue file with its request hashes, using a cache keyed by size and mtime."""
+    layout = Layout(settings)
+    folder = settings.path("issues_dir")
+    cache_path = layout.cache_file()
+    fingerprint = _render_fingerprint(settings)
+    try:
+        cache = read_json(cache_path)
+        if cache.get("fingerprint") != fingerprint:
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    cached: dict = cache.get("files", {})
+    fresh: dict = {}
+    entries: list[IssueEntry] = []
+    errors: list[IssueFileError] = []
+    seen: dict[str, str] = {}
+    try:
+        names = sorted(
+            e.name for e in os.scandir(folder) if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
+        )
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        path = folder / name
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        hit = cached.get(name)
+        if hit and hit[0] == stamp:
+            row = hit
+        else:
+            try:
+                issue = load_issue(path)
+            except IssueFileError as exc:
+                errors.append(exc)
+                continue
+            hashes = {p.name: render_request(issue, p, settings).request_hash for p in settings.processors}
+            row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state, hashes]
+        fresh[name] = row
+        _, key, org, repo, number, state, hashes = row
+        if key in seen:
+            errors.append(IssueFileError(str(path), f"issue {org}/{repo}#{number} is also in {seen[key]}; keep one file"))
+            continue
+        seen[key] = name
+        entries.append(IssueEntry(str(path), key, org, repo, number, state, hashes))
+    if fresh != cached:
+        try:
+            atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
+        except OSError:
+            pass  # a read-only checkout still plans, just without the cache
+    return entries, errors
+
+
+def select_issues(settings: Settings, entries: list[IssueEntry]) -> list[IssueEntry]:
+    """The issues this run is about: config filters org, repo, issue_number, then limit."""
+    values = settings.values
+    chosen = [
+        e
+        for e in entries
+        if (values["org"] is None or e.org == values["org"])
+        and (values["repo"] is None or e.repo == values["repo"])
+        and (values["issue_number"] is None or e.number == values["issue_number"])
+    ]
+    if values["limit"] is not None:
+        chosen = chosen[: values["limit"]]
+    return chosen
+
+
+def read_existing_chunks(settings: Settings) -> dict[str, dict[str, ExistingChunk]]:
+    """Chunks with a ledger entry, by processor and id, with their outcomes once collected."""
+    layout = Layout(settings)
+    out: dict[str, dict[str, ExistingChunk]] = {}
+    try:
+        ledgers = sorted(p.name[: -len(".jsonl")] for p in os.scandir(layout.ledger_dir()) if p.name.endswith(".jsonl"))
+    except FileNotFoundError:
+        return out
+    for chunk in ledgers:
+        with open(layout.ledger(chunk), encoding="utf-8") as handle:
+            first = handle.readline()
+        try:
+            processor = json.loads(first)["processor"]
+            index = read_json(layout.index_file(processor, chunk))
+        except (ValueError, KeyError, OSError):
+            print(f"batchpipe: ledger {layout.ledger(chunk)} or its request table is unreadable; skipped", file=sys.stderr)
+            continue
+        try:
+            outcomes = read_json(layout.manifest(processor, chunk))["requests"]
+        except (OSError, ValueError, KeyError):
+            outcomes = None
+        out.setdefault(processor, {})[chunk] = ExistingChunk(chunk, processor, index["requests"], outcomes)
+    return out
+
+
+def build_plan(settings: Settings) -> Plan:
+    """What this run has to do, from the files on disk."""
+    layout = Layout(settings)
+    entries, skipped = scan_issues(settings)
+    selected = select_issues(settings, entries)
+    existing = read_existing_chunks(settings)
+    plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
+    for processor in settings.processors:
+        pp = ProcessorPlan(processor.name, selected=[e.key for e in selected])
+        chunks = existing.get(processor.name, {})
+        pp.existing = chunks
+        attempts: dict[str, list[tuple[str, str, dict]]] = {}  # request hash -> [(chunk, custom_id, info)]
+        for chunk in chunks.values():
+            for cid, info in chunk.requests.items():
+                attempts.setdefault(info["request_hash"], []).append((chunk.chunk, cid, info))
+        needed: list[str] = []
+        pending: list[tuple[str, str, str]] = []
+        for entry in selected:
+            rhash = entry.hashes[processor.name]
+            sent = sorted(attempts.get(rhash, []), key=lambda a: a[2]["attempt"])
+            state = _request_state(sent, chunks, settings["max_attempts"])
+            if state["kind"] == "done":
+                pp.sources[entry.key] = (state["chunk"], state["custom_id"])
+                needed.append(state["chunk"])
+                if not layout.result(entry.key, processor.name).exists():
+                    pp.missing_results.append(entry.key)
+            elif state["kind"] == "waiting":
+                pp.waiting[entry.key] = state["chunk"]
+            elif state["kind"] == "failed":
+                pp.failed[entry.key] = state
+            else:
+                pending.append((custom_id_for(rhash, state["attempt"]), rhash, entry.path))
+        # Everything paid for gets collected, selected or not.
+        needed.extend(c.chunk for c in chunks.values() if not c.collected)
+        pp.new = _new_chunks(processor.name, pending, settings["chunk_size"])
+        needed.extend(pp.new)
+        pp.chunks = list(dict.fromkeys(needed))
+        plan.processors[processor.name] = pp
+    return plan
+
+
+def _request_state(sent: list[tuple[str, str, dict]], chunks: dict[str, ExistingChunk], max_attempts: int) -> dict:
+    """done / waiting / failed / pending (with the next attempt number) for one request hash."""
+    counted = 0
+    last_attempt = 0
+    last_failure: dict | None = None
+    for chunk_id, cid, info in sent:
+        last_attempt = max(last_attempt, info["attempt"])
+        chunk = chunks[chunk_id]
+        if not chunk.collected:
+            return {"kind": "waiting", "chunk": chunk_id}
+        outcome = chunk.outcomes.get(cid, {"status": "failed", "retryable": True, "error": "no result recorded"})
+        if outcome["status"] == "succeeded":
+            return {"kind": "done", "chunk": chunk_id, "custom_id": cid}
+        last_failure = outcome
+        if outcome.get("counts_as_attempt", True):
+            counted += 1
+        if not outcome.get("retryable", True):
+            return {"kind": "failed", "reason": outcome.get("error", ""), "attempts": counted, "permanent": True}
+    if counted >= max_attempts and last_failure is not None:
+        return {"kind": "failed", "reason": last_failure.get("error", ""), "attempts": counted, "permanent": False}
+    return {"kind": "pending", "attempt": last_attempt + 1}
+
+
+def _new_chunks(processor: str, pending: list[tuple[str, str, str]], size: int) -> dict[str, NewChunk]:
+    grouped: dict[str, tuple[str, str, list[str]]] = {}
+    for cid, rhash, path in pending:  # identical requests are sent once, for all their issues
+        grouped.setdefault(cid, (cid, rhash, []))[2].append(path)
+    unique = list(grouped.values())
+    out: dict[str, NewChunk] = {}
+    for start in range(0, len(unique), size):
+        members = unique[start : start + size]
+        chunk = chunk_id_for([[cid, rhash] for cid, rhash, _ in members])
+        out[chunk] = NewChunk(chunk, processor, members)
+    return out

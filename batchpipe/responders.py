@@ -1,0 +1,408 @@
+"""Responders: answer one provider-neutral request. The batch engine converts native requests to these.
+
+- `OfflineResponder`: no network, deterministic placeholder answers (they satisfy the requested JSON
+  Schema, but analyse nothing).
+- `OpenAICompatibleResponder`: forwards each request to a chat-completions server (vLLM, Ollama,
+  llama.cpp server, ...) through the official `openai` SDK, with bounded concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .files import canonical_json, sha256_hex
+
+OFFLINE_MODEL = "batchpipe-offline"
+
+
+@dataclass
+class NeutralRequest:
+    """One request, whatever API it came in through."""
+
+    model: str
+    messages: list[dict]  # [{"role": "user"|"assistant", "content": text}]
+    system: str = ""
+    max_tokens: int | None = None
+    schema: dict | None = None  # JSON Schema the answer must satisfy (None: free text)
+    tool_name: str | None = None  # Anthropic forced tool (the answer becomes its input)
+    temperature: float | None = None
+
+
+@dataclass
+class NeutralError:
+    """An HTTP-level failure of one request."""
+
+    status: int
+    type: str
+    message: str
+    code: str | None = None
+
+
+@dataclass
+class NeutralAnswer:
+    """The answer to one request: `text` or `data` (parsed JSON), or an `error`."""
+
+    text: str | None = None
+    data: Any = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None
+    error: NeutralError | None = None
+
+    def as_text(self) -> str:
+        if self.text is not None:
+            return self.text
+        return json.dumps(self.data, ensure_ascii=False)
+
+
+class Responder:
+    """Answers requests. Subclasses implement `respond`; `respond_many` may add concurrency."""
+
+    def respond(self, req: NeutralRequest) -> NeutralAnswer:
+        raise NotImplementedError
+
+    def respond_many(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
+        return [self.respond(req) for req in reqs]
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token, at least one."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def prompt_text(req: NeutralRequest) -> str:
+    return "\n".join([req.system, *(m["content"] for m in req.messages)])
+
+
+# --- offline answers ---------------------------------------------------------------------------
+
+_WORDS = (
+    "placeholder answer deterministic offline sample value label issue component behaviour "
+    "report request detail context summary step check result note"
+).split()
+
+
+class OfflineResponder(Responder):
+    """Deterministic placeholder answers, seeded from a hash of the request. No network, no model."""
+
+    model = OFFLINE_MODEL
+
+    def respond(self, req: NeutralRequest) -> NeutralAnswer:
+        seed_text = canonical_json([req.model, req.system, req.messages, req.schema, req.tool_name])
+        rng = random.Random(int(sha256_hex(seed_text)[:16], 16))
+        if req.schema is not None:
+            data = generate_from_schema(req.schema, rng)
+            answer = NeutralAnswer(data=data)
+        else:
+            answer = NeutralAnswer(text=offline_markdown(find_title(req), rng))
+        answer.model = OFFLINE_MODEL
+        answer.input_tokens = estimate_tokens(prompt_text(req))
+        answer.output_tokens = estimate_tokens(answer.as_text())
+        return answer
+
+
+def find_title(req: NeutralRequest) -> str:
+    """The issue title in the first user message: a `Title:` or `# ` line, else its first line."""
+    user = next((m["content"] for m in req.messages if m["role"] == "user"), "")
+    for pattern in (r"^\s*Title:\s*(.+?)\s*$", r"^\s*#+\s+(.+?)\s*$"):
+        found = re.search(pattern, user, re.MULTILINE | re.IGNORECASE)
+        if found:
+            return found.group(1)
+    return next((line.strip() for line in user.splitlines() if line.strip()), "this issue")
+
+
+def offline_markdown(title: str, rng: random.Random) -> str:
+    """A short Markdown text with material for later extraction (a TODO line, numbered steps)."""
+    title = title.replace('"', "'")[:120]
+    first = rng.choice(["Reproduce", "Confirm", "Narrow down"])
+    second = rng.choice(["Add a regression test", "Write a minimal fix", "Ask the reporter for details"])
+    return "\n".join([
+        f'## Summary: "{title}"',
+        "",
+        "Deterministic placeholder from batchpipe-offline: this text does not analyse the issue.",
+        "",
+        f'**Step 1: {first} "{title}"** with the smallest setup that shows it.',
+        f"**Step 2: {second}** and link it to the issue.",
+        "",
+        f'TODO: decide whether "{title}" needs a fix, a reply or a label.',
+    ])
+
+
+def generate_from_schema(schema: Any, rng: random.Random, root: Any = None, depth: int = 0,
+                         hint: str = "value") -> Any:
+    """A value satisfying a (common subset of) JSON Schema, chosen with `rng`."""
+    root = schema if root is None else root
+    if schema is True or not isinstance(schema, dict) or not schema:
+        return _text(hint, rng)
+    if "$ref" in schema:
+        return generate_from_schema(_resolve_ref(root, schema["$ref"]), rng, root, depth + 1, hint)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if "allOf" in schema:
+        return generate_from_schema(_merge_all_of(schema, root), rng, root, depth, hint)
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return _one_branch(schema, key, rng, root, depth, hint)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        real = [k for k in kind if k != "null"]
+        kind = rng.choice(real) if real else "null"
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    return _GENERATORS[kind](schema, rng, root, depth, hint)
+
+
+def _resolve_ref(root: Any, ref: str) -> Any:
+    if not ref.startswith("#"):
+        raise ValueError(f"only local $ref are supported, not {ref!r}")
+    node = root
+    for part in filter(None, ref[1:].split("/")):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _merge_all_of(schema: dict, root: Any) -> dict:
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for part in schema["allOf"]:
+        part = _resolve_ref(root, part["$ref"]) if "$ref" in part else part
+        for key, value in part.items():
+            if key == "properties":
+                merged["properties"] = {**merged.get("properties", {}), **value}
+            elif key == "required":
+                merged["required"] = sorted({*merged.get("required", []), *value})
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def _one_branch(schema: dict, key: str, rng: random.Random, root: Any, depth: int, hint: str) -> Any:
+    """Pick a non-null branch; for oneOf, keep the first candidate that matches exactly one branch."""
+    branches = schema[key]
+    order = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")] or branches
+    order = order[:]
+    rng.shuffle(order)
+    candidates = [generate_from_schema(b, rng, root, depth + 1, hint) for b in order]
+    if key == "anyOf":
+        return candidates[0]
+    import jsonschema  # only needed for oneOf
+
+    for value in candidates:
+        hits = sum(jsonschema.Draft202012Validator({**b, **_defs(root)}).is_valid(value) for b in branches
+                   if isinstance(b, dict))
+        if hits == 1:
+            return value
+    return candidates[0]
+
+
+def _defs(root: Any) -> dict:
+    return {k: root[k] for k in ("$defs", "definitions") if isinstance(root, dict) and k in root}
+
+
+def _object(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> dict:
+    props: dict = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    out = {}
+    for name, sub in props.items():
+        if name in required or depth < 4:
+            out[name] = generate_from_schema(sub, rng, root, depth + 1, name)
+    extra = schema.get("additionalProperties", True)
+    index = 0
+    while len(out) < schema.get("minProperties", 0) and extra is not False:
+        out[f"extra_{index}"] = generate_from_schema(extra if isinstance(extra, dict) else {}, rng, root,
+                                                     depth + 1, "extra")
+        index += 1
+    return out
+
+
+def _array(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> list:
+    low, high = schema.get("minItems", 0), schema.get("maxItems")
+    lo, hi = max(low, 1), max(low, 1) + (2 if depth < 4 else 0)
+    if high is not None:
+        lo, hi = min(lo, high), min(hi, high)
+    size = rng.randint(lo, hi)
+    prefix = schema.get("prefixItems", [])
+    items = schema.get("items", {})
+    singular = hint[:-1] if hint.endswith("s") else hint
+    enum = items.get("enum") if isinstance(items, dict) else None
+    if schema.get("uniqueItems") and enum:
+        return rng.sample(enum, min(size, len(enum)))
+    out: list = []
+    for index in range(size):
+        sub = prefix[index] if index < len(prefix) else items
+        value = generate_from_schema(sub, rng, root, depth + 1, singular)
+        for attempt in range(5 if schema.get("uniqueItems") else 0):
+            if value not in out:
+                break
+            value = generate_from_schema(sub, rng, root, depth + 1, f"{singular} {index} {attempt}")
+        out.append(value)
+    return out
+
+
+_FORMATS = {
+    "date": "2024-01-15",
+    "date-time": "2024-01-15T12:00:00Z",
+    "time": "12:00:00Z",
+    "email": "placeholder@example.com",
+    "uri": "https://example.com/placeholder",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+def _text(hint: str, rng: random.Random) -> str:
+    words = [hint.replace("_", " ")] + rng.sample(_WORDS, 3)
+    return " ".join(words).capitalize() + "."
+
+
+def _string(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> str:
+    text = _FORMATS.get(schema.get("format", ""), _text(hint, rng))
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    if len(text) < low:
+        text += "x" * (low - len(text))
+    if high is not None:
+        text = text[:high]
+    return text
+
+
+def _number(schema: dict, rng: random.Random, root: Any, depth: int, hint: str,
+            integer: bool = False) -> float | int:
+    step = 1 if integer else 0.01
+    low, high = schema.get("minimum", -math.inf), schema.get("maximum", math.inf)
+    if _is_number(schema.get("exclusiveMinimum")):
+        low = max(low, schema["exclusiveMinimum"] + step)
+    if _is_number(schema.get("exclusiveMaximum")):
+        high = min(high, schema["exclusiveMaximum"] - step)
+    if math.isinf(low) and math.isinf(high):
+        low, high = 0, 100
+    elif math.isinf(low):
+        low = high - 100
+    elif math.isinf(high):
+        high = low + 100
+    multiple = schema.get("multipleOf")
+    if multiple:
+        value = math.ceil(low / multiple) * multiple
+        return int(value) if integer else value
+    if integer:
+        return rng.randint(math.ceil(low), math.floor(high))
+    return min(max(round(rng.uniform(low, high), 2), low), high)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_GENERATORS = {
+    "object": _object,
+    "array": _array,
+    "string": _string,
+    "number": _number,
+    "integer": lambda s, r, root, d, h: _number(s, r, root, d, h, integer=True),
+    "boolean": lambda s, r, root, d, h: r.random() < 0.5,
+    "null": lambda s, r, root, d, h: None,
+}
+
+
+# --- OpenAI-compatible servers -----------------------------------------------------------------
+
+
+class OpenAICompatibleResponder(Responder):
+    """Sends each request to a chat-completions server through the `openai` SDK (imported lazily)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 concurrency: int = 4, timeout: float = 120, max_retries: int = 2):
+        self.base_url = base_url
+        self.api_key = api_key
+        self.model = model
+        self.concurrency = max(1, int(concurrency))
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._client = None
+        self._lock = threading.Lock()
+
+    def _get_client(self):
+        with self._lock:
+            if self._client is None:
+                from openai import OpenAI
+
+                self._client = OpenAI(base_url=self.base_url, api_key=self.api_key or "not-needed",
+                                      timeout=self.timeout, max_retries=self.max_retries)
+            return self._client
+
+    def respond(self, req: NeutralRequest) -> NeutralAnswer:
+        import openai
+
+        messages = ([{"role": "system", "content": req.system}] if req.system else []) + req.messages
+        kwargs: dict[str, Any] = {"model": self.model or req.model, "messages": messages}
+        if req.max_tokens is not None:
+            kwargs["max_tokens"] = req.max_tokens
+        if req.temperature is not None:
+            kwargs["temperature"] = req.temperature
+        if req.schema is not None:
+            name = re.sub(r"[^a-zA-Z0-9_-]", "_", req.tool_name or "answer")[:64]
+            kwargs["response_format"] = {"type": "json_schema",
+                                         "json_schema": {"name": name, "schema": req.schema, "strict": True}}
+        try:
+            completion = self._get_client().chat.completions.create(**kwargs)
+        except openai.APIStatusError as exc:
+            detail = exc.body if isinstance(exc.body, dict) else {}
+            detail = detail.get("error", detail) if isinstance(detail.get("error"), dict) else detail
+            return NeutralAnswer(error=NeutralError(
+                status=exc.status_code,
+                type=str(detail.get("type") or status_error_type(exc.status_code)),
+                message=str(detail.get("message") or exc.message),
+            ))
+        except openai.APITimeoutError as exc:
+            return NeutralAnswer(error=NeutralError(status=504, type="timeout_error", message=str(exc)))
+        except openai.APIConnectionError as exc:
+            return NeutralAnswer(error=NeutralError(status=502, type="api_error", message=str(exc)))
+        text = (completion.choices[0].message.content or "") if completion.choices else ""
+        usage = completion.usage
+        return NeutralAnswer(
+            text=text,
+            model=completion.model or kwargs["model"],
+            input_tokens=usage.prompt_tokens if usage else estimate_tokens(prompt_text(req)),
+            output_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+        )
+
+    def respond_many(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
+        if len(reqs) <= 1:
+            return [self.respond(req) for req in reqs]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(reqs))) as pool:
+            return list(pool.map(self.respond, reqs))
+
+
+def status_error_type(status: int) -> str:
+    """The usual error type for an HTTP status (OpenAI spelling)."""
+    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 408: "timeout_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def make_responder(spec: dict | None) -> Responder:
+    """A responder from config: `{responder: offline}` or
+    `{responder: openai-compatible, base_url, api_key_env, model, concurrency, timeout}`."""
+    spec = spec or {}
+    kind = spec.get("responder", "offline")
+    if kind == "offline":
+        return OfflineResponder()
+    if kind == "openai-compatible":
+        if not spec.get("base_url"):
+            raise ValueError("responder openai-compatible needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        key_env = spec.get("api_key_env")
+        return OpenAICompatibleResponder(
+            base_url=spec["base_url"],
+            api_key=os.environ.get(key_env) if key_env else None,
+            model=spec.get("model"),
+            concurrency=spec.get("concurrency", 4),
+            timeout=spec.get("timeout", 120),
+        )
+    raise ValueError(f"unknown responder {kind!r} (expected offline or openai-compatible)")

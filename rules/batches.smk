@@ -1,0 +1,31 @@
+# Submission is idempotent in its own code (the ledger in batch_results/ledger/), never by Snakemake:
+# a deleted marker is rewritten from the ledger byte for byte, and no rerun creates a second batch.
+
+
+rule submit_batch:
+    input:
+        unpack(get_submit_inputs),
+    output:
+        marker=f"{BATCHES}/{{processor}}/{{chunk}}.submitted.json",
+    log:
+        "logs/submit_batch/{processor}/{chunk}.log",
+    resources:
+        api_calls=1,
+    localrule: True
+    run:
+        bp.run_submit(PLAN, wildcards.processor, wildcards.chunk, log[0])
+
+
+rule download_batch:
+    input:
+        marker=ancient(f"{BATCHES}/{{processor}}/{{chunk}}.submitted.json"),
+    output:
+        output=f"{BATCHES}/{{processor}}/{{chunk}}.output.jsonl",
+        errors=f"{BATCHES}/{{processor}}/{{chunk}}.errors.jsonl",
+    log:
+        "logs/download_batch/{processor}/{chunk}.log",
+    resources:
+        api_calls=1,
+    localrule: True
+    run:
+        bp.run_download(PLAN, wildcards.processor, wildcards.chunk, log[0])

@@ -1,0 +1,61 @@
+# Config validation, the run's plan (from files only: no network), input functions.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+import batchpipe.workflow as bp
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+PLAN = bp.load_plan(config, root=Path.cwd(), dryrun=workflow.dryrun)
+SETTINGS = PLAN.settings
+LAYOUT = PLAN.layout
+REQUESTS = config["requests_dir"]
+BATCHES = config["batches_dir"]
+RESULTS = config["results_dir"]
+
+
+wildcard_constraints:
+    processor="|".join(PLAN.processors),
+    chunk="[0-9a-f]{16}",
+    issue=".+_issue_[0-9]+",
+
+
+def get_submit_inputs(wildcards):
+    """A new chunk needs its request file; a chunk already in the ledger needs nothing."""
+    if wildcards.chunk in PLAN.processors[wildcards.processor].new:
+        return {
+            "requests": ancient(LAYOUT.request_file(wildcards.processor, wildcards.chunk)),
+            "index": ancient(LAYOUT.index_file(wildcards.processor, wildcards.chunk)),
+        }
+    return {}
+
+
+def get_restore_inputs(wildcards):
+    """The downloaded outputs of the chunk that answered this issue's current request."""
+    chunk, _ = PLAN.processors[wildcards.processor].sources[wildcards.issue]
+    return {
+        "output": LAYOUT.output(wildcards.processor, chunk),
+        "errors": LAYOUT.errors(wildcards.processor, chunk),
+    }
+
+
+def get_manifests(wildcards):
+    """The results manifest of every chunk the run needs, for every processor."""
+    return [
+        LAYOUT.manifest(name, chunk)
+        for name, pp in PLAN.processors.items()
+        for chunk in pp.chunks
+    ]
+
+
+def get_missing_results(wildcards):
+    """Result files that should exist but were deleted: each is restored from its chunk's outputs."""
+    return [
+        LAYOUT.result(key, name)
+        for name, pp in PLAN.processors.items()
+        for key in pp.missing_results
+    ]
