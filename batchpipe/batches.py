@@ -271,8 +271,8 @@ def download_chunk(settings: Settings, provider: Provider, processor: str, chunk
     record(layout, chunk, "downloaded", batch_id=status.batch_id, status=status.status, succeeded=status.succeeded,
            failed=status.failed, total=status.total, output_sha256=sha256_hex(output), errors_sha256=sha256_hex(errors),
            batch_errors=status.errors[:5])
-    log(f"{processor}/{chunk}: batch {status.batch_id} {status.status}; saved {output.count(b'\n')} output and "
-        f"{errors.count(b'\n')} error line(s)")
+    lines = output.count(b"\n"), errors.count(b"\n")
+    log(f"{processor}/{chunk}: batch {status.batch_id} {status.status}; saved {lines[0]} output and {lines[1]} error line(s)")
 
 
 def batch_errors_as_lines(status: BatchStatus, index: dict) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,42 @@ class Plan:
     def current_hash(self, issue_key: str, processor: str) -> str | None:
         entry = self.issues.get(issue_key)
         return entry.hashes.get(processor) if entry else None
+
+    def missing_files(self) -> list[Path]:
+        """Files of already-planned chunks that should exist and do not (a person or a crash removed them).
+
+        Snakemake does not regenerate a missing intermediate file while its consumer is up to date, so
+        the run summary asks for these files directly."""
+        layout = self.layout
+        missing: list[Path] = []
+        for name, pp in self.processors.items():
+            for chunk in pp.chunks:
+                if chunk in pp.new or not layout.manifest(name, chunk).exists():
+                    continue
+                for path in (layout.marker(name, chunk), layout.output(name, chunk), layout.errors(name, chunk)):
+                    if not path.exists():
+                        missing.append(path)
+            missing.extend(layout.result(key, name) for key in pp.missing_results)
+        return missing
+
+    def has_work(self) -> bool:
+        """Whether anything is to be submitted, collected or restored."""
+        layout = self.layout
+        return bool(self.missing_files()) or any(
+            pp.new or any(not layout.manifest(name, c).exists() for c in pp.chunks)
+            for name, pp in self.processors.items()
+        )
+
+    def touch_trigger(self) -> Path:
+        """Touch `.snakemake/batchpipe/plan.trigger` when there is work, so the summary is out of date.
+
+        Snakemake only runs a job whose output is missing when something downstream needs to run; the
+        summary depends on this file, and the file changes only when the plan has work to do."""
+        path = self.settings.root / ".snakemake" / "batchpipe" / "plan.trigger"
+        if self.has_work() or not path.exists():
+            # new content, not just a new mtime: Snakemake compares small files by checksum
+            atomic_write_text(path, f"{time.time_ns()}\n")
+        return path
 
     def describe(self) -> str:
         """The split plan, for dry runs."""

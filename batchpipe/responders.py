@@ -48,7 +48,8 @@ class NeutralError:
 
 @dataclass
 class NeutralAnswer:
-    """The answer to one request: `text` or `data` (parsed JSON), or an `error`."""
+    """The answer to one request: `text`, or `data` (parsed JSON; `text` may then hold its JSON form),
+    or an `error`."""
 
     text: str | None = None
     data: Any = None
@@ -96,11 +97,11 @@ class OfflineResponder(Responder):
     model = OFFLINE_MODEL
 
     def respond(self, req: NeutralRequest) -> NeutralAnswer:
-        seed_text = canonical_json([req.model, req.system, req.messages, req.schema, req.tool_name])
+        seed_text = canonical_json([req.model, req.system, req.messages, req.schema])
         rng = random.Random(int(sha256_hex(seed_text)[:16], 16))
         if req.schema is not None:
             data = generate_from_schema(req.schema, rng)
-            answer = NeutralAnswer(data=data)
+            answer = NeutralAnswer(data=data, text=json.dumps(data, ensure_ascii=False))
         else:
             answer = NeutralAnswer(text=offline_markdown(find_title(req), rng))
         answer.model = OFFLINE_MODEL
@@ -138,7 +139,11 @@ def offline_markdown(title: str, rng: random.Random) -> str:
 
 def generate_from_schema(schema: Any, rng: random.Random, root: Any = None, depth: int = 0,
                          hint: str = "value") -> Any:
-    """A value satisfying a (common subset of) JSON Schema, chosen with `rng`."""
+    """A value satisfying `schema`, chosen with `rng`. Covers the usual subset of JSON Schema: object
+    (properties, required, additionalProperties, minProperties), array (items, prefixItems, minItems,
+    maxItems, uniqueItems), string (enum, minLength, maxLength, common formats; not `pattern`),
+    number/integer (minimum, maximum, exclusive bounds, multipleOf), boolean, null, const, enum,
+    anyOf/oneOf/allOf and local $ref."""
     root = schema if root is None else root
     if schema is True or not isinstance(schema, dict) or not schema:
         return _text(hint, rng)
@@ -264,7 +269,7 @@ def _text(hint: str, rng: random.Random) -> str:
 
 
 def _string(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> str:
-    text = _FORMATS.get(schema.get("format", ""), _text(hint, rng))
+    text = _FORMATS.get(schema.get("format", "")) or _text(hint, rng)
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     if len(text) < low:
         text += "x" * (low - len(text))
@@ -364,6 +369,8 @@ class OpenAICompatibleResponder(Responder):
             return NeutralAnswer(error=NeutralError(status=504, type="timeout_error", message=str(exc)))
         except openai.APIConnectionError as exc:
             return NeutralAnswer(error=NeutralError(status=502, type="api_error", message=str(exc)))
+        except Exception as exc:  # e.g. a malformed response: fail this request, not the batch
+            return NeutralAnswer(error=NeutralError(status=500, type="server_error", message=repr(exc)))
         text = (completion.choices[0].message.content or "") if completion.choices else ""
         usage = completion.usage
         return NeutralAnswer(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import sys
+import threading
 from pathlib import Path
 
 from .batches import JobLog, download_chunk, submit_chunk, write_requests
@@ -25,27 +25,43 @@ __all__ = [
 ]
 
 
-def load_plan(config: dict, root: str | Path = ".", dryrun: bool = False) -> Plan:
-    """Settings and plan for a Snakemake run; report skipped issue files; print the split plan in dry runs."""
-    settings = load_settings(config, root=Path(root).resolve(), source="config")
+def is_dry_run(argv: list[str]) -> bool:
+    """Whether snakemake was asked for a dry run (-n, --dry-run, --dryrun, or -n among short flags).
+
+    Snakemake parses the Snakefile before it knows its executor, so the command line is the only
+    way to tell at parse time."""
+    for arg in argv[1:]:
+        if arg in ("--dry-run", "--dryrun", "--just-print"):
+            return True
+        if arg.startswith("-") and not arg.startswith("--") and arg[1:].isalpha() and "n" in arg[1:]:
+            return True
+    return False
+
+
+def load_plan(config: dict, root: str | Path = ".", dryrun: bool = False, verbose: bool = True) -> Plan:
+    """Settings and plan for a Snakemake run; report skipped issue files; print the split plan."""
+    settings = load_settings(config, root=Path(root), source="config")
     plan = build_plan(settings)
     for error in plan.skipped:
         if settings["strict"]:
             raise ConfigError(f"{error} (strict: true stops the run)")
-        print(f"batchpipe: skipped {error}", file=sys.stderr)
-    if dryrun:
+        if verbose:
+            print(f"batchpipe: skipped {error}", file=sys.stderr)
+    if verbose:
         print(plan.describe(), file=sys.stderr)
     return plan
 
 
-@functools.lru_cache(maxsize=None)
-def _provider(settings_key: int, settings: Settings) -> Provider:
-    return make_provider(settings)
+_PROVIDERS: dict[int, tuple[Settings, Provider]] = {}
+_PROVIDERS_LOCK = threading.Lock()
 
 
 def provider_for(settings: Settings) -> Provider:
-    """One provider (and SDK client) per process and settings."""
-    return _provider(id(settings), settings)
+    """One provider (and SDK client) per process and settings, shared by the jobs' threads."""
+    with _PROVIDERS_LOCK:
+        if id(settings) not in _PROVIDERS:
+            _PROVIDERS[id(settings)] = (settings, make_provider(settings))
+        return _PROVIDERS[id(settings)][1]
 
 
 def run_write_requests(plan: Plan, processor: str, chunk: str, log: str) -> None:

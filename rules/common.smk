@@ -10,7 +10,12 @@ import batchpipe.workflow as bp
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
-PLAN = bp.load_plan(config, root=Path.cwd(), dryrun=workflow.dryrun)
+PLAN = bp.load_plan(
+    config,
+    root=".",
+    dryrun=workflow.dryrun or bp.is_dry_run(sys.argv),
+    verbose=workflow.is_main_process,
+)
 SETTINGS = PLAN.settings
 LAYOUT = PLAN.layout
 REQUESTS = config["requests_dir"]
@@ -52,10 +57,11 @@ def get_manifests(wildcards):
     ]
 
 
-def get_missing_results(wildcards):
-    """Result files that should exist but were deleted: each is restored from its chunk's outputs."""
-    return [
-        LAYOUT.result(key, name)
-        for name, pp in PLAN.processors.items()
-        for key in pp.missing_results
-    ]
+def get_missing_files(wildcards):
+    """Markers, downloads and results that should exist but were deleted: each is made again."""
+    return PLAN.missing_files()
+
+
+def get_trigger(wildcards):
+    """A file touched at parse time when the plan has work, so that the summary is out of date."""
+    return PLAN.touch_trigger()

@@ -29,7 +29,8 @@ rule restore_result:
 rule summarize_run:
     input:
         manifests=get_manifests,
-        restored=get_missing_results,
+        restored=get_missing_files,
+        trigger=get_trigger,
     output:
         table="results/all",
         summary="results/summary.json",

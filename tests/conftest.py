@@ -75,7 +75,7 @@ class Workspace:
     def local_batches(self) -> list[dict]:
         """Every batch the embedded local service holds (what the provider saw)."""
         folder = self.root / ".batchpipe" / "local" / "batches"
-        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*/batch.json"))] if folder.exists() else []
 
 
 def make_workspace(path: Path, issues: list[Path] | None = None) -> Workspace:

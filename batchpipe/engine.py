@@ -1,0 +1,945 @@
+"""One file-backed batch engine behind the `local` provider and the loopback emulator of both batch APIs.
+
+The engine keeps OpenAI-style Files and batches under `state_dir` and runs each batch through OpenAI's
+lifecycle (validating, in_progress, finalizing, completed; failed; cancelling, cancelled; expired).
+State advances lazily: every get/list/cancel moves a batch as far as the clock allows, and the requests
+are answered once, by a `Responder`, at the moment the batch leaves in_progress, under a per-batch
+file lock (safe across threads and processes). `openai_batch` and `anthropic_batch` render a record
+as the exact API objects; `anthropic_results` gives the Anthropic results JSONL.
+
+Layout of `state_dir`:
+    files/<file_id>.json          file object (OpenAI shape)
+    files/<file_id>.data          file content
+    batches/<batch_id>/batch.json     the BatchRecord (small: no request bodies)
+    batches/<batch_id>/requests.jsonl the requests: a hard link to the OpenAI input file's content, or the
+                                      inline Anthropic requests [{custom_id, params}] as JSONL
+    batches/<batch_id>/pending.jsonl  answered requests waiting for the batch to end (removed when it ends)
+    batches/<batch_id>/results.jsonl  Anthropic results, once ended (OpenAI results are output/error Files)
+    batches/<batch_id>/lock           per-batch lock
+    fault-counts.json, fault-counts.lock   how often each `times`-limited fault rule has applied
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .files import atomic_write_bytes, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
+from .responders import (
+    NeutralAnswer,
+    NeutralError,
+    NeutralRequest,
+    OfflineResponder,
+    Responder,
+    estimate_tokens,
+    prompt_text,
+    status_error_type,
+)
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+OPENAI_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
+                    "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos")
+FILE_PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune",
+                 "fine-tune-results", "vision", "user_data")
+ENDED = ("completed", "failed", "expired", "cancelled")
+FILE_TTL = 30 * 86400
+MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+UNPROCESSED = {
+    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+    "canceled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+}
+ANTHROPIC_ERROR_TYPES = ("invalid_request_error", "authentication_error", "billing_error", "permission_error",
+                         "not_found_error", "rate_limit_error", "timeout_error", "api_error", "overloaded_error")
+FAULT_KINDS = ("invalid_json", "schema_violation", "error")
+BATCH_FAULT_KEYS = ("fail", "times", "limit", "expire_after_requests", "finalizing")
+
+
+class NotFound(Exception):
+    """No such file or batch (HTTP 404)."""
+
+
+class Conflict(Exception):
+    """The batch is not in a state that allows this (HTTP 409)."""
+
+
+class InvalidRequest(Exception):
+    """Malformed create parameters (HTTP 400)."""
+
+
+class RateLimited(Exception):
+    """A create refused by a queue limit (HTTP 429); the `batch.fail` fault on Anthropic batches."""
+
+
+@dataclass
+class Timing:
+    """Seconds spent in each state; all zero by default (instant lifecycle)."""
+
+    validating: float = 0.0
+    in_progress: float = 0.0
+    finalizing: float = 0.0
+    completion_window: float = 86400.0  # after created_at + this, an unfinished batch expires
+
+
+@dataclass
+class BatchRecord:
+    """A batch as stored in batch.json. Times are float Unix seconds (None: not reached)."""
+
+    id: str
+    request_format: str  # "openai" | "anthropic"
+    endpoint: str
+    completion_window: str
+    created_at: float
+    expires_at: float
+    input_file_id: str | None = None
+    model: str | None = None
+    metadata: dict | None = None
+    total: int = 0
+    line_errors: list[dict] = field(default_factory=list)  # {code, message, param, line}: fails validation
+    # The plan, fixed at creation so that every process advances the batch the same way.
+    validating_s: float = 0.0
+    in_progress_s: float = 0.0
+    finalizing_s: float = 0.0
+    cancelling_s: float = 0.0
+    expire_after: int | None = None
+    request_faults: list[dict] = field(default_factory=list)
+    # Lifecycle (internal status uses OpenAI's names).
+    status: str = "validating"
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+    # Outcome: every request ends as exactly one of succeeded/errored/canceled/expired.
+    processed: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    @property
+    def ended_at(self) -> float | None:
+        ends = (self.completed_at, self.failed_at, self.expired_at, self.cancelled_at)
+        return next((t for t in ends if t is not None), None)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BatchRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class _Pass:
+    """Scratch space of one advance: the outcomes answered in this pass, if any."""
+
+    now: float
+    outcomes: list[dict] | None = None
+
+
+class BatchEngine:
+    """Files and batches under `state_dir`, answered by `responder`, on the lifecycle given by `timing`."""
+
+    def __init__(self, state_dir: Path, responder: Responder | None = None, timing: Timing | None = None,
+                 faults: dict | None = None, clock: Callable[[], float] = time.time):
+        self.state_dir = Path(state_dir)
+        self.responder = responder if responder is not None else OfflineResponder()
+        self.timing = timing or Timing()
+        self.faults = check_faults(faults or {})
+        self.clock = clock
+        self._files = self.state_dir / "files"
+        self._batches = self.state_dir / "batches"
+        self._files.mkdir(parents=True, exist_ok=True)
+        self._batches.mkdir(parents=True, exist_ok=True)
+
+    # --- Files ---------------------------------------------------------------------------------
+
+    def create_file(self, content: bytes, filename: str, purpose: str) -> dict:
+        """Store an uploaded file; returns the OpenAI file object."""
+        if purpose not in FILE_PURPOSES:
+            raise InvalidRequest(f"Invalid purpose {purpose!r}; expected one of {', '.join(FILE_PURPOSES)}.")
+        if purpose == "batch" and not filename.endswith(".jsonl"):
+            raise InvalidRequest("A batch input file must be a .jsonl file.")
+        if purpose == "batch" and len(content) > MAX_BATCH_FILE_BYTES:
+            raise InvalidRequest("A batch input file may be at most 200 MB.")
+        return self._store_file(content, filename, purpose, self.clock())
+
+    def _store_file(self, content: bytes, filename: str, purpose: str, at: float) -> dict:
+        file_id = new_id("file-")
+        meta = {
+            "id": file_id, "object": "file", "bytes": len(content), "created_at": int(at),
+            "expires_at": int(at) + FILE_TTL if purpose in ("batch", "batch_output") else None,
+            "filename": filename, "purpose": purpose, "status": "processed", "status_details": None,
+        }
+        atomic_write_bytes(self._files / f"{file_id}.data", content)  # content first: meta implies content
+        atomic_write_bytes(self._files / f"{file_id}.json", canonical_json(meta).encode())
+        return meta
+
+    def get_file(self, file_id: str) -> dict:
+        return self._read(self._files, file_id, ".json", "file")
+
+    def file_content(self, file_id: str) -> bytes:
+        self.get_file(file_id)
+        return (self._files / f"{file_id}.data").read_bytes()
+
+    def list_files(self, purpose: str | None = None) -> list[dict]:
+        """All files (of `purpose`), newest first."""
+        found = []
+        for path in self._files.glob("*.json"):
+            try:
+                meta = read_json(path)
+            except FileNotFoundError:
+                continue
+            if purpose is None or meta["purpose"] == purpose:
+                found.append(meta)
+        return sorted(found, key=lambda m: (m["created_at"], m["id"]), reverse=True)
+
+    def delete_file(self, file_id: str) -> dict:
+        self.get_file(file_id)
+        for suffix in (".json", ".data"):
+            (self._files / f"{file_id}{suffix}").unlink(missing_ok=True)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # --- Batches -------------------------------------------------------------------------------
+
+    def create_batch(self, *, request_format: str, endpoint: str = CHAT_ENDPOINT,
+                     input_file_id: str | None = None, requests: list[dict] | None = None,
+                     metadata: dict | None = None, completion_window: str = "24h") -> BatchRecord:
+        """A new batch in status validating. OpenAI: lines read from `input_file_id`; Anthropic: inline
+        `requests` [{custom_id, params}] (params are checked only when processed, as the real API does)."""
+        now = self.clock()
+        check_metadata(metadata)
+        if request_format == "openai":
+            natives, line_errors, model = self._openai_input(endpoint, input_file_id, completion_window)
+            batch_id = new_id("batch_")
+        elif request_format == "anthropic":
+            natives, line_errors, model = parse_anthropic_requests(requests), [], None
+            batch_id, endpoint, input_file_id = new_id("msgbatch_"), "/v1/messages", None
+        else:
+            raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
+        batch_fault = self.faults.get("batch", {})
+        rec = BatchRecord(
+            id=batch_id, request_format=request_format, endpoint=endpoint, completion_window=completion_window,
+            created_at=now, expires_at=now + self.timing.completion_window, input_file_id=input_file_id,
+            model=model, metadata=metadata, total=len(natives), line_errors=line_errors,
+            validating_s=self.timing.validating, in_progress_s=self.timing.in_progress,
+            finalizing_s=self.timing.finalizing + float(batch_fault.get("finalizing", 0)),
+            cancelling_s=self.timing.finalizing, expire_after=batch_fault.get("expire_after_requests"),
+            request_faults=self.faults.get("requests", []),
+        )
+        if not line_errors and "fail" in batch_fault and self._claim_batch_fault(batch_fault):
+            message = fail_message(batch_fault, model or "the requested model")
+            if request_format == "anthropic":
+                raise RateLimited(message)
+            rec.line_errors = [{"code": batch_fault["fail"], "message": message, "param": None, "line": None}]
+        folder = self._batches / rec.id
+        folder.mkdir(parents=True)
+        if request_format == "openai":  # share the (immutable) input file instead of copying it
+            keep_copy(self._files / f"{input_file_id}.data", folder / "requests.jsonl")
+        else:
+            atomic_write_bytes(folder / "requests.jsonl", jsonl_bytes(natives))
+        self._save(rec)
+        return rec
+
+    def _openai_input(self, endpoint: str, input_file_id: str | None,
+                      completion_window: str) -> tuple[list[dict], list[dict], str | None]:
+        if endpoint not in OPENAI_ENDPOINTS:
+            raise InvalidRequest(f"Invalid endpoint {endpoint!r}.")
+        if endpoint != CHAT_ENDPOINT:
+            raise InvalidRequest(f"This engine only runs {CHAT_ENDPOINT} batches, not {endpoint}.")
+        if completion_window != "24h":
+            raise InvalidRequest("completion_window must be '24h'.")
+        if not input_file_id:
+            raise InvalidRequest("Missing required parameter: 'input_file_id'.")
+        if self.get_file(input_file_id)["purpose"] != "batch":
+            raise InvalidRequest(f"File {input_file_id} does not have purpose 'batch'.")
+        return parse_openai_lines(self.file_content(input_file_id), endpoint)
+
+    def get_batch(self, batch_id: str, request_format: str | None = None) -> BatchRecord:
+        """The batch, advanced as far as the clock allows (answering its requests if it is time)."""
+        rec = self._load(batch_id)
+        if request_format is not None and rec.request_format != request_format:
+            raise NotFound(f"No such batch: {batch_id}")
+        return rec if rec.ended else self._advance(batch_id)
+
+    def list_batches(self, request_format: str | None = None) -> list[BatchRecord]:
+        """All batches (of `request_format`), each advanced, newest first (created_at, then id)."""
+        found = []
+        for path in self._batches.glob("*/batch.json"):
+            try:
+                rec = BatchRecord.from_json(read_json(path))
+                if request_format is not None and rec.request_format != request_format:
+                    continue
+                found.append(rec if rec.ended else self._advance(rec.id))
+            except (FileNotFoundError, NotFound):
+                continue  # deleted meanwhile
+        return sorted(found, key=lambda r: (r.created_at, r.id), reverse=True)
+
+    def cancel_batch(self, batch_id: str) -> BatchRecord:
+        """Cancel a validating or in_progress batch: requests finished by now keep their answers, the others
+        are cancelled; the batch is `cancelling` until `Timing.finalizing` has passed. Idempotent."""
+        self._load(batch_id)
+        conflict = None
+        with file_lock(self._batches / batch_id / "lock"):
+            rec = self._load(batch_id)
+            run = _Pass(self.clock())
+            changed = self._step(rec, run)
+            if rec.status in ("validating", "in_progress"):
+                done = self._done_by(rec, run.now) if rec.status == "in_progress" else 0
+                self._run(rec, done, "canceled", run.now, run)
+                rec.status, rec.cancelling_at = "cancelling", run.now
+                changed = True
+            elif rec.status not in ("cancelling", "cancelled"):
+                conflict = f"Cannot cancel a batch with status {rec.status!r}."
+            if changed:
+                self._persist(rec, run)
+        if conflict:
+            raise Conflict(conflict)
+        return rec
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Delete an ended batch (its output/error Files stay); Conflict while it is still running."""
+        rec = self.get_batch(batch_id)
+        if not rec.ended:
+            raise Conflict(f"Batch {batch_id} is still {rec.status}; cancel it and wait for it to end.")
+        with file_lock(self._batches / batch_id / "lock"):
+            shutil.rmtree(self._batches / batch_id, ignore_errors=True)
+
+    def anthropic_results(self, batch_id: str) -> bytes:
+        """The Anthropic results JSONL (no blank lines), once the batch has ended."""
+        rec = self.get_batch(batch_id, request_format="anthropic")
+        if not rec.ended:
+            raise Conflict(f"Batch {batch_id} has not ended yet; results are not available.")
+        return (self._batches / batch_id / "results.jsonl").read_bytes()
+
+    # --- Views ---------------------------------------------------------------------------------
+
+    def openai_batch(self, record: BatchRecord) -> dict:
+        """The OpenAI Batch object."""
+        require_format(record, "openai")
+        started = record.in_progress_at is not None
+        return {
+            "id": record.id,
+            "object": "batch",
+            "endpoint": record.endpoint,
+            "model": record.model,
+            "errors": {"object": "list", "data": record.line_errors} if record.status == "failed" else None,
+            "input_file_id": record.input_file_id,
+            "completion_window": record.completion_window,
+            "status": record.status,
+            "output_file_id": record.output_file_id,
+            "error_file_id": record.error_file_id,
+            **{name: unix(getattr(record, name)) for name in (
+                "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+                "expired_at", "cancelling_at", "cancelled_at")},
+            "request_counts": {
+                "total": record.total if started else 0,
+                "completed": record.succeeded,
+                "failed": record.errored + record.canceled + record.expired,
+            },
+            "usage": {
+                "input_tokens": record.input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": record.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": record.input_tokens + record.output_tokens,
+            },
+            "metadata": record.metadata,
+        }
+
+    def anthropic_batch(self, record: BatchRecord) -> dict:
+        """The Anthropic MessageBatch object; requests count as processing until the batch has ended."""
+        require_format(record, "anthropic")
+        ended = record.ended
+        status = "ended" if ended else "canceling" if record.status == "cancelling" else "in_progress"
+        outcomes = ("succeeded", "errored", "canceled", "expired")
+        return {
+            "id": record.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {"processing": 0 if ended else record.total,
+                               **{name: getattr(record, name) if ended else 0 for name in outcomes}},
+            "created_at": rfc3339(record.created_at),
+            "expires_at": rfc3339(record.expires_at),
+            "ended_at": rfc3339(record.ended_at),
+            "cancel_initiated_at": rfc3339(record.cancelling_at),
+            "archived_at": None,
+            "results_url": f"/v1/messages/batches/{record.id}/results" if ended else None,
+        }
+
+    # --- Lifecycle -----------------------------------------------------------------------------
+
+    def _advance(self, batch_id: str) -> BatchRecord:
+        run = _Pass(self.clock())  # the time of the call, even if another caller holds the lock
+        with file_lock(self._batches / batch_id / "lock"):
+            rec = self._load(batch_id)
+            if self._step(rec, run):
+                self._persist(rec, run)
+        return rec
+
+    def _step(self, rec: BatchRecord, run: _Pass) -> bool:
+        """Move `rec` through every transition due by `run.now`; True if anything changed."""
+        changed = False
+        while not rec.ended and self._step_once(rec, run):
+            changed = True
+        return changed
+
+    def _step_once(self, rec: BatchRecord, run: _Pass) -> bool:
+        now = run.now
+        if rec.status == "validating":
+            at = min(rec.created_at + rec.validating_s, rec.expires_at)
+            if now < at:
+                return False
+            if rec.line_errors:
+                rec.status, rec.failed_at = "failed", at
+            else:
+                rec.status, rec.in_progress_at = "in_progress", at
+            return True
+        if rec.status == "in_progress":
+            cut = rec.expire_after if rec.expire_after is not None and rec.expire_after < rec.total else None
+            done_at = rec.in_progress_at + rec.in_progress_s
+            if done_at <= rec.expires_at:
+                if now < done_at:
+                    return False
+                if cut is None:
+                    self._run(rec, rec.total, None, done_at, run)
+                    rec.status, rec.finalizing_at = "finalizing", done_at
+                else:  # the expire_after_requests fault
+                    self._run(rec, cut, "expired", done_at, run)
+                    self._end(rec, "expired", done_at, run)
+                return True
+            if now < rec.expires_at:
+                return False
+            done = self._done_by(rec, rec.expires_at)
+            self._run(rec, done if cut is None else min(done, cut), "expired", rec.expires_at, run)
+            self._end(rec, "expired", rec.expires_at, run)
+            return True
+        if rec.status in ("finalizing", "cancelling"):
+            started = rec.finalizing_at if rec.status == "finalizing" else rec.cancelling_at
+            at = started + (rec.finalizing_s if rec.status == "finalizing" else rec.cancelling_s)
+            if now < at:
+                return False
+            self._end(rec, "completed" if rec.status == "finalizing" else "cancelled", at, run)
+            return True
+        return False
+
+    @staticmethod
+    def _done_by(rec: BatchRecord, at: float) -> int:
+        """How many requests are finished by `at`, requests finishing evenly over in_progress."""
+        if rec.in_progress_at is None or at <= rec.in_progress_at:
+            return 0
+        if rec.in_progress_s <= 0:
+            return rec.total
+        return min(rec.total, math.floor(rec.total * (at - rec.in_progress_at) / rec.in_progress_s))
+
+    def _run(self, rec: BatchRecord, count: int, rest: str | None, at: float, run: _Pass) -> None:
+        """Answer the first `count` requests; the others end as `rest` ("expired" or "canceled")."""
+        content = (self._batches / rec.id / "requests.jsonl").read_bytes()
+        if rec.request_format == "openai":
+            natives = parse_openai_lines(content, rec.endpoint)[0]
+        else:
+            natives = [json.loads(line) for line in content.splitlines() if line]
+        fmt = FORMATS[rec.request_format]
+        outcomes = self._answer(rec, natives[:count], at)
+        for native in natives[count:]:
+            code, message = UNPROCESSED[rest]
+            outcomes.append({"kind": rest, "line": fmt.unprocessed(rec, native["custom_id"], rest, code, message)})
+        rec.processed = count
+        for outcome in outcomes:
+            setattr(rec, outcome["kind"], getattr(rec, outcome["kind"]) + 1)
+            if outcome["kind"] == "succeeded":
+                rec.input_tokens += outcome["input_tokens"]
+                rec.output_tokens += outcome["output_tokens"]
+        run.outcomes = outcomes
+
+    def _answer(self, rec: BatchRecord, natives: list[dict], at: float) -> list[dict]:
+        fmt = FORMATS[rec.request_format]
+        reqs = [fmt.to_neutral(native) for native in natives]
+        candidates = [matching_rules(rec.request_faults, native) if isinstance(req, NeutralRequest) else []
+                      for native, req in zip(natives, reqs)]
+        rules = self._choose_rules(candidates, [native["custom_id"] for native in natives])
+        answers: list[NeutralAnswer | None] = []
+        for req, rule in zip(reqs, rules):
+            if isinstance(req, NeutralError):
+                answers.append(NeutralAnswer(error=req))
+            else:
+                answers.append(fault_answer(rule, req) if rule else None)
+        todo = [i for i, answer in enumerate(answers) if answer is None]
+        for i, answer in zip(todo, self._respond([reqs[i] for i in todo])):
+            answers[i] = answer
+        return [fmt.outcome(rec, native["custom_id"], req, answer, at)
+                for native, req, answer in zip(natives, reqs, answers)]
+
+    def _respond(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
+        if not reqs:
+            return []
+        try:
+            answers = list(self.responder.respond_many(reqs))
+            if len(answers) != len(reqs):
+                raise RuntimeError(f"{len(answers)} answers for {len(reqs)} requests")
+            return answers
+        except Exception as exc:  # a broken responder fails the requests, not the batch
+            error = NeutralError(status=500, type="server_error", message=f"The responder failed: {exc}")
+            return [NeutralAnswer(error=error) for _ in reqs]
+
+    def _end(self, rec: BatchRecord, status: str, at: float, run: _Pass) -> None:
+        """Enter a final status and publish the results (output/error Files, or results.jsonl)."""
+        folder = self._batches / rec.id
+        outcomes = run.outcomes
+        if outcomes is None:
+            pending = folder / "pending.jsonl"
+            outcomes = [json.loads(line) for line in pending.read_text("utf-8").splitlines() if line] \
+                if pending.exists() else []
+        lines = shuffled(outcomes, rec.id)
+        if rec.request_format == "anthropic":
+            atomic_write_bytes(folder / "results.jsonl", jsonl_bytes(o["line"] for o in lines))
+        else:
+            for attr, ok, suffix in (("output_file_id", True, "output"), ("error_file_id", False, "error")):
+                chosen = [o["line"] for o in lines if (o["kind"] == "succeeded") == ok]
+                if chosen:
+                    meta = self._store_file(jsonl_bytes(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at)
+                    setattr(rec, attr, meta["id"])
+        rec.status = status
+        setattr(rec, {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status], at)
+        run.outcomes = None
+        (folder / "pending.jsonl").unlink(missing_ok=True)
+
+    # --- Faults --------------------------------------------------------------------------------
+
+    def _claim_batch_fault(self, rule: dict) -> bool:
+        return self._choose_rules([[rule]], ["<batch>"])[0] is not None
+
+    def _choose_rules(self, candidates: list[list[dict]], custom_ids: list[str]) -> list[dict | None]:
+        """For each request, the first matching rule that still applies (`times` counted in state_dir)."""
+        if not any("times" in rule for rules in candidates for rule in rules):
+            return [rules[0] if rules else None for rules in candidates]
+        counts_path = self.state_dir / "fault-counts.json"
+        with file_lock(self.state_dir / "fault-counts.lock"):
+            counts = read_json(counts_path) if counts_path.exists() else {}
+            chosen: list[dict | None] = []
+            for rules, custom_id in zip(candidates, custom_ids):
+                pick = None
+                for rule in rules:
+                    if "times" not in rule:
+                        pick = rule
+                        break
+                    key = f"{sha256_hex(canonical_json(rule))[:16]}:{custom_id}"
+                    if counts.get(key, 0) < int(rule["times"]):
+                        counts[key] = counts.get(key, 0) + 1
+                        pick = rule
+                        break
+                chosen.append(pick)
+            atomic_write_bytes(counts_path, canonical_json(counts).encode())
+        return chosen
+
+    # --- Storage -------------------------------------------------------------------------------
+
+    def _read(self, folder: Path, object_id: str, suffix: str, kind: str) -> dict:
+        if not isinstance(object_id, str) or not SAFE_ID.match(object_id):
+            raise NotFound(f"No such {kind}: {object_id}")
+        try:
+            return read_json(folder / f"{object_id}{suffix}")
+        except FileNotFoundError:
+            raise NotFound(f"No such {kind}: {object_id}") from None
+
+    def _load(self, batch_id: str) -> BatchRecord:
+        return BatchRecord.from_json(self._read(self._batches, batch_id, "/batch.json", "batch"))
+
+    def _save(self, rec: BatchRecord) -> None:
+        atomic_write_bytes(self._batches / rec.id / "batch.json", canonical_json(asdict(rec)).encode())
+
+    def _persist(self, rec: BatchRecord, run: _Pass) -> None:
+        """Save the record, and the answers of this pass if the batch has not ended yet."""
+        if run.outcomes is not None:
+            atomic_write_bytes(self._batches / rec.id / "pending.jsonl", jsonl_bytes(run.outcomes))
+        self._save(rec)
+
+
+# --- Native request and response shapes --------------------------------------------------------
+
+
+class OpenAIFormat:
+    """/v1/chat/completions requests; output and error file lines."""
+
+    @staticmethod
+    def to_neutral(native: dict) -> NeutralRequest | NeutralError:
+        body = native["body"]
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return bad_request("Missing required parameter: 'messages'.")
+        system, conversation = [], []
+        for index, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ("system", "developer", "user", "assistant", "tool"):
+                return bad_request(f"Invalid value for 'messages[{index}].role'.")
+            text = content_text(message.get("content"))
+            if role in ("system", "developer"):
+                system.append(text)
+            else:
+                conversation.append({"role": "assistant" if role == "assistant" else "user", "content": text})
+        schema, name = None, None
+        response_format = body.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            spec = response_format.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                return bad_request("Missing required parameter: 'response_format.json_schema.schema'.")
+            schema, name = spec["schema"], spec.get("name")
+        elif response_format.get("type") == "json_object":
+            schema = {"type": "object"}
+        return NeutralRequest(model=body["model"], messages=conversation, system="\n\n".join(system),
+                              max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
+                              schema=schema, tool_name=name, temperature=body.get("temperature"))
+
+    @staticmethod
+    def outcome(rec: BatchRecord, custom_id: str, req: Any, answer: NeutralAnswer, at: float) -> dict:
+        line = {"id": derived_id("batch_req_", rec.id, custom_id), "custom_id": custom_id}
+        request_id = derived_id("req_", rec.id, custom_id)
+        if answer.error is not None:
+            err = answer.error
+            code = err.code or ("rate_limit_exceeded" if err.status == 429 else None)
+            body = {"error": {"message": err.message, "type": err.type, "param": None, "code": code}}
+            line["response"] = {"status_code": err.status, "request_id": request_id, "body": body}
+            line["error"] = None
+            return {"kind": "errored", "line": line}
+        tokens_in, tokens_out = token_counts(req, answer)
+        line["response"] = {"status_code": 200, "request_id": request_id, "body": {
+            "id": derived_id("chatcmpl-", rec.id, custom_id),
+            "object": "chat.completion",
+            "created": int(at),
+            "model": answer.model or req.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.as_text(), "refusal": None},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                      "total_tokens": tokens_in + tokens_out, "prompt_tokens_details": {"cached_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0}},
+        }}
+        line["error"] = None
+        return {"kind": "succeeded", "line": line, "input_tokens": tokens_in, "output_tokens": tokens_out}
+
+    @staticmethod
+    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict:
+        return {"id": derived_id("batch_req_", rec.id, custom_id), "custom_id": custom_id, "response": None,
+                "error": {"code": code, "message": message}}
+
+
+class AnthropicFormat:
+    """Message Batches requests {custom_id, params}; results lines."""
+
+    @staticmethod
+    def to_neutral(native: dict) -> NeutralRequest | NeutralError:
+        params = native["params"]
+        if params.get("stream"):
+            return bad_request("stream: streaming is not supported in Message Batches.")
+        model, max_tokens, messages = params.get("model"), params.get("max_tokens"), params.get("messages")
+        if not isinstance(model, str) or not model:
+            return bad_request("model: Field required")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return bad_request("max_tokens: Field required" if max_tokens is None
+                               else "max_tokens: Input should be an integer greater than or equal to 1")
+        if not isinstance(messages, list) or not messages:
+            return bad_request("messages: Field required" if messages is None
+                               else "messages: at least one message is required")
+        conversation = []
+        for index, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ("user", "assistant"):
+                return bad_request(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+            if message.get("content") is None:
+                return bad_request(f"messages.{index}.content: Field required")
+            conversation.append({"role": role, "content": content_text(message["content"])})
+        schema, tool_name = None, None
+        tools = params.get("tools") or []
+        choice = params.get("tool_choice") or {}
+        forced = choice.get("name") if choice.get("type") == "tool" else None
+        if choice.get("type") == "any" and len(tools) == 1:
+            forced = tools[0].get("name")
+        if forced is not None:
+            tool = next((t for t in tools if isinstance(t, dict) and t.get("name") == forced), None)
+            if tool is None or not isinstance(tool.get("input_schema"), dict):
+                return bad_request(f"tool_choice: tool {forced!r} is not among the tools (with an input_schema)")
+            schema, tool_name = tool["input_schema"], forced
+        return NeutralRequest(model=model, messages=conversation, system=content_text(params.get("system")),
+                              max_tokens=max_tokens, schema=schema, tool_name=tool_name,
+                              temperature=params.get("temperature"))
+
+    @staticmethod
+    def outcome(rec: BatchRecord, custom_id: str, req: Any, answer: NeutralAnswer, at: float) -> dict:
+        if answer.error is not None:
+            error = {"type": "error", "error": {"type": anthropic_error_type(answer.error),
+                                                "message": answer.error.message},
+                     "request_id": derived_id("req_", rec.id, custom_id)}
+            return {"kind": "errored", "line": {"custom_id": custom_id, "result": {"type": "errored", "error": error}}}
+        tokens_in, tokens_out = token_counts(req, answer)
+        payload = answer_json(answer) if req.tool_name else None
+        if isinstance(payload, dict):
+            content = [{"type": "tool_use", "id": derived_id("toolu_", rec.id, custom_id), "name": req.tool_name,
+                        "input": payload}]
+        else:  # free text, or a forced tool the answer could not fill (invalid JSON)
+            content = [{"type": "text", "text": answer.as_text()}]
+        message = {
+            "id": derived_id("msg_", rec.id, custom_id), "type": "message", "role": "assistant",
+            "model": answer.model or req.model, "content": content,
+            "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        }
+        line = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
+        return {"kind": "succeeded", "line": line, "input_tokens": tokens_in, "output_tokens": tokens_out}
+
+    @staticmethod
+    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict:
+        return {"custom_id": custom_id, "result": {"type": fate}}
+
+
+FORMATS = {"openai": OpenAIFormat, "anthropic": AnthropicFormat}
+
+
+# --- Input parsing ------------------------------------------------------------------------------
+
+
+def parse_openai_lines(content: bytes, endpoint: str) -> tuple[list[dict], list[dict], str | None]:
+    """Validate an OpenAI batch input file: (requests, errors with 1-based line numbers, model)."""
+    requests: list[dict] = []
+    errors: list[dict] = []
+    seen: set[str] = set()
+    model = None
+    lines = content.decode("utf-8", errors="replace").splitlines()
+    if not any(line.strip() for line in lines):
+        return [], [{"code": "empty_file", "param": None, "line": None,
+                     "message": "The batch input file is empty. Please ensure that the batch contains at least "
+                                "one request."}], None
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        line, problem = check_openai_line(text, endpoint, seen, model)
+        if problem:
+            errors.append({"code": problem[0], "message": problem[1], "param": problem[2], "line": number})
+            continue
+        seen.add(line["custom_id"])
+        model = model or line["body"]["model"]
+        requests.append(line)
+    return requests, errors, model
+
+
+def check_openai_line(text: str, endpoint: str, seen: set[str],
+                      model: str | None) -> tuple[Any, tuple[str, str, str | None] | None]:
+    """One input line, parsed, and (code, message, param) of its first problem (None if it is fine)."""
+    try:
+        line = json.loads(text)
+    except ValueError:
+        line = None
+    if not isinstance(line, dict):
+        return line, ("invalid_json_line", "This line is not parseable as valid JSON.", None)
+    for key in ("custom_id", "method", "url", "body"):
+        if key not in line:
+            return line, ("missing_required_parameter", f"Missing required parameter: '{key}'.", key)
+    if not isinstance(line["custom_id"], str) or not line["custom_id"]:
+        return line, ("invalid_custom_id", "custom_id must be a non-empty string.", "custom_id")
+    if line["method"] != "POST":
+        return line, ("invalid_method", "Only the POST method is supported.", "method")
+    if line["url"] != endpoint:
+        return line, ("invalid_url", "The URL provided for this request does not match the batch endpoint.",
+                      "url")
+    body = line["body"]
+    if not isinstance(body, dict):
+        return line, ("invalid_body", "The body of this request must be a JSON object.", "body")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return line, ("missing_required_parameter", "Missing required parameter: 'body.model'.", "body.model")
+    if body.get("stream"):
+        return line, ("invalid_request", "Streaming is not supported in batch requests.", "body.stream")
+    if line["custom_id"] in seen:
+        return line, ("duplicate_custom_id", "The custom_id for this request is a duplicate of another request. "
+                      "The custom_id parameter must be unique for each request in a batch.", "custom_id")
+    if model is not None and body["model"] != model:
+        return line, ("mismatched_model", f"This request uses model {body['model']!r}, but the batch's first "
+                      f"request uses {model!r}; a batch may only use one model.", "body.model")
+    return line, None
+
+
+def parse_anthropic_requests(requests: Any) -> list[dict]:
+    """Check the structure of inline Anthropic requests (params are checked later, per request)."""
+    if not isinstance(requests, list) or not requests:
+        raise InvalidRequest("requests: at least one request is required")
+    if len(requests) > 100_000:
+        raise InvalidRequest("requests: at most 100,000 requests per batch")
+    seen: set[str] = set()
+    for index, item in enumerate(requests):
+        custom_id = item.get("custom_id") if isinstance(item, dict) else None
+        if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+            raise InvalidRequest(f"requests.{index}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+        if custom_id in seen:
+            raise InvalidRequest(f"requests.{index}.custom_id: duplicate custom_id {custom_id!r}")
+        if not isinstance(item.get("params"), dict):
+            raise InvalidRequest(f"requests.{index}.params: Field required")
+        seen.add(custom_id)
+    return [{"custom_id": item["custom_id"], "params": item["params"]} for item in requests]
+
+
+def check_metadata(metadata: Any) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or len(metadata) > 16:
+        raise InvalidRequest("metadata: at most 16 key-value pairs")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or len(key) > 64 or not isinstance(value, str) or len(value) > 512:
+            raise InvalidRequest("metadata: keys are strings of at most 64 characters, values strings of at most 512")
+
+
+def check_faults(faults: dict) -> dict:
+    """Reject unknown fault kinds and keys early (a typo would otherwise silently inject nothing)."""
+    unknown = set(faults) - {"requests", "batch"}
+    if unknown:
+        raise ValueError(f"unknown fault sections: {sorted(unknown)}")
+    for rule in faults.get("requests") or []:
+        if not isinstance(rule.get("match"), str) or rule.get("kind") not in FAULT_KINDS:
+            raise ValueError(f"a request fault needs `match` (string) and `kind` in {FAULT_KINDS}: {rule}")
+    batch = faults.get("batch") or {}
+    if set(batch) - set(BATCH_FAULT_KEYS):
+        raise ValueError(f"unknown batch fault keys: {sorted(set(batch) - set(BATCH_FAULT_KEYS))}")
+    return {"requests": list(faults.get("requests") or []), "batch": dict(batch)}
+
+
+# --- Small helpers ------------------------------------------------------------------------------
+
+
+def matching_rules(rules: list[dict], native: dict) -> list[dict]:
+    """Rules whose `match` is in the custom_id or in the request's JSON text."""
+    text = None
+    found = []
+    for rule in rules:
+        if rule["match"] in native["custom_id"]:
+            found.append(rule)
+            continue
+        text = canonical_json(native) if text is None else text
+        if rule["match"] in text:
+            found.append(rule)
+    return found
+
+
+def fault_answer(rule: dict, req: NeutralRequest) -> NeutralAnswer:
+    """The answer a fault rule imposes instead of the responder's."""
+    if rule["kind"] == "error":
+        status = int(rule.get("status", 500))
+        return NeutralAnswer(error=NeutralError(
+            status=status, type=rule.get("type") or status_error_type(status),
+            message=rule.get("message") or f"Injected error (HTTP {status}).", code=rule.get("code")))
+    if rule["kind"] == "invalid_json":
+        answer = NeutralAnswer(text='{"answer": "this JSON stops in the middle')
+    else:  # schema_violation: valid JSON that breaks the schema
+        schema = req.schema or {}
+        breaks_empty_object = bool(schema.get("required")) or schema.get("type") not in (None, "object")
+        answer = NeutralAnswer(data={} if breaks_empty_object or not schema else [])
+    answer.model = req.model
+    answer.input_tokens = estimate_tokens(prompt_text(req))
+    answer.output_tokens = estimate_tokens(answer.as_text())
+    return answer
+
+
+def fail_message(rule: dict, model: str) -> str:
+    if rule["fail"] == "token_limit_exceeded":
+        return (f"Enqueued token limit reached for {model} in organization org-batchpipe-local. "
+                f"Limit: {int(rule.get('limit', 2_000_000))} enqueued tokens. "
+                "Please try again once some in_progress batches have been completed.")
+    return f"The batch failed: {rule['fail']}."
+
+
+def anthropic_error_type(error: NeutralError) -> str:
+    if error.type in ANTHROPIC_ERROR_TYPES:
+        return error.type
+    by_status = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
+                 422: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error",
+                 504: "timeout_error", 529: "overloaded_error"}
+    return by_status.get(error.status, "invalid_request_error" if error.status < 500 else "api_error")
+
+
+def bad_request(message: str) -> NeutralError:
+    return NeutralError(status=400, type="invalid_request_error", message=message)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message content: a string, or the text parts of a list of blocks."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = (part.get("text") for part in content if isinstance(part, dict))
+        return "\n".join(text for text in texts if isinstance(text, str))
+    return str(content)
+
+
+def answer_json(answer: NeutralAnswer) -> Any:
+    if answer.data is not None:
+        return answer.data
+    try:
+        return json.loads(answer.text or "")
+    except ValueError:
+        return None
+
+
+def token_counts(req: NeutralRequest, answer: NeutralAnswer) -> tuple[int, int]:
+    return (answer.input_tokens or estimate_tokens(prompt_text(req)),
+            answer.output_tokens or estimate_tokens(answer.as_text()))
+
+
+def shuffled(items: list, seed: str) -> list:
+    """A deterministic shuffle that never keeps the original order (for two or more items)."""
+    out = items[:]
+    random.Random(seed).shuffle(out)
+    if len(out) > 1 and out == items:
+        out.reverse()
+    return out
+
+
+def keep_copy(source: Path, target: Path) -> None:
+    """A hard link to `source` (files are never rewritten in place), or a copy where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def new_id(prefix: str) -> str:
+    """Unique across processes; sorts by creation time within one prefix."""
+    return f"{prefix}{time.time_ns():016x}{secrets.token_hex(6)}"
+
+
+def derived_id(prefix: str, batch_id: str, custom_id: str) -> str:
+    """A stable id for one request's response (the same if a crash makes it run again)."""
+    return prefix + sha256_hex(f"{prefix}|{batch_id}|{custom_id}")[:24]
+
+
+def require_format(record: BatchRecord, request_format: str) -> None:
+    if record.request_format != request_format:
+        raise ValueError(f"batch {record.id} is a {record.request_format} batch, not {request_format}")
+
+
+def unix(at: float | None) -> int | None:
+    return None if at is None else int(at)
+
+
+def rfc3339(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,198 @@
+"""The pipeline end to end on the embedded local provider, driven through `python -m snakemake`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from conftest import REPO, make_workspace
+
+SCHEMA = json.loads((REPO / "schemas" / "processors" / "product-labeling.schema.json").read_text())
+
+
+def markers(ws) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in ws.files("batch_results/*/*.submitted.json")}
+
+
+def request_lines(ws) -> list[dict]:
+    return [json.loads(line) for p in ws.files("batch_requests/*/*.jsonl") for line in p.read_text().splitlines()]
+
+
+def test_full_offline_run_writes_a_valid_result_for_every_issue(workspace):
+    workspace.snakemake("--cores", "4", "results/all")
+    issues = sorted(p.name for p in workspace.issues.glob("*.json"))
+    results = workspace.results()
+    for name in issues:
+        stem = name[: -len(".json")]
+        labeling = results[f"{stem}_product-labeling.json"]
+        summary = results[f"{stem}_issue-summary.json"]
+        assert labeling["issue_reference"]["number"] == int(stem.rsplit("_", 1)[1])
+        assert labeling["provider"] == "local" and labeling["model"] == "batchpipe-offline"
+        assert labeling["batch_id"] and labeling["custom_id"].startswith("r")
+        labels = yaml.safe_load((workspace.root / "config.yaml").read_text())["processor_definitions"]["product-labeling"]["labels"]
+        jsonschema.validate(labeling["analysis"], SCHEMA)
+        assert all(rec["label"] in labels for rec in labeling["analysis"]["recommended_labels"])
+        assert summary["analysis"]["text"].strip()
+    assert len(results) == 2 * len(issues)
+    summary = json.loads((workspace.root / "results" / "summary.json").read_text())
+    assert summary["issues_selected"] == len(issues)
+    assert summary["totals"]["results"] == 2 * len(issues)
+    assert "batchpipe run summary" in (workspace.root / "results" / "all").read_text()
+
+
+def test_second_run_has_nothing_to_do_and_deleted_files_come_back_without_new_batches(small_workspace):
+    ws = small_workspace
+    ws.snakemake("--cores", "4", "results/all")
+    before = {p.name: p.read_bytes() for p in ws.files("data/results/*.json")}
+    batches_before = len(ws.local_batches())
+    marks = markers(ws)
+    assert len(marks) == 1 and batches_before == 1
+
+    again = ws.snakemake("--cores", "4", "results/all")
+    assert "Nothing to be done" in again.output
+
+    victim = ws.files("data/results/*.json")[2]
+    victim.unlink()
+    ws.snakemake("--cores", "4", "results/all")
+    assert victim.read_bytes() == before[victim.name]
+
+    output = ws.files("batch_results/*/*.output.jsonl")[0]
+    saved = output.read_bytes()
+    output.unlink()
+    ws.snakemake("--cores", "4", "results/all")
+    assert output.read_bytes() == saved
+
+    marker = ws.files("batch_results/*/*.submitted.json")[0]
+    marker.unlink()
+    ws.snakemake("--cores", "4", "results/all")
+    assert markers(ws) == marks
+    assert {p.name: p.read_bytes() for p in ws.files("data/results/*.json")} == before
+    assert len(ws.local_batches()) == batches_before
+
+
+def test_edited_issue_resubmits_exactly_one_request_and_new_issue_one_chunk(small_workspace, tmp_path):
+    ws = small_workspace
+    ws.snakemake("--cores", "4", "results/all")
+    first = set(ws.files("batch_requests/*/*.jsonl"))
+    edited = ws.files("data/issues/*.json")[1]
+    data = json.loads(edited.read_text())
+    data["issue"]["body"] += "\n\nEdited: one more detail."
+    edited.write_text(json.dumps(data))
+    ws.snakemake("--cores", "4", "results/all")
+    new = set(ws.files("batch_requests/*/*.jsonl")) - first
+    assert len(new) == 1
+    lines = new.pop().read_text().splitlines()
+    assert len(lines) == 1 and "one more detail" in lines[0]
+    assert len(ws.local_batches()) == 2
+
+    extra = sorted((REPO / "data" / "issues").glob("*.json"))[10]
+    shutil.copy2(extra, ws.issues / extra.name)
+    second = set(ws.files("batch_requests/*/*.jsonl"))
+    ws.snakemake("--cores", "4", "results/all")
+    newer = set(ws.files("batch_requests/*/*.jsonl")) - second
+    assert len(newer) == 1 and len(newer.pop().read_text().splitlines()) == 1
+    assert len(ws.local_batches()) == 3
+
+
+def test_rule_code_or_config_change_resubmits_nothing(small_workspace):
+    ws = small_workspace
+    ws.snakemake("--cores", "4", "results/all")
+    marks = markers(ws)
+    rules = ws.root / "rules" / "batches.smk"
+    rules.write_text(rules.read_text().replace("api_calls=1,", "api_calls=1,  # edited"))
+    ws.config(chunk_size=2, poll_interval=1)
+    ws.snakemake("--cores", "4", "results/all")
+    ws.snakemake("--cores", "4", "results/all", "--config", "chunk_size=3")
+    assert markers(ws) == marks
+    assert len(ws.local_batches()) == 1
+
+
+def test_thirty_issues_make_one_chunk_thirty_one_make_two(tmp_path):
+    issues = sorted((REPO / "data" / "issues").glob("*.json"))
+    ws = make_workspace(tmp_path / "ws", issues[:30])
+    ws.config(processors=["product-labeling"])
+    ws.snakemake("--cores", "4", "results/all")
+    assert [len(p.read_text().splitlines()) for p in ws.files("batch_requests/*/*.jsonl")] == [30]
+    ws2 = make_workspace(tmp_path / "ws2", issues[:31])
+    ws2.config(processors=["product-labeling"])
+    ws2.snakemake("--cores", "4", "results/all")
+    assert sorted(len(p.read_text().splitlines()) for p in ws2.files("batch_requests/*/*.jsonl")) == [1, 30]
+
+
+def test_dry_run_writes_nothing_and_opens_no_socket(small_workspace):
+    ws = small_workspace
+    # A sitecustomize that makes any socket connection fail loudly, in the snakemake process.
+    guard = ws.root.parent / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(*a, **k):\n    raise SystemExit('NETWORK USED')\n"
+        "socket.socket.connect = _refuse\nsocket.socket.connect_ex = _refuse\nsocket.create_connection = _refuse\n"
+    )
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                           env={**os.environ, "PYTHONPATH": str(guard)}, capture_output=True, text=True)
+    assert "NETWORK USED" in probe.stderr  # the guard works
+    before = {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts}
+    run = ws.snakemake("-n", "results/all", env={"PYTHONPATH": str(guard)})
+    assert "NETWORK USED" not in run.output
+    assert "new chunk product-labeling/" in run.output and "5 request(s)" in run.output
+    after = {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts}
+    assert after == before
+
+
+def test_malformed_issue_is_reported_and_skipped(small_workspace):
+    ws = small_workspace
+    (ws.issues / "broken_issue_1.json").write_text("{not json")
+    run = ws.snakemake("--cores", "4", "results/all")
+    assert "broken_issue_1.json: invalid JSON" in run.output
+    summary = json.loads((ws.root / "results" / "summary.json").read_text())
+    assert summary["skipped_inputs"][0]["file"].endswith("broken_issue_1.json")
+    assert summary["totals"]["results"] == 5
+    ws.config(strict=True)
+    failed = ws.snakemake("--cores", "4", "results/all", "--forceall", check=False)
+    assert failed.returncode != 0 and "broken_issue_1.json" in failed.output
+
+
+def test_invalid_answer_is_retried_then_reported(small_workspace):
+    ws = small_workspace
+    victim = json.loads(ws.files("data/issues/*.json")[0].read_text())
+    title = victim["issue"]["title"]
+    cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
+    cfg["local"]["faults"] = {"requests": [{"match": title, "kind": "invalid_json"}]}
+    (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for attempt in range(1, 4):
+        ws.snakemake("--cores", "4", "results/all")
+        assert len(ws.local_batches()) == attempt
+    summary = json.loads((ws.root / "results" / "summary.json").read_text())
+    failed = summary["processors"]["product-labeling"]["failed"]
+    assert len(failed) == 1
+    (key, info), = failed.items()
+    assert "not valid JSON" in info["reason"] and info["attempts"] == 3
+    assert summary["totals"]["results"] == 4
+    ws.snakemake("--cores", "4", "results/all")
+    assert len(ws.local_batches()) == 3  # no fourth attempt
+
+
+def test_dotted_repo_and_huge_body_with_emoji_and_rtl_go_through(tmp_path):
+    ws = make_workspace(tmp_path / "ws", [])
+    ws.config(processors=["product-labeling"])
+    body = ("Bug report 🐛 with émojis and right-to-left: שלום עולם مرحبا بالعالم. " * 3000)[:200_000]
+    issue = {"org": "my.org", "repo": "repo.js", "issue": {
+        "number": 7, "title": "Huge 🐛 body", "body": body, "state": "open", "labels": [{"name": "Bug"}],
+        "user": {"login": "someone"}, "comments": [], "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-02T00:00:00Z"}, "metadata": {}}
+    (ws.issues / "my.org_repo.js_issue_7.json").write_text(json.dumps(issue, ensure_ascii=False), encoding="utf-8")
+    ws.snakemake("--cores", "4", "results/all")
+    result = json.loads((ws.root / "data" / "results" / "my.org_repo.js_issue_7_product-labeling.json").read_text())
+    assert result["issue_reference"]["org"] == "my.org"
+    assert result["truncation"]["body_chars_cut"] == 200_000 - 20_000
+    line = json.loads(ws.files("batch_requests/*/*.jsonl")[0].read_text())
+    assert len(line["custom_id"]) <= 64 and "." not in line["custom_id"]
