@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from .config import ConfigError
+from .providers.base import ProviderError
 
 # subcommand modules, each with add_parser(subparsers) that sets `func` (args -> exit code)
 COMMAND_MODULES = ("operations", "query", "tasks", "emulator")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.overrides = parse_overrides(args.config)
         return int(args.func(args) or 0)
-    except (CommandError, ConfigError) as exc:
+    except (CommandError, ConfigError, ProviderError) as exc:
         print(f"batchpipe {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
