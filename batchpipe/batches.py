@@ -77,9 +77,10 @@ def record(layout: Layout, chunk: str, event: str, **fields) -> dict:
     return entry
 
 
-def last(entries: list[dict], event: str) -> dict | None:
+def last(entries: list[dict], *events: str) -> dict | None:
+    """The latest ledger entry of one of these kinds."""
     for entry in reversed(entries):
-        if entry["event"] == event:
+        if entry["event"] in events:
             return entry
     return None
 
@@ -153,6 +154,9 @@ def marker_from_ledger(entries: list[dict]) -> dict:
         "submitted_at": created.get("time"),
         "created_at": created.get("created_at"),
         "adopted": created.get("adopted", False),
+        "group": prepared.get("group"),
+        "mode": prepared.get("mode", "batch"),
+        "requests": prepared.get("requests"),
     }
 
 
@@ -164,7 +168,8 @@ def write_marker(layout: Layout, processor: str, chunk: str, entries: list[dict]
     return path
 
 
-def submit_chunk(settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog) -> Path:
+def submit_chunk(settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog,
+                 group: str | None = None) -> Path:
     """Submit a chunk's request file once; adopt the batch a crashed run made; write the marker."""
     layout = Layout(settings)
     with file_lock(layout.ledger_dir() / f".{chunk}.lock"):
@@ -180,12 +185,12 @@ def submit_chunk(settings: Settings, provider: Provider, processor: str, chunk: 
             entries.append(record(
                 layout, chunk, "prepared", processor=processor, provider=provider.name, model=index["model"],
                 request_count=index["request_count"], est_tokens=index["est_tokens"], content_hash=content_hash,
-                request_file=os.path.relpath(request_file, settings.root),
+                request_file=os.path.relpath(request_file, settings.root), group=group, requests=index["requests"],
             ))
         elif last(entries, "prepared")["content_hash"] != content_hash:
             raise SubmissionBlocked(f"{request_file}: differs from what the ledger recorded; restore it, do not edit request files")
         intent = last(entries, "create_intent")
-        if intent:
+        if intent and last(entries, "create_intent", "create_abandoned")["event"] == "create_intent":
             found = _recover(provider, content_hash, intent, index, log, chunk)
             if found:
                 entries.append(record(layout, chunk, "created", batch_id=found.batch_id, created_at=found.created_at,

@@ -61,6 +61,13 @@ class Layout:
     def ledger(self, chunk: str) -> Path:
         return self.ledger_dir() / f"{chunk}.jsonl"
 
+    def archive_dir(self) -> Path:
+        return self._dir("batches_dir") / "archive"
+
+    def archived(self, path: Path) -> Path:
+        """Where `batchpipe archive` moves a file of batch_results/ (same relative path under archive/)."""
+        return self.archive_dir() / Path(path).relative_to(self._dir("batches_dir"))
+
     def result(self, issue_key: str, processor: str) -> Path:
         return self._dir("results_dir") / f"{issue_key}_{processor}.json"
 
@@ -83,16 +90,55 @@ class IssueEntry:
 
 @dataclass
 class ExistingChunk:
-    """A chunk that has a ledger entry: it was (or may have been) submitted."""
+    """A chunk that has a ledger: it was (or may have been) submitted. Built from its ledger events."""
 
     chunk: str
     processor: str
     requests: dict[str, dict]  # custom_id -> {request_hash, attempt, issues: [...], truncation}
     outcomes: dict[str, dict] | None  # custom_id -> outcome, once collected
+    events: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def collected(self) -> bool:
         return self.outcomes is not None
+
+    def last(self, *names: str) -> dict | None:
+        for event in reversed(self.events):
+            if event["event"] in names:
+                return event
+        return None
+
+    @property
+    def prepared(self) -> dict:
+        return self.last("prepared") or {}
+
+    @property
+    def batch_id(self) -> str | None:
+        created = self.last("created")
+        return created["batch_id"] if created else None
+
+    @property
+    def group(self) -> str | None:
+        return self.prepared.get("group")
+
+    @property
+    def archived(self) -> bool:
+        return self.last("archived", "unarchived") is not None and self.last("archived", "unarchived")["event"] == "archived"
+
+    @property
+    def retry_requested(self) -> set[str]:
+        """custom_ids a person asked to send again (`batchpipe retry`), whatever their failure."""
+        return {cid for e in self.events if e["event"] == "retry_requested" for cid in e.get("custom_ids", [])}
+
+    @property
+    def known_status(self) -> str | None:
+        """The provider's last status word the ledger saw (created, status refresh or download)."""
+        event = self.last("created", "status", "downloaded")
+        return event.get("status") if event else None
+
+    @property
+    def known_ended(self) -> bool:
+        return self.last("downloaded") is not None or bool((self.last("status") or {}).get("ended"))
 
 
 @dataclass
@@ -122,6 +168,7 @@ class Plan:
     selected: list[str]
     skipped: list[IssueFileError]
     processors: dict[str, ProcessorPlan]
+    run_id: str | None = None  # the group id of the chunks this run submits
 
     @property
     def layout(self) -> Layout:
@@ -273,8 +320,13 @@ def select_issues(settings: Settings, entries: list[IssueEntry]) -> list[IssueEn
     return chosen
 
 
+def read_ledger_file(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def read_existing_chunks(settings: Settings) -> dict[str, dict[str, ExistingChunk]]:
-    """Chunks with a ledger entry, by processor and id, with their outcomes once collected."""
+    """Chunks with a ledger, by processor and id, with their outcomes once collected."""
     layout = Layout(settings)
     out: dict[str, dict[str, ExistingChunk]] = {}
     try:
@@ -282,19 +334,22 @@ def read_existing_chunks(settings: Settings) -> dict[str, dict[str, ExistingChun
     except FileNotFoundError:
         return out
     for chunk in ledgers:
-        with open(layout.ledger(chunk), encoding="utf-8") as handle:
-            first = handle.readline()
         try:
-            processor = json.loads(first)["processor"]
-            index = read_json(layout.index_file(processor, chunk))
-        except (ValueError, KeyError, OSError):
-            print(f"batchpipe: ledger {layout.ledger(chunk)} or its request table is unreadable; skipped", file=sys.stderr)
+            events = read_ledger_file(layout.ledger(chunk))
+            prepared = next(e for e in events if e["event"] == "prepared")
+            processor = prepared["processor"]
+            requests = prepared["requests"]
+        except (ValueError, KeyError, OSError, StopIteration):
+            print(f"batchpipe: ledger {layout.ledger(chunk)} is unreadable or incomplete; "
+                  "it is left alone (see batch_results/README.md)", file=sys.stderr)
             continue
+        existing = ExistingChunk(chunk, processor, requests, None, events)
+        manifest = layout.archived(layout.manifest(processor, chunk)) if existing.archived else layout.manifest(processor, chunk)
         try:
-            outcomes = read_json(layout.manifest(processor, chunk))["requests"]
+            existing.outcomes = read_json(manifest)["requests"]
         except (OSError, ValueError, KeyError):
-            outcomes = None
-        out.setdefault(processor, {})[chunk] = ExistingChunk(chunk, processor, index["requests"], outcomes)
+            pass
+        out.setdefault(processor, {})[chunk] = existing
     return out
 
 
@@ -321,8 +376,9 @@ def build_plan(settings: Settings) -> Plan:
             state = _request_state(sent, chunks, settings["max_attempts"])
             if state["kind"] == "done":
                 pp.sources[entry.key] = (state["chunk"], state["custom_id"])
-                needed.append(state["chunk"])
-                if not layout.result(entry.key, processor.name).exists():
+                if not chunks[state["chunk"]].archived:
+                    needed.append(state["chunk"])
+                if not chunks[state["chunk"]].archived and not layout.result(entry.key, processor.name).exists():
                     pp.missing_results.append(entry.key)
             elif state["kind"] == "waiting":
                 pp.waiting[entry.key] = state["chunk"]
@@ -352,6 +408,9 @@ def _request_state(sent: list[tuple[str, str, dict]], chunks: dict[str, Existing
         outcome = chunk.outcomes.get(cid, {"status": "failed", "retryable": True, "error": "no result recorded"})
         if outcome["status"] == "succeeded":
             return {"kind": "done", "chunk": chunk_id, "custom_id": cid}
+        if cid in chunk.retry_requested:  # `batchpipe retry`: a person asked for another go
+            counted, last_failure = 0, None
+            continue
         last_failure = outcome
         if outcome.get("counts_as_attempt", True):
             counted += 1

@@ -103,8 +103,8 @@ def collect_chunk(plan: Plan, provider: Provider, processor_name: str, chunk: st
     layout = plan.layout
     processor = settings.processor(processor_name)
     validator = jsonschema.Draft202012Validator(processor.schema) if processor.schema else None
-    index = read_json(layout.index_file(processor_name, chunk))
     marker = read_json(layout.marker(processor_name, chunk))
+    index = marker if marker.get("requests") else read_json(layout.index_file(processor_name, chunk))
     outcomes = {o.custom_id: o for o in provider.parse_results(layout.output(processor_name, chunk).read_bytes(),
                                                                  layout.errors(processor_name, chunk).read_bytes())}
     manifest: dict[str, dict] = {}

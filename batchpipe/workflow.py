@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .batches import JobLog, download_chunk, submit_chunk, write_requests
@@ -11,6 +14,8 @@ from .chunks import Plan, build_plan
 from .config import ConfigError, Settings, load_settings
 from .providers import Provider, make_provider
 from .results import collect_chunk
+
+RUN_ID_ENV = "BATCHPIPE_RUN_ID"
 
 __all__ = [
     "ConfigError",
@@ -42,6 +47,8 @@ def load_plan(config: dict, root: str | Path = ".", dryrun: bool = False, verbos
     """Settings and plan for a Snakemake run; report skipped issue files; print the split plan."""
     settings = load_settings(config, root=Path(root), source="config")
     plan = build_plan(settings)
+    # The chunks one run submits form a group; job subprocesses inherit the id through the environment.
+    plan.run_id = os.environ.setdefault(RUN_ID_ENV, time.strftime("g%Y%m%d-%H%M%S-") + secrets.token_hex(2))
     for error in plan.skipped:
         if settings["strict"]:
             raise ConfigError(f"{error} (strict: true stops the run)")
@@ -69,7 +76,7 @@ def run_write_requests(plan: Plan, processor: str, chunk: str, log: str) -> None
 
 
 def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    submit_chunk(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log))
+    submit_chunk(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
 
 
 def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
