@@ -292,5 +292,16 @@ def batch_errors_as_lines(status: BatchStatus, index: dict) -> bytes:
     )
 
 
-def open_provider(settings: Settings) -> Provider:
-    return make_provider(settings)
+def refresh_statuses(plan: Plan, provider: Provider, log: JobLog) -> int:
+    """Ask the provider about every batch in flight and record what it says; return how many ended."""
+    ended = 0
+    for chunk in plan.in_flight():
+        if not chunk.batch_id:
+            continue
+        status = provider.retrieve(chunk.batch_id)
+        record(plan.layout, chunk.chunk, "status", batch_id=status.batch_id, status=status.status, ended=status.ended,
+               succeeded=status.succeeded, failed=status.failed, total=status.total)
+        ended += status.ended
+        log(f"{chunk.processor}/{chunk.chunk}: batch {status.batch_id} {status.status}, "
+            f"{status.succeeded}/{status.total} done, {status.failed} failed")
+    return ended

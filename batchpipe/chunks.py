@@ -178,6 +178,27 @@ class Plan:
         entry = self.issues.get(issue_key)
         return entry.hashes.get(processor) if entry else None
 
+    def in_flight(self) -> list[ExistingChunk]:
+        """Submitted chunks whose batch has not been seen ending."""
+        return [c for pp in self.processors.values() for c in pp.existing.values()
+                if not c.collected and not c.known_ended]
+
+    def collectable(self, pp: ProcessorPlan, chunk: str) -> bool:
+        """Whether this run should wait for / collect the chunk (always, unless wait is false)."""
+        if self.settings["wait"]:
+            return True
+        existing = pp.existing.get(chunk)
+        return existing is not None and (existing.collected or existing.known_ended)
+
+    def targets(self) -> list[Path]:
+        """What the run summary needs: each chunk's manifest, or only its marker when the run does not wait."""
+        layout = self.layout
+        return [
+            layout.manifest(name, chunk) if self.collectable(pp, chunk) else layout.marker(name, chunk)
+            for name, pp in self.processors.items()
+            for chunk in pp.chunks
+        ]
+
     def missing_files(self) -> list[Path]:
         """Files of already-planned chunks that should exist and do not (a person or a crash removed them).
 
@@ -199,7 +220,7 @@ class Plan:
         """Whether anything is to be submitted, collected or restored."""
         layout = self.layout
         return bool(self.missing_files()) or any(
-            pp.new or any(not layout.manifest(name, c).exists() for c in pp.chunks)
+            pp.new or any(self.collectable(pp, c) and not layout.manifest(name, c).exists() for c in pp.chunks)
             for name, pp in self.processors.items()
         )
 
@@ -221,7 +242,7 @@ class Plan:
             new_sizes = [len(c.members) for c in pp.new.values()]
             in_flight = sum(1 for c in pp.chunks if c in pp.existing and not pp.existing[c].collected)
             lines.append(
-                f"batchpipe plan: {name}: {len(pp.selected)} issues selected, {len(pp.sources)} with results, "
+                f"batchpipe plan: {name}: {len(pp.selected)} issue(s) selected, {len(pp.sources)} with results, "
                 f"{len(new_sizes)} new chunk(s) {new_sizes if new_sizes else ''} with {sum(new_sizes)} request(s), "
                 f"{in_flight} chunk(s) in flight, {len(pp.failed)} failed for good"
             )

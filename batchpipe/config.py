@@ -100,9 +100,32 @@ def _fill_defaults(validator_class):
 _DefaultFillingValidator = _fill_defaults(jsonschema.Draft202012Validator)
 
 
+_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def coerce_command_line(values: dict) -> dict:
+    """Top-level strings from `--config key=value` turned into the booleans, nulls or lists the schema expects.
+
+    Snakemake passes `wait=false` as the string "false"; this reads it as YAML would, by the key's type."""
+    properties = _schema()["properties"]
+    for key, value in list(values.items()):
+        if not isinstance(value, str) or key not in properties:
+            continue
+        types = properties[key].get("type", [])
+        types = [types] if isinstance(types, str) else types
+        word = value.strip().lower()
+        if "boolean" in types and word in _WORDS:
+            values[key] = _WORDS[word]
+        elif "null" in types and word in ("null", "none", "~", ""):
+            values[key] = None
+        elif "integer" in types and word.lstrip("-").isdigit():
+            values[key] = int(word)
+    return values
+
+
 def validate_config(values: dict, source: str = "config") -> dict:
     """Fill defaults and validate; raise ConfigError naming the key and the problem."""
-    values = copy.deepcopy(values)
+    values = coerce_command_line(copy.deepcopy(values))
     errors = sorted(_DefaultFillingValidator(_schema()).iter_errors(values), key=lambda e: list(e.path))
     if errors:
         err = errors[0]

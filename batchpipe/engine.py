@@ -54,6 +54,7 @@ FILE_PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fi
 ENDED = ("completed", "failed", "expired", "cancelled")
 FILE_TTL = 30 * 86400
 MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
+EXPIRY_SECONDS = (3600, 2_592_000)  # bounds of expires_after / output_expires_after seconds
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 UNPROCESSED = {
@@ -114,6 +115,7 @@ class BatchRecord:
     cancelling_s: float = 0.0
     expire_after: int | None = None
     request_faults: list[dict] = field(default_factory=list)
+    output_ttl: int | None = None  # output_expires_after seconds (None: the default file TTL)
     # Lifecycle (internal status uses OpenAI's names).
     status: str = "validating"
     in_progress_at: float | None = None
@@ -174,21 +176,24 @@ class BatchEngine:
 
     # --- Files ---------------------------------------------------------------------------------
 
-    def create_file(self, content: bytes, filename: str, purpose: str) -> dict:
-        """Store an uploaded file; returns the OpenAI file object."""
+    def create_file(self, content: bytes, filename: str, purpose: str, expires_after: int | None = None) -> dict:
+        """Store an uploaded file; returns the OpenAI file object. `expires_after`: seconds after creation."""
+        check_expiry(expires_after, "expires_after")
         if purpose not in FILE_PURPOSES:
             raise InvalidRequest(f"Invalid purpose {purpose!r}; expected one of {', '.join(FILE_PURPOSES)}.")
         if purpose == "batch" and not filename.endswith(".jsonl"):
             raise InvalidRequest("A batch input file must be a .jsonl file.")
         if purpose == "batch" and len(content) > MAX_BATCH_FILE_BYTES:
             raise InvalidRequest("A batch input file may be at most 200 MB.")
-        return self._store_file(content, filename, purpose, self.clock())
+        return self._store_file(content, filename, purpose, self.clock(), expires_after)
 
-    def _store_file(self, content: bytes, filename: str, purpose: str, at: float) -> dict:
+    def _store_file(self, content: bytes, filename: str, purpose: str, at: float, ttl: int | None = None) -> dict:
         file_id = new_id("file-")
+        if ttl is None and purpose in ("batch", "batch_output"):
+            ttl = FILE_TTL
         meta = {
             "id": file_id, "object": "file", "bytes": len(content), "created_at": int(at),
-            "expires_at": int(at) + FILE_TTL if purpose in ("batch", "batch_output") else None,
+            "expires_at": int(at) + ttl if ttl is not None else None,
             "filename": filename, "purpose": purpose, "status": "processed", "status_details": None,
         }
         atomic_write_bytes(self._files / f"{file_id}.data", content)  # content first: meta implies content
@@ -224,11 +229,14 @@ class BatchEngine:
 
     def create_batch(self, *, request_format: str, endpoint: str = CHAT_ENDPOINT,
                      input_file_id: str | None = None, requests: list[dict] | None = None,
-                     metadata: dict | None = None, completion_window: str = "24h") -> BatchRecord:
+                     metadata: dict | None = None, completion_window: str = "24h",
+                     output_expires_after: int | None = None) -> BatchRecord:
         """A new batch in status validating. OpenAI: lines read from `input_file_id`; Anthropic: inline
-        `requests` [{custom_id, params}] (params are checked only when processed, as the real API does)."""
+        `requests` [{custom_id, params}] (params are checked only when processed, as the real API does).
+        `output_expires_after`: seconds after their creation when the output/error Files expire."""
         now = self.clock()
         check_metadata(metadata)
+        check_expiry(output_expires_after, "output_expires_after")
         if request_format == "openai":
             natives, line_errors, model = self._openai_input(endpoint, input_file_id, completion_window)
             batch_id = new_id("batch_")
@@ -245,7 +253,7 @@ class BatchEngine:
             validating_s=self.timing.validating, in_progress_s=self.timing.in_progress,
             finalizing_s=self.timing.finalizing + float(batch_fault.get("finalizing", 0)),
             cancelling_s=self.timing.finalizing, expire_after=batch_fault.get("expire_after_requests"),
-            request_faults=self.faults.get("requests", []),
+            request_faults=self.faults.get("requests", []), output_ttl=output_expires_after,
         )
         if not line_errors and "fail" in batch_fault and self._claim_batch_fault(batch_fault):
             message = fail_message(batch_fault, model or "the requested model")
@@ -331,6 +339,41 @@ class BatchEngine:
         if not rec.ended:
             raise Conflict(f"Batch {batch_id} has not ended yet; results are not available.")
         return (self._batches / batch_id / "results.jsonl").read_bytes()
+
+    # --- Real time and faults -------------------------------------------------------------------
+
+    def respond_now(self, request_format: str, body: dict) -> tuple[int, dict]:
+        """One real-time call (the body of POST /v1/chat/completions or /v1/messages), answered as a batch
+        request would be: by the responder, or by the current request faults (a rule's `times` counts calls
+        with an identical body, so a retried call can get through). Returns (HTTP status, native body)."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        if body.get("stream"):
+            raise InvalidRequest("stream: streaming is not supported here.")
+        if request_format == "openai" and not (isinstance(body.get("model"), str) and body["model"]):
+            raise InvalidRequest("Missing required parameter: 'model'.")
+        fmt = FORMATS[request_format]
+        now = self.clock()
+        custom_id = "rt-" + sha256_hex(canonical_json(body))[:32]
+        native = {"custom_id": custom_id, ("body" if request_format == "openai" else "params"): body}
+        rec = BatchRecord(id=new_id("rt_"), request_format=request_format, completion_window="",
+                          endpoint=CHAT_ENDPOINT if request_format == "openai" else "/v1/messages",
+                          created_at=now, expires_at=now)
+        (req,), (answer,) = self._answers(fmt, self.faults["requests"], [native])
+        line = fmt.outcome(rec, custom_id, req, answer, now)["line"]
+        status = answer.error.status if answer.error is not None else 200
+        if request_format == "openai":
+            return status, line["response"]["body"]
+        result = line["result"]
+        return (200, result["message"]) if result["type"] == "succeeded" else (status, result["error"])
+
+    def set_faults(self, faults: dict | None) -> None:
+        """Replace the fault rules for batches created from now on (and real-time calls); restart the
+        counts of `times`-limited rules."""
+        checked = check_faults(faults or {})
+        with file_lock(self.state_dir / "fault-counts.lock"):
+            (self.state_dir / "fault-counts.json").unlink(missing_ok=True)
+            self.faults = checked
 
     # --- Views ---------------------------------------------------------------------------------
 
@@ -474,8 +517,14 @@ class BatchEngine:
 
     def _answer(self, rec: BatchRecord, natives: list[dict], at: float) -> list[dict]:
         fmt = FORMATS[rec.request_format]
+        reqs, answers = self._answers(fmt, rec.request_faults, natives)
+        return [fmt.outcome(rec, native["custom_id"], req, answer, at)
+                for native, req, answer in zip(natives, reqs, answers)]
+
+    def _answers(self, fmt: Any, faults: list[dict], natives: list[dict]) -> tuple[list, list[NeutralAnswer]]:
+        """The neutral requests and their answers: a fault rule's, else the responder's."""
         reqs = [fmt.to_neutral(native) for native in natives]
-        candidates = [matching_rules(rec.request_faults, native) if isinstance(req, NeutralRequest) else []
+        candidates = [matching_rules(faults, native) if isinstance(req, NeutralRequest) else []
                       for native, req in zip(natives, reqs)]
         rules = self._choose_rules(candidates, [native["custom_id"] for native in natives])
         answers: list[NeutralAnswer | None] = []
@@ -487,8 +536,7 @@ class BatchEngine:
         todo = [i for i, answer in enumerate(answers) if answer is None]
         for i, answer in zip(todo, self._respond([reqs[i] for i in todo])):
             answers[i] = answer
-        return [fmt.outcome(rec, native["custom_id"], req, answer, at)
-                for native, req, answer in zip(natives, reqs, answers)]
+        return reqs, answers
 
     def _respond(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
         if not reqs:
@@ -517,7 +565,8 @@ class BatchEngine:
             for attr, ok, suffix in (("output_file_id", True, "output"), ("error_file_id", False, "error")):
                 chosen = [o["line"] for o in lines if (o["kind"] == "succeeded") == ok]
                 if chosen:
-                    meta = self._store_file(jsonl_bytes(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at)
+                    meta = self._store_file(jsonl_bytes(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at,
+                                            rec.output_ttl)
                     setattr(rec, attr, meta["id"])
         rec.status = status
         setattr(rec, {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status], at)
@@ -803,6 +852,14 @@ def check_metadata(metadata: Any) -> None:
     for key, value in metadata.items():
         if not isinstance(key, str) or len(key) > 64 or not isinstance(value, str) or len(value) > 512:
             raise InvalidRequest("metadata: keys are strings of at most 64 characters, values strings of at most 512")
+
+
+def check_expiry(seconds: Any, name: str) -> None:
+    """An expiry in seconds (expires_after, output_expires_after): None, or an integer in EXPIRY_SECONDS."""
+    low, high = EXPIRY_SECONDS
+    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)
+                                or not low <= seconds <= high):
+        raise InvalidRequest(f"{name}: seconds must be an integer between {low} and {high}.")
 
 
 def check_faults(faults: dict) -> dict:

@@ -9,16 +9,17 @@ import threading
 import time
 from pathlib import Path
 
-from .batches import JobLog, download_chunk, submit_chunk, write_requests
+from .batches import JobLog, download_chunk, refresh_statuses, submit_chunk, write_requests
 from .chunks import Plan, build_plan
-from .config import ConfigError, Settings, load_settings
-from .providers import Provider, make_provider
+from .config import ConfigError, Settings, coerce_command_line, load_settings
+from .providers import Provider, ProviderError, make_provider
 from .results import collect_chunk
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
 
 __all__ = [
     "ConfigError",
+    "coerce_command_line",
     "JobLog",
     "Plan",
     "load_plan",
@@ -47,6 +48,15 @@ def load_plan(config: dict, root: str | Path = ".", dryrun: bool = False, verbos
     """Settings and plan for a Snakemake run; report skipped issue files; print the split plan."""
     settings = load_settings(config, root=Path(root), source="config")
     plan = build_plan(settings)
+    if not dryrun and (plan.has_work() or not settings["wait"] and plan.in_flight()):
+        try:
+            provider = provider_for(settings)  # a missing key stops here, before anything is written
+            if not settings["wait"] and plan.in_flight():
+                # Not waiting: learn which batches ended since the last run, so they are collected now.
+                refresh_statuses(plan, provider, JobLog(None, echo=verbose))
+                plan = build_plan(settings)
+        except ProviderError as exc:
+            raise SystemExit(f"batchpipe: {exc}") from None
     # The chunks one run submits form a group; job subprocesses inherit the id through the environment.
     plan.run_id = os.environ.setdefault(RUN_ID_ENV, time.strftime("g%Y%m%d-%H%M%S-") + secrets.token_hex(2))
     for error in plan.skipped:

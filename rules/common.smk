@@ -8,6 +8,7 @@ sys.path.insert(0, workflow.basedir)
 import batchpipe.workflow as bp
 
 
+bp.coerce_command_line(config)  # --config wait=false arrives as the string "false"
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 PLAN = bp.load_plan(
@@ -49,12 +50,8 @@ def get_restore_inputs(wildcards):
 
 
 def get_manifests(wildcards):
-    """The results manifest of every chunk the run needs, for every processor."""
-    return [
-        LAYOUT.manifest(name, chunk)
-        for name, pp in PLAN.processors.items()
-        for chunk in pp.chunks
-    ]
+    """Each needed chunk's results manifest (only its marker for batches in flight when wait=false)."""
+    return PLAN.targets()
 
 
 def get_missing_files(wildcards):

@@ -196,3 +196,37 @@ def test_dotted_repo_and_huge_body_with_emoji_and_rtl_go_through(tmp_path):
     assert result["truncation"]["body_chars_cut"] == 200_000 - 20_000
     line = json.loads(ws.files("batch_requests/*/*.jsonl")[0].read_text())
     assert len(line["custom_id"]) <= 64 and "." not in line["custom_id"]
+
+
+def test_wait_false_exits_with_batches_in_flight_and_a_later_run_finishes_them(small_workspace):
+    ws = small_workspace
+    cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
+    cfg["local"]["delays"] = {"validating": 0, "in_progress": 2, "finalizing": 0}
+    (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    first = ws.snakemake("--cores", "4", "results/all", "--config", "wait=false")
+    assert first.returncode == 0
+    assert ws.files("batch_results/*/*.submitted.json") and not ws.results()
+    summary = json.loads((ws.root / "results" / "summary.json").read_text())
+    assert summary["totals"]["waiting"] == 5
+    # A later run (cron) collects the batch once it has ended: poll with a deadline, no fixed sleep.
+    import time
+
+    deadline = time.monotonic() + 60
+    while not ws.results() and time.monotonic() < deadline:
+        ws.snakemake("--cores", "4", "results/all", "--config", "wait=false")
+    assert len(ws.results()) == 5
+    assert len(ws.local_batches()) == 1
+    assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all", "--config", "wait=false").output
+
+
+def test_process_killed_between_create_and_marker_resumes_without_second_batch(small_workspace):
+    ws = small_workspace
+    killed = ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_create"}, check=False)
+    assert killed.returncode != 0
+    assert len(ws.local_batches()) == 1 and not ws.files("batch_results/*/*.submitted.json")
+    ws.snakemake("--unlock")
+    ws.snakemake("--cores", "4", "results/all")
+    assert len(ws.local_batches()) == 1
+    marker = json.loads(ws.files("batch_results/*/*.submitted.json")[0].read_text())
+    assert marker["adopted"] is True and marker["batch_id"] == ws.local_batches()[0]["id"]
+    assert len(ws.results()) == 5

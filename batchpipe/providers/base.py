@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..requests import TOOL_NAME, NeutralRequest
 
@@ -20,6 +23,12 @@ class ProviderError(Exception):
 
 class MissingKey(ProviderError):
     """No API key for a real provider."""
+
+
+class TokenLimitReached(ProviderError):
+    """The provider refused a batch because the enqueued-token limit is reached: nothing was created.
+
+    Not a hard failure: submit the chunk again once some running batches have ended."""
 
 
 @dataclass
@@ -109,8 +118,90 @@ class Provider(ABC):
                 break
         return None
 
+    def check_ready(self, online: bool = False) -> None:
+        """Raise MissingKey (one line naming the variable to set) if the provider cannot work.
+
+        Cheap and side-effect free: call it before anything is written or spent. `online` also makes one
+        authenticated read call, so a rejected key is found before the run starts."""
+
+    def complete(self, request_line: dict) -> dict:
+        """Realtime: send one native request line now; return its native output line (errors as error lines)."""
+        raise ProviderError(f"provider {self.name} has no realtime mode")
+
     def close(self) -> None:
         """Release network clients."""
+
+
+# --- safe calls: no key in any message, never a second paid batch --------------------------------
+
+TOKEN_LIMIT_MARKERS = ("token_limit", "enqueued token limit")
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;'\"]+"), r"\1 [redacted]"),
+    (re.compile(r"(?i)(x-api-key|api[_-]?key|authorization)(['\"]?\s*[:=]\s*['\"]?)[^\s,;'\"}]+"), r"\1\2[redacted]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}"), "sk-[redacted]"),
+)
+
+
+def scrub_secrets(text: object, secrets: tuple[str | None, ...] | list[str | None] = (), limit: int = 400) -> str:
+    """One line of text without the given secrets or anything shaped like a key or auth header."""
+    out = str(text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            out = out.replace(secret, "[redacted]")
+    for pattern, replacement in _SECRET_PATTERNS:
+        out = pattern.sub(replacement, out)
+    out = " ".join(out.split())
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def is_token_limit_message(text: str | None) -> bool:
+    low = (text or "").lower()
+    return any(marker in low for marker in TOKEN_LIMIT_MARKERS)
+
+
+CREATE_REJECTED = "rejected"  # the error proves no batch was created
+CREATE_UNKNOWN = "unknown"  # a batch may or may not exist (timeout, dropped connection, 408/409/429/5xx)
+CREATE_TOKEN_LIMIT = "token_limit"
+
+
+def create_once(create: Callable[[], BatchStatus], find: Callable[[], BatchStatus | None],
+                classify: Callable[[Exception], tuple[str, str, float | None] | None], *, label: str,
+                delays: tuple[float, ...] = (2.0, 5.0, 15.0), sleep: Callable[[float], None] = time.sleep,
+                max_retry_after: float = 60.0) -> BatchStatus:
+    """Create a batch at most once, as far as the provider can tell.
+
+    `create` must make a single attempt (no SDK retries). On an error, `classify(exc)` says what it proves:
+    (CREATE_TOKEN_LIMIT | CREATE_REJECTED | CREATE_UNKNOWN, scrubbed one-line message, retry-after seconds),
+    or None for an exception that is not the provider's (re-raised unchanged). A token limit raises
+    TokenLimitReached and a rejection ProviderError; after an unknown outcome it waits, asks `find()`
+    (adopting the batch it returns; a ProviderError from it, "cannot tell", propagates) and only when it
+    says there is none creates again, at most len(delays) more times."""
+    attempt = 0
+    while True:
+        try:
+            return create()
+        except Exception as exc:  # noqa: BLE001 - classified below, unknown kinds re-raised
+            verdict = classify(exc)
+            if verdict is None:
+                raise
+            kind, message, retry_after = verdict
+        if kind == CREATE_TOKEN_LIMIT:
+            raise TokenLimitReached(f"{label}: {message}") from None
+        if kind == CREATE_REJECTED:
+            raise ProviderError(f"{label}: {message}") from None
+        wait = delays[min(attempt, len(delays) - 1)] if delays else 0.0
+        if retry_after:
+            wait = max(wait, min(retry_after, max_retry_after))
+        print(f"batchpipe: {label}: {message}; checking whether the batch was made anyway", file=sys.stderr, flush=True)
+        sleep(wait)
+        found = find()
+        if found is not None:
+            print(f"batchpipe: {label}: the batch exists ({found.batch_id}); using it", file=sys.stderr, flush=True)
+            return found
+        if attempt >= len(delays):
+            raise ProviderError(f"{label}: {message}; no batch was made after {attempt + 1} attempt(s)")
+        attempt += 1
+        print(f"batchpipe: {label}: no batch was made; trying again (attempt {attempt + 1})", file=sys.stderr, flush=True)
 
 
 # --- wire formats -------------------------------------------------------------------------------

@@ -1,0 +1,292 @@
+"""The `openai` provider: OpenAI's Files + Batch API through the official SDK (openai >= 3, httpx2).
+
+Money rules:
+* `batches.create` goes through a client with `max_retries=0`; an error whose outcome is unknown
+  (timeout, dropped connection, 408/409/429/5xx) is followed by a search for the batch (metadata
+  `batchpipe_chunk_hash`) before any new attempt (`base.create_once`).
+* Reads (retrieve, list, file content) and uploads keep SDK retries: they cost nothing.
+* The key comes from the environment only (`openai.api_key_env`, default OPENAI_API_KEY) and never
+  appears in a message: every SDK error is turned into a scrubbed one-line ProviderError.
+
+The SDK is imported lazily, so building the provider and `check_ready()` are cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .base import (
+    CREATE_REJECTED,
+    CREATE_TOKEN_LIMIT,
+    CREATE_UNKNOWN,
+    OPENAI_ENDPOINT,
+    BatchStatus,
+    MissingKey,
+    Provider,
+    ProviderError,
+    create_once,
+    is_token_limit_message,
+    scrub_secrets,
+)
+from .local import status_from_openai
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+FIND_MARGIN = 900.0  # seconds before created_after at which find_batch stops scanning (clock skew, slow creates)
+FIND_MAX_SCAN = 5000
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    wire = "openai"
+
+    def __init__(self, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV, timeout: float = 600.0,
+                 read_retries: int = 5, realtime_retries: int = 2, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
+                 sleep=time.sleep):
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.read_retries = read_retries
+        self.realtime_retries = realtime_retries
+        self.create_delays = tuple(create_delays)
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+
+    @classmethod
+    def from_settings(cls, settings) -> "OpenAIProvider":
+        conf = settings["openai"] or {}
+        return cls(base_url=conf.get("base_url"), api_key_env=conf.get("api_key_env") or DEFAULT_KEY_ENV,
+                   timeout=float(conf.get("timeout") or 600))
+
+    # --- clients and errors --------------------------------------------------------------------
+
+    def _key(self) -> str:
+        key = os.environ.get(self.api_key_env, "").strip()
+        if not key:
+            raise MissingKey(f"provider openai needs an API key: set the environment variable {self.api_key_env}")
+        return key
+
+    def _endpoint(self) -> str:
+        return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+    def _client(self, kind: str = "read"):
+        """kind: read (SDK retries), create (no retries: a retried create can pay twice), realtime."""
+        key = self._key()
+        with self._lock:
+            client = self._clients.get(kind)
+            if client is None or client.api_key != key:
+                import openai
+
+                retries = {"read": self.read_retries, "create": 0, "realtime": self.realtime_retries}[kind]
+                client = openai.OpenAI(api_key=key, base_url=self.base_url or None, timeout=self.timeout,
+                                       max_retries=retries)
+                self._clients[kind] = client
+            return client
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        return (os.environ.get(self.api_key_env),)
+
+    def _describe(self, exc: Exception) -> tuple[int | None, str]:
+        """(HTTP status or None, one scrubbed line) for an SDK error."""
+        import openai
+
+        status = getattr(exc, "status_code", None) if isinstance(exc, openai.APIStatusError) else None
+        if isinstance(exc, openai.APITimeoutError):
+            text = "request timed out"
+        elif isinstance(exc, openai.APIConnectionError):
+            text = "connection error" + (f" ({type(exc.__cause__).__name__})" if exc.__cause__ else "")
+        elif isinstance(exc, openai.APIStatusError):
+            text = f"HTTP {status}: {_error_message(exc.body) or exc.message}"
+            if status in (401, 403):
+                text += f" (check the key in {self.api_key_env})"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        return status, scrub_secrets(text, self._secrets())
+
+    def _error(self, what: str, exc: Exception) -> ProviderError:
+        _, text = self._describe(exc)
+        return ProviderError(f"openai {what}: {text}")
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        import openai
+
+        try:
+            return fn(*args, **kwargs)
+        except openai.OpenAIError as exc:
+            raise self._error(what, exc) from None
+
+    # --- Provider ---------------------------------------------------------------------------------
+
+    def check_ready(self, online: bool = False) -> None:
+        self._key()
+        if online:
+            client = self._client("read").with_options(max_retries=1)
+            self._call(f"check at {self._endpoint()}", client.batches.list, limit=1)
+
+    def upload(self, request_file: Path) -> str:
+        # A duplicate upload costs nothing, so SDK retries are fine here.
+        client = self._client("read")
+        data = request_file.read_bytes()
+        file = self._call(f"upload of {request_file.name}", client.files.create, file=(request_file.name, data),
+                          purpose="batch")
+        return file.id
+
+    def create(self, request_file: Path, input_file_id: str | None, metadata: dict) -> BatchStatus:
+        if not input_file_id:
+            raise ProviderError("openai create: no input file id (upload the request file first)")
+        client = self._client("create")
+        content_hash = (metadata or {}).get("batchpipe_chunk_hash")
+        started = time.time()
+
+        def attempt() -> BatchStatus:
+            batch = client.batches.create(input_file_id=input_file_id, endpoint=OPENAI_ENDPOINT,
+                                          completion_window="24h", metadata=metadata or None)
+            return _status(batch)
+
+        def find() -> BatchStatus | None:
+            if not content_hash:
+                raise ProviderError("openai create: cannot tell whether the batch was made (no chunk hash in metadata)")
+            # Only a batch made by this call counts (an older batch of the same chunk is not this one).
+            return self.find_batch(content_hash, {"created_after": started, "margin": 120,
+                                                  "input_file_id": input_file_id})
+
+        return create_once(attempt, find, self._classify_create, label=f"openai create for {request_file.name}",
+                           delays=self.create_delays, sleep=self.sleep)
+
+    def _classify_create(self, exc: Exception) -> tuple[str, str, float | None] | None:
+        import openai
+
+        if not isinstance(exc, openai.OpenAIError):
+            return None
+        status, text = self._describe(exc)
+        body_text = f"{_error_code(getattr(exc, 'body', None))} {text}"
+        if status in (400, 429) and is_token_limit_message(body_text):
+            return CREATE_TOKEN_LIMIT, text, None
+        if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+            return CREATE_REJECTED, text, None
+        retry_after = None
+        if isinstance(exc, openai.APIStatusError):
+            retry_after = _retry_after(exc.response.headers)
+        return CREATE_UNKNOWN, text, retry_after
+
+    def retrieve(self, batch_id: str) -> BatchStatus:
+        return _status(self._call(f"retrieve {batch_id}", self._client("read").batches.retrieve, batch_id))
+
+    def download(self, status: BatchStatus) -> tuple[bytes, bytes]:
+        """Output and error file contents (either file may be missing); line order is the API's."""
+        client = self._client("read")
+
+        def fetch(file_id: str | None) -> bytes:
+            if not file_id:
+                return b""
+            data = self._call(f"download of {file_id} (batch {status.batch_id})", client.files.content, file_id).content
+            return data if not data or data.endswith(b"\n") else data + b"\n"
+
+        return fetch(status.output_file_id), fetch(status.error_file_id)
+
+    def cancel(self, batch_id: str) -> BatchStatus:
+        return _status(self._call(f"cancel {batch_id}", self._client("read").batches.cancel, batch_id))
+
+    def list_batches(self) -> Iterator[BatchStatus]:
+        import openai
+
+        client = self._client("read")
+        try:
+            for batch in client.batches.list(limit=100):
+                yield _status(batch)
+        except openai.OpenAIError as exc:
+            raise self._error("list", exc) from None
+
+    def find_batch(self, content_hash: str, intent: dict) -> BatchStatus | None:
+        """The batch whose metadata holds this chunk hash, scanning newest first down to well before the intent."""
+        created_after = intent.get("created_after")
+        margin = float(intent.get("margin", FIND_MARGIN))
+        matches: list[BatchStatus] = []
+        for scanned, status in enumerate(self.list_batches()):
+            if created_after and status.created_at and status.created_at < created_after - margin:
+                break
+            if status.metadata.get("batchpipe_chunk_hash") == content_hash:
+                matches.append(status)
+            if scanned >= FIND_MAX_SCAN:
+                if matches:
+                    break
+                raise ProviderError(f"cannot tell: scanned {scanned} batches without reaching the submission time")
+        if not matches:
+            return None
+        # Several batches of one chunk means one was already paid twice; adopt the oldest (the others
+        # stay visible in `batchpipe list --remote`) rather than stopping.
+        return min(matches, key=lambda s: (s.created_at or 0, s.batch_id))
+
+    def complete(self, request_line: dict) -> dict:
+        """Realtime: POST the line's body to /chat/completions; the answer as a batch output/error line."""
+        import openai
+
+        custom_id = request_line.get("custom_id", "")
+        body = dict(request_line.get("body") or {})
+        client = self._client("realtime")
+        try:
+            completion = client.chat.completions.create(**body)
+        except openai.APIStatusError as exc:
+            _, text = self._describe(exc)
+            err = (exc.body.get("error") if isinstance(exc.body, dict) else None) or {}
+            err = err if isinstance(err, dict) else {}
+            return {"custom_id": custom_id, "response": {
+                "status_code": exc.status_code, "request_id": exc.request_id,
+                "body": {"error": {"message": scrub_secrets(err.get("message") or text, self._secrets()),
+                                   "type": err.get("type"), "param": err.get("param"), "code": err.get("code")}}},
+                "error": None}
+        except openai.OpenAIError as exc:
+            _, text = self._describe(exc)
+            code = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection_error"
+            return {"custom_id": custom_id, "response": None, "error": {"code": code, "message": text}}
+        return {"custom_id": custom_id, "response": {
+            "status_code": 200, "request_id": getattr(completion, "_request_id", None),
+            "body": completion.model_dump(mode="json", exclude_unset=True)}, "error": None}
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+def _status(batch) -> BatchStatus:
+    return status_from_openai(batch.model_dump(mode="json"))
+
+
+def _error_message(body: object) -> str | None:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+    if isinstance(body, str):
+        return body
+    return None
+
+
+def _error_code(body: object) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return f"{err.get('code') or ''} {err.get('type') or ''}"
+    return ""
+
+
+def _retry_after(headers) -> float | None:
+    try:
+        value = headers.get("retry-after-ms")
+        if value:
+            return float(value) / 1000
+        value = headers.get("retry-after")
+        return float(value) if value else None
+    except (TypeError, ValueError):
+        return None
