@@ -9,6 +9,7 @@ exists, the chunk stops with a message instead of guessing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .chunks import Layout, NewChunk, Plan
+from .chunks import Layout, NewChunk, Plan, read_existing_chunks, token_limit, tokens_in_flight
 from .config import Settings
 from .files import (
     append_line_durably,
@@ -206,17 +207,50 @@ def submit_chunk(settings: Settings, provider: Provider, processor: str, chunk: 
             file_id = provider.upload(request_file)
             entries.append(record(layout, chunk, "uploaded", input_file_id=file_id))
         _crash_point("after_upload")
-        metadata = {"batchpipe_chunk_hash": content_hash, "batchpipe_chunk": chunk, "batchpipe_processor": processor,
-                    "project": "batchpipe"}
-        entries.append(record(layout, chunk, "create_intent", input_file_id=file_id, request_count=index["request_count"],
-                              created_after=time.time()))
-        status = provider.create(request_file, file_id, metadata)
-        _crash_point("after_create")
-        entries.append(record(layout, chunk, "created", batch_id=status.batch_id, created_at=status.created_at,
-                              input_file_id=file_id, status=status.status))
-        _crash_point("before_marker")
-        log(f"{processor}/{chunk}: submitted {index['request_count']} request(s) as batch {status.batch_id}")
-        return write_marker(layout, processor, chunk, entries)
+        limit = token_limit(settings, index["model"])
+        budget = file_lock(layout.ledger_dir() / ".budget.lock") if limit else contextlib.nullcontext()
+        with budget:  # one submitter at a time checks the budget and creates
+            if limit:
+                wait_for_budget(settings, provider, index["model"], index["est_tokens"], limit, log)
+            return _create(settings, layout, provider, processor, chunk, entries, request_file, index,
+                           content_hash, file_id, log)
+
+
+def _create(settings: Settings, layout: Layout, provider: Provider, processor: str, chunk: str, entries: list[dict],
+            request_file: Path, index: dict, content_hash: str, file_id: str | None, log: JobLog) -> Path:
+    """Record the intent, create the batch, record it, write the marker."""
+    metadata = {"batchpipe_chunk_hash": content_hash, "batchpipe_chunk": chunk, "batchpipe_processor": processor,
+                "project": "batchpipe"}
+    entries.append(record(layout, chunk, "create_intent", input_file_id=file_id, request_count=index["request_count"],
+                          created_after=time.time()))
+    status = provider.create(request_file, file_id, metadata)
+    _crash_point("after_create")
+    entries.append(record(layout, chunk, "created", batch_id=status.batch_id, created_at=status.created_at,
+                          input_file_id=file_id, status=status.status))
+    _crash_point("before_marker")
+    log(f"{processor}/{chunk}: submitted {index['request_count']} request(s) as batch {status.batch_id}")
+    return write_marker(layout, processor, chunk, entries)
+
+
+def wait_for_budget(settings: Settings, provider: Provider, model: str, tokens: int, limit: int, log: JobLog,
+                    sleep: Callable[[float], None] = time.sleep) -> None:
+    """Block until the tokens in flight for `model` leave room for `tokens` (or nothing is in flight)."""
+    delay = settings["poll_interval"]
+    while True:
+        existing = read_existing_chunks(settings)
+        for chunks in existing.values():
+            for chunk in chunks.values():
+                if chunk.batch_id and not chunk.collected and not chunk.known_ended and chunk.prepared.get("model") == model:
+                    status = provider.retrieve(chunk.batch_id)
+                    if status.ended:
+                        record(Layout(settings), chunk.chunk, "status", batch_id=status.batch_id, status=status.status,
+                               ended=True, succeeded=status.succeeded, failed=status.failed, total=status.total)
+        used = tokens_in_flight(read_existing_chunks(settings), model)
+        if not used or used + tokens <= limit:
+            return
+        log(f"enqueued-token budget for {model}: {used} of {limit} in flight, this chunk needs {tokens}; waiting")
+        sleep(delay)
+        delay = min(delay * 1.5, settings["max_poll_interval"])
 
 
 def _recover(provider: Provider, content_hash: str, intent: dict, index: dict, log: JobLog, chunk: str) -> BatchStatus | None:
@@ -270,7 +304,8 @@ def download_chunk(settings: Settings, provider: Provider, processor: str, chunk
     status = waiter.wait(marker["batch_id"], f"{processor}/{chunk}")
     output, errors = provider.download(status)
     if status.errors and not errors:
-        errors = batch_errors_as_lines(status, read_json(layout.index_file(processor, chunk)))
+        # the marker's request table: `batchpipe collect` on a machine without the request files
+        errors = batch_errors_as_lines(status, marker if marker.get("requests") else read_json(layout.index_file(processor, chunk)))
     atomic_write_bytes(layout.output(processor, chunk), output)
     atomic_write_bytes(layout.errors(processor, chunk), errors)
     record(layout, chunk, "downloaded", batch_id=status.batch_id, status=status.status, succeeded=status.succeeded,

@@ -25,7 +25,7 @@ from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .issues import IssueFileError, load_issue
 from .requests import custom_id_for, render_request
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ class IssueEntry:
     repo: str
     number: int
     state: str
-    hashes: dict[str, str]
+    hashes: dict[str, str]  # processor -> request hash
+    tokens: dict[str, int] = field(default_factory=dict)  # processor -> estimated tokens (prompt + max_tokens)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class NewChunk:
     chunk: str
     processor: str
     members: list[tuple[str, str, list[str]]]  # (custom_id, request_hash, issue file paths)
+    est_tokens: int = 0
 
 
 @dataclass
@@ -159,6 +161,7 @@ class ProcessorPlan:
     waiting: dict[str, str] = field(default_factory=dict)  # issue key -> chunk in flight
     failed: dict[str, dict] = field(default_factory=dict)  # issue key -> {reason, attempts, permanent}
     missing_results: list[str] = field(default_factory=list)  # issue keys whose result file is gone
+    deferred: dict[str, NewChunk] = field(default_factory=dict)  # new chunks held back by the token budget
 
 
 @dataclass
@@ -188,6 +191,8 @@ class Plan:
         if self.settings["wait"]:
             return True
         existing = pp.existing.get(chunk)
+        if existing is None and self.settings["mode"] == "realtime":
+            return True  # answered while it is sent
         return existing is not None and (existing.collected or existing.known_ended)
 
     def targets(self) -> list[Path]:
@@ -247,7 +252,9 @@ class Plan:
                 f"{in_flight} chunk(s) in flight, {len(pp.failed)} failed for good"
             )
             for chunk in pp.new.values():
-                lines.append(f"  new chunk {name}/{chunk.chunk}: {len(chunk.members)} request(s)")
+                lines.append(f"  new chunk {name}/{chunk.chunk}: {len(chunk.members)} request(s), ~{chunk.est_tokens} tokens")
+            if pp.deferred:
+                lines.append(f"  {len(pp.deferred)} chunk(s) held back by enqueued_token_limit until batches in flight end")
         if self.skipped:
             lines.append(f"batchpipe plan: {len(self.skipped)} issue file(s) skipped (see messages above)")
         return "\n".join(lines)
@@ -309,15 +316,17 @@ def scan_issues(settings: Settings) -> tuple[list[IssueEntry], list[IssueFileErr
             except IssueFileError as exc:
                 errors.append(exc)
                 continue
-            hashes = {p.name: render_request(issue, p, settings).request_hash for p in settings.processors}
-            row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state, hashes]
+            rendered = {p.name: render_request(issue, p, settings) for p in settings.processors}
+            row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state,
+                   {name: [r.request_hash, r.est_tokens] for name, r in rendered.items()}]
         fresh[name] = row
-        _, key, org, repo, number, state, hashes = row
+        _, key, org, repo, number, state, requests = row
         if key in seen:
             errors.append(IssueFileError(str(path), f"issue {org}/{repo}#{number} is also in {seen[key]}; keep one file"))
             continue
         seen[key] = name
-        entries.append(IssueEntry(str(path), key, org, repo, number, state, hashes))
+        entries.append(IssueEntry(str(path), key, org, repo, number, state,
+                                  {p: h for p, (h, _) in requests.items()}, {p: t for p, (_, t) in requests.items()}))
     if fresh != cached:
         try:
             atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
@@ -326,8 +335,9 @@ def scan_issues(settings: Settings) -> tuple[list[IssueEntry], list[IssueFileErr
     return entries, errors
 
 
-def select_issues(settings: Settings, entries: list[IssueEntry]) -> list[IssueEntry]:
-    """The issues this run is about: config filters org, repo, issue_number, then limit."""
+def select_issues(settings: Settings, entries: list[IssueEntry], selection=None) -> list[IssueEntry]:
+    """The issues this run is about: config filters org, repo, issue_number, the `selection` key
+    (`query.selected_keys`, computed here unless given; `all` never loads DuckDB), then limit."""
     values = settings.values
     chosen = [
         e
@@ -336,6 +346,12 @@ def select_issues(settings: Settings, entries: list[IssueEntry]) -> list[IssueEn
         and (values["repo"] is None or e.repo == values["repo"])
         and (values["issue_number"] is None or e.number == values["issue_number"])
     ]
+    if values["selection"] != "all":
+        if selection is None:
+            from .query import selected_keys
+
+            selection = selected_keys(settings, chosen)
+        chosen = [e for e in chosen if e.key in selection.keys]
     if values["limit"] is not None:
         chosen = chosen[: values["limit"]]
     return chosen
@@ -378,11 +394,18 @@ def build_plan(settings: Settings) -> Plan:
     """What this run has to do, from the files on disk."""
     layout = Layout(settings)
     entries, skipped = scan_issues(settings)
-    selected = select_issues(settings, entries)
+    selection = None
+    if settings["selection"] != "all":  # missing, reprocess or sql: per processor, maybe forcing a resend
+        from .query import selected_keys
+
+        selection = selected_keys(settings, entries)
+    selected = select_issues(settings, entries, selection)
     existing = read_existing_chunks(settings)
     plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
     for processor in settings.processors:
-        pp = ProcessorPlan(processor.name, selected=[e.key for e in selected])
+        mine = selected if selection is None else [e for e in selected if e.key in selection.by_processor[processor.name]]
+        force = selection.force.get(processor.name, {}) if selection else {}  # issue key -> result's custom_id
+        pp = ProcessorPlan(processor.name, selected=[e.key for e in mine])
         chunks = existing.get(processor.name, {})
         pp.existing = chunks
         attempts: dict[str, list[tuple[str, str, dict]]] = {}  # request hash -> [(chunk, custom_id, info)]
@@ -391,10 +414,13 @@ def build_plan(settings: Settings) -> Plan:
                 attempts.setdefault(info["request_hash"], []).append((chunk.chunk, cid, info))
         needed: list[str] = []
         pending: list[tuple[str, str, str]] = []
-        for entry in selected:
+        tokens: dict[str, int] = {}
+        for entry in mine:
             rhash = entry.hashes[processor.name]
             sent = sorted(attempts.get(rhash, []), key=lambda a: a[2]["attempt"])
             state = _request_state(sent, chunks, settings["max_attempts"])
+            if state["kind"] == "done" and _reprocess(state, force.get(entry.key)):
+                state = {"kind": "pending", "attempt": state["last_attempt"] + 1}
             if state["kind"] == "done":
                 pp.sources[entry.key] = (state["chunk"], state["custom_id"])
                 if not chunks[state["chunk"]].archived:
@@ -407,9 +433,14 @@ def build_plan(settings: Settings) -> Plan:
                 pp.failed[entry.key] = state
             else:
                 pending.append((custom_id_for(rhash, state["attempt"]), rhash, entry.path))
+                tokens[rhash] = entry.tokens.get(processor.name, 0)
         # Everything paid for gets collected, selected or not.
         needed.extend(c.chunk for c in chunks.values() if not c.collected)
         pp.new = _new_chunks(processor.name, pending, settings["chunk_size"])
+        for chunk in pp.new.values():
+            chunk.est_tokens = sum(tokens[rhash] for _, rhash, _ in chunk.members)
+        if not settings["wait"]:
+            _defer_over_budget(settings, processor.model_for(settings.provider, settings.model_override), pp, existing)
         needed.extend(pp.new)
         pp.chunks = list(dict.fromkeys(needed))
         plan.processors[processor.name] = pp
@@ -417,10 +448,15 @@ def build_plan(settings: Settings) -> Plan:
 
 
 def _request_state(sent: list[tuple[str, str, dict]], chunks: dict[str, ExistingChunk], max_attempts: int) -> dict:
-    """done / waiting / failed / pending (with the next attempt number) for one request hash."""
+    """done / waiting / failed / pending (with the next attempt number) for one request hash.
+
+    The latest successful attempt answers. An attempt after a success is a reprocess: while it runs the
+    request is waiting; if it fails, the earlier answer stands. `done` also tells its attempt number,
+    the last attempt number, and whether it answered a reprocess."""
     counted = 0
     last_attempt = 0
     last_failure: dict | None = None
+    done: dict | None = None
     for chunk_id, cid, info in sent:
         last_attempt = max(last_attempt, info["attempt"])
         chunk = chunks[chunk_id]
@@ -428,7 +464,12 @@ def _request_state(sent: list[tuple[str, str, dict]], chunks: dict[str, Existing
             return {"kind": "waiting", "chunk": chunk_id}
         outcome = chunk.outcomes.get(cid, {"status": "failed", "retryable": True, "error": "no result recorded"})
         if outcome["status"] == "succeeded":
-            return {"kind": "done", "chunk": chunk_id, "custom_id": cid}
+            done = {"kind": "done", "chunk": chunk_id, "custom_id": cid, "attempt": info["attempt"],
+                    "reprocessed": done is not None}
+            counted, last_failure = 0, None
+            continue
+        if done is not None:
+            continue  # a reprocess that failed: the earlier answer stands
         if cid in chunk.retry_requested:  # `batchpipe retry`: a person asked for another go
             counted, last_failure = 0, None
             continue
@@ -437,9 +478,50 @@ def _request_state(sent: list[tuple[str, str, dict]], chunks: dict[str, Existing
             counted += 1
         if not outcome.get("retryable", True):
             return {"kind": "failed", "reason": outcome.get("error", ""), "attempts": counted, "permanent": True}
+    if done is not None:
+        return done | {"last_attempt": last_attempt}
     if counted >= max_attempts and last_failure is not None:
         return {"kind": "failed", "reason": last_failure.get("error", ""), "attempts": counted, "permanent": False}
     return {"kind": "pending", "attempt": last_attempt + 1}
+
+
+def _reprocess(state: dict, result_custom_id: str | None) -> bool:
+    """Whether a `done` request is sent once more (selection: reprocess): only while the low-confidence
+    result is the current answer, nothing was sent after it, and it is not itself a reprocess's answer."""
+    return (result_custom_id is not None and result_custom_id == state["custom_id"]
+            and state["attempt"] == state["last_attempt"] and not state["reprocessed"])
+
+
+def token_limit(settings: Settings, model: str) -> int | None:
+    """The enqueued-token limit for a model (an integer for all, or a per-model table)."""
+    limit = settings["enqueued_token_limit"]
+    if isinstance(limit, dict):
+        return limit.get(model)
+    return limit
+
+
+def tokens_in_flight(existing: dict[str, dict[str, ExistingChunk]], model: str) -> int:
+    """Estimated tokens of submitted batches of `model` not yet seen ending."""
+    return sum(
+        int(c.prepared.get("est_tokens") or 0)
+        for chunks in existing.values()
+        for c in chunks.values()
+        if c.batch_id and c.prepared.get("model") == model and not c.collected and not c.known_ended
+    )
+
+
+def _defer_over_budget(settings: Settings, model: str, pp: ProcessorPlan,
+                       existing: dict[str, dict[str, ExistingChunk]]) -> None:
+    """Not waiting: keep only the new chunks that fit the token budget now; later runs send the rest."""
+    limit = token_limit(settings, model)
+    if not limit:
+        return
+    used = tokens_in_flight(existing, model)
+    for chunk_id, chunk in list(pp.new.items()):
+        if used and used + chunk.est_tokens > limit:
+            pp.deferred[chunk_id] = pp.new.pop(chunk_id)
+        else:
+            used += chunk.est_tokens
 
 
 def _new_chunks(processor: str, pending: list[tuple[str, str, str]], size: int) -> dict[str, NewChunk]:

@@ -430,6 +430,42 @@ class BatchEngine:
             "results_url": f"/v1/messages/batches/{record.id}/results" if ended else None,
         }
 
+    # --- Realtime ------------------------------------------------------------------------------
+
+    def complete_line(self, native: dict, request_format: str = "openai") -> dict:
+        """Answer one native request line now, as the line a batch would give for it (output or error).
+
+        The synchronous API of the service: the same responder and request fault rules as a batch (a
+        `times` rule counts per custom_id). Every answer is appended to `realtime.jsonl` in state_dir,
+        the service's own record of what it answered (and would bill)."""
+        now = self.clock()
+        if request_format == "openai":
+            line, problem = check_openai_line(json.dumps(native), CHAT_ENDPOINT, set(), None)
+            if problem:
+                code, message, param = problem
+                out = {"kind": "errored", "line": {
+                    "id": derived_id("batch_req_", "realtime", str(native.get("custom_id"))),
+                    "custom_id": native.get("custom_id"), "response": {"status_code": 400, "request_id": None, "body": {
+                        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}},
+                    "error": None}}
+            else:
+                out = None
+        elif request_format == "anthropic":
+            line, out = native, None
+        else:
+            raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
+        if out is None:
+            rec = BatchRecord(id="realtime", request_format=request_format, endpoint=CHAT_ENDPOINT,
+                              completion_window="24h", created_at=now, expires_at=now,
+                              request_faults=self.faults.get("requests", []))
+            out = self._answer(rec, [line], now)[0]
+        usage = {"custom_id": native.get("custom_id"), "time": round(now, 3), "kind": out["kind"],
+                 "input_tokens": out.get("input_tokens", 0), "output_tokens": out.get("output_tokens", 0)}
+        with file_lock(self.state_dir / "realtime.lock"):
+            with open(self.state_dir / "realtime.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(canonical_json(usage) + "\n")
+        return out["line"]
+
     # --- Lifecycle -----------------------------------------------------------------------------
 
     def _advance(self, batch_id: str) -> BatchRecord:

@@ -120,7 +120,8 @@ def collect_chunk(plan: Plan, provider: Provider, processor_name: str, chunk: st
                 for issue in entry["issues"]:
                     if plan.current_hash(issue["key"], processor_name) not in (entry["request_hash"], None):
                         continue  # the issue changed since: a newer request owns its result
-                    doc = result_document(settings, processor, issue, entry, marker, outcome, answer.value)
+                    doc = result_document(settings, processor, issue, entry, marker, outcome, answer.value,
+                                          mode=marker.get("mode", "batch"))
                     write_result(layout.result(issue["key"], processor_name), doc)
                     written += 1
             else:

@@ -12,7 +12,9 @@ from pathlib import Path
 from .batches import JobLog, download_chunk, refresh_statuses, submit_chunk, write_requests
 from .chunks import Plan, build_plan
 from .config import ConfigError, Settings, coerce_command_line, load_settings
+from .files import read_json
 from .providers import Provider, ProviderError, make_provider
+from .realtime import chunk_mode, download_realtime, submit_realtime
 from .results import collect_chunk
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
@@ -86,10 +88,16 @@ def run_write_requests(plan: Plan, processor: str, chunk: str, log: str) -> None
 
 
 def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
+    if chunk_mode(plan.settings, chunk) == "realtime":  # the ledger's mode once prepared, else the config's
+        submit_realtime(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
+        return
     submit_chunk(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
 
 
 def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
+    if read_json(plan.layout.marker(processor, chunk)).get("mode") == "realtime":
+        download_realtime(plan.settings, processor, chunk, JobLog(log))  # from the journal, no provider call
+        return
     download_chunk(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log))
 
 

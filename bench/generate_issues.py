@@ -9,9 +9,9 @@ the real one, while every text differs:
 
 * the template issue (body, labels, state, comment count) is drawn uniformly from the real issues;
 * each comment is kept (its real length), or with probability 0.2 replaced by a random real comment;
-* words are swapped for random words of the real vocabulary (about 1 word in 12, which keeps the
-  non-ASCII words, emoji and U+FFFC of the real texts in circulation); line ends are kept as they are
-  (``\\r\\n`` in most real texts), and a few sentences are dropped or repeated;
+* words are swapped for random words drawn with their real frequencies (about 1 word in 12); the
+  non-ASCII text (emoji, accents, U+FFFC) comes with the templates at about the real rate; line ends
+  are kept as they are (``\\r\\n`` in most real texts), and a few sentences are dropped or repeated;
 * titles get a perturbed real title; dates are shifted and kept in order; numbers are 1..N.
 
 File names are ``{org}_{repo}_issue_{n}.json``. Same tgz, N and seed: same bytes.
@@ -73,17 +73,17 @@ def read_templates(tgz: Path) -> list[dict]:
 class Perturber:
     def __init__(self, templates: list[dict], rng: random.Random):
         self.rng = rng
-        vocab: set[str] = set()
+        vocab: list[str] = []  # with repeats: swaps follow real word frequencies
         users: set[str] = set()
         comments: list[dict] = []
         for t in templates:
             users.add(t["user"])
             for text in [t["title"], t["body"] or ""] + [c["body"] for c in t["comments"]]:
-                vocab.update(tok for tok in TOKEN.split(text) if WORD.match(tok) and len(tok) < 30)
+                vocab.extend(tok for tok in TOKEN.split(text) if WORD.match(tok) and len(tok) < 30)
             for c in t["comments"]:
                 users.add(c["user"])
                 comments.append(c)
-        self.vocab = sorted(vocab)
+        self.vocab = vocab
         self.users = sorted(users)
         self.comments = comments
 

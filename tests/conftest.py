@@ -34,7 +34,7 @@ class Run:
 class Workspace:
     root: Path
 
-    def snakemake(self, *args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> Run:
+    def snakemake(self, *args: str, env: dict | None = None, check: bool = True, timeout: float = 300) -> Run:
         """`python -m snakemake ARGS` in the workspace, as a user runs it."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
         full_env.update(env or {})

@@ -230,3 +230,16 @@ def test_process_killed_between_create_and_marker_resumes_without_second_batch(s
     marker = json.loads(ws.files("batch_results/*/*.submitted.json")[0].read_text())
     assert marker["adopted"] is True and marker["batch_id"] == ws.local_batches()[0]["id"]
     assert len(ws.results()) == 5
+
+
+def test_enqueued_token_budget_keeps_one_batch_in_flight_at_a_time(small_workspace):
+    ws = small_workspace
+    cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
+    cfg["local"]["delays"] = {"validating": 0, "in_progress": 0.5, "finalizing": 0}
+    cfg.update(chunk_size=2, enqueued_token_limit=4000, poll_interval=0.2)  # one chunk of 2 is ~3,000+ tokens
+    (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    ws.snakemake("--cores", "4", "results/all")
+    batches = sorted(ws.local_batches(), key=lambda b: b["created_at"])
+    assert len(batches) == 3 and len(ws.results()) == 5
+    for earlier, later in zip(batches, batches[1:]):
+        assert later["created_at"] >= earlier["completed_at"]

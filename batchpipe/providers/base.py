@@ -154,6 +154,37 @@ def scrub_secrets(text: object, secrets: tuple[str | None, ...] | list[str | Non
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def key_from_env(provider: str, variable: str) -> str:
+    """The API key in `variable`; MissingKey (one line naming the variable) when it is unset or empty.
+
+    A setting that does not look like a variable name (a key pasted into the config) is refused without
+    being repeated."""
+    import os
+
+    if not _ENV_NAME.match(variable or "") or variable.lower().startswith(("sk-", "sk_")):
+        raise MissingKey(f"{provider}.api_key_env must be the NAME of an environment variable (it looks like "
+                         f"something else; never put a key in the config)")
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise MissingKey(f"provider {provider} needs an API key: set the environment variable {variable}")
+    return key
+
+
+def sdk_kwargs(method: Callable, body: dict) -> dict:
+    """A request body as keyword arguments of an SDK method; keys it does not name go in `extra_body`."""
+    import inspect
+
+    names = set(inspect.signature(method).parameters)
+    kwargs = {k: v for k, v in body.items() if k in names and not k.startswith("extra_")}
+    extra = {k: v for k, v in body.items() if k not in kwargs}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
 def is_token_limit_message(text: str | None) -> bool:
     low = (text or "").lower()
     return any(marker in low for marker in TOKEN_LIMIT_MARKERS)

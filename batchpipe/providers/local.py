@@ -76,3 +76,7 @@ class LocalProvider(Provider):
     def list_batches(self) -> Iterator[BatchStatus]:
         for record in self.engine.list_batches():
             yield status_from_openai(self.engine.openai_batch(record))
+
+    def complete(self, request_line: dict) -> dict:
+        """Realtime: the engine answers one OpenAI request line now (its output or error line)."""
+        return self.engine.complete_line(request_line, "openai")

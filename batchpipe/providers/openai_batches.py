@@ -25,12 +25,13 @@ from .base import (
     CREATE_UNKNOWN,
     OPENAI_ENDPOINT,
     BatchStatus,
-    MissingKey,
     Provider,
     ProviderError,
     create_once,
     is_token_limit_message,
+    key_from_env,
     scrub_secrets,
+    sdk_kwargs,
 )
 from .local import status_from_openai
 
@@ -46,7 +47,7 @@ class OpenAIProvider(Provider):
     wire = "openai"
 
     def __init__(self, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV, timeout: float = 600.0,
-                 read_retries: int = 5, realtime_retries: int = 2, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
+                 read_retries: int = 5, realtime_retries: int = 0, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
                  sleep=time.sleep):
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -61,16 +62,15 @@ class OpenAIProvider(Provider):
     @classmethod
     def from_settings(cls, settings) -> "OpenAIProvider":
         conf = settings["openai"] or {}
-        return cls(base_url=conf.get("base_url"), api_key_env=conf.get("api_key_env") or DEFAULT_KEY_ENV,
-                   timeout=float(conf.get("timeout") or 600))
+        provider = cls(base_url=conf.get("base_url"), api_key_env=conf.get("api_key_env") or DEFAULT_KEY_ENV,
+                       timeout=float(conf.get("timeout") or 600))
+        provider.check_ready()  # a missing key stops the run here, before anything is written or spent
+        return provider
 
     # --- clients and errors --------------------------------------------------------------------
 
     def _key(self) -> str:
-        key = os.environ.get(self.api_key_env, "").strip()
-        if not key:
-            raise MissingKey(f"provider openai needs an API key: set the environment variable {self.api_key_env}")
-        return key
+        return key_from_env(self.name, self.api_key_env)
 
     def _endpoint(self) -> str:
         return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
@@ -90,7 +90,8 @@ class OpenAIProvider(Provider):
             return client
 
     def _secrets(self) -> tuple[str | None, ...]:
-        return (os.environ.get(self.api_key_env),)
+        raw = os.environ.get(self.api_key_env) or ""
+        return (raw, raw.strip())
 
     def _describe(self, exc: Exception) -> tuple[int | None, str]:
         """(HTTP status or None, one scrubbed line) for an SDK error."""
@@ -231,7 +232,7 @@ class OpenAIProvider(Provider):
         body = dict(request_line.get("body") or {})
         client = self._client("realtime")
         try:
-            completion = client.chat.completions.create(**body)
+            completion = client.chat.completions.create(**sdk_kwargs(client.chat.completions.create, body))
         except openai.APIStatusError as exc:
             _, text = self._describe(exc)
             err = (exc.body.get("error") if isinstance(exc.body, dict) else None) or {}
@@ -240,7 +241,7 @@ class OpenAIProvider(Provider):
                 "status_code": exc.status_code, "request_id": exc.request_id,
                 "body": {"error": {"message": scrub_secrets(err.get("message") or text, self._secrets()),
                                    "type": err.get("type"), "param": err.get("param"), "code": err.get("code")}}},
-                "error": None}
+                "error": None, "retry_after": _retry_after(exc.response.headers)}
         except openai.OpenAIError as exc:
             _, text = self._describe(exc)
             code = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection_error"

@@ -1,0 +1,421 @@
+"""The `anthropic` provider: Anthropic's Message Batches API through the official SDK.
+
+Anthropic takes the requests inline (no file upload) and keeps no metadata on a batch, so a batch
+is recognised by its creation time, its request count and, once it has ended, its custom_ids
+(`find_batch`). Money rules as for OpenAI: `messages.batches.create` goes through a client with
+`max_retries=0`, and after an error whose outcome is unknown the batch is searched for before any
+new attempt (`base.create_once`); when the search cannot tell, it stops with a ProviderError.
+
+The key comes from the environment only (`anthropic.api_key_env`, default ANTHROPIC_API_KEY) and
+never appears in a message. The SDK is imported lazily (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..files import sha256_hex
+from .base import (
+    CREATE_REJECTED,
+    CREATE_TOKEN_LIMIT,
+    CREATE_UNKNOWN,
+    BatchStatus,
+    Provider,
+    ProviderError,
+    create_once,
+    is_token_limit_message,
+    key_from_env,
+    scrub_secrets,
+    sdk_kwargs,
+    split_anthropic_results,
+)
+
+DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
+BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+WINDOW_BEFORE = 120.0  # find_batch: candidates created from created_after - 120 s ...
+WINDOW_AFTER = 600.0  # ... to created_after + 600 s (clock skew, slow create calls)
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+               403: "permission_error", 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
+               429: "rate_limit_error", 529: "overloaded_error"}
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+    wire = "anthropic"
+
+    def __init__(self, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV, timeout: float = 600.0,
+                 read_retries: int = 5, realtime_retries: int = 0, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
+                 not_found_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), settings=None, sleep=time.sleep):
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.read_retries = read_retries
+        self.realtime_retries = realtime_retries
+        self.create_delays = tuple(create_delays)
+        self.not_found_delays = tuple(not_found_delays)
+        self.settings = settings  # for the ledger (batches of other chunks) and request files in find_batch
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        self._made: dict[str, str] = {}  # batch id -> content hash, for batches this process created
+        self._ids: dict[str, frozenset[str]] = {}  # content hash -> custom_ids, for chunks this process sent
+
+    @classmethod
+    def from_settings(cls, settings) -> "AnthropicProvider":
+        conf = settings["anthropic"] or {}
+        provider = cls(base_url=conf.get("base_url"), api_key_env=conf.get("api_key_env") or DEFAULT_KEY_ENV,
+                       timeout=float(conf.get("timeout") or 600), settings=settings)
+        provider.check_ready()  # a missing key stops the run here, before anything is written or spent
+        return provider
+
+    # --- clients and errors --------------------------------------------------------------------
+
+    def _key(self) -> str:
+        return key_from_env(self.name, self.api_key_env)
+
+    def _endpoint(self) -> str:
+        return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+    def _client(self, kind: str = "read"):
+        """kind: read (SDK retries), create (no retries: a retried create can pay twice), realtime."""
+        key = self._key()
+        with self._lock:
+            client = self._clients.get(kind)
+            if client is None or client.api_key != key:
+                import anthropic
+
+                retries = {"read": self.read_retries, "create": 0, "realtime": self.realtime_retries}[kind]
+                # An explicit api_key keeps the SDK from reading profiles or other credential variables.
+                client = anthropic.Anthropic(api_key=key, base_url=self.base_url or None, timeout=self.timeout,
+                                             max_retries=retries)
+                self._clients[kind] = client
+            return client
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        raw = os.environ.get(self.api_key_env) or ""
+        return (raw, raw.strip())
+
+    def _describe(self, exc: Exception) -> tuple[int | None, str]:
+        import anthropic
+
+        status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else None
+        if isinstance(exc, anthropic.APITimeoutError):
+            text = "request timed out"
+        elif isinstance(exc, anthropic.APIConnectionError):
+            text = "connection error" + (f" ({type(exc.__cause__).__name__})" if exc.__cause__ else "")
+        elif isinstance(exc, anthropic.APIStatusError):
+            err = _error_body(exc.body)
+            text = f"HTTP {status}: {err.get('type') + ': ' if err.get('type') else ''}{err.get('message') or exc.message}"
+            if status in (401, 403):
+                text += f" (check the key in {self.api_key_env})"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        return status, scrub_secrets(text, self._secrets())
+
+    def _error(self, what: str, exc: Exception) -> ProviderError:
+        _, text = self._describe(exc)
+        return ProviderError(f"anthropic {what}: {text}")
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        import anthropic
+
+        try:
+            return fn(*args, **kwargs)
+        except anthropic.AnthropicError as exc:
+            raise self._error(what, exc) from None
+
+    # --- Provider ---------------------------------------------------------------------------------
+
+    def check_ready(self, online: bool = False) -> None:
+        self._key()
+        if online:
+            client = self._client("read").with_options(max_retries=1)
+            self._call(f"check at {self._endpoint()}", client.messages.batches.list, limit=1)
+
+    def upload(self, request_file: Path) -> None:
+        return None  # requests go inline with the create call
+
+    def create(self, request_file: Path, input_file_id: str | None, metadata: dict) -> BatchStatus:
+        content = request_file.read_bytes()
+        requests = [json.loads(line) for line in content.splitlines() if line.strip()]
+        if not requests:
+            raise ProviderError(f"anthropic create: {request_file} holds no requests")
+        content_hash = (metadata or {}).get("batchpipe_chunk_hash") or sha256_hex(content)
+        custom_ids = frozenset(r["custom_id"] for r in requests)
+        self._ids[content_hash] = custom_ids
+        client = self._client("create")
+        started = time.time()
+
+        def attempt() -> BatchStatus:
+            return _status(client.messages.batches.create(requests=requests))
+
+        def find() -> BatchStatus | None:
+            return self.find_batch(content_hash, {"created_after": started, "request_count": len(requests),
+                                                  "custom_ids": sorted(custom_ids)})
+
+        status = create_once(attempt, find, self._classify_create, label=f"anthropic create for {request_file.name}",
+                             delays=self.create_delays, sleep=self.sleep)
+        self._made[status.batch_id] = content_hash
+        return status
+
+    def _classify_create(self, exc: Exception) -> tuple[str, str, float | None] | None:
+        import anthropic
+
+        if not isinstance(exc, anthropic.AnthropicError):
+            return None
+        status, text = self._describe(exc)
+        if status in (400, 429) and is_token_limit_message(text):
+            return CREATE_TOKEN_LIMIT, text, None
+        if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+            return CREATE_REJECTED, text, None
+        retry_after = None
+        if isinstance(exc, anthropic.APIStatusError):
+            retry_after = _retry_after(exc.response.headers)
+        return CREATE_UNKNOWN, text, retry_after
+
+    def retrieve(self, batch_id: str) -> BatchStatus:
+        """The batch; a 404 just after create (the batch is not visible everywhere yet) is retried briefly."""
+        import anthropic
+
+        client = self._client("read")
+        for delay in (*self.not_found_delays, None):
+            try:
+                return _status(client.messages.batches.retrieve(batch_id))
+            except anthropic.NotFoundError as exc:
+                if delay is None:
+                    raise self._error(f"retrieve {batch_id}", exc) from None
+                self.sleep(delay)
+            except anthropic.AnthropicError as exc:
+                raise self._error(f"retrieve {batch_id}", exc) from None
+        raise AssertionError("unreachable")
+
+    def download(self, status: BatchStatus) -> tuple[bytes, bytes]:
+        """(succeeded lines, errored/canceled/expired lines) of an ended batch, in the API's order."""
+        return split_anthropic_results(self._results(status))
+
+    def _results(self, status: BatchStatus) -> bytes:
+        if not status.ended:
+            raise ProviderError(f"anthropic batch {status.batch_id} is {status.status}; results come once it has ended")
+        client = self._client("read")
+        raw = self._call(f"results of {status.batch_id}", client.messages.batches.with_raw_response.results,
+                         status.batch_id)
+        data = self._call(f"results of {status.batch_id}", raw.read)
+        lines = [line for line in data.splitlines() if line.strip()]
+        for line in lines:
+            try:
+                json.loads(line)
+            except ValueError:
+                raise ProviderError(f"anthropic results of {status.batch_id}: a line is not JSON") from None
+        return b"".join(line + b"\n" for line in lines)
+
+    def cancel(self, batch_id: str) -> BatchStatus:
+        return _status(self._call(f"cancel {batch_id}", self._client("read").messages.batches.cancel, batch_id))
+
+    def list_batches(self) -> Iterator[BatchStatus]:
+        import anthropic
+
+        client = self._client("read")
+        try:
+            for batch in client.messages.batches.list(limit=100):
+                yield _status(batch)
+        except anthropic.AnthropicError as exc:
+            raise self._error("list", exc) from None
+
+    def find_batch(self, content_hash: str, intent: dict) -> BatchStatus | None:
+        """The batch an interrupted create made, judged without metadata.
+
+        Candidates: created within [created_after - 120 s, created_after + 600 s], with the chunk's request
+        count, and not a batch known to belong to another chunk (this process's creates and the ledger).
+        An ended candidate counts only if its results hold exactly the chunk's custom_ids. One match is
+        adopted; none means there is no batch; several (or an unverifiable one next to others) raise
+        ProviderError("cannot tell ...")."""
+        created_after = intent.get("created_after")
+        if not created_after:
+            raise ProviderError("cannot tell: the ledger holds no time for the interrupted create")
+        count = intent.get("request_count")
+        ids = self._custom_ids(content_hash, intent)
+        if count is None and ids is not None:
+            count = len(ids)
+        others = self._other_chunks_batches(content_hash)
+        candidates: list[BatchStatus] = []
+        for status in self.list_batches():
+            if status.created_at is None or status.created_at > created_after + WINDOW_AFTER:
+                continue
+            if status.created_at < created_after - WINDOW_BEFORE:
+                break  # newest first: the rest are older still
+            if count is not None and status.total != count:
+                continue
+            if status.batch_id in others:
+                continue
+            candidates.append(status)
+        if not candidates:
+            return None
+        if ids is None:
+            if len(candidates) == 1:
+                return candidates[0]
+            raise ProviderError(f"cannot tell which of {len(candidates)} batches ({_ids(candidates)}) "
+                                f"holds this chunk's {count} requests")
+        verified, unverified = [], []
+        for status in candidates:
+            if status.ended:
+                got = {json.loads(line).get("custom_id") for line in self._results(status).splitlines()}
+                if got == ids:
+                    verified.append(status)
+            else:
+                unverified.append(status)
+        if len(verified) == 1:
+            return verified[0]
+        if len(verified) > 1:
+            raise ProviderError(f"cannot tell: {len(verified)} batches ({_ids(verified)}) hold exactly this chunk's requests")
+        if len(unverified) == 1:
+            return unverified[0]
+        if not unverified:
+            return None
+        raise ProviderError(f"cannot tell which of {len(unverified)} running batches ({_ids(unverified)}) "
+                            f"holds this chunk's {count} requests")
+
+    def _custom_ids(self, content_hash: str, intent: dict) -> frozenset[str] | None:
+        """The chunk's custom_ids: from the intent, this process's creates, or the request file the ledger names."""
+        if intent.get("custom_ids"):
+            return frozenset(intent["custom_ids"])
+        if content_hash in self._ids:
+            return self._ids[content_hash]
+        for entry in self._ledger_entries():
+            if entry.get("event") != "prepared" or entry.get("content_hash") != content_hash:
+                continue
+            if isinstance(entry.get("requests"), dict) and entry["requests"]:
+                return frozenset(entry["requests"])
+            if entry.get("request_file") and self.settings is not None:
+                path = Path(self.settings.root) / entry["request_file"]
+                try:
+                    content = path.read_bytes()
+                except OSError:
+                    continue
+                if sha256_hex(content) == content_hash:
+                    return frozenset(json.loads(line)["custom_id"] for line in content.splitlines() if line.strip())
+        return None
+
+    def _other_chunks_batches(self, content_hash: str) -> set[str]:
+        """Batch ids that belong to other chunks: made by this process, or recorded as created in the ledger."""
+        others = {batch_id for batch_id, made_for in self._made.items() if made_for != content_hash}
+        by_chunk: dict[str, dict] = {}
+        for entry in self._ledger_entries():
+            chunk = by_chunk.setdefault(entry.get("chunk") or "", {"hash": None, "batches": set()})
+            if entry.get("event") == "prepared":
+                chunk["hash"] = entry.get("content_hash")
+            elif entry.get("event") == "created" and entry.get("batch_id"):
+                chunk["batches"].add(entry["batch_id"])
+        for chunk in by_chunk.values():
+            if chunk["hash"] != content_hash:
+                others |= chunk["batches"]
+        return others
+
+    def _ledger_entries(self) -> Iterator[dict]:
+        if self.settings is None:
+            return
+        from ..chunks import Layout
+
+        folder = Layout(self.settings).ledger_dir()
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("*.jsonl")):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if isinstance(entry, dict):
+                    yield entry
+
+    def complete(self, request_line: dict) -> dict:
+        """Realtime: send the line's params to /v1/messages; the answer as a batch result line."""
+        import anthropic
+
+        custom_id = request_line.get("custom_id", "")
+        params = dict(request_line.get("params") or {})
+        client = self._client("realtime")
+        try:
+            message = client.messages.create(**sdk_kwargs(client.messages.create, params))
+        except anthropic.APIStatusError as exc:
+            _, text = self._describe(exc)
+            err = _error_body(exc.body)
+            return {"custom_id": custom_id, "result": {"type": "errored", "error": {
+                "type": "error", "error": {"type": err.get("type") or ERROR_TYPES.get(exc.status_code, "api_error"),
+                                           "message": scrub_secrets(err.get("message") or text, self._secrets())},
+                "request_id": exc.request_id}}, "retry_after": _retry_after(exc.response.headers)}
+        except anthropic.AnthropicError as exc:
+            _, text = self._describe(exc)
+            kind = "timeout_error" if isinstance(exc, anthropic.APITimeoutError) else "api_error"
+            return {"custom_id": custom_id, "result": {"type": "errored", "error": {
+                "type": "error", "error": {"type": kind, "message": text}, "request_id": None}}}
+        return {"custom_id": custom_id, "result": {"type": "succeeded",
+                                                   "message": message.model_dump(mode="json", exclude_unset=True)}}
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+def _unix(value: datetime | str | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.timestamp()
+
+
+def _status(batch) -> BatchStatus:
+    counts = batch.request_counts
+    failed = int(counts.errored or 0) + int(counts.canceled or 0) + int(counts.expired or 0)
+    succeeded = int(counts.succeeded or 0)
+    return BatchStatus(
+        batch_id=batch.id,
+        status=batch.processing_status,
+        ended=batch.processing_status == "ended",
+        total=int(counts.processing or 0) + succeeded + failed,
+        succeeded=succeeded,
+        failed=failed,
+        created_at=_unix(batch.created_at),
+        ended_at=_unix(batch.ended_at),
+        metadata={},
+        raw=batch.model_dump(mode="json"),
+    )
+
+
+def _ids(statuses: list[BatchStatus]) -> str:
+    return ", ".join(s.batch_id for s in statuses[:5]) + (", ..." if len(statuses) > 5 else "")
+
+
+def _error_body(body: object) -> dict:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return err
+    return {}
+
+
+def _retry_after(headers) -> float | None:
+    try:
+        value = headers.get("retry-after-ms")
+        if value:
+            return float(value) / 1000
+        value = headers.get("retry-after")
+        return float(value) if value else None
+    except (TypeError, ValueError):
+        return None

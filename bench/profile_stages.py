@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Time batchpipe's own work per stage, in one process and without Snakemake.
+
+    .venv/bin/python bench/profile_stages.py 10000 [--no-fsync] [--cprofile bench/out/stages.prof]
+
+Makes a fresh workspace like run_bench.py, then calls what the rules call, chunk by chunk, in order:
+load_plan (parse time), write_requests, submit, download, collect, summarize, and prints the time of
+each stage. The difference between the sum and run_bench.py's cold run is Snakemake's overhead (DAG,
+scheduler, job bookkeeping). --no-fsync replaces os.fsync with a no-op, to show what durability costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import run_bench  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("n", type=int)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-fsync", action="store_true", help="make os.fsync a no-op")
+    parser.add_argument("--cprofile", type=Path, help="write a cProfile of the whole run here")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+
+    ws, gen = run_bench.make_workspace(args.n, args.seed, None)
+    print(f"workspace {ws}: {gen['issues']} issues, {gen['bytes']:,} bytes", file=sys.stderr)
+    os.chdir(ws)
+    os.environ.pop("BATCHPIPE_RUN_ID", None)
+    if args.no_fsync:
+        os.fsync = lambda fd: None
+
+    from snakemake.utils import validate
+
+    import batchpipe.workflow as bp
+    from batchpipe.results import write_summary
+
+    prof = cProfile.Profile() if args.cprofile else None
+    if prof:
+        prof.enable()
+    times: dict[str, float] = {}
+
+    def stage(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+    config = yaml.safe_load(open("config.yaml"))
+    stage("validate config (common.smk)", lambda: validate(config, "schemas/config.schema.yaml"))
+    plan = stage("load_plan (cold)", lambda: bp.load_plan(config, root=".", verbose=False))
+    chunks = [(name, c) for name, pp in plan.processors.items() for c in pp.chunks]
+    for name, c in chunks:
+        stage("write_requests", lambda: bp.run_write_requests(plan, name, c, f"logs/w/{name}/{c}.log"))
+    for name, c in chunks:
+        stage("submit_batch", lambda: bp.run_submit(plan, name, c, f"logs/s/{name}/{c}.log"))
+    for name, c in chunks:
+        stage("download_batch", lambda: bp.run_download(plan, name, c, f"logs/d/{name}/{c}.log"))
+    for name, c in chunks:
+        stage("write_results", lambda: bp.run_collect(plan, name, c, f"logs/c/{name}/{c}.log"))
+    plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
+    stage("write_summary", lambda: write_summary(plan2, "results/all", "results/summary.json"))
+    stage("load_plan (no-op)", lambda: bp.load_plan(config, root=".", verbose=False))
+    if prof:
+        prof.disable()
+        prof.dump_stats(str(args.cprofile))
+    total = sum(times.values())
+    print(f"| stage (N={args.n}, {len(chunks)} chunks{', fsync off' if args.no_fsync else ''}) | s |")
+    print("|---|---:|")
+    for name, t in times.items():
+        print(f"| {name} | {t:.2f} |")
+    print(f"| total | {total:.2f} |")
+    if not args.keep:
+        os.chdir("/")
+        shutil.rmtree(ws, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Benchmark the pipeline: cold run, no-op dry run and one-issue change at several sizes.
+
+    .venv/bin/python bench/run_bench.py --sizes 1000 10000 [--keep] [--seed 1] [--py-spy]
+
+For each N: a fresh temp workspace (Snakefile, config.yaml, rules, schemas, prompts, profiles, envs,
+scripts copied from the repository; N generated issues in data/issues, see generate_issues.py), then
+
+  cold    python -m snakemake --cores 4 results/all      (local provider, offline responder, zero delays)
+  noop    python -m snakemake -n results/all             (right after: should be "Nothing to be done")
+  change  one issue's body edited, then python -m snakemake --cores 4 results/all
+
+Each phase is measured for wall time, peak RSS of the whole process tree (sum over the tree, polled
+from /proc every 50 ms) and the largest single process's max RSS (GNU time -v, when /usr/bin/time
+exists), job counts per rule (Snakemake's "Job stats"), and batches (ledger files). Prints a Markdown
+table and writes bench/out/results.json (and each phase's stdout/stderr under bench/out/N/).
+
+--py-spy (py-spy must be installed) also records a sampling profile (all threads) of every phase in
+bench/out/N/PHASE.pyspy.txt (collapsed stacks) and prints the top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+OUT = HERE / "out"
+COPY = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts"]
+GNU_TIME = "/usr/bin/time"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TARGETS = {"cold_s": 60.0, "noop_s": 3.0, "change_s": 10.0, "peak_mb": 500.0}
+
+sys.path.insert(0, str(HERE))
+import generate_issues  # noqa: E402
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+class TreeRss:
+    """Polls /proc for the summed RSS of a process and all its descendants; keeps the peak."""
+
+    def __init__(self, root_pid: int, interval: float = 0.05):
+        self.root = root_pid
+        self.interval = interval
+        self.peak = 0
+        self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "TreeRss":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _children(self) -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            # field 4 (ppid) follows the ")" that closes the command name
+            ppid = int(stat[stat.rindex(b")") + 2:].split(None, 2)[1])
+            kids.setdefault(ppid, []).append(int(name))
+        return kids
+
+    def sample(self) -> None:
+        kids = self._children()
+        todo, total, count = [self.root], 0, 0
+        while todo:
+            pid = todo.pop()
+            todo.extend(kids.get(pid, ()))
+            try:
+                with open(f"/proc/{pid}/statm", "rb") as handle:
+                    total += int(handle.read().split()[1]) * PAGE
+                    count += 1
+            except (OSError, IndexError, ValueError):
+                pass
+        if total > self.peak:
+            self.peak, self.peak_procs = total, count
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+def parse_job_stats(text: str) -> dict[str, int]:
+    """The last "Job stats:" table of a Snakemake log: rule -> count (with "total")."""
+    stats: dict[str, int] = {}
+    blocks = text.split("Job stats:")
+    if len(blocks) < 2:
+        return stats
+    for line in blocks[-1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        stats[parts[0]] = int(parts[1])
+    return stats
+
+
+def parse_gnu_time(text: str) -> dict:
+    out = {}
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if m:
+        out["max_single_rss_mb"] = round(int(m.group(1)) / 1024, 1)
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    if m:
+        seconds = 0.0
+        for part in m.group(1).split(":"):
+            seconds = seconds * 60 + float(part)
+        out["time_wall_s"] = round(seconds, 2)
+    for key, label in (("user_s", "User time (seconds)"), ("sys_s", "System time (seconds)")):
+        m = re.search(re.escape(label) + r": ([\d.]+)", text)
+        if m:
+            out[key] = float(m.group(1))
+    return out
+
+
+def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_spy: bool) -> dict:
+    """Run one snakemake command in the workspace; measure it."""
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    time_file = outdir / f"{name}.time.txt"
+    spy_file = outdir / f"{name}.pyspy.txt"
+    full = list(cmd)
+    if py_spy:
+        full = ["py-spy", "record", "--format", "raw", "--subprocesses", "--rate", "200", "--nonblocking",
+                "-o", str(spy_file), "--", *full]
+    if os.path.exists(GNU_TIME):
+        full = [GNU_TIME, "-v", "-o", str(time_file), *full]
+    ledger = ws / "batch_results" / "ledger"
+    ledgers_before = len(list(ledger.glob("*.jsonl"))) if ledger.is_dir() else 0
+    with open(outdir / f"{name}.stdout.txt", "wb") as out, open(outdir / f"{name}.stderr.txt", "wb") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(full, cwd=ws, env=env, stdout=out, stderr=err)
+        poller = TreeRss(proc.pid).start()
+        rc = proc.wait()
+        wall = time.monotonic() - start
+        poller.stop()
+    stderr = (outdir / f"{name}.stderr.txt").read_text(encoding="utf-8", errors="replace")
+    ledgers_after = len(list(ledger.glob("*.jsonl"))) if ledger.is_dir() else 0
+    result = {
+        "command": " ".join(["python", "-m", "snakemake", *args]),
+        "exit_code": rc,
+        "wall_s": round(wall, 2),
+        "peak_tree_rss_mb": round(poller.peak / 2**20, 1),
+        "peak_tree_procs": poller.peak_procs,
+        "jobs": parse_job_stats(stderr),
+        "nothing_to_do": "Nothing to be done" in stderr,
+        "new_batches": ledgers_after - ledgers_before,
+        "plan_lines": [line for line in stderr.splitlines() if line.startswith("batchpipe plan:")],
+    }
+    if time_file.exists():
+        result.update(parse_gnu_time(time_file.read_text()))
+    if py_spy:
+        # py-spy's own run slows the job; its wall time is not the figure to report
+        result["profiled"] = True
+    if rc != 0:
+        tail = "\n".join(stderr.splitlines()[-30:])
+        print(f"  {name}: exit code {rc}; last lines of stderr:\n{tail}", file=sys.stderr)
+    return result
+
+
+# --- workspace -----------------------------------------------------------------------------------
+
+
+def make_workspace(n: int, seed: int, base: Path | None) -> tuple[Path, dict]:
+    ws = Path(tempfile.mkdtemp(prefix=f"batchpipe-bench-{n}-", dir=base))
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, ws / name)
+    start = time.monotonic()
+    stats = generate_issues.generate(n, ws / "data" / "issues", seed)
+    stats["generate_s"] = round(time.monotonic() - start, 2)
+    return ws, stats
+
+
+def edit_one_issue(ws: Path, n: int) -> str:
+    """Change the body of the issue in the middle of the set; return its file name."""
+    path = ws / "data" / "issues" / f"{generate_issues.ORG}_{generate_issues.REPO}_issue_{max(1, n // 2)}.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["issue"]["body"] = (doc["issue"]["body"] or "") + "\r\n\r\nEdited for the benchmark: one more line.\r\n"
+    path.write_bytes(generate_issues.render(doc))
+    return path.name
+
+
+def summary_totals(ws: Path) -> dict:
+    try:
+        return json.loads((ws / "results" / "summary.json").read_text())["totals"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None) -> dict:
+    outdir = OUT / str(n)
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    print(f"N={n}: generating issues ...", file=sys.stderr, flush=True)
+    ws, gen = make_workspace(n, seed, base)
+    print(f"N={n}: workspace {ws} ({gen['bytes']:,} bytes of issues, {gen['generate_s']} s)", file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    env.pop("BATCHPIPE_RUN_ID", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONHASHSEED", "0")
+    record: dict = {"n": n, "seed": seed, "workspace": str(ws) if keep else None, "issues": gen}
+    phases = [
+        ("cold", ["--cores", "4", "results/all"]),
+        ("noop", ["-n", "results/all"]),
+        ("change", ["--cores", "4", "results/all"]),
+    ]
+    for name, args in phases:
+        if name == "change":
+            record["edited_issue"] = edit_one_issue(ws, n)
+        print(f"N={n}: {name}: python -m snakemake {' '.join(args)}", file=sys.stderr, flush=True)
+        result = run_phase(name, args, ws, outdir, env, py_spy)
+        if name != "noop":
+            result["totals"] = summary_totals(ws)
+        record[name] = result
+        print(f"N={n}: {name}: {result['wall_s']} s, peak tree RSS {result['peak_tree_rss_mb']} MB, "
+              f"jobs {result['jobs'].get('total', 0)}, exit {result['exit_code']}", file=sys.stderr, flush=True)
+        if py_spy:
+            print(top_functions(outdir / f"{name}.pyspy.txt"), file=sys.stderr)
+    record["batches"] = len(list((ws / "batch_results" / "ledger").glob("*.jsonl")))
+    if not keep:
+        shutil.rmtree(ws, ignore_errors=True)
+    return record
+
+
+def top_functions(path: Path, limit: int = 25) -> str:
+    """Self and inclusive sample counts per function from py-spy's collapsed stacks."""
+    if not path.exists():
+        return f"(no profile at {path})"
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        count = int(count)
+        total += count
+        frames = stack.split(";")
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    lines = [f"{path.name}: {total} samples", "  inclusive:"]
+    for frame, c in sorted(incl.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"    {100 * c / total:5.1f}%  {frame}")
+    lines.append("  self:")
+    for frame, c in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"    {100 * c / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    mem = ""
+    try:
+        mem = next(line.split(":", 1)[1].strip() for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        pass
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    smk = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "memory": mem,
+        "python": platform.python_version(),
+        "snakemake": smk,
+        "kernel": platform.release(),
+        "gnu_time": os.path.exists(GNU_TIME),
+    }
+
+
+def fmt_jobs(jobs: dict) -> str:
+    return str(jobs.get("total", 0))
+
+
+def table(records: list[dict]) -> str:
+    rows = [
+        "| N | phase | wall s | peak tree RSS MB | max single RSS MB | jobs | new batches | target | ok |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    target = {"cold": ("≤ 60 s", TARGETS["cold_s"]), "noop": ("≤ 3 s", TARGETS["noop_s"]),
+              "change": ("≤ 10 s", TARGETS["change_s"])}
+    for r in records:
+        for phase in ("cold", "noop", "change"):
+            p = r[phase]
+            label, limit = target[phase]
+            ok = p["exit_code"] == 0 and p["wall_s"] <= limit and p["peak_tree_rss_mb"] <= TARGETS["peak_mb"]
+            rows.append(
+                f"| {r['n']:,} | {phase} | {p['wall_s']:.1f} | {p['peak_tree_rss_mb']:.0f} | "
+                f"{p.get('max_single_rss_mb', float('nan')):.0f} | {fmt_jobs(p['jobs'])} | {p['new_batches']} | "
+                f"{label}, ≤ 500 MB | {'yes' if ok else 'NO'} |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="numbers of issues")
+    parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp workspaces")
+    parser.add_argument("--tmp", type=Path, default=None, help="where to make workspaces (default: system temp)")
+    parser.add_argument("--py-spy", action="store_true", help="also record a py-spy profile of every phase")
+    args = parser.parse_args(argv)
+    if args.py_spy and not shutil.which("py-spy"):
+        parser.error("--py-spy: py-spy is not on PATH (pip install py-spy)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    records = []
+    for n in args.sizes:
+        records.append(bench_size(n, args.seed, args.keep, args.py_spy, args.tmp))
+    doc = {"machine": info, "targets": TARGETS, "profiled": args.py_spy, "runs": records,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    name = "results-pyspy.json" if args.py_spy else "results.json"
+    (OUT / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    print(table(records))
+    print(f"\nmachine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, Python {info['python']}, "
+          f"snakemake {info['snakemake']}; written {OUT / name}")
+    failed = any(r[p]["exit_code"] != 0 for r in records for p in ("cold", "noop", "change"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
