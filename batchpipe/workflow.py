@@ -33,13 +33,22 @@ __all__ = [
 ]
 
 
+# Snakemake invocations that execute nothing: planning for them must not touch the network either.
+NO_EXECUTION_FLAGS = {
+    "--dry-run", "--dryrun", "--just-print", "--lint", "--report", "--summary", "--detailed-summary", "-D",
+    "--list", "-l", "--list-rules", "--dag", "--rulegraph", "--filegraph", "--d3dag", "--unlock",
+    "--cleanup-metadata", "--list-changes", "--lc", "--list-input-changes", "--li", "--list-params-changes",
+    "--lp", "--list-code-changes", "--list-untracked", "--lu",
+}
+
+
 def is_dry_run(argv: list[str]) -> bool:
     """Whether snakemake was asked for a dry run (-n, --dry-run, --dryrun, or -n among short flags).
 
     Snakemake parses the Snakefile before it knows its executor, so the command line is the only
     way to tell at parse time."""
     for arg in argv[1:]:
-        if arg in ("--dry-run", "--dryrun", "--just-print"):
+        if arg in NO_EXECUTION_FLAGS:
             return True
         if arg.startswith("-") and not arg.startswith("--") and arg[1:].isalpha() and "n" in arg[1:]:
             return True

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import Settings
-from ..engine import BatchEngine, NotFound, Timing
+from ..engine import BatchEngine, Conflict, NotFound, Timing
 from ..responders import make_responder
 from .base import OPENAI_ENDPOINT, BatchStatus, Provider, ProviderError
 
@@ -71,7 +71,10 @@ class LocalProvider(Provider):
                 fetch(status.error_file_id) if status.error_file_id else b"")
 
     def cancel(self, batch_id: str) -> BatchStatus:
-        return status_from_openai(self.engine.openai_batch(self.engine.cancel_batch(batch_id)))
+        try:
+            return status_from_openai(self.engine.openai_batch(self.engine.cancel_batch(batch_id)))
+        except (NotFound, Conflict) as exc:  # e.g. it reached finalizing meanwhile: one line, not a traceback
+            raise ProviderError(f"local batch {batch_id}: {exc}") from None
 
     def list_batches(self) -> Iterator[BatchStatus]:
         for record in self.engine.list_batches():
