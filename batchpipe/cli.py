@@ -24,8 +24,8 @@ class CommandError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", default="config.yaml", help="the workflow's config file (default: config.yaml)")
-    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override top-level config keys, as with snakemake --config")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a top-level config key, as with snakemake --config (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

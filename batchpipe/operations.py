@@ -59,7 +59,7 @@ class BatchView:
     archived: bool
     in_ledger: bool
     mode: str  # batch | realtime
-    cost: dict | None  # {"batch", "realtime"} USD over collected usage; None before collection
+    cost: dict | None  # {"charged", "realtime"} USD from collected usage; None before collection
     source: ExistingChunk = field(repr=False)
 
     @property
@@ -117,7 +117,7 @@ class GroupView:
         costs = [b.cost for b in self.batches if b.cost]
         if not costs:
             return None
-        return {k: round(sum(c[k] for c in costs), 8) for k in ("batch", "realtime")}
+        return {k: round(sum(c[k] for c in costs), 8) for k in ("charged", "realtime")}
 
     def as_json(self, now: float) -> dict:
         return {"group": self.group, "status": self.status, "succeeded": self.succeeded, "failed": self.failed,
@@ -147,11 +147,10 @@ def marker_chunks(settings: Settings, known: set[str]) -> list[ExistingChunk]:
         if chunk in known or path.parent.name in ("ledger", "archive"):
             continue
         try:
-            marker = read_json(path)
-        except (OSError, ValueError):
-            continue
-        events = marker_events(marker)
-        existing = ExistingChunk(chunk, path.parent.name, marker.get("requests") or {}, None, events)
+            events = marker_events(read_json(path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable or not a marker: nothing to show
+        existing = ExistingChunk(chunk, path.parent.name, events[0].get("requests") or {}, None, events)
         try:
             existing.outcomes = read_json(layout.manifest(path.parent.name, chunk))["requests"]
         except (OSError, ValueError, KeyError):
@@ -219,11 +218,11 @@ def chunk_cost(settings: Settings, c: ExistingChunk) -> dict | None:
     if not c.collected:
         return None
     mode = c.prepared.get("mode", "batch")
-    total = {"batch": 0.0, "realtime": 0.0}
+    total = {"charged": 0.0, "realtime": 0.0}
     for rec in c.outcomes.values():
         cost = cost_of(settings, rec.get("model") or c.prepared.get("model"), rec.get("usage") or {}, mode)
         if cost:
-            total["batch"] += cost["charged"]
+            total["charged"] += cost["charged"]
             total["realtime"] += cost["realtime"]
     return {k: round(v, 8) for k, v in total.items()}
 
@@ -326,7 +325,7 @@ def fmt_time(at: float | None) -> str:
 
 
 def fmt_cost(cost: dict | None) -> str:
-    return f"{cost['batch']:.6f}" if cost else "-"
+    return f"{cost['charged']:.6f}" if cost else "-"
 
 
 def parse_duration(text: str) -> float:
@@ -466,7 +465,7 @@ def batch_detail(settings: Settings, view: BatchView, now: float) -> str:
         f"{'' if view.in_ledger else '; known from its marker only (run `batchpipe collect`)'}",
         f"  created:   {fmt_time(view.created_at)} ({fmt_age(_age(view.created_at, now))} ago)",
         f"  requests:  {view.succeeded} succeeded, {view.failed} failed, {view.total} total",
-        f"  cost:      " + (f"${cost['batch']:.6f} charged (${cost['realtime']:.6f} at real-time price)"
+        "  cost:      " + (f"${cost['charged']:.6f} charged (${cost['realtime']:.6f} at real-time price)"
                             if cost else "- (not collected yet)"),
         "files:",
     ]
@@ -487,7 +486,7 @@ def group_detail(group: GroupView, now: float) -> str:
     lines = [
         f"group {group.group}: {group.status}, {len(group.batches)} batch(es), {group.succeeded} succeeded, "
         f"{group.failed} failed, {group.total} total, started {fmt_time(group.created_at)}"
-        + (f", cost ${group.cost['batch']:.6f} (${group.cost['realtime']:.6f} at real-time price)" if group.cost else ""),
+        + (f", cost ${group.cost['charged']:.6f} (${group.cost['realtime']:.6f} at real-time price)" if group.cost else ""),
         "",
         status_table([group], now),
     ]
@@ -685,44 +684,41 @@ def cmd_retry(args) -> int:
     if not chosen:
         print(f"{target.ident}: no failed request to retry")
         return 0
-    wanted: set[tuple[str, str]] = set()
-    by_chunk = {v.chunk: v for v in target.batches}
-    for chunk, cids in chosen.items():
-        batches.record(layout, chunk, "retry_requested", custom_ids=cids)
-        view = by_chunk[chunk]
-        wanted |= {(view.processor, view.source.requests[cid]["request_hash"]) for cid in cids}
-    count = sum(len(c) for c in chosen.values())
-    print(f"{target.ident}: {count} failed request(s) marked for retry")
-    plan = build_plan(settings)
-    todo = [(name, new.chunk, sum(1 for m in new.members if (name, m[1]) in wanted))
-            for name, pp in plan.processors.items() for new in pp.new.values()
-            if any((name, m[1]) in wanted for m in new.members)]
-    sent = {(name, m[1]) for name, pp in plan.processors.items() for new in pp.new.values() for m in new.members
-            if (name, new.chunk) in {(t[0], t[1]) for t in todo}}
-    left = wanted - sent
-    if todo:
+    with open_provider(settings) as provider:  # a missing key stops before anything is recorded
+        wanted: set[tuple[str, str]] = set()
+        by_chunk = {v.chunk: v for v in target.batches}
+        for chunk, cids in chosen.items():
+            batches.record(layout, chunk, "retry_requested", custom_ids=cids)
+            view = by_chunk[chunk]
+            wanted |= {(view.processor, view.source.requests[cid]["request_hash"]) for cid in cids}
+        print(f"{target.ident}: {sum(len(c) for c in chosen.values())} failed request(s) marked for retry")
+        plan = build_plan(settings)
+        todo = [(name, new.chunk, sum(1 for m in new.members if (name, m[1]) in wanted))
+                for name, pp in plan.processors.items() for new in pp.new.values()
+                if any((name, m[1]) in wanted for m in new.members)]
+        left = wanted - {(name, m[1]) for name, chunk, _ in todo for m in plan.processors[name].new[chunk].members}
         group = new_group_id()
         log = batches.JobLog(settings.root / "logs" / "batchpipe" / "retry.log", echo=False)
-        with open_provider(settings) as provider:
-            for name, chunk, retried in todo:
-                batches.write_requests(plan, name, chunk, log)
-                try:
-                    if settings["mode"] == "realtime":  # a new chunk is sent the way the config says
-                        from .realtime import submit_realtime
+        for name, chunk, retried in todo:
+            batches.write_requests(plan, name, chunk, log)
+            try:
+                if settings["mode"] == "realtime":  # a new chunk is sent the way the config says
+                    from .realtime import submit_realtime
 
-                        submit_realtime(settings, provider, name, chunk, log, group=group)
-                    else:
-                        batches.submit_chunk(settings, provider, name, chunk, log, group=group)
-                except batches.SubmissionBlocked as exc:
-                    raise CommandError(str(exc)) from None
-                created = batches.last(batches.read_ledger(layout, chunk), "created") or {}
-                size = len(plan.processors[name].new[chunk].members)
-                print(f"submitted {name}/{chunk} as batch {created.get('batch_id')} in group {group}: "
-                      f"{size} request(s), {retried} of them retried")
+                    submit_realtime(settings, provider, name, chunk, log, group=group)
+                else:
+                    batches.submit_chunk(settings, provider, name, chunk, log, group=group)
+            except batches.SubmissionBlocked as exc:
+                raise CommandError(str(exc)) from None
+            created = batches.last(batches.read_ledger(layout, chunk), "created") or {}
+            size = len(plan.processors[name].new[chunk].members)
+            print(f"submitted {name}/{chunk} as batch {created.get('batch_id')} in group {group}: "
+                  f"{size} request(s), {retried} of them retried")
+    if todo:
         print("the next snakemake run collects them")
     if left:
-        print(f"{len(left)} request(s) not sent now: their issue is not in the current selection or changed since; "
-              "the next snakemake run decides")
+        print(f"{len(left)} request(s) not sent now (issue not in the current selection, changed since, or held "
+              "back by enqueued_token_limit); the next snakemake run decides")
     return 0
 
 

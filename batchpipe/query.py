@@ -385,7 +385,7 @@ def _keys_from_sql(settings: Settings, sql: str) -> set[str]:
 # --- the `batchpipe query` command ---------------------------------------------------------------
 
 
-def _plain(value: Any, width: int | None = 60) -> str:
+def _plain(value: Any, width: int | None = 72) -> str:
     if value is None:
         text = ""
     elif isinstance(value, float):
@@ -407,7 +407,8 @@ def format_table(result: QueryResult) -> str:
     cells = [[_plain(v) for v in row] for row in result.rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
     numeric = [t.upper().startswith(("BIGINT", "INTEGER", "HUGEINT", "DOUBLE", "FLOAT", "DECIMAL", "UBIGINT",
-                                     "SMALLINT", "TINYINT")) for t in result.types]
+                                     "SMALLINT", "TINYINT")) and not t.endswith("]") for t in result.types]
+
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
     out = [line(result.columns), "  ".join("-" * w for w in widths)]

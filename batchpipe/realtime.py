@@ -8,6 +8,7 @@ the moment it arrives, so a crash mid-chunk never pays again for an answered req
 only the requests the journal does not answer. The ledger records `prepared` (mode realtime) before
 the first request and `created` (batch id `rt_{chunk}`) once every request has its answer; then the
 marker is written. `download_realtime` only assembles the output and error files from the journal.
+(Only a request in flight at the very moment of a crash is asked again: its answer never arrived.)
 
 Rate limits and server errors (429, 5xx, overloaded, timeouts) are retried with exponential backoff and
 jitter, honouring a retry-after the provider gives (`retry_after` seconds on the line, or a
@@ -211,6 +212,8 @@ def submit_realtime(settings: Settings, provider: Provider, processor: str, chun
         if last(entries, "created"):
             log(f"{label}: already answered in realtime as {last(entries, 'created')['batch_id']}; nothing sent")
             return write_marker(layout, processor, chunk, entries)
+        if type(provider).complete is Provider.complete:  # before anything is recorded or sent
+            raise ProviderError(f"provider {provider.name} has no realtime mode; use mode: batch")
         request_file = layout.request_file(processor, chunk)
         content = request_file.read_bytes()
         content_hash = sha256_hex(content)

@@ -186,18 +186,18 @@ class RecycleSummary:
 
 
 # ---- text helpers --------------------------------------------------------------------------------------
-def _link_text(found: re.Match) -> str:
+def _first_group(found: re.Match) -> str:
     return found.group(1)
 
 
 def clean_markdown(text: str) -> str:
     """One line of plain text: links to their text, emphasis/code marks and leading markers removed."""
     if "](" in text:
-        text = _LINK.sub(_link_text, text)
+        text = _LINK.sub(_first_group, text)
     if "*" in text or "_" in text or "`" in text or "~" in text:
         text = _MD_MARKS.sub("", text)
         if "*" in text:
-            text = _EMPHASIS.sub(_link_text, text)
+            text = _EMPHASIS.sub(_first_group, text)
     text = " ".join(text.split())
     if text[:1] in _MARKER_CHARS:
         text = _LEADING_MARKS.sub("", text)

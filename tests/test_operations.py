@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from batchpipe import batches, chunks
+from batchpipe import batches, chunks, cli
 from batchpipe.config import load_settings_file
 from batchpipe.issues import load_issue
 from batchpipe.providers import make_provider
@@ -17,6 +20,21 @@ from conftest import REPO, Run, Workspace, make_workspace
 
 ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))
 PRICES = "prices={batchpipe-offline: {input: 1.0, cached_input: 0.5, output: 2.0}}"
+
+
+def bp(ws: Workspace, *args: str) -> Run:
+    """`batchpipe ARGS` in the workspace, in this process (a new interpreter each time is slow).
+
+    `ws.batchpipe` (a real `python -m batchpipe`) is used where the exact process behaviour matters."""
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(ws.root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        os.chdir(cwd)
+    return Run(code, out.getvalue(), err.getvalue())
 
 
 def one_line_error(run: Run, *words: str) -> None:
@@ -62,13 +80,13 @@ def done(tmp_path_factory) -> Workspace:
 
 
 def test_status_table_and_json_work_offline(done):
-    table = done.batchpipe("status")
+    table = bp(done, "status")
     assert table.returncode == 0, table.output
     batch_ids = [b["id"] for b in done.local_batches()]
     assert len(batch_ids) == 4 and all(bid in table.stdout for bid in batch_ids)
     assert "completed" in table.stdout.splitlines()[1]
 
-    data = as_json(done.batchpipe("status", "--json"))
+    data = as_json(bp(done, "status", "--json"))
     [group] = data["groups"]
     assert group["status"] == "completed" and (group["succeeded"], group["failed"], group["total"]) == (10, 0, 10)
     assert group["group"].startswith("g") and group["age_seconds"] >= 0
@@ -83,16 +101,16 @@ def test_status_table_and_json_work_offline(done):
 
 
 def test_status_of_one_group_or_batch_in_detail(done):
-    group = as_json(done.batchpipe("status", "--json"))["groups"][0]
-    detail = done.batchpipe("status", group["group"][:12])
+    group = as_json(bp(done, "status", "--json"))["groups"][0]
+    detail = bp(done, "status", group["group"][:12])
     assert detail.returncode == 0 and f"group {group['group']}: completed" in detail.stdout
 
     batch = group["batches"][0]
-    text = done.batchpipe("status", batch["batch_id"]).stdout
+    text = bp(done, "status", batch["batch_id"]).stdout
     for part in ("requests:", "ledger events:", "files:", f"{batch['chunk']}.output.jsonl", "prepared", "downloaded"):
         assert part in text
 
-    by_chunk = as_json(done.batchpipe("status", batch["chunk"][:8], "--json"))
+    by_chunk = as_json(bp(done, "status", batch["chunk"][:8], "--json"))
     assert by_chunk["kind"] == "batch" and by_chunk["batch_id"] == batch["batch_id"]
     assert all(r["status"] == "succeeded" and r["issues"] for r in by_chunk["requests"])
     assert [e["event"] for e in by_chunk["events"]][:1] == ["prepared"]
@@ -101,29 +119,29 @@ def test_status_of_one_group_or_batch_in_detail(done):
 
 
 def test_unknown_and_ambiguous_ids_are_one_line(done):
-    one_line_error(done.batchpipe("status", "zzz"), "no group, batch or chunk")
-    one_line_error(done.batchpipe("status", "batch_"), "ambiguous")
+    one_line_error(done.batchpipe("status", "zzz"), "no group, batch or chunk")  # a real process
+    one_line_error(bp(done, "status", "batch_"), "ambiguous")
     one_line_error(done.batchpipe("cancel", "batch_nope"), "no group, batch or chunk")
-    one_line_error(done.batchpipe("retry", "nope", "--failed-only"), "no group")
-    one_line_error(done.batchpipe("collect", "nope"), "no group")
-    one_line_error(done.batchpipe("adopt", "nope", "batch_x"), "no chunk")
-    one_line_error(done.batchpipe("retry", "g"), "--failed-only")
-    one_line_error(done.batchpipe("archive", "--older-than", "1y"), "30d")
+    one_line_error(bp(done, "retry", "nope", "--failed-only"), "no group")
+    one_line_error(bp(done, "collect", "nope"), "no group")
+    one_line_error(bp(done, "adopt", "nope", "batch_x"), "no chunk")
+    one_line_error(bp(done, "retry", "g"), "--failed-only")
+    one_line_error(bp(done, "archive", "--older-than", "1y"), "30d")
 
 
 def test_list_batches_groups_and_remote(done):
-    listed = as_json(done.batchpipe("list", "--json"))
+    listed = as_json(bp(done, "list", "--json"))
     assert len(listed) == 4
     assert [b["created_at"] for b in listed] == sorted((b["created_at"] for b in listed), reverse=True)
-    assert len(as_json(done.batchpipe("list", "--groups", "--json"))) == 1
-    remote = as_json(done.batchpipe("list", "--remote", "--json"))
+    assert len(as_json(bp(done, "list", "--groups", "--json"))) == 1
+    remote = as_json(bp(done, "list", "--remote", "--json"))
     assert {r["batch_id"] for r in remote} == {b["id"] for b in done.local_batches()}
     assert all(r["known"] for r in remote)
-    assert "BATCH" in done.batchpipe("list").stdout
+    assert "BATCH" in bp(done, "list").stdout
 
 
 def test_cost_from_manifest_usage_at_batch_and_realtime_price(done):
-    data = as_json(done.batchpipe("--config", PRICES, "--configfile", "config.yaml", "cost", "--json"))
+    data = as_json(bp(done, "--config", PRICES, "--configfile", "config.yaml", "cost", "--json"))
     usage = [rec["usage"] for p in done.files("batch_results/*/*.results.json")
              for rec in json.loads(p.read_text())["requests"].values()]
     realtime = sum(u["input_tokens"] - u["cached_input_tokens"] + 0.5 * u["cached_input_tokens"]
@@ -133,13 +151,13 @@ def test_cost_from_manifest_usage_at_batch_and_realtime_price(done):
     assert total["realtime_usd"] == pytest.approx(realtime) and total["cost_usd"] == pytest.approx(realtime / 2)
     assert total["saved_usd"] == pytest.approx(realtime / 2)
     assert {r["processor"] for r in data["rows"]} == {"product-labeling", "issue-summary"}
-    assert "saved" in done.batchpipe("cost").stdout.lower()
+    assert "saved" in bp(done, "cost").stdout.lower()
 
 
 def test_report_passes_on_a_clean_run(done):
-    run = done.batchpipe("report")
+    run = bp(done, "report")
     assert run.returncode == 0 and run.stdout.count("PASS") == 3, run.output
-    assert as_json(done.batchpipe("report", "--json"))["ok"] is True
+    assert as_json(bp(done, "report", "--json"))["ok"] is True
 
 
 def test_every_command_on_an_empty_workspace_is_one_line(tmp_path):
@@ -147,8 +165,9 @@ def test_every_command_on_an_empty_workspace_is_one_line(tmp_path):
     for args in (["status", "--json"], ["list", "--groups"], ["cancel", "x"],
                  ["retry", "x", "--failed-only"], ["collect", "x"], ["archive", "--older-than", "30d"],
                  ["report"], ["adopt", "x", "--none"], ["cost"]):
-        one_line_error(ws.batchpipe(*args), "no batches yet")
-    remote = ws.batchpipe("list", "--remote")  # the provider's side needs no ledger
+        one_line_error(bp(ws, *args), "no batches yet")
+    one_line_error(ws.batchpipe("status"), "no batches yet")  # a real process
+    remote = bp(ws, "list", "--remote")  # the provider's side needs no ledger
     assert remote.returncode == 0 and "no batches at provider local" in remote.stdout
 
 
@@ -174,16 +193,16 @@ def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_p
     ws = small(tmp_path / "ws", 40, chunk_size=50, local={"delays": {"in_progress": 20}})
     started = time.monotonic()
     [chunk] = submit_without_waiting(ws, "gtest-cancel")
-    refreshed = as_json(ws.batchpipe("status", "--refresh", "--json"))["groups"][0]
+    refreshed = as_json(bp(ws, "status", "--refresh", "--json"))["groups"][0]
     assert refreshed["status"] == "processing" and refreshed["batches"][0]["status"] == "in_progress"
     assert "status" in [e["event"] for e in ledger(ws, chunk)]
-    strict = ws.batchpipe("--config", "report={max_pending_age_hours: 0, max_active_batches: 0}",
+    strict = bp(ws, "--config", "report={max_pending_age_hours: 0, max_active_batches: 0}",
                           "--configfile", "config.yaml", "report")
     assert strict.returncode == 1 and "FAIL pending_age" in strict.stdout and "FAIL active_batches" in strict.stdout
-    one_line_error(ws.batchpipe("collect", chunk), "still in_progress")
+    one_line_error(bp(ws, "collect", chunk), "still in_progress")
 
     time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))  # a few of the 40 requests are answered by now
-    cancel = ws.batchpipe("cancel", "gtest")
+    cancel = bp(ws, "cancel", "gtest")
     assert cancel.returncode == 0 and "cancel requested" in cancel.stdout, cancel.output
     assert "cancel_requested" in [e["event"] for e in ledger(ws, chunk)]
     assert len(ws.local_batches()) == 1 and ws.local_batches()[0]["status"] in ("cancelling", "cancelled")
@@ -193,8 +212,8 @@ def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_p
     assert manifest["succeeded"] + manifest["failed"] == 40 and manifest["failed"] > 0
     assert len(ws.results()) == manifest["succeeded"] > 0
     assert all("batch_cancelled" in r["error"] for r in manifest["requests"].values() if r["status"] == "failed")
-    assert as_json(ws.batchpipe("status", "gtest", "--json"))["status"] == "partial_failure"
-    again = ws.batchpipe("cancel", "gtest")
+    assert as_json(bp(ws, "status", "gtest", "--json"))["status"] == "partial_failure"
+    again = bp(ws, "cancel", "gtest")
     assert again.returncode == 0 and "already ended" in again.stdout
     assert len(ws.local_batches()) == 1
 
@@ -205,17 +224,17 @@ def test_retry_failed_only_resends_exactly_the_failed_request(tmp_path):
     ws = small(tmp_path / "ws", local={"faults": {"requests": [fault]}})
     ws.snakemake("--cores", "4", "results/all")
     assert len(ws.results()) == 4
-    report = ws.batchpipe("report")
+    report = bp(ws, "report")
     assert report.returncode == 1 and "FAIL completion_rate" in report.stdout
-    group = as_json(ws.batchpipe("status", "--json"))["groups"][0]
+    group = as_json(bp(ws, "status", "--json"))["groups"][0]
     assert group["status"] == "partial_failure"
     [old] = group["batches"]
     manifest = json.loads(ws.files("batch_results/*/*.results.json")[0].read_text())
     [failed_cid] = [cid for cid, r in manifest["requests"].items() if r["status"] == "failed"]
-    assert "bitcoin-core_gui_issue_10" in ws.batchpipe("status", group["group"]).stdout
+    assert "bitcoin-core_gui_issue_10" in bp(ws, "status", group["group"]).stdout
 
     ws.config(local={})  # the cause is fixed
-    retry = ws.batchpipe("retry", group["group"], "--failed-only")
+    retry = bp(ws, "retry", group["group"], "--failed-only")
     assert retry.returncode == 0 and "submitted" in retry.stdout, retry.output
     assert len(ws.local_batches()) == 2
     new_batch = next(b for b in ws.local_batches() if b["id"] != old["batch_id"])
@@ -226,7 +245,7 @@ def test_retry_failed_only_resends_exactly_the_failed_request(tmp_path):
     [line] = new_requests[0].read_text().splitlines()
     assert json.loads(line)["custom_id"] == failed_cid[:-1] + "2"
 
-    twice = ws.batchpipe("retry", group["group"], "--failed-only")
+    twice = bp(ws, "retry", group["group"], "--failed-only")
     assert twice.returncode == 0 and "no failed request" in twice.stdout and len(ws.local_batches()) == 2
 
     ws.snakemake("--cores", "4", "results/all")
@@ -237,7 +256,7 @@ def test_retry_failed_only_resends_exactly_the_failed_request(tmp_path):
 def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
     ws = small(tmp_path / "ws", chunk_size=3)
     ws.snakemake("--cores", "4", "results/all")
-    listed = as_json(ws.batchpipe("list", "--json"))
+    listed = as_json(bp(ws, "list", "--json"))
     target = listed[0]
     before = snapshot(ws, f"batch_results/product-labeling/{target['chunk']}.*", "data/results/*.json")
     batches_before = len(ws.local_batches())
@@ -246,7 +265,7 @@ def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
             path.unlink()
     for path in ws.files("data/results/*.json"):
         path.unlink()
-    run = ws.batchpipe("collect", target["batch_id"])
+    run = bp(ws, "collect", target["batch_id"])
     assert run.returncode == 0 and "collected" in run.stdout, run.output
     restored = snapshot(ws, f"batch_results/product-labeling/{target['chunk']}.*", "data/results/*.json")
     manifest = json.loads((ws.root / f"batch_results/product-labeling/{target['chunk']}.results.json").read_text())
@@ -260,8 +279,8 @@ def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
     marker = f"batch_results/product-labeling/{target['chunk']}.submitted.json"
     (other.root / marker).parent.mkdir(parents=True)
     shutil.copy2(ws.root / marker, other.root / marker)
-    assert as_json(other.batchpipe("status", "--json"))["groups"][0]["batches"][0]["batch_id"] == target["batch_id"]
-    run = other.batchpipe("collect", target["chunk"][:8])
+    assert as_json(bp(other, "status", "--json"))["groups"][0]["batches"][0]["batch_id"] == target["batch_id"]
+    run = bp(other, "collect", target["chunk"][:8])
     assert run.returncode == 0, run.output
     assert snapshot(other, f"batch_results/product-labeling/{target['chunk']}.*", "data/results/*.json") == restored
     assert [e["event"] for e in ledger(other, target["chunk"])] == ["prepared", "created", "downloaded"]
@@ -277,13 +296,13 @@ def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     clean, missing, retrying = (by_issue[f"bitcoin-core_gui_issue_{n}"] for n in (1, 103, 117))
     (ws.root / "data/results/bitcoin-core_gui_issue_103_product-labeling.json").unlink()
 
-    young = ws.batchpipe("archive", "--older-than", "30d")
+    young = bp(ws, "archive", "--older-than", "30d")
     assert young.returncode == 0 and "archived 0 chunk(s)" in young.stdout
-    dry = ws.batchpipe("archive", "--older-than", "0m", "--dry-run")
+    dry = bp(ws, "archive", "--older-than", "0m", "--dry-run")
     assert f"would archive product-labeling/{clean}" in dry.stdout
     assert not (ws.root / "batch_results/archive").exists()
 
-    run = ws.batchpipe("archive", "--older-than", "0m")
+    run = bp(ws, "archive", "--older-than", "0m")
     assert run.returncode == 0, run.output
     assert f"keep product-labeling/{missing}" in run.stdout and "result file(s) missing" in run.stdout
     assert f"keep product-labeling/{retrying}" in run.stdout and "sent again" in run.stdout
@@ -295,13 +314,13 @@ def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     for chunk in (missing, retrying):
         assert (ws.root / "batch_results/product-labeling" / f"{chunk}.output.jsonl").exists()
     assert ledger(ws, clean)[-1]["event"] == "archived"
-    assert as_json(ws.batchpipe("status", clean, "--json"))["archived"] is True
+    assert as_json(bp(ws, "status", clean, "--json"))["archived"] is True
 
     ws.config(local={})
     ws.snakemake("--cores", "4", "results/all")  # restores the result, resends the failure; the archive stays
     assert len(ws.results()) == 5 and not ws.files(f"batch_results/product-labeling/{clean}.*")
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
-    everything = ws.batchpipe("archive", "--older-than", "0m")
+    everything = bp(ws, "archive", "--older-than", "0m")
     assert "archived 3 chunk(s)" in everything.stdout and "kept 0" in everything.stdout
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
     assert len(ws.results()) == 5
@@ -312,18 +331,18 @@ def test_adopt_the_batch_a_stopped_submission_made(tmp_path):
     killed = ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_create"}, check=False)
     assert killed.returncode != 0
     [orphan] = ws.local_batches()
-    [chunk] = [b["chunk"] for b in as_json(ws.batchpipe("list", "--json"))]
-    remote = ws.batchpipe("list", "--remote")
+    [chunk] = [b["chunk"] for b in as_json(bp(ws, "list", "--json"))]
+    remote = bp(ws, "list", "--remote")
     assert "NOT IN LEDGER" in remote.stdout and f"batchpipe adopt {chunk} {orphan['id']}" in remote.stdout
-    one_line_error(ws.batchpipe("adopt", chunk, "batch_missing"), "not found")
-    one_line_error(ws.batchpipe("adopt", chunk), "--none")
+    one_line_error(bp(ws, "adopt", chunk, "batch_missing"), "not found")
+    one_line_error(bp(ws, "adopt", chunk), "--none")
 
-    run = ws.batchpipe("adopt", chunk[:6], orphan["id"])
+    run = bp(ws, "adopt", chunk[:6], orphan["id"])
     assert run.returncode == 0 and "adopted" in run.stdout, run.output
     created = ledger(ws, chunk)[-1]
     assert created["event"] == "created" and created["adopted"] is True and created["batch_id"] == orphan["id"]
-    assert ws.batchpipe("adopt", chunk, orphan["id"]).returncode == 0  # the same answer again: nothing to do
-    one_line_error(ws.batchpipe("adopt", chunk, "--none"), "already has batch")
+    assert bp(ws, "adopt", chunk, orphan["id"]).returncode == 0  # the same answer again: nothing to do
+    one_line_error(bp(ws, "adopt", chunk, "--none"), "already has batch")
 
     ws.snakemake("--unlock")
     ws.snakemake("--cores", "4", "results/all")
@@ -334,14 +353,14 @@ def test_adopt_none_lets_the_next_run_create_the_batch(tmp_path):
     ws = small(tmp_path / "ws")
     ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_upload"}, check=False)
     assert not ws.local_batches()
-    [chunk] = [b["chunk"] for b in as_json(ws.batchpipe("list", "--json"))]
-    one_line_error(ws.batchpipe("adopt", chunk, "--none"), "no unresolved submission")
+    [chunk] = [b["chunk"] for b in as_json(bp(ws, "list", "--json"))]
+    one_line_error(bp(ws, "adopt", chunk, "--none"), "no unresolved submission")
     # a create that died before the provider saw it: only its intent is in the ledger
     settings = load_settings_file(ws.root / "config.yaml")
     batches.record(chunks.Layout(settings), chunk, "create_intent", input_file_id=None, request_count=5,
                    created_after=time.time())
-    assert as_json(ws.batchpipe("status", chunk, "--json"))["status"] == "create_unknown"
-    run = ws.batchpipe("adopt", chunk, "--none")
+    assert as_json(bp(ws, "status", chunk, "--json"))["status"] == "create_unknown"
+    run = bp(ws, "adopt", chunk, "--none")
     assert run.returncode == 0 and "next snakemake run creates it" in run.stdout
     assert ledger(ws, chunk)[-1]["event"] == "create_abandoned"
 

@@ -15,7 +15,6 @@ from batchpipe.config import load_settings_file
 from batchpipe.tasks import (
     TITLE_MAX,
     TaskLayout,
-    extract_items,
     normalise,
     read_board,
     recycle,
