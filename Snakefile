@@ -11,7 +11,9 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/requests.smk"
 include: "rules/batches.smk"
+include: "rules/tasks.smk"
 include: "rules/results.smk"
+include: "rules/stages.smk"
 
 
 rule all:

@@ -33,7 +33,7 @@ from .files import (
 )
 from .issues import load_issue
 from .providers import make_provider
-from .providers.base import BatchStatus, Provider, ProviderError
+from .providers.base import BatchStatus, Provider, ProviderError, TokenLimitReached
 from .requests import render_request
 
 CRASH_ENV = "BATCHPIPE_CRASH_AT"  # tests: kill the process at a named step of submission
@@ -100,6 +100,10 @@ def write_requests(plan: Plan, processor: str, chunk: str, log: JobLog) -> None:
     settings = plan.settings
     new: NewChunk = plan.processors[processor].new[chunk]
     proc = settings.processor(processor)
+    if proc.input_processor:  # chained: rendered from the earlier stage's results
+        from .stages import write_chained_requests
+
+        return write_chained_requests(plan, processor, chunk, log)
     provider_name = settings.provider
     provider = provider_wire(provider_name)
     lines, table, est_tokens, model = [], {}, 0, None
@@ -221,9 +225,21 @@ def _create(settings: Settings, layout: Layout, provider: Provider, processor: s
     """Record the intent, create the batch, record it, write the marker."""
     metadata = {"batchpipe_chunk_hash": content_hash, "batchpipe_chunk": chunk, "batchpipe_processor": processor,
                 "project": "batchpipe"}
-    entries.append(record(layout, chunk, "create_intent", input_file_id=file_id, request_count=index["request_count"],
-                          created_after=time.time()))
-    status = provider.create(request_file, file_id, metadata)
+    delay = settings["poll_interval"]
+    while True:
+        entries.append(record(layout, chunk, "create_intent", input_file_id=file_id,
+                              request_count=index["request_count"], created_after=time.time()))
+        try:
+            status = provider.create(request_file, file_id, metadata)
+            break
+        except TokenLimitReached as exc:
+            # The provider refused for now (enqueued tokens): nothing was created; submit again later.
+            entries.append(record(layout, chunk, "create_abandoned", reason="token_limit"))
+            if not settings["wait"]:
+                raise SubmissionBlocked(f"{processor}/{chunk}: {exc}; the next run submits it again") from None
+            log(f"{processor}/{chunk}: {exc}; submitting again in {delay:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, settings["max_poll_interval"])
     _crash_point("after_create")
     entries.append(record(layout, chunk, "created", batch_id=status.batch_id, created_at=status.created_at,
                           input_file_id=file_id, status=status.status))
@@ -277,13 +293,25 @@ class Waiter:
     max_poll_interval: float
     log: JobLog
     sleep: Callable[[float], None] = time.sleep
+    max_failures: int = 20
 
     def wait(self, batch_id: str, label: str) -> BatchStatus:
         start = time.monotonic()
         delay = self.poll_interval
         last_line, last_time = "", 0.0
+        failures = 0
         while True:
-            status = self.provider.retrieve(batch_id)
+            try:
+                status = self.provider.retrieve(batch_id)
+                failures = 0
+            except ProviderError as exc:  # a long wait outlives passing outages: keep polling
+                failures += 1
+                if failures >= self.max_failures:
+                    raise
+                self.log(f"{label}: status check failed ({exc}); trying again in {delay:.0f}s")
+                self.sleep(delay)
+                delay = min(delay * 1.5, self.max_poll_interval)
+                continue
             elapsed = time.monotonic() - start
             line = f"{label}: batch {batch_id} {status.status}, {status.succeeded}/{status.total} done, {status.failed} failed"
             if status.ended or line != last_line or elapsed - last_time > 300:

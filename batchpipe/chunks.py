@@ -162,6 +162,11 @@ class ProcessorPlan:
     failed: dict[str, dict] = field(default_factory=dict)  # issue key -> {reason, attempts, permanent}
     missing_results: list[str] = field(default_factory=list)  # issue keys whose result file is gone
     deferred: dict[str, NewChunk] = field(default_factory=dict)  # new chunks held back by the token budget
+    items: dict = field(default_factory=dict)  # chained processors: key -> stages.ChainedItem (its unit of work)
+    result_files: dict[str, Path] = field(default_factory=dict)  # key -> result file, when not Layout.result
+
+    def result_file(self, layout: Layout, key: str) -> Path:
+        return self.result_files.get(key) or layout.result(key, self.processor)
 
 
 @dataclass
@@ -195,16 +200,18 @@ class Plan:
             return True  # answered while it is sent
         return existing is not None and (existing.collected or existing.known_ended)
 
-    def targets(self) -> list[Path]:
-        """What the run summary needs: each chunk's manifest, or only its marker when the run does not wait."""
+    def targets(self, processors=None) -> list[Path]:
+        """What the run summary needs: each chunk's manifest, or only its marker when the run does not wait
+        (of the named processors only, when given: chained stages, see stages.py)."""
         layout = self.layout
         return [
             layout.manifest(name, chunk) if self.collectable(pp, chunk) else layout.marker(name, chunk)
             for name, pp in self.processors.items()
+            if processors is None or name in processors
             for chunk in pp.chunks
         ]
 
-    def missing_files(self) -> list[Path]:
+    def missing_files(self, processors=None) -> list[Path]:
         """Files of already-planned chunks that should exist and do not (a person or a crash removed them).
 
         Snakemake does not regenerate a missing intermediate file while its consumer is up to date, so
@@ -212,21 +219,24 @@ class Plan:
         layout = self.layout
         missing: list[Path] = []
         for name, pp in self.processors.items():
+            if processors is not None and name not in processors:
+                continue
             for chunk in pp.chunks:
                 if chunk in pp.new or not layout.manifest(name, chunk).exists():
                     continue
                 for path in (layout.marker(name, chunk), layout.output(name, chunk), layout.errors(name, chunk)):
                     if not path.exists():
                         missing.append(path)
-            missing.extend(layout.result(key, name) for key in pp.missing_results)
+            missing.extend(pp.result_file(layout, key) for key in pp.missing_results)
         return missing
 
-    def has_work(self) -> bool:
-        """Whether anything is to be submitted, collected or restored."""
+    def has_work(self, processors=None) -> bool:
+        """Whether anything is to be submitted, collected or restored (for the named processors, when given)."""
         layout = self.layout
-        return bool(self.missing_files()) or any(
+        return bool(self.missing_files(processors)) or any(
             pp.new or any(self.collectable(pp, c) and not layout.manifest(name, c).exists() for c in pp.chunks)
             for name, pp in self.processors.items()
+            if processors is None or name in processors
         )
 
     def touch_trigger(self) -> Path:
@@ -248,16 +258,27 @@ class Plan:
             in_flight = sum(1 for c in pp.chunks if c in pp.existing and not pp.existing[c].collected)
             lines.append(
                 f"batchpipe plan: {name}: {len(pp.selected)} issue(s) selected, {len(pp.sources)} with results, "
-                f"{len(new_sizes)} new chunk(s) {new_sizes if new_sizes else ''} with {sum(new_sizes)} request(s), "
+                f"{len(new_sizes)} new chunk(s){_sizes(new_sizes)} with {sum(new_sizes)} request(s), "
                 f"{in_flight} chunk(s) in flight, {len(pp.failed)} failed for good"
             )
-            for chunk in pp.new.values():
+            for i, chunk in enumerate(pp.new.values()):
+                if i == 20:
+                    lines.append(f"  ... and {len(pp.new) - 20} more new chunk(s)")
+                    break
                 lines.append(f"  new chunk {name}/{chunk.chunk}: {len(chunk.members)} request(s), ~{chunk.est_tokens} tokens")
             if pp.deferred:
                 lines.append(f"  {len(pp.deferred)} chunk(s) held back by enqueued_token_limit until batches in flight end")
         if self.skipped:
             lines.append(f"batchpipe plan: {len(self.skipped)} issue file(s) skipped (see messages above)")
         return "\n".join(lines)
+
+
+def _sizes(sizes: list[int]) -> str:
+    """Chunk sizes in short: ` (333 x 30, 1 x 10)`."""
+    counts: dict[int, int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    return " (" + ", ".join(f"{n} x {size}" for size, n in counts.items()) + ")" if sizes else ""
 
 
 def chunk_id_for(members: list[tuple[str, str]]) -> str:
@@ -316,7 +337,8 @@ def scan_issues(settings: Settings) -> tuple[list[IssueEntry], list[IssueFileErr
             except IssueFileError as exc:
                 errors.append(exc)
                 continue
-            rendered = {p.name: render_request(issue, p, settings) for p in settings.processors}
+            # chained processors' requests need the earlier stage's results: planned in stages.py
+            rendered = {p.name: render_request(issue, p, settings) for p in settings.processors if not p.input_processor}
             row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state,
                    {name: [r.request_hash, r.est_tokens] for name, r in rendered.items()}]
         fresh[name] = row
@@ -402,8 +424,13 @@ def build_plan(settings: Settings) -> Plan:
     selected = select_issues(settings, entries, selection)
     existing = read_existing_chunks(settings)
     plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
-    for processor in settings.processors:
+    for processor in settings.processors:  # earlier stages first
         mine = selected if selection is None else [e for e in selected if e.key in selection.by_processor[processor.name]]
+        if processor.input_processor:  # chained: its requests are made from the earlier stage's results
+            from .stages import plan_chained
+
+            plan.processors[processor.name] = plan_chained(plan, processor, existing, [e.key for e in mine])
+            continue
         force = selection.force.get(processor.name, {}) if selection else {}  # issue key -> result's custom_id
         pp = ProcessorPlan(processor.name, selected=[e.key for e in mine])
         chunks = existing.get(processor.name, {})

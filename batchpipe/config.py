@@ -36,6 +36,9 @@ class Processor:
     max_tokens: int
     models: dict[str, str]
     labels: dict[str, str]
+    input_processor: str | None = None  # chained: its input is this processor's results (stages.py)
+    aggregate_by: str | None = None  # chained: one request per repo or org over the earlier results
+    aggregate_chars: int = 60000  # most characters of rendered earlier answers in one aggregate request
 
     def model_for(self, provider: str, override: str | None = None) -> str:
         if override:
@@ -213,6 +216,9 @@ def _load_processor(root: Path, name: str, spec: dict) -> Processor:
         max_tokens=int(spec.get("max_tokens", 1024)),
         models=dict(spec.get("models", {})),
         labels=dict(spec.get("labels", {})),
+        input_processor=spec.get("input_processor"),
+        aggregate_by=spec.get("aggregate_by"),
+        aggregate_chars=int(spec.get("aggregate_chars", 60000)),
     )
 
 
@@ -244,6 +250,9 @@ def load_settings(values: dict, root: str | Path = ".", source: str = "config") 
         )
     if not selected:
         raise ConfigError(f"{source}: processors: the list is empty; name at least one processor")
+    from .stages import resolve_processors  # chained processors: their inputs join, earlier stages first
+
+    selected = values["processors"] = resolve_processors(selected, definitions, source)
     provider, model = _split_model(values["provider"], values["model"])
     processors = tuple(_load_processor(root, name, definitions[name]) for name in selected)
     return Settings(root=root, values=values, processors=processors, provider=provider, model_override=model)

@@ -110,8 +110,8 @@ def issue_values(issue: Issue, settings: Settings, processor: Processor) -> tupl
     return values, truncation
 
 
-def render_request(issue: Issue, processor: Processor, settings: Settings) -> Request:
-    values, truncation = issue_values(issue, settings, processor)
+def neutral_request(processor: Processor, settings: Settings, values: dict[str, str]) -> tuple[NeutralRequest, str]:
+    """The request a processor's templates make with these values, and its hash (the identity of what is sent)."""
     model = processor.model_for(settings.provider, settings.model_override)
     neutral = NeutralRequest(
         model=model,
@@ -122,4 +122,12 @@ def render_request(issue: Issue, processor: Processor, settings: Settings) -> Re
         schema_name=re.sub(r"[^a-zA-Z0-9_-]", "_", processor.name)[:64],
     )
     request_hash = sha256_hex(canonical_json({"provider": settings.provider, "request": neutral.to_dict()}))
+    return neutral, request_hash
+
+
+def render_request(issue: Issue, processor: Processor, settings: Settings, extra: dict[str, str] | None = None) -> Request:
+    """`extra`: more template values (chained processors: `$previous`, the earlier answer; see stages.py)."""
+    values, truncation = issue_values(issue, settings, processor)
+    values.update(extra or {})
+    neutral, request_hash = neutral_request(processor, settings, values)
     return Request(processor.name, issue, neutral, request_hash, truncation)

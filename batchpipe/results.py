@@ -117,7 +117,11 @@ def collect_chunk(plan: Plan, provider: Provider, processor_name: str, chunk: st
             answer = parse_answer(outcome, processor, validator)
             if answer.ok:
                 record["status"] = "succeeded"
-                for issue in entry["issues"]:
+                if entry.get("group"):  # an aggregate request: one result for its group (stages.py)
+                    from .stages import write_group_result
+
+                    written += write_group_result(plan, processor, entry, marker, outcome, answer.value)
+                for issue in [] if entry.get("group") else entry["issues"]:
                     if plan.current_hash(issue["key"], processor_name) not in (entry["request_hash"], None):
                         continue  # the issue changed since: a newer request owns its result
                     doc = result_document(settings, processor, issue, entry, marker, outcome, answer.value,
@@ -200,7 +204,7 @@ def summarize(plan: Plan) -> dict:
             if key in pp.sources or key in pp.failed or key in pp.waiting:
                 continue
             retrying[key] = "no result yet; sent (again) on the next run"
-        present = sum(1 for key in pp.sources if layout.result(key, name).exists())
+        present = sum(1 for key in pp.sources if pp.result_file(layout, key).exists())
         out["processors"][name] = {
             "results": present,
             "failed": failed,

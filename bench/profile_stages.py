@@ -26,16 +26,35 @@ sys.path.insert(0, str(HERE))
 import run_bench  # noqa: E402
 
 
+def _write_no_fsync(path, data: bytes) -> None:
+    """atomic_write_bytes without the fsync: temp file, then rename."""
+    import tempfile
+
+    from batchpipe.files import FILE_MODE
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n", type=int)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-fsync", action="store_true", help="make os.fsync a no-op")
+    parser.add_argument("--no-fsync-results", action="store_true",
+                        help="write per-issue result files without fsync (atomic rename kept); the rest as is")
+    parser.add_argument("--source", default="worktree", help="worktree (default) or a git revision (see run_bench.py)")
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of the whole run here")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
 
-    ws, gen = run_bench.make_workspace(args.n, args.seed, None)
+    ws, gen = run_bench.make_workspace(args.n, args.seed, None, args.source)
+    sys.path.insert(0, str(ws))  # the package snapshot copied into the workspace
     print(f"workspace {ws}: {gen['issues']} issues, {gen['bytes']:,} bytes", file=sys.stderr)
     os.chdir(ws)
     os.environ.pop("BATCHPIPE_RUN_ID", None)
@@ -45,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     from snakemake.utils import validate
 
     import batchpipe.workflow as bp
+    import batchpipe.results
     from batchpipe.results import write_summary
+
+    print(f"batchpipe from {batchpipe.results.__file__}", file=sys.stderr)
+    if args.no_fsync_results:
+        batchpipe.results.atomic_write_bytes = _write_no_fsync
 
     prof = cProfile.Profile() if args.cprofile else None
     if prof:
@@ -77,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         prof.disable()
         prof.dump_stats(str(args.cprofile))
     total = sum(times.values())
-    print(f"| stage (N={args.n}, {len(chunks)} chunks{', fsync off' if args.no_fsync else ''}) | s |")
+    print(f"| stage (N={args.n}, {len(chunks)} chunks{', fsync off' if args.no_fsync else ''}{', results without fsync' if args.no_fsync_results else ''}) | s |")
     print("|---|---:|")
     for name, t in times.items():
         print(f"| {name} | {t:.2f} |")

@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = HERE / "out"
 COPY = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts"]
+PACKAGE = "batchpipe"  # copied too: the workspace (first on sys.path, and PYTHONPATH) then runs a snapshot
 GNU_TIME = "/usr/bin/time"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGETS = {"cold_s": 60.0, "noop_s": 3.0, "change_s": 10.0, "peak_mb": 500.0}
@@ -136,8 +137,33 @@ def parse_gnu_time(text: str) -> dict:
     return out
 
 
-def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_spy: bool) -> dict:
+def cpu_busy_seconds() -> float:
+    """Busy CPU time of the whole machine so far (all CPUs, from /proc/stat), in seconds."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(timeout: float, threshold: float = 0.15, window: float = 3.0) -> float:
+    """Wait (up to timeout seconds) until the machine's CPUs are busy less than threshold over a window.
+
+    Other sessions share this machine; their test runs would be counted in our wall times. Returns the
+    busy fraction of the last window."""
+    ncpu = os.cpu_count() or 1
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_busy_seconds()
+        time.sleep(window)
+        frac = (cpu_busy_seconds() - before) / (window * ncpu)
+        if frac < threshold or time.monotonic() >= deadline:
+            return round(frac, 3)
+
+
+def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_spy: bool,
+              quiet_timeout: float = 0.0) -> dict:
     """Run one snakemake command in the workspace; measure it."""
+    busy_before_start = wait_for_quiet(quiet_timeout) if quiet_timeout > 0 else None
     cmd = [sys.executable, "-m", "snakemake", *args]
     time_file = outdir / f"{name}.time.txt"
     spy_file = outdir / f"{name}.pyspy.txt"
@@ -150,11 +176,14 @@ def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_
     ledger = ws / "batch_results" / "ledger"
     ledgers_before = len(list(ledger.glob("*.jsonl"))) if ledger.is_dir() else 0
     with open(outdir / f"{name}.stdout.txt", "wb") as out, open(outdir / f"{name}.stderr.txt", "wb") as err:
+        load_before = os.getloadavg()[0]
+        busy_before = cpu_busy_seconds()
         start = time.monotonic()
         proc = subprocess.Popen(full, cwd=ws, env=env, stdout=out, stderr=err)
         poller = TreeRss(proc.pid).start()
         rc = proc.wait()
         wall = time.monotonic() - start
+        busy = cpu_busy_seconds() - busy_before
         poller.stop()
     stderr = (outdir / f"{name}.stderr.txt").read_text(encoding="utf-8", errors="replace")
     ledgers_after = len(list(ledger.glob("*.jsonl"))) if ledger.is_dir() else 0
@@ -169,8 +198,15 @@ def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_
         "new_batches": ledgers_after - ledgers_before,
         "plan_lines": [line for line in stderr.splitlines() if line.startswith("batchpipe plan:")],
     }
+    result["loadavg_1m_before"] = round(load_before, 2)
+    if busy_before_start is not None:
+        result["machine_busy_fraction_before"] = busy_before_start
+    result["machine_busy_cpu_s"] = round(busy, 2)
     if time_file.exists():
         result.update(parse_gnu_time(time_file.read_text()))
+        if "user_s" in result:
+            # CPU time other processes (other sessions' tests, ...) took during the phase: 0 on a quiet machine
+            result["foreign_cpu_s"] = round(max(busy - result["user_s"] - result["sys_s"], 0.0), 2)
     if py_spy:
         # py-spy's own run slows the job; its wall time is not the figure to report
         result["profiled"] = True
@@ -183,14 +219,26 @@ def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_
 # --- workspace -----------------------------------------------------------------------------------
 
 
-def make_workspace(n: int, seed: int, base: Path | None) -> tuple[Path, dict]:
+def make_workspace(n: int, seed: int, base: Path | None, source: str = "worktree") -> tuple[Path, dict]:
+    """A temp workspace with the workflow files, a snapshot of the package, and N generated issues.
+
+    source "worktree" copies the files as they are now; any other value is a git revision whose files are
+    taken with `git archive` (read-only), for a consistent tree while others edit the working tree."""
     ws = Path(tempfile.mkdtemp(prefix=f"batchpipe-bench-{n}-", dir=base))
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, ws / name)
+    names = COPY + [PACKAGE]
+    if source == "worktree":
+        for name in names:
+            src = REPO / name
+            if src.is_dir():
+                shutil.copytree(src, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
+            elif src.exists():
+                shutil.copy2(src, ws / name)
+    else:
+        listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", source], check=True,
+                                capture_output=True, text=True).stdout.split()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", source,
+                                  *[name for name in names if name in listed]], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(ws)], input=archive, check=True)
     start = time.monotonic()
     stats = generate_issues.generate(n, ws / "data" / "issues", seed)
     stats["generate_s"] = round(time.monotonic() - start, 2)
@@ -213,28 +261,41 @@ def summary_totals(ws: Path) -> dict:
         return {}
 
 
-def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None) -> dict:
+def apply_patches(ws: Path, patches: list[Path]) -> None:
+    """Apply unified diffs (paths a/..., b/...) to the workspace copy only: to measure a proposed change."""
+    for diff in patches:
+        subprocess.run(["patch", "-p1", "-s", "-d", str(ws), "-i", str(diff.resolve())], check=True)
+
+
+def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None, source: str = "worktree",
+               extra: list[str] | None = None, patches: list[Path] | None = None, quiet_timeout: float = 0.0) -> dict:
     outdir = OUT / str(n)
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     print(f"N={n}: generating issues ...", file=sys.stderr, flush=True)
-    ws, gen = make_workspace(n, seed, base)
+    ws, gen = make_workspace(n, seed, base, source)
+    apply_patches(ws, patches or [])
     print(f"N={n}: workspace {ws} ({gen['bytes']:,} bytes of issues, {gen['generate_s']} s)", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.pop("BATCHPIPE_RUN_ID", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # the package snapshot in the workspace, also for script: jobs (a new interpreter)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ws), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONHASHSEED", "0")
-    record: dict = {"n": n, "seed": seed, "workspace": str(ws) if keep else None, "issues": gen}
+    record: dict = {"n": n, "seed": seed, "workspace": str(ws) if keep else None, "source": source,
+                    "extra_args": extra or [],
+                    "patches": [p.name for p in patches or []], "issues": gen}
+    extra = extra or []
     phases = [
-        ("cold", ["--cores", "4", "results/all"]),
-        ("noop", ["-n", "results/all"]),
-        ("change", ["--cores", "4", "results/all"]),
+        ("cold", ["--cores", "4", "results/all", *extra]),
+        ("noop", ["-n", "results/all", *extra]),
+        ("change", ["--cores", "4", "results/all", *extra]),
     ]
     for name, args in phases:
         if name == "change":
             record["edited_issue"] = edit_one_issue(ws, n)
         print(f"N={n}: {name}: python -m snakemake {' '.join(args)}", file=sys.stderr, flush=True)
-        result = run_phase(name, args, ws, outdir, env, py_spy)
+        result = run_phase(name, args, ws, outdir, env, py_spy, quiet_timeout)
         if name != "noop":
             result["totals"] = summary_totals(ws)
         record[name] = result
@@ -301,14 +362,30 @@ def machine() -> dict:
     }
 
 
+def source_description(source: str) -> str:
+    """The git commit the files came from (and whether the working tree differed from it)."""
+    try:
+        rev = "HEAD" if source == "worktree" else source
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        if source != "worktree":
+            return f"git {commit}"
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain", "--", *COPY, PACKAGE],
+                               capture_output=True, text=True).stdout.strip()
+        return f"working tree at {commit}" + (" with uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return source
+
+
 def fmt_jobs(jobs: dict) -> str:
     return str(jobs.get("total", 0))
 
 
 def table(records: list[dict]) -> str:
     rows = [
-        "| N | phase | wall s | peak tree RSS MB | max single RSS MB | jobs | new batches | target | ok |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---|",
+        "| N | phase | wall s | CPU s (user+sys) | peak tree RSS MB | max single RSS MB | jobs | new batches "
+        "| other load CPU s | target | ok |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     target = {"cold": ("≤ 60 s", TARGETS["cold_s"]), "noop": ("≤ 3 s", TARGETS["noop_s"]),
               "change": ("≤ 10 s", TARGETS["change_s"])}
@@ -317,10 +394,11 @@ def table(records: list[dict]) -> str:
             p = r[phase]
             label, limit = target[phase]
             ok = p["exit_code"] == 0 and p["wall_s"] <= limit and p["peak_tree_rss_mb"] <= TARGETS["peak_mb"]
+            cpu = p.get("user_s", 0) + p.get("sys_s", 0)
             rows.append(
-                f"| {r['n']:,} | {phase} | {p['wall_s']:.1f} | {p['peak_tree_rss_mb']:.0f} | "
+                f"| {r['n']:,} | {phase} | {p['wall_s']:.1f} | {cpu:.1f} | {p['peak_tree_rss_mb']:.0f} | "
                 f"{p.get('max_single_rss_mb', float('nan')):.0f} | {fmt_jobs(p['jobs'])} | {p['new_batches']} | "
-                f"{label}, ≤ 500 MB | {'yes' if ok else 'NO'} |"
+                f"{p.get('foreign_cpu_s', float('nan')):.1f} | {label}, ≤ 500 MB | {'yes' if ok else 'NO'} |"
             )
     return "\n".join(rows)
 
@@ -332,17 +410,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp workspaces")
     parser.add_argument("--tmp", type=Path, default=None, help="where to make workspaces (default: system temp)")
     parser.add_argument("--py-spy", action="store_true", help="also record a py-spy profile of every phase")
+    parser.add_argument("--source", default="worktree",
+                        help="workflow files and package: 'worktree' (default, as they are now) or a git revision "
+                             "(e.g. HEAD), taken with git archive")
+    parser.add_argument("--patch", type=Path, action="append", default=[],
+                        help="apply this diff (patch -p1) to the workspace copy before running; repeatable")
+    parser.add_argument("--quiet-timeout", type=float, default=180.0,
+                        help="before each phase, wait up to this many seconds for the machine's CPUs to be under "
+                             "15%% busy (other sessions' runs skew timings); 0: do not wait (default 180)")
+    parser.add_argument("--label", default="", help="name of this configuration (results-LABEL.json)")
+    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER,
+                        help="after --: extra snakemake arguments for every phase (e.g. -- --config chunk_size=200)")
     args = parser.parse_args(argv)
     if args.py_spy and not shutil.which("py-spy"):
         parser.error("--py-spy: py-spy is not on PATH (pip install py-spy)")
+    extra = [a for a in args.snakemake_args if a != "--"] if args.snakemake_args else []
     OUT.mkdir(parents=True, exist_ok=True)
     info = machine()
     records = []
     for n in args.sizes:
-        records.append(bench_size(n, args.seed, args.keep, args.py_spy, args.tmp))
-    doc = {"machine": info, "targets": TARGETS, "profiled": args.py_spy, "runs": records,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    name = "results-pyspy.json" if args.py_spy else "results.json"
+        records.append(bench_size(n, args.seed, args.keep, args.py_spy, args.tmp, args.source, extra, args.patch,
+                                  args.quiet_timeout))
+    doc = {"machine": info, "targets": TARGETS, "profiled": args.py_spy, "source": source_description(args.source),
+           "extra_args": extra, "patches": [p.name for p in args.patch], "runs": records, "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    label = args.label or ("pyspy" if args.py_spy else "")
+    name = f"results-{label}.json" if label else "results.json"
     (OUT / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     print(table(records))
     print(f"\nmachine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, Python {info['python']}, "

@@ -13,7 +13,7 @@ rule submit_batch:
         api_calls=1,
     localrule: True
     run:
-        bp.run_submit(PLAN, wildcards.processor, wildcards.chunk, log[0])
+        bp.run_submit(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])
 
 
 rule download_batch:
@@ -28,4 +28,4 @@ rule download_batch:
         api_calls=1,
     localrule: True
     run:
-        bp.run_download(PLAN, wildcards.processor, wildcards.chunk, log[0])
+        bp.run_download(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])

@@ -10,4 +10,4 @@ rule write_requests:
         "logs/write_requests/{processor}/{chunk}.log",
     localrule: True
     run:
-        bp.run_write_requests(PLAN, wildcards.processor, wildcards.chunk, log[0])
+        bp.run_write_requests(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])

@@ -11,7 +11,7 @@ rule write_results:
         "logs/write_results/{processor}/{chunk}.log",
     localrule: True
     run:
-        bp.run_collect(PLAN, wildcards.processor, wildcards.chunk, log[0])
+        bp.run_collect(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])
 
 
 rule restore_result:
@@ -23,7 +23,7 @@ rule restore_result:
         "logs/restore_result/{issue}_{processor}.log",
     localrule: True
     run:
-        bp.run_restore(PLAN, wildcards.processor, wildcards.issue, log[0])
+        bp.run_restore(get_plan(wildcards.processor), wildcards.processor, wildcards.issue, log[0])
 
 
 rule summarize_run:
@@ -31,6 +31,7 @@ rule summarize_run:
         manifests=get_manifests,
         restored=get_missing_files,
         trigger=get_trigger,
+        tasks=get_task_outputs,
     output:
         table="results/all",
         summary="results/summary.json",

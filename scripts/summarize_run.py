@@ -9,3 +9,7 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 plan = load_plan(snakemake.config)  # noqa: F821
 summary = write_summary(plan, snakemake.output.table, snakemake.output.summary)  # noqa: F821
 print(open(snakemake.output.table).read(), file=sys.stderr)  # noqa: F821
+if plan.settings["commit_results"]:  # new result and report files to git, naming their batch ids
+    from batchpipe.stages import commit_results
+
+    commit_results(plan.settings, log=lambda line: print(line, file=sys.stderr))
