@@ -448,17 +448,7 @@ def build_plan(settings: Settings) -> Plan:
             state = _request_state(sent, chunks, settings["max_attempts"])
             if state["kind"] == "done" and _reprocess(state, force.get(entry.key)):
                 state = {"kind": "pending", "attempt": state["last_attempt"] + 1}
-            if state["kind"] == "done":
-                pp.sources[entry.key] = (state["chunk"], state["custom_id"])
-                if not chunks[state["chunk"]].archived:
-                    needed.append(state["chunk"])
-                if not chunks[state["chunk"]].archived and not layout.result(entry.key, processor.name).exists():
-                    pp.missing_results.append(entry.key)
-            elif state["kind"] == "waiting":
-                pp.waiting[entry.key] = state["chunk"]
-            elif state["kind"] == "failed":
-                pp.failed[entry.key] = state
-            else:
+            if apply_state(pp, entry.key, state, chunks, needed, layout.result(entry.key, processor.name)):
                 pending.append((custom_id_for(rhash, state["attempt"]), rhash, entry.path))
                 tokens[rhash] = entry.tokens.get(processor.name, 0)
         # Everything paid for gets collected, selected or not.
@@ -472,6 +462,24 @@ def build_plan(settings: Settings) -> Plan:
         pp.chunks = list(dict.fromkeys(needed))
         plan.processors[processor.name] = pp
     return plan
+
+
+def apply_state(pp: ProcessorPlan, key: str, state: dict, chunks: dict[str, ExistingChunk], needed: list[str],
+                result_file: Path) -> bool:
+    """Record one request's state in the processor's plan; True when it is to be sent (pending)."""
+    if state["kind"] == "done":
+        pp.sources[key] = (state["chunk"], state["custom_id"])
+        if not chunks[state["chunk"]].archived:
+            needed.append(state["chunk"])
+            if not result_file.exists():
+                pp.missing_results.append(key)
+    elif state["kind"] == "waiting":
+        pp.waiting[key] = state["chunk"]
+    elif state["kind"] == "failed":
+        pp.failed[key] = state
+    else:
+        return True
+    return False
 
 
 def _request_state(sent: list[tuple[str, str, dict]], chunks: dict[str, ExistingChunk], max_attempts: int) -> dict:

@@ -47,6 +47,7 @@ from .chunks import (
     Plan,
     ProcessorPlan,
     _defer_over_budget,
+    apply_state,
     _request_state,
     build_plan,
     chunk_id_for,
@@ -396,17 +397,7 @@ def plan_chained(plan: Plan, proc: Processor, existing: dict, keys: list[str]) -
         rhash = item.request_hash
         state = _request_state(sorted(attempts.get(rhash, []), key=lambda a: a[2]["attempt"]), chunks,
                                settings["max_attempts"])
-        if state["kind"] == "done":
-            pp.sources[item.key] = (state["chunk"], state["custom_id"])
-            if not chunks[state["chunk"]].archived:
-                needed.append(state["chunk"])
-                if not item.result_file.exists():
-                    pp.missing_results.append(item.key)
-        elif state["kind"] == "waiting":
-            pp.waiting[item.key] = state["chunk"]
-        elif state["kind"] == "failed":
-            pp.failed[item.key] = state
-        else:
+        if apply_state(pp, item.key, state, chunks, needed, item.result_file):
             cid = custom_id_for(rhash, state["attempt"])
             pending.setdefault(cid, (cid, rhash, []))[2].extend(plan.issues[k].path for k in item.issues)
             tokens[rhash] = item.tokens
