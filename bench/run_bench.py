@@ -145,6 +145,18 @@ def cpu_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def calibrate() -> float:
+    """Seconds a fixed pure-Python workload (JSON round trips) takes now: about 0.25 s on a quiet machine.
+
+    On a shared VM the same work costs more CPU when neighbours are busy (SMT siblings, caches, steal);
+    compare phases across runs with this figure at hand."""
+    doc = {"k%d" % i: ["x" * 20, i, {"y": [1.5, None, True]}] for i in range(200)}
+    start = time.perf_counter()
+    for _ in range(300):
+        json.loads(json.dumps(doc, sort_keys=True, indent=1))
+    return round(time.perf_counter() - start, 3)
+
+
 def wait_for_quiet(timeout: float, threshold: float = 0.15, window: float = 3.0) -> float:
     """Wait (up to timeout seconds) until the machine's CPUs are busy less than threshold over a window.
 
@@ -164,6 +176,7 @@ def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_
               quiet_timeout: float = 0.0) -> dict:
     """Run one snakemake command in the workspace; measure it."""
     busy_before_start = wait_for_quiet(quiet_timeout) if quiet_timeout > 0 else None
+    calibration = calibrate()
     cmd = [sys.executable, "-m", "snakemake", *args]
     time_file = outdir / f"{name}.time.txt"
     spy_file = outdir / f"{name}.pyspy.txt"
@@ -199,6 +212,7 @@ def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_
         "plan_lines": [line for line in stderr.splitlines() if line.startswith("batchpipe plan:")],
     }
     result["loadavg_1m_before"] = round(load_before, 2)
+    result["calibration_s"] = calibration
     if busy_before_start is not None:
         result["machine_busy_fraction_before"] = busy_before_start
     result["machine_busy_cpu_s"] = round(busy, 2)

@@ -33,8 +33,8 @@ rule summarize_run:
         trigger=get_trigger,
         tasks=get_task_outputs,
     output:
-        table="results/all",
-        summary="results/summary.json",
+        table=report("results/all", caption="../report/summary.rst", category="Run summary"),
+        summary=report("results/summary.json", caption="../report/summary.rst", category="Run summary"),
     log:
         "logs/summarize_run.log",
     localrule: True

@@ -16,7 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TGZ = REPO.parent / "shared" / "data" / "bitcoin-core-gui-issues.tgz"
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts", "report"]
 
 
 @dataclass

@@ -243,3 +243,11 @@ def test_enqueued_token_budget_keeps_one_batch_in_flight_at_a_time(small_workspa
     assert len(batches) == 3 and len(ws.results()) == 5
     for earlier, later in zip(batches, batches[1:]):
         assert later["created_at"] >= earlier["completed_at"]
+
+
+def test_html_report_holds_the_run_summary(small_workspace):
+    ws = small_workspace
+    ws.snakemake("--cores", "4", "results/all")
+    ws.snakemake("--report", "report.html")
+    html = (ws.root / "report.html").read_text(errors="replace")
+    assert "Run summary" in html and "summary.json" in html
