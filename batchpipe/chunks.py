@@ -201,15 +201,22 @@ class Plan:
         return existing is not None and (existing.collected or existing.known_ended)
 
     def targets(self, processors=None) -> list[Path]:
-        """What the run summary needs: each chunk's manifest, or only its marker when the run does not wait
-        (of the named processors only, when given: chained stages, see stages.py)."""
+        """What the run summary needs: the manifest of each chunk with work to do, or only its marker when
+        the run does not wait (of the named processors only, when given: chained stages, see stages.py).
+
+        A chunk whose target exists already is left out: listing it would put its jobs in Snakemake's DAG
+        (2,000 jobs at 10,000 issues) only to find them up to date, about 1 s in every run and dry run.
+        Deleted files of such chunks come back through `missing_files`."""
         layout = self.layout
-        return [
-            layout.manifest(name, chunk) if self.collectable(pp, chunk) else layout.marker(name, chunk)
-            for name, pp in self.processors.items()
-            if processors is None or name in processors
-            for chunk in pp.chunks
-        ]
+        out = []
+        for name, pp in self.processors.items():
+            if processors is not None and name not in processors:
+                continue
+            for chunk in pp.chunks:
+                path = layout.manifest(name, chunk) if self.collectable(pp, chunk) else layout.marker(name, chunk)
+                if chunk in pp.new or not path.exists():
+                    out.append(path)
+        return out
 
     def missing_files(self, processors=None) -> list[Path]:
         """Files of already-planned chunks that should exist and do not (a person or a crash removed them).

@@ -104,10 +104,13 @@ def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
 
 
 def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
+    """Wait for the chunk's batch, save its outputs, then write its results and manifest."""
+    job_log = JobLog(log)
     if read_json(plan.layout.marker(processor, chunk)).get("mode") == "realtime":
-        download_realtime(plan.settings, processor, chunk, JobLog(log))  # from the journal, no provider call
-        return
-    download_chunk(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log))
+        download_realtime(plan.settings, processor, chunk, job_log)  # from the journal, no provider call
+    else:
+        download_chunk(plan.settings, provider_for(plan.settings), processor, chunk, job_log)
+    collect_chunk(plan, provider_for(plan.settings), processor, chunk, job_log)
 
 
 def run_collect(plan: Plan, processor: str, chunk: str, log: str) -> None:

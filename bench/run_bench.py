@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = HERE / "out"
-COPY = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts"]
+COPY = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts", "report"]
 PACKAGE = "batchpipe"  # copied too: the workspace (first on sys.path, and PYTHONPATH) then runs a snapshot
 GNU_TIME = "/usr/bin/time"
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -16,12 +16,15 @@ rule submit_batch:
         bp.run_submit(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])
 
 
+# Download and collect in one job: Snakemake's own cost is about 15 ms a job, as much as the work of a
+# chunk; one job less per chunk is 668 jobs less at 10,000 issues.
 rule download_batch:
     input:
         marker=ancient(f"{BATCHES}/{{processor}}/{{chunk}}.submitted.json"),
     output:
         output=f"{BATCHES}/{{processor}}/{{chunk}}.output.jsonl",
         errors=f"{BATCHES}/{{processor}}/{{chunk}}.errors.jsonl",
+        manifest=f"{BATCHES}/{{processor}}/{{chunk}}.results.json",
     log:
         "logs/download_batch/{processor}/{chunk}.log",
     resources:

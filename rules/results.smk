@@ -1,17 +1,4 @@
-# Per-issue results from downloaded outputs, and the run summary.
-
-
-rule write_results:
-    input:
-        output=f"{BATCHES}/{{processor}}/{{chunk}}.output.jsonl",
-        errors=f"{BATCHES}/{{processor}}/{{chunk}}.errors.jsonl",
-    output:
-        manifest=f"{BATCHES}/{{processor}}/{{chunk}}.results.json",
-    log:
-        "logs/write_results/{processor}/{chunk}.log",
-    localrule: True
-    run:
-        bp.run_collect(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])
+# Per-issue results restored from downloaded outputs (download_batch writes them first), and the run summary.
 
 
 rule restore_result:
