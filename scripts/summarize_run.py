@@ -8,7 +8,9 @@ from batchpipe.results import write_summary
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 plan = load_plan(snakemake.config)  # noqa: F821
 summary = write_summary(plan, snakemake.output.table, snakemake.output.summary)  # noqa: F821
-print(open(snakemake.output.table).read(), file=sys.stderr)  # noqa: F821
+table = open(snakemake.output.table).read()  # noqa: F821
+print(table, file=sys.stderr)
+print(table, flush=True)  # on the console, after Snakemake's job lines
 if plan.settings["commit_results"]:  # new result and report files to git, naming their batch ids
     from batchpipe.stages import commit_results
 
