@@ -32,7 +32,6 @@ from .files import (
     sha256_hex,
 )
 from .issues import load_issue
-from .providers import make_provider
 from .providers.base import BatchStatus, Provider, ProviderError, TokenLimitReached
 from .requests import render_request
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jsonschema
 
-from .chunks import Layout, Plan
+from .chunks import Plan
 from .config import Processor, Settings
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, pretty_json, read_json
 from .providers.base import Outcome, Provider

@@ -7,10 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
-import pytest
 import yaml
 
 from conftest import REPO, make_workspace

@@ -13,24 +13,21 @@ never appears in a message. The SDK is imported lazily (it takes seconds to impo
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..files import sha256_hex
+from .sdk import SDKProvider
 from .base import (
     CREATE_REJECTED,
     CREATE_TOKEN_LIMIT,
     CREATE_UNKNOWN,
     BatchStatus,
-    Provider,
     ProviderError,
     create_once,
     is_token_limit_message,
-    key_from_env,
     scrub_secrets,
     sdk_kwargs,
     split_anthropic_results,
@@ -46,24 +43,22 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "
                429: "rate_limit_error", 529: "overloaded_error"}
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(SDKProvider):
     name = "anthropic"
     wire = "anthropic"
+    sdk = "anthropic"
+    sdk_error = "AnthropicError"
+    default_key_env = DEFAULT_KEY_ENV
+    base_url_env = BASE_URL_ENV
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(self, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV, timeout: float = 600.0,
                  read_retries: int = 5, realtime_retries: int = 0, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
                  not_found_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), settings=None, sleep=time.sleep):
-        self.base_url = base_url
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.read_retries = read_retries
-        self.realtime_retries = realtime_retries
-        self.create_delays = tuple(create_delays)
+        super().__init__(base_url=base_url, api_key_env=api_key_env, timeout=timeout, read_retries=read_retries,
+                         realtime_retries=realtime_retries, create_delays=create_delays, sleep=sleep)
         self.not_found_delays = tuple(not_found_delays)
         self.settings = settings  # for the ledger (batches of other chunks) and request files in find_batch
-        self.sleep = sleep
-        self._lock = threading.Lock()
-        self._clients: dict[str, Any] = {}
         self._made: dict[str, str] = {}  # batch id -> content hash, for batches this process created
         self._ids: dict[str, frozenset[str]] = {}  # content hash -> custom_ids, for chunks this process sent
 
@@ -77,67 +72,18 @@ class AnthropicProvider(Provider):
 
     # --- clients and errors --------------------------------------------------------------------
 
-    def _key(self) -> str:
-        return key_from_env(self.name, self.api_key_env)
+    def _new_client(self, module, key: str, retries: int):
+        # An explicit api_key keeps the SDK from reading profiles or other credential variables.
+        return module.Anthropic(api_key=key, base_url=self.base_url or None, timeout=self.timeout, max_retries=retries)
 
-    def _endpoint(self) -> str:
-        return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    def _http_error_text(self, exc) -> str:
+        err = _error_body(exc.body)
+        return f"{err.get('type') + ': ' if err.get('type') else ''}{err.get('message') or exc.message}"
 
-    def _client(self, kind: str = "read"):
-        """kind: read (SDK retries), create (no retries: a retried create can pay twice), realtime."""
-        key = self._key()
-        with self._lock:
-            client = self._clients.get(kind)
-            if client is None or client.api_key != key:
-                import anthropic
-
-                retries = {"read": self.read_retries, "create": 0, "realtime": self.realtime_retries}[kind]
-                # An explicit api_key keeps the SDK from reading profiles or other credential variables.
-                client = anthropic.Anthropic(api_key=key, base_url=self.base_url or None, timeout=self.timeout,
-                                             max_retries=retries)
-                self._clients[kind] = client
-            return client
-
-    def _secrets(self) -> tuple[str | None, ...]:
-        raw = os.environ.get(self.api_key_env) or ""
-        return (raw, raw.strip())
-
-    def _describe(self, exc: Exception) -> tuple[int | None, str]:
-        import anthropic
-
-        status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else None
-        if isinstance(exc, anthropic.APITimeoutError):
-            text = "request timed out"
-        elif isinstance(exc, anthropic.APIConnectionError):
-            text = "connection error" + (f" ({type(exc.__cause__).__name__})" if exc.__cause__ else "")
-        elif isinstance(exc, anthropic.APIStatusError):
-            err = _error_body(exc.body)
-            text = f"HTTP {status}: {err.get('type') + ': ' if err.get('type') else ''}{err.get('message') or exc.message}"
-            if status in (401, 403):
-                text += f" (check the key in {self.api_key_env})"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        return status, scrub_secrets(text, self._secrets())
-
-    def _error(self, what: str, exc: Exception) -> ProviderError:
-        _, text = self._describe(exc)
-        return ProviderError(f"anthropic {what}: {text}")
-
-    def _call(self, what: str, fn, *args, **kwargs):
-        import anthropic
-
-        try:
-            return fn(*args, **kwargs)
-        except anthropic.AnthropicError as exc:
-            raise self._error(what, exc) from None
+    def _list_once(self, client):
+        return client.messages.batches.list(limit=1)
 
     # --- Provider ---------------------------------------------------------------------------------
-
-    def check_ready(self, online: bool = False) -> None:
-        self._key()
-        if online:
-            client = self._client("read").with_options(max_retries=1)
-            self._call(f"check at {self._endpoint()}", client.messages.batches.list, limit=1)
 
     def upload(self, request_file: Path) -> None:
         return None  # requests go inline with the create call

@@ -13,11 +13,9 @@ The SDK is imported lazily, so building the provider and `check_ready()` are che
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from .base import (
     CREATE_REJECTED,
@@ -25,15 +23,14 @@ from .base import (
     CREATE_UNKNOWN,
     OPENAI_ENDPOINT,
     BatchStatus,
-    Provider,
     ProviderError,
     create_once,
     is_token_limit_message,
-    key_from_env,
     scrub_secrets,
     sdk_kwargs,
 )
 from .local import status_from_openai
+from .sdk import SDKProvider
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -42,22 +39,14 @@ FIND_MARGIN = 900.0  # seconds before created_after at which find_batch stops sc
 FIND_MAX_SCAN = 5000
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(SDKProvider):
     name = "openai"
     wire = "openai"
-
-    def __init__(self, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV, timeout: float = 600.0,
-                 read_retries: int = 5, realtime_retries: int = 0, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
-                 sleep=time.sleep):
-        self.base_url = base_url
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.read_retries = read_retries
-        self.realtime_retries = realtime_retries
-        self.create_delays = tuple(create_delays)
-        self.sleep = sleep
-        self._lock = threading.Lock()
-        self._clients: dict[str, Any] = {}
+    sdk = "openai"
+    sdk_error = "OpenAIError"
+    default_key_env = DEFAULT_KEY_ENV
+    base_url_env = BASE_URL_ENV
+    default_base_url = DEFAULT_BASE_URL
 
     @classmethod
     def from_settings(cls, settings) -> "OpenAIProvider":
@@ -69,66 +58,16 @@ class OpenAIProvider(Provider):
 
     # --- clients and errors --------------------------------------------------------------------
 
-    def _key(self) -> str:
-        return key_from_env(self.name, self.api_key_env)
+    def _new_client(self, module, key: str, retries: int):
+        return module.OpenAI(api_key=key, base_url=self.base_url or None, timeout=self.timeout, max_retries=retries)
 
-    def _endpoint(self) -> str:
-        return self.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    def _http_error_text(self, exc) -> str:
+        return _error_message(exc.body) or exc.message
 
-    def _client(self, kind: str = "read"):
-        """kind: read (SDK retries), create (no retries: a retried create can pay twice), realtime."""
-        key = self._key()
-        with self._lock:
-            client = self._clients.get(kind)
-            if client is None or client.api_key != key:
-                import openai
-
-                retries = {"read": self.read_retries, "create": 0, "realtime": self.realtime_retries}[kind]
-                client = openai.OpenAI(api_key=key, base_url=self.base_url or None, timeout=self.timeout,
-                                       max_retries=retries)
-                self._clients[kind] = client
-            return client
-
-    def _secrets(self) -> tuple[str | None, ...]:
-        raw = os.environ.get(self.api_key_env) or ""
-        return (raw, raw.strip())
-
-    def _describe(self, exc: Exception) -> tuple[int | None, str]:
-        """(HTTP status or None, one scrubbed line) for an SDK error."""
-        import openai
-
-        status = getattr(exc, "status_code", None) if isinstance(exc, openai.APIStatusError) else None
-        if isinstance(exc, openai.APITimeoutError):
-            text = "request timed out"
-        elif isinstance(exc, openai.APIConnectionError):
-            text = "connection error" + (f" ({type(exc.__cause__).__name__})" if exc.__cause__ else "")
-        elif isinstance(exc, openai.APIStatusError):
-            text = f"HTTP {status}: {_error_message(exc.body) or exc.message}"
-            if status in (401, 403):
-                text += f" (check the key in {self.api_key_env})"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        return status, scrub_secrets(text, self._secrets())
-
-    def _error(self, what: str, exc: Exception) -> ProviderError:
-        _, text = self._describe(exc)
-        return ProviderError(f"openai {what}: {text}")
-
-    def _call(self, what: str, fn, *args, **kwargs):
-        import openai
-
-        try:
-            return fn(*args, **kwargs)
-        except openai.OpenAIError as exc:
-            raise self._error(what, exc) from None
+    def _list_once(self, client):
+        return client.batches.list(limit=1)
 
     # --- Provider ---------------------------------------------------------------------------------
-
-    def check_ready(self, online: bool = False) -> None:
-        self._key()
-        if online:
-            client = self._client("read").with_options(max_retries=1)
-            self._call(f"check at {self._endpoint()}", client.batches.list, limit=1)
 
     def upload(self, request_file: Path) -> str:
         # A duplicate upload costs nothing, so SDK retries are fine here.
