@@ -352,20 +352,26 @@ class BatchEngine:
             raise InvalidRequest("stream: streaming is not supported here.")
         if request_format == "openai" and not (isinstance(body.get("model"), str) and body["model"]):
             raise InvalidRequest("Missing required parameter: 'model'.")
-        fmt = FORMATS[request_format]
-        now = self.clock()
         custom_id = "rt-" + sha256_hex(canonical_json(body))[:32]
         native = {"custom_id": custom_id, ("body" if request_format == "openai" else "params"): body}
-        rec = BatchRecord(id=new_id("rt_"), request_format=request_format, completion_window="",
-                          endpoint=CHAT_ENDPOINT if request_format == "openai" else "/v1/messages",
-                          created_at=now, expires_at=now)
-        (req,), (answer,) = self._answers(fmt, self.faults["requests"], [native])
-        line = fmt.outcome(rec, custom_id, req, answer, now)["line"]
-        status = answer.error.status if answer.error is not None else 200
+        status, out = self._answer_now(request_format, native)
+        line = out["line"]
         if request_format == "openai":
             return status, line["response"]["body"]
         result = line["result"]
         return (200, result["message"]) if result["type"] == "succeeded" else (status, result["error"])
+
+    def _answer_now(self, request_format: str, native: dict) -> tuple[int, dict]:
+        """One native request answered now, as a batch would answer it (responder or request faults):
+        (HTTP status, outcome with the native batch line). The one path of both real-time APIs."""
+        fmt = FORMATS[request_format]
+        now = self.clock()
+        rec = BatchRecord(id=new_id("rt_"), request_format=request_format, completion_window="",
+                          endpoint=CHAT_ENDPOINT if request_format == "openai" else "/v1/messages",
+                          created_at=now, expires_at=now)
+        (req,), (answer,) = self._answers(fmt, self.faults["requests"], [native])
+        status = answer.error.status if answer.error is not None else 200
+        return status, fmt.outcome(rec, native["custom_id"], req, answer, now)
 
     def set_faults(self, faults: dict | None) -> None:
         """Replace the fault rules for batches created from now on (and real-time calls); restart the
@@ -455,10 +461,7 @@ class BatchEngine:
         else:
             raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
         if out is None:
-            rec = BatchRecord(id="realtime", request_format=request_format, endpoint=CHAT_ENDPOINT,
-                              completion_window="24h", created_at=now, expires_at=now,
-                              request_faults=self.faults.get("requests", []))
-            out = self._answer(rec, [line], now)[0]
+            out = self._answer_now(request_format, line)[1]
         usage = {"custom_id": native.get("custom_id"), "time": round(now, 3), "kind": out["kind"],
                  "input_tokens": out.get("input_tokens", 0), "output_tokens": out.get("output_tokens", 0)}
         with file_lock(self.state_dir / "realtime.lock"):
