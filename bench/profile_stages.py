@@ -4,7 +4,7 @@
     .venv/bin/python bench/profile_stages.py 10000 [--no-fsync] [--cprofile bench/out/stages.prof]
 
 Makes a fresh workspace like run_bench.py, then calls what the rules call, chunk by chunk, in order:
-load_plan (parse time), write_requests, submit, download, collect, summarize, and prints the time of
+load_plan (parse time), write_requests, submit, download (+ collect), recycle tasks, summarize; prints the time of
 each stage. The difference between the sum and run_bench.py's cold run is Snakemake's overhead (DAG,
 scheduler, job bookkeeping). --no-fsync replaces os.fsync with a no-op, to show what durability costs.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import os
 import shutil
 import sys
@@ -51,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="worktree", help="worktree (default) or a git revision (see run_bench.py)")
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of the whole run here")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--patch", type=Path, action="append", default=[], help="apply a diff to the workspace copy")
     args = parser.parse_args(argv)
 
     ws, gen = run_bench.make_workspace(args.n, args.seed, None, args.source)
+    run_bench.apply_patches(ws, args.patch)
     sys.path.insert(0, str(ws))  # the package snapshot copied into the workspace
     print(f"workspace {ws}: {gen['issues']} issues, {gen['bytes']:,} bytes", file=sys.stderr)
     os.chdir(ws)
@@ -90,10 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         stage("write_requests", lambda: bp.run_write_requests(plan, name, c, f"logs/w/{name}/{c}.log"))
     for name, c in chunks:
         stage("submit_batch", lambda: bp.run_submit(plan, name, c, f"logs/s/{name}/{c}.log"))
+    # download_batch downloads and collects (one job since 4946779); older trees collect in write_results
+    fused = "collect_chunk" in inspect.getsource(bp.run_download)
     for name, c in chunks:
-        stage("download_batch", lambda: bp.run_download(plan, name, c, f"logs/d/{name}/{c}.log"))
-    for name, c in chunks:
-        stage("write_results", lambda: bp.run_collect(plan, name, c, f"logs/c/{name}/{c}.log"))
+        stage("download_batch (+ collect)" if fused else "download_batch",
+              lambda: bp.run_download(plan, name, c, f"logs/d/{name}/{c}.log"))
+    if not fused:
+        for name, c in chunks:
+            stage("write_results", lambda: bp.run_collect(plan, name, c, f"logs/c/{name}/{c}.log"))
+    try:
+        from batchpipe.config import load_settings
+        from batchpipe.tasks import recycle
+    except ImportError:
+        recycle = None
+    if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, parallel to the summary)
+        stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
     plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
     stage("write_summary", lambda: write_summary(plan2, "results/all", "results/summary.json"))
     stage("load_plan (no-op)", lambda: bp.load_plan(config, root=".", verbose=False))

@@ -275,6 +275,46 @@ def summary_totals(ws: Path) -> dict:
         return {}
 
 
+HOLLOW_STUB = """
+
+def _bench_touch(output):
+    \"\"\"bench --hollow: a job that only creates its outputs (Snakemake's own cost per job).\"\"\"
+    for path in output:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        open(path, "w").close()
+"""
+
+
+def hollow_rules(ws: Path) -> None:
+    """Replace every run: block and script: job of the workspace's rules by `_bench_touch(output)`.
+
+    The DAG, scheduling and job bookkeeping stay as they are; the batchpipe work is gone. The plan is
+    still made at parse time. What a hollow cold run costs is Snakemake's overhead for that many jobs."""
+    for smk in sorted((ws / "rules").glob("*.smk")):
+        out: list[str] = []
+        lines = smk.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            m = re.match(r"^(\s+)(run|script|conda):\s*(.*)$", line)
+            if not m:
+                out.append(line)
+                i += 1
+                continue
+            indent, key, rest = m.groups()
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
+                if not lines[i].strip() and (i + 1 >= len(lines) or not lines[i + 1].startswith(indent + " ")):
+                    break
+                i += 1  # the directive's body
+            if key in ("run", "script"):
+                out += [f"{indent}run:", f"{indent}    _bench_touch(output)"]
+        text = "\n".join(out) + "\n"
+        if smk.name == "common.smk":
+            text += HOLLOW_STUB
+        smk.write_text(text)
+
+
 def apply_patches(ws: Path, patches: list[Path]) -> None:
     """Apply unified diffs (paths a/..., b/...) to the workspace copy only: to measure a proposed change."""
     for diff in patches:
@@ -282,13 +322,16 @@ def apply_patches(ws: Path, patches: list[Path]) -> None:
 
 
 def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None, source: str = "worktree",
-               extra: list[str] | None = None, patches: list[Path] | None = None, quiet_timeout: float = 0.0) -> dict:
+               extra: list[str] | None = None, patches: list[Path] | None = None, quiet_timeout: float = 0.0,
+               hollow: bool = False) -> dict:
     outdir = OUT / str(n)
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     print(f"N={n}: generating issues ...", file=sys.stderr, flush=True)
     ws, gen = make_workspace(n, seed, base, source)
     apply_patches(ws, patches or [])
+    if hollow:
+        hollow_rules(ws)
     print(f"N={n}: workspace {ws} ({gen['bytes']:,} bytes of issues, {gen['generate_s']} s)", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.pop("BATCHPIPE_RUN_ID", None)
@@ -298,7 +341,7 @@ def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None, s
     env.setdefault("PYTHONHASHSEED", "0")
     record: dict = {"n": n, "seed": seed, "workspace": str(ws) if keep else None, "source": source,
                     "extra_args": extra or [],
-                    "patches": [p.name for p in patches or []], "issues": gen}
+                    "patches": [p.name for p in patches or []], "hollow": hollow, "issues": gen}
     extra = extra or []
     phases = [
         ("cold", ["--cores", "4", "results/all", *extra]),
@@ -432,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-timeout", type=float, default=180.0,
                         help="before each phase, wait up to this many seconds for the machine's CPUs to be under "
                              "15%% busy (other sessions' runs skew timings); 0: do not wait (default 180)")
+    parser.add_argument("--hollow", action="store_true",
+                        help="rules do no work (each job only creates its outputs): measures Snakemake's own cost")
     parser.add_argument("--label", default="", help="name of this configuration (results-LABEL.json)")
     parser.add_argument("snakemake_args", nargs=argparse.REMAINDER,
                         help="after --: extra snakemake arguments for every phase (e.g. -- --config chunk_size=200)")
@@ -441,11 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = [a for a in args.snakemake_args if a != "--"] if args.snakemake_args else []
     OUT.mkdir(parents=True, exist_ok=True)
     info = machine()
+    source = source_description(args.source)  # before the runs: others may commit meanwhile
     records = []
     for n in args.sizes:
         records.append(bench_size(n, args.seed, args.keep, args.py_spy, args.tmp, args.source, extra, args.patch,
-                                  args.quiet_timeout))
-    doc = {"machine": info, "targets": TARGETS, "profiled": args.py_spy, "source": source_description(args.source),
+                                  args.quiet_timeout, args.hollow))
+    doc = {"machine": info, "targets": TARGETS, "profiled": args.py_spy, "source": source,
            "extra_args": extra, "patches": [p.name for p in args.patch], "runs": records, "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     label = args.label or ("pyspy" if args.py_spy else "")
     name = f"results-{label}.json" if label else "results.json"
