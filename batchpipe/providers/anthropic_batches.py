@@ -19,15 +19,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ..files import sha256_hex
-from .sdk import SDKProvider
+from .sdk import SDKProvider, retry_after_seconds
 from .base import (
-    CREATE_REJECTED,
-    CREATE_TOKEN_LIMIT,
-    CREATE_UNKNOWN,
     BatchStatus,
     ProviderError,
     create_once,
-    is_token_limit_message,
     scrub_secrets,
     sdk_kwargs,
     split_anthropic_results,
@@ -110,21 +106,6 @@ class AnthropicProvider(SDKProvider):
                              delays=self.create_delays, sleep=self.sleep)
         self._made[status.batch_id] = content_hash
         return status
-
-    def _classify_create(self, exc: Exception) -> tuple[str, str, float | None] | None:
-        import anthropic
-
-        if not isinstance(exc, anthropic.AnthropicError):
-            return None
-        status, text = self._describe(exc)
-        if status in (400, 429) and is_token_limit_message(text):
-            return CREATE_TOKEN_LIMIT, text, None
-        if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
-            return CREATE_REJECTED, text, None
-        retry_after = None
-        if isinstance(exc, anthropic.APIStatusError):
-            retry_after = _retry_after(exc.response.headers)
-        return CREATE_UNKNOWN, text, retry_after
 
     def retrieve(self, batch_id: str) -> BatchStatus:
         """The batch; a 404 just after create (the batch is not visible everywhere yet) is retried briefly."""
@@ -299,7 +280,7 @@ class AnthropicProvider(SDKProvider):
             return {"custom_id": custom_id, "result": {"type": "errored", "error": {
                 "type": "error", "error": {"type": err.get("type") or ERROR_TYPES.get(exc.status_code, "api_error"),
                                            "message": scrub_secrets(err.get("message") or text, self._secrets())},
-                "request_id": exc.request_id}}, "retry_after": _retry_after(exc.response.headers)}
+                "request_id": exc.request_id}}, "retry_after": retry_after_seconds(exc.response.headers)}
         except anthropic.AnthropicError as exc:
             _, text = self._describe(exc)
             kind = "timeout_error" if isinstance(exc, anthropic.APITimeoutError) else "api_error"
@@ -356,12 +337,3 @@ def _error_body(body: object) -> dict:
     return {}
 
 
-def _retry_after(headers) -> float | None:
-    try:
-        value = headers.get("retry-after-ms")
-        if value:
-            return float(value) / 1000
-        value = headers.get("retry-after")
-        return float(value) if value else None
-    except (TypeError, ValueError):
-        return None

@@ -18,19 +18,15 @@ from pathlib import Path
 from typing import Iterator
 
 from .base import (
-    CREATE_REJECTED,
-    CREATE_TOKEN_LIMIT,
-    CREATE_UNKNOWN,
     OPENAI_ENDPOINT,
     BatchStatus,
     ProviderError,
     create_once,
-    is_token_limit_message,
     scrub_secrets,
     sdk_kwargs,
 )
 from .local import status_from_openai
-from .sdk import SDKProvider
+from .sdk import SDKProvider, retry_after_seconds
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -99,21 +95,8 @@ class OpenAIProvider(SDKProvider):
         return create_once(attempt, find, self._classify_create, label=f"openai create for {request_file.name}",
                            delays=self.create_delays, sleep=self.sleep)
 
-    def _classify_create(self, exc: Exception) -> tuple[str, str, float | None] | None:
-        import openai
-
-        if not isinstance(exc, openai.OpenAIError):
-            return None
-        status, text = self._describe(exc)
-        body_text = f"{_error_code(getattr(exc, 'body', None))} {text}"
-        if status in (400, 429) and is_token_limit_message(body_text):
-            return CREATE_TOKEN_LIMIT, text, None
-        if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
-            return CREATE_REJECTED, text, None
-        retry_after = None
-        if isinstance(exc, openai.APIStatusError):
-            retry_after = _retry_after(exc.response.headers)
-        return CREATE_UNKNOWN, text, retry_after
+    def _token_limit_text(self, exc, text: str) -> str:
+        return f"{_error_code(getattr(exc, 'body', None))} {text}"
 
     def retrieve(self, batch_id: str) -> BatchStatus:
         return _status(self._call(f"retrieve {batch_id}", self._client("read").batches.retrieve, batch_id))
@@ -180,7 +163,7 @@ class OpenAIProvider(SDKProvider):
                 "status_code": exc.status_code, "request_id": exc.request_id,
                 "body": {"error": {"message": scrub_secrets(err.get("message") or text, self._secrets()),
                                    "type": err.get("type"), "param": err.get("param"), "code": err.get("code")}}},
-                "error": None, "retry_after": _retry_after(exc.response.headers)}
+                "error": None, "retry_after": retry_after_seconds(exc.response.headers)}
         except openai.OpenAIError as exc:
             _, text = self._describe(exc)
             code = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection_error"
@@ -221,12 +204,3 @@ def _error_code(body: object) -> str:
     return ""
 
 
-def _retry_after(headers) -> float | None:
-    try:
-        value = headers.get("retry-after-ms")
-        if value:
-            return float(value) / 1000
-        value = headers.get("retry-after")
-        return float(value) if value else None
-    except (TypeError, ValueError):
-        return None

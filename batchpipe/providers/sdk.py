@@ -9,7 +9,16 @@ import threading
 import time
 from typing import Any
 
-from .base import Provider, ProviderError, key_from_env, scrub_secrets
+from .base import (
+    CREATE_REJECTED,
+    CREATE_TOKEN_LIMIT,
+    CREATE_UNKNOWN,
+    Provider,
+    ProviderError,
+    is_token_limit_message,
+    key_from_env,
+    scrub_secrets,
+)
 
 
 class SDKProvider(Provider):
@@ -91,6 +100,23 @@ class SDKProvider(Provider):
         except getattr(self._module(), self.sdk_error) as exc:
             raise self._error(what, exc) from None
 
+    def _token_limit_text(self, exc, text: str) -> str:
+        """What to search for the enqueued-token-limit words (OpenAI adds the error code)."""
+        return text
+
+    def _classify_create(self, exc: Exception) -> tuple[str, str, float | None] | None:
+        """How a failed create ended: token limit (submit later), rejected (nothing made) or unknown."""
+        module = self._module()
+        if not isinstance(exc, getattr(module, self.sdk_error)):
+            return None
+        status, text = self._describe(exc)
+        if status in (400, 429) and is_token_limit_message(self._token_limit_text(exc, text)):
+            return CREATE_TOKEN_LIMIT, text, None
+        if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+            return CREATE_REJECTED, text, None
+        retry_after = retry_after_seconds(exc.response.headers) if isinstance(exc, module.APIStatusError) else None
+        return CREATE_UNKNOWN, text, retry_after
+
     def _list_once(self, client) -> Any:
         raise NotImplementedError
 
@@ -100,3 +126,15 @@ class SDKProvider(Provider):
         if online:
             client = self._client("read").with_options(max_retries=1)
             self._call(f"check at {self._endpoint()}", self._list_once, client)
+
+
+def retry_after_seconds(headers) -> float | None:
+    """Seconds a 429/5xx answer asks to wait (retry-after-ms or retry-after), if it says."""
+    try:
+        value = headers.get("retry-after-ms")
+        if value:
+            return float(value) / 1000
+        value = headers.get("retry-after")
+        return float(value) if value else None
+    except (TypeError, ValueError):
+        return None
