@@ -289,15 +289,6 @@ class AnthropicProvider(SDKProvider):
         return {"custom_id": custom_id, "result": {"type": "succeeded",
                                                    "message": message.model_dump(mode="json", exclude_unset=True)}}
 
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-
 
 def _unix(value: datetime | str | None) -> float | None:
     if value is None:

@@ -172,15 +172,6 @@ class OpenAIProvider(SDKProvider):
             "status_code": 200, "request_id": getattr(completion, "_request_id", None),
             "body": completion.model_dump(mode="json", exclude_unset=True)}, "error": None}
 
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-
 
 def _status(batch) -> BatchStatus:
     return status_from_openai(batch.model_dump(mode="json"))

@@ -120,6 +120,16 @@ class SDKProvider(Provider):
     def _list_once(self, client) -> Any:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Close the SDK clients (best effort)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
     def check_ready(self, online: bool = False) -> None:
         """The key is there (and, online, accepted by a cheap list call)."""
         self._key()
