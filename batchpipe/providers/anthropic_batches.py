@@ -326,5 +326,3 @@ def _error_body(body: object) -> dict:
         if isinstance(err, dict):
             return err
     return {}
-
-

@@ -193,5 +193,3 @@ def _error_code(body: object) -> str:
         if isinstance(err, dict):
             return f"{err.get('code') or ''} {err.get('type') or ''}"
     return ""
-
-
