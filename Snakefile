@@ -9,7 +9,6 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
-include: "rules/requests.smk"
 include: "rules/batches.smk"
 include: "rules/tasks.smk"
 include: "rules/results.smk"

@@ -29,7 +29,6 @@ __all__ = [
     "run_collect",
     "run_download",
     "run_submit",
-    "run_write_requests",
 ]
 
 
@@ -92,11 +91,14 @@ def provider_for(settings: Settings) -> Provider:
         return _PROVIDERS[id(settings)][1]
 
 
-def run_write_requests(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    write_requests(plan, processor, chunk, JobLog(log, echo=False))
-
-
 def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
+    """Write a new chunk's request file, then submit it (or send it now, in realtime mode).
+
+    The request file is written here rather than by a job of its own: one Snakemake job less per chunk
+    (about 9 ms of scheduling and bookkeeping each). A chunk with a ledger is never rewritten: the
+    ledger's content hash guards its request file."""
+    if chunk in plan.processors[processor].new and not plan.layout.ledger(chunk).exists():
+        write_requests(plan, processor, chunk, JobLog(log, echo=False))
     if chunk_mode(plan.settings, chunk) == "realtime":  # the ledger's mode once prepared, else the config's
         submit_realtime(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
         return

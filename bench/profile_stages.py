@@ -4,7 +4,7 @@
     .venv/bin/python bench/profile_stages.py 10000 [--no-fsync] [--cprofile bench/out/stages.prof]
 
 Makes a fresh workspace like run_bench.py, then calls what the rules call, chunk by chunk, in order:
-load_plan (parse time), write_requests, submit, download (+ collect), recycle tasks, summarize; prints the time of
+load_plan (parse time), submit (which writes the request file), download (+ collect), recycle tasks, summarize; prints the time of
 each stage. The difference between the sum and run_bench.py's cold run is Snakemake's overhead (DAG,
 scheduler, job bookkeeping). --no-fsync replaces os.fsync with a no-op, to show what durability costs.
 """
@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     stage("validate config (common.smk)", lambda: validate(config, "schemas/config.schema.yaml"))
     plan = stage("load_plan (cold)", lambda: bp.load_plan(config, root=".", verbose=False))
     chunks = [(name, c) for name, pp in plan.processors.items() for c in pp.chunks]
-    for name, c in chunks:
-        stage("write_requests", lambda: bp.run_write_requests(plan, name, c, f"logs/w/{name}/{c}.log"))
+    if hasattr(bp, "run_write_requests"):  # trees before submit_batch wrote the request file itself
+        for name, c in chunks:
+            stage("write_requests", lambda: bp.run_write_requests(plan, name, c, f"logs/w/{name}/{c}.log"))
     for name, c in chunks:
         stage("submit_batch", lambda: bp.run_submit(plan, name, c, f"logs/s/{name}/{c}.log"))
     # download_batch downloads and collects (one job since 4946779); older trees collect in write_results

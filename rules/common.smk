@@ -40,16 +40,6 @@ def get_plan(processor=None):
     return STAGES.plan_for(processor)
 
 
-def get_submit_inputs(wildcards):
-    """A new chunk needs its request file; a chunk already in the ledger needs nothing."""
-    if wildcards.chunk in get_plan(wildcards.processor).processors[wildcards.processor].new:
-        return {
-            "requests": ancient(LAYOUT.request_file(wildcards.processor, wildcards.chunk)),
-            "index": ancient(LAYOUT.index_file(wildcards.processor, wildcards.chunk)),
-        }
-    return {}
-
-
 def get_restore_inputs(wildcards):
     """The downloaded outputs of the chunk that answered this issue's current request."""
     chunk, _ = get_plan(wildcards.processor).processors[wildcards.processor].sources[wildcards.issue]

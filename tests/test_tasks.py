@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import batchpipe.tasks as tasks_module
 from batchpipe.config import load_settings_file
 from batchpipe.tasks import (
     TITLE_MAX,
@@ -361,6 +362,36 @@ def test_reruns_and_reprocessed_issues_never_duplicate_and_keep_a_persons_status
     task_file = ws.root / "data" / "tasks" / "bitcoin-core_gui_issue_45_issue-summary.tasks.json"
     task_file.unlink()
     assert recycle(settings_of(ws)).results_read == 1 and task_file.is_file()
+
+
+def test_recycling_in_worker_processes_writes_what_one_process_writes(tmp_path, monkeypatch):
+    """Many results are read and their task files written by a pool: same files, board and counts."""
+    monkeypatch.setattr(tasks_module, "PARALLEL_MIN_FILES", 0)
+    answers = [{"text": ANSWER}, {"text": SECTIONS_ANSWER}, {"summary": "fine", "recommended_labels": []},
+               {"tasks": [{"title": f"Tidy icon {n}", "priority": "low"} for n in range(3)]}]
+    spaces = []
+    for name, workers in (("serial", 1), ("pool", 2)):
+        space = make_workspace(tmp_path / name, issues=[])
+        for n in range(24):
+            analysis = answers[n % len(answers)]
+            write_result(space, result(analysis, number=n + 1,
+                                       processor="issue-summary" if "text" in analysis else "product-labeling"))
+        write_result(space, "{not json", number=99)
+        summary = recycle(settings_of(space), workers=workers)
+        spaces.append((space, summary))
+    (serial, one), (pool, many) = spaces
+    assert one.results_read == many.results_read == 25 and one.results_unreadable == many.results_unreadable == 1
+    assert one.tasks_new == many.tasks_new > 0 and one.tasks_total == many.tasks_total
+
+    def task_files(space):
+        return {p.name: p.read_bytes() for p in (space.root / "data" / "tasks").glob("*.tasks.json")}
+
+    assert len(task_files(pool)) == 25 and task_files(pool) == task_files(serial)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("created_at", "updated_at")} for r in rows]
+    assert strip(board_rows(pool)) == strip(board_rows(serial))
+    assert (pool.root / "data/tasks/ACTIVE_TASKS.md").read_text() == (serial.root / "data/tasks/ACTIVE_TASKS.md").read_text()
+    again = recycle(settings_of(pool), workers=2)
+    assert again.results_read == 0 and again.results_unchanged == 25
 
 
 def test_active_tasks_md_groups_by_priority_and_leaves_out_done_tasks(ws):
