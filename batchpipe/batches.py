@@ -48,13 +48,16 @@ class JobLog:
     def __init__(self, path: str | Path | None, echo: bool = True):
         self.path = Path(path) if path else None
         self.echo = echo
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         if self.path:
-            with open(self.path, "a", encoding="utf-8") as handle:
+            try:
+                handle = open(self.path, "a", encoding="utf-8")
+            except FileNotFoundError:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(self.path, "a", encoding="utf-8")
+            with handle:
                 handle.write(line + "\n")
         if self.echo:
             print(message, file=sys.stderr, flush=True)

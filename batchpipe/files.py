@@ -43,15 +43,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> N
     durable=False skips the fsync (the rename stays atomic for readers): only for files derived from
     durable ones and rebuilt when missing, such as per-issue results (an fsync costs 0.3-3 ms here)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:  # the folder is made only when missing: a mkdir per write cost 1.6 s at 10,000 issues
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -87,8 +90,12 @@ def read_json(path: str | Path) -> Any:
 def append_line_durably(path: str | Path, line: str) -> None:
     """Append one line and fsync it: used for journals that must survive a crash."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
+    try:
+        handle = open(path, "a", encoding="utf-8")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a", encoding="utf-8")
+    with handle:
         handle.write(line.rstrip("\n") + "\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -98,8 +105,12 @@ def append_line_durably(path: str | Path, line: str) -> None:
 def file_lock(path: str | Path) -> Iterator[None]:
     """An exclusive advisory lock held on `path` (created if missing), across threads and processes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    try:
+        handle = open(path, "a")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

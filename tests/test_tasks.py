@@ -364,6 +364,14 @@ def test_reruns_and_reprocessed_issues_never_duplicate_and_keep_a_persons_status
     assert recycle(settings_of(ws)).results_read == 1 and task_file.is_file()
 
 
+def test_task_as_dict_is_dataclasses_asdict():
+    """The hand-written as_dict (no deep copies) keeps every field, as asdict would."""
+    import dataclasses
+
+    for item in tasks_from_result(result({"text": ANSWER}), "data/results/x.json"):
+        assert item.as_dict() == dataclasses.asdict(item)
+
+
 def test_recycling_in_worker_processes_writes_what_one_process_writes(tmp_path, monkeypatch):
     """Many results are read and their task files written by a pool: same files, board and counts."""
     monkeypatch.setattr(tasks_module, "PARALLEL_MIN_FILES", 0)
