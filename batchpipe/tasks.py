@@ -773,17 +773,28 @@ def _slices(items: list, parts: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+class _InProcess:
+    """The executor interface, run here and now: for few files, or where fork is missing."""
+
+    def map(self, fn: Callable, parts: Iterable) -> Iterator:
+        return map(fn, parts)
+
+    def submit(self, fn: Callable, arg: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(fn(arg))
+        return future
+
+
 @contextlib.contextmanager
-def _pool(n_files: int, workers: int | None) -> Iterator[Callable]:
-    """A `map` over slices of the work: a process pool for many files (fork, where the platform has it),
-    else the built-in map in this process. Reading and extracting are CPU work and creating 20,000 files
-    is kernel work: both spread over the cores."""
+def _executor(n_files: int, workers: int | None) -> Iterator[Any]:
+    """A process pool for many files (fork, where the platform has it), else `_InProcess`. Reading and
+    extracting are CPU work and creating 20,000 task files is kernel work: both spread over the cores."""
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers < 2 or n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
-        yield lambda fn, parts: list(map(fn, parts))
+        yield _InProcess()
         return
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield lambda fn, parts: list(pool.map(fn, parts))
+        yield pool
 
 
 def recycle(settings: Settings, force: bool | None = None, active_path: str | Path | None = None,
@@ -792,8 +803,9 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
     """Extract tasks from results new or changed since the last recycling (all with `force`), update the
     board, rewrite each such result's task file, ACTIVE_TASKS.md and the summary.
 
-    `workers` processes read the results and write the task files (default: the number of cores, at
-    most 4, for 2,000 files or more); the board is updated by this process alone, in file order."""
+    A pipeline over slices of the files: `workers` processes read and extract a slice (default: one per
+    core, at most 4, from 2,000 files on), this process updates the board with it (one transaction for
+    the whole recycling), then the workers write its task files. Only a few slices are held at a time."""
     layout = TaskLayout.for_settings(settings)
     force = bool(settings["recycle_force"]) if force is None else force
     active = Path(active_path) if active_path else layout.active
@@ -804,8 +816,9 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
     summary.results_seen = len(files)
     # Resolved once: Path.resolve() for each of 20,000 result files cost about 7 s at 10,000 issues.
     results_shown = _display_path(layout.results_dir, settings.root)
-    with file_lock(layout.lock), _pool(len(files), workers) as map_slices:
+    with file_lock(layout.lock), _executor(len(files), workers) as executor:
         conn = open_board(layout.board)
+        written: list[concurrent.futures.Future] = []
         try:
             known = {row["result_file"]: row["sha256"] for row in
                      conn.execute("SELECT result_file, sha256 FROM recycled_results")}
@@ -813,38 +826,39 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
             for path in files:
                 name = path.name if results_shown == "." else f"{results_shown}/{path.name}"
                 work.append((path, name, known.get(name), force, layout.task_file(path)))
-            pending: list[_Read] = []
-            for read, messages, unchanged, unreadable in map_slices(_read_results, _slices(work, 16)):
-                pending.extend(read)
-                summary.results_unchanged += unchanged
-                summary.results_unreadable += unreadable
-                for message in messages:
-                    _say(log, message)
             now = _now()
             with conn:
-                for item in pending:
-                    summary.results_read += 1
-                    summary.tasks_found += len(item.tasks)
-                    new, updated = upsert_tasks(conn, item.tasks, now)
-                    summary.tasks_new += new
-                    summary.tasks_updated += updated
-                    conn.execute(
-                        "INSERT INTO recycled_results (result_file, sha256, tasks, recycled_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT(result_file) DO UPDATE SET sha256 = excluded.sha256, tasks = excluded.tasks, "
-                        "recycled_at = excluded.recycled_at",
-                        (item.name, item.digest, len(item.tasks), now),
-                    )
-            writes = []
-            for item in pending:
-                ids = {}
-                for task in item.tasks:
-                    row = conn.execute("SELECT id, status FROM tasks WHERE task_hash = ?", (task.task_hash,)).fetchone()
-                    ids[task.task_hash] = (row["id"], row["status"]) if row else (None, None)
-                writes.append((layout.task_file(item.path), item, ids))
+                for read, messages, unchanged, unreadable in executor.map(_read_results, _slices(work, 32)):
+                    summary.results_unchanged += unchanged
+                    summary.results_unreadable += unreadable
+                    for message in messages:
+                        _say(log, message)
+                    writes = []
+                    for item in read:
+                        summary.results_read += 1
+                        summary.tasks_found += len(item.tasks)
+                        new, updated = upsert_tasks(conn, item.tasks, now)
+                        summary.tasks_new += new
+                        summary.tasks_updated += updated
+                        conn.execute(
+                            "INSERT INTO recycled_results (result_file, sha256, tasks, recycled_at) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT(result_file) DO UPDATE SET sha256 = excluded.sha256, tasks = excluded.tasks, "
+                            "recycled_at = excluded.recycled_at",
+                            (item.name, item.digest, len(item.tasks), now),
+                        )
+                        ids = {}
+                        for task in item.tasks:
+                            row = conn.execute("SELECT id, status FROM tasks WHERE task_hash = ?",
+                                               (task.task_hash,)).fetchone()
+                            ids[task.task_hash] = (row["id"], row["status"]) if row else (None, None)
+                        writes.append((layout.task_file(item.path), item, ids))
+                    if writes:
+                        written.append(executor.submit(_write_task_files, writes))
             summary.tasks_total = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
         finally:
             conn.close()
-        map_slices(_write_task_files, _slices(writes, 16))
+        for future in written:
+            future.result()  # a failed write raises here
         rows = read_board(layout.board, active_only=True)
         summary.tasks_active = len(rows)
         atomic_write_text(active, render_active(rows, layout.board.name))
