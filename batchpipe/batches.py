@@ -28,6 +28,7 @@ from .files import (
     canonical_json,
     file_lock,
     jsonl_bytes,
+    making_folder,
     read_json,
     sha256_hex,
 )
@@ -52,12 +53,7 @@ class JobLog:
     def __call__(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         if self.path:
-            try:
-                handle = open(self.path, "a", encoding="utf-8")
-            except FileNotFoundError:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(self.path, "a", encoding="utf-8")
-            with handle:
+            with making_folder(self.path, lambda: open(self.path, "a", encoding="utf-8")) as handle:
                 handle.write(line + "\n")
         if self.echo:
             print(message, file=sys.stderr, flush=True)

@@ -9,7 +9,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 def _current_umask() -> int:
@@ -37,17 +39,24 @@ def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def making_folder(path: Path, make: Callable[[], T]) -> T:
+    """`make()` (which creates `path`), once more after making the folder when it is missing.
+
+    Rather than a mkdir before every file: that cost 1.6 s of a 10,000-issue run."""
+    try:
+        return make()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` through a temp file in the same folder, fsync, then rename.
 
     durable=False skips the fsync (the rename stays atomic for readers): only for files derived from
     durable ones and rebuilt when missing, such as per-issue results (an fsync costs 0.3-3 ms here)."""
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except FileNotFoundError:  # the folder is made only when missing: a mkdir per write cost 1.6 s at 10,000 issues
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = making_folder(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
@@ -90,12 +99,7 @@ def read_json(path: str | Path) -> Any:
 def append_line_durably(path: str | Path, line: str) -> None:
     """Append one line and fsync it: used for journals that must survive a crash."""
     path = Path(path)
-    try:
-        handle = open(path, "a", encoding="utf-8")
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a", encoding="utf-8")
-    with handle:
+    with making_folder(path, lambda: open(path, "a", encoding="utf-8")) as handle:
         handle.write(line.rstrip("\n") + "\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -105,12 +109,7 @@ def append_line_durably(path: str | Path, line: str) -> None:
 def file_lock(path: str | Path) -> Iterator[None]:
     """An exclusive advisory lock held on `path` (created if missing), across threads and processes."""
     path = Path(path)
-    try:
-        handle = open(path, "a")
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-    with handle:
+    with making_folder(path, lambda: open(path, "a")) as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -28,6 +28,7 @@ from .config import Settings, load_settings_file
 from .files import atomic_write_bytes, read_json
 from .providers import make_provider
 from .providers.base import BatchStatus, Provider, ProviderError
+from .realtime import download_realtime, send_chunk
 from .results import collect_chunk, cost_of
 
 ENDED_WORDS = {"completed", "failed", "expired", "cancelled", "canceled", "ended"}
@@ -700,14 +701,8 @@ def cmd_retry(args) -> int:
         group = new_group_id()
         log = batches.JobLog(settings.root / "logs" / "batchpipe" / "retry.log", echo=False)
         for name, chunk, retried in todo:
-            batches.write_requests(plan, name, chunk, log)
             try:
-                if settings["mode"] == "realtime":  # a new chunk is sent the way the config says
-                    from .realtime import submit_realtime
-
-                    submit_realtime(settings, provider, name, chunk, log, group=group)
-                else:
-                    batches.submit_chunk(settings, provider, name, chunk, log, group=group)
+                send_chunk(plan, provider, name, chunk, log, group=group)  # a new chunk: the config's mode
             except batches.SubmissionBlocked as exc:
                 raise CommandError(str(exc)) from None
             created = batches.last(batches.read_ledger(layout, chunk), "created") or {}
@@ -751,8 +746,6 @@ def collect_one(settings: Settings, provider: Provider, view: BatchView, log: ba
             fields = {k: v for k, v in event.items() if k not in ("event", "chunk")}
             batches.record(layout, chunk, event["event"], **fields)
     if read_json(marker).get("mode") == "realtime":  # answers are in the realtime journal, not at the provider
-        from .realtime import download_realtime
-
         download_realtime(settings, processor, chunk, log)
     else:
         status = provider.retrieve(view.batch_id)

@@ -27,8 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .batches import JobLog, SubmissionBlocked, _crash_point, last, read_ledger, record, write_marker
-from .chunks import Layout
+from .batches import (
+    JobLog,
+    SubmissionBlocked,
+    _crash_point,
+    last,
+    read_ledger,
+    record,
+    submit_chunk,
+    write_marker,
+    write_requests,
+)
+from .chunks import Layout, Plan
 from .config import Settings
 from .files import append_line_durably, atomic_write_bytes, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
 from .providers.base import MissingKey, Provider, ProviderError
@@ -200,6 +210,19 @@ def is_success(line: dict) -> bool:
 
 
 # --- a chunk ---------------------------------------------------------------------------------------
+
+
+def send_chunk(plan: Plan, provider: Provider, processor: str, chunk: str, log: JobLog,
+               group: str | None = None) -> Path:
+    """Write a new chunk's request file, then send it as its mode says: a batch, or now in realtime.
+
+    The file is written just before it is recorded (no job of its own: one Snakemake job less a chunk);
+    a chunk the ledger knows is never rewritten, the ledger's content hash guards its file."""
+    if chunk in plan.processors[processor].new and not plan.layout.ledger(chunk).exists():
+        write_requests(plan, processor, chunk, JobLog(log.path, echo=False))
+    if chunk_mode(plan.settings, chunk) == "realtime":  # the ledger's mode once prepared, else the config's
+        return submit_realtime(plan.settings, provider, processor, chunk, log, group=group)
+    return submit_chunk(plan.settings, provider, processor, chunk, log, group=group)
 
 
 def submit_realtime(settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog,

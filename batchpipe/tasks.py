@@ -718,6 +718,7 @@ class _Read:
 
     path: Path
     name: str
+    task_file: Path
     digest: str
     tasks: list[Task]
     issue: str | None
@@ -749,16 +750,16 @@ def _read_results(batch: list[tuple[Path, str, str | None, bool, Path]]) -> tupl
             unreadable += 1
             messages.append(f"recycle: {name}: not valid JSON, no tasks")
         tasks = tasks_from_result(result, name)
-        read.append(_Read(path, name, digest, tasks, None if tasks else _issue_of(result),
+        read.append(_Read(path, name, task_file, digest, tasks, None if tasks else _issue_of(result),
                           None if tasks else _processor_of(result, path)))
     return read, messages, unchanged, unreadable
 
 
-def _write_task_files(batch: list[tuple[Path, _Read, dict[str, tuple]]]) -> int:
-    """Worker: write each (task file, result read, board (id, status) by task hash). Derived from the
-    result and the board, and rewritten when missing: no fsync (it would be two per issue)."""
-    for path, item, ids in batch:
-        atomic_write_bytes(path, pretty_json({
+def _write_task_files(batch: list[tuple[_Read, dict[str, tuple]]]) -> int:
+    """Worker: write the task file of each (result read, board (id, status) by task hash). Derived from
+    the result and the board, and rewritten when missing: no fsync (it would be two per issue)."""
+    for item, ids in batch:
+        atomic_write_bytes(item.task_file, pretty_json({
             "result_file": item.name,
             "result_sha256": item.digest,
             "issue": item.tasks[0].source.issue if item.tasks else item.issue,
@@ -851,7 +852,7 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
                             row = conn.execute("SELECT id, status FROM tasks WHERE task_hash = ?",
                                                (task.task_hash,)).fetchone()
                             ids[task.task_hash] = (row["id"], row["status"]) if row else (None, None)
-                        writes.append((layout.task_file(item.path), item, ids))
+                        writes.append((item, ids))
                     if writes:
                         written.append(executor.submit(_write_task_files, writes))
             summary.tasks_total = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]

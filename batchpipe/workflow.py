@@ -9,12 +9,12 @@ import threading
 import time
 from pathlib import Path
 
-from .batches import JobLog, download_chunk, refresh_statuses, submit_chunk, write_requests
+from .batches import JobLog, download_chunk, refresh_statuses
 from .chunks import Plan, build_plan
 from .config import ConfigError, Settings, coerce_command_line, load_settings
 from .files import read_json
 from .providers import Provider, ProviderError, make_provider
-from .realtime import chunk_mode, download_realtime, submit_realtime
+from .realtime import download_realtime, send_chunk
 from .results import collect_chunk
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
@@ -92,17 +92,7 @@ def provider_for(settings: Settings) -> Provider:
 
 
 def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    """Write a new chunk's request file, then submit it (or send it now, in realtime mode).
-
-    The request file is written here rather than by a job of its own: one Snakemake job less per chunk
-    (about 9 ms of scheduling and bookkeeping each). A chunk with a ledger is never rewritten: the
-    ledger's content hash guards its request file."""
-    if chunk in plan.processors[processor].new and not plan.layout.ledger(chunk).exists():
-        write_requests(plan, processor, chunk, JobLog(log, echo=False))
-    if chunk_mode(plan.settings, chunk) == "realtime":  # the ledger's mode once prepared, else the config's
-        submit_realtime(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
-        return
-    submit_chunk(plan.settings, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
+    send_chunk(plan, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
 
 
 def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
