@@ -34,7 +34,7 @@ from .files import (
 )
 from .issues import load_issue
 from .providers.base import BatchStatus, Provider, ProviderError, TokenLimitReached
-from .requests import render_request
+from .requests import Rendered, index_entry, render_request
 
 CRASH_ENV = "BATCHPIPE_CRASH_AT"  # tests: kill the process at a named step of submission
 
@@ -108,15 +108,13 @@ def write_requests(plan: Plan, processor: str, chunk: str, log: JobLog) -> None:
     for custom_id, request_hash, paths in new.members:
         issues = []
         for path in paths:
-            issue = load_issue(path)
-            request = render_request(issue, proc, settings)
-            if request.request_hash != request_hash:
-                raise RuntimeError(f"{path}: changed while the run was planned; run snakemake again")
-            issues.append(
-                {"key": issue.key, "ref": issue.ref, "path": os.path.relpath(path, settings.root), "org": issue.org,
-                 "repo": issue.repo, "number": issue.number, "title": issue.title, "url": issue.url,
-                 "updated_at": issue.updated_at}
-            )
+            request = plan.take_rendered(processor, path)  # rendered by the plan's scan: not again
+            if request is None or request.request_hash != request_hash:
+                issue = load_issue(path)
+                request = Rendered.of(render_request(issue, proc, settings), index_entry(issue, path, settings.root))
+                if request.request_hash != request_hash:
+                    raise RuntimeError(f"{path}: changed while the run was planned; run snakemake again")
+            issues.append(request.issue)
         lines.append(provider(custom_id, request.neutral))
         attempt = int(custom_id.rsplit("a", 1)[1])
         table[custom_id] = {"request_hash": request_hash, "attempt": attempt, "issues": issues,

@@ -261,8 +261,14 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(plan: Plan, table_path: str | Path, json_path: str | Path) -> dict:
+def write_summary(plan: Plan, json_path: str | Path) -> dict:
     summary = summarize(plan)
     atomic_write_json(json_path, summary)
-    atomic_write_text(table_path, summary_table(summary))
     return summary
+
+
+def write_summary_table(json_path: str | Path, table_path: str | Path) -> str:
+    """The readable table of a written summary (`results/all`)."""
+    table = summary_table(read_json(json_path))
+    atomic_write_text(table_path, table)
+    return table

@@ -15,7 +15,7 @@ from .config import ConfigError, Settings, coerce_command_line, load_settings
 from .files import read_json
 from .providers import Provider, ProviderError, make_provider
 from .realtime import download_realtime, send_chunk
-from .results import collect_chunk
+from .results import collect_chunk, summary_table, write_summary, write_summary_table
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
 
@@ -27,8 +27,10 @@ __all__ = [
     "load_plan",
     "provider_for",
     "run_collect",
+    "run_complete",
     "run_download",
     "run_submit",
+    "run_summarize",
 ]
 
 
@@ -113,3 +115,23 @@ def run_restore(plan: Plan, processor: str, issue_key: str, log: str) -> None:
     """Rewrite a deleted result from the downloaded outputs of the chunk that answered it."""
     chunk, _ = plan.processors[processor].sources[issue_key]
     collect_chunk(plan, provider_for(plan.settings), processor, chunk, JobLog(log, echo=False))
+
+
+def run_summarize(config: dict, summary_path: str, log: str) -> None:
+    """The run summary, from a plan made again from the files this run wrote; then, with
+    `commit_results`, the new result files are committed to git."""
+    job_log = JobLog(log, echo=False)
+    plan = load_plan(config, verbose=False)
+    job_log(plan.describe())
+    job_log("\n" + summary_table(write_summary(plan, summary_path)))
+    if plan.settings["commit_results"]:  # new result and report files to git, naming their batch ids
+        from .stages import commit_results
+
+        commit_results(plan.settings, log=job_log)
+
+
+def run_complete(summary_path: str, table_path: str, log: str) -> None:
+    """results/all: the run summary's table, printed on the console after Snakemake's job lines."""
+    table = write_summary_table(summary_path, table_path)
+    JobLog(log, echo=False)(f"wrote {table_path}")
+    print(table, flush=True)

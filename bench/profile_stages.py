@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, parallel to the summary)
         stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
     plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
-    stage("write_summary", lambda: write_summary(plan2, "results/all", "results/summary.json"))
+    paths = ("results/summary.json",) if len(inspect.signature(write_summary).parameters) == 2 else ("results/all", "results/summary.json")
+    stage("write_summary", lambda: write_summary(plan2, *paths))
     stage("load_plan (no-op)", lambda: bp.load_plan(config, root=".", verbose=False))
     if prof:
         prof.disable()
