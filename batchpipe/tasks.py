@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import fnmatch
 import json
 import multiprocessing
 import os
@@ -586,7 +587,8 @@ CREATE TABLE IF NOT EXISTS recycled_results (
     result_file TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
     tasks INTEGER NOT NULL,
-    recycled_at TEXT NOT NULL
+    recycled_at TEXT NOT NULL,
+    stamp TEXT
 );
 """
 
@@ -613,6 +615,8 @@ def open_board(path: str | Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=60)
     conn.row_factory = sqlite3.Row
     conn.executescript(SCHEMA_SQL)
+    if "stamp" not in {row["name"] for row in conn.execute("PRAGMA table_info(recycled_results)")}:
+        conn.execute("ALTER TABLE recycled_results ADD COLUMN stamp TEXT")  # a board made before it existed
     return conn
 
 
@@ -723,25 +727,31 @@ class _Read:
     tasks: list[Task]
     issue: str | None
     processor: str | None
+    stamp: str  # `_stamp` of the file read
 
 
-def _read_results(batch: list[tuple[Path, str, str | None, bool, Path]]) -> tuple[list[_Read], list[str], int, int]:
+def _read_results(batch: list[tuple[Path, str, str | None, bool, Path]],
+                  ) -> tuple[list[_Read], list[tuple[str, str]], list[str], int]:
     """Worker: read, hash and extract each (path, shown name, known digest, force, task file) result file.
 
-    Returns the changed ones, log messages, and the counts of unchanged and unreadable files."""
+    Returns the changed ones, the unchanged ones (name, stamp), log messages, and the count of unreadable files."""
     read: list[_Read] = []
+    unchanged: list[tuple[str, str]] = []
     messages: list[str] = []
-    unchanged = unreadable = 0
+    unreadable = 0
     for path, name, known, force, task_file in batch:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as handle:
+                st = os.fstat(handle.fileno())  # the stamp of the very file read
+                data = handle.read()
         except OSError as exc:
             unreadable += 1
             messages.append(f"recycle: {name}: cannot read ({exc.strerror}), skipped")
             continue
         digest = sha256_hex(data)
+        stamp = _stamp(st)
         if not force and known == digest and task_file.is_file():
-            unchanged += 1
+            unchanged.append((name, stamp))
             continue
         try:
             result = json.loads(data)
@@ -751,8 +761,8 @@ def _read_results(batch: list[tuple[Path, str, str | None, bool, Path]]) -> tupl
             messages.append(f"recycle: {name}: not valid JSON, no tasks")
         tasks = tasks_from_result(result, name)
         read.append(_Read(path, name, task_file, digest, tasks, None if tasks else _issue_of(result),
-                          None if tasks else _processor_of(result, path)))
-    return read, messages, unchanged, unreadable
+                          None if tasks else _processor_of(result, path), stamp))
+    return read, unchanged, messages, unreadable
 
 
 def _write_task_files(batch: list[tuple[_Read, dict[str, tuple]]]) -> int:
@@ -767,6 +777,26 @@ def _write_task_files(batch: list[tuple[_Read, dict[str, tuple]]]) -> int:
             "tasks": [{"id": ids[t.task_hash][0], "status": ids[t.task_hash][1], **t.as_dict()} for t in item.tasks],
         }).encode("utf-8"), durable=False)
     return len(batch)
+
+
+def _stamp(st: os.stat_result) -> str:
+    """Size, mtime and inode: a result file rewritten (atomically: a new inode) has another stamp."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _result_files(folder: Path) -> list[tuple[Path, str]]:
+    """The result files in `folder`, sorted, each with its `_stamp`."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in os.scandir(folder):
+        if fnmatch.fnmatchcase(entry.name, "*_issue_*_*.json"):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            found.append((Path(entry.path), _stamp(st)))
+    return sorted(found)
 
 
 def _slices(items: list, parts: int) -> list[list]:
@@ -813,27 +843,35 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
     summary_file = Path(summary_path) if summary_path else layout.summary
     summary = RecycleSummary(force=force, board=_display_path(layout.board, settings.root),
                              active_file=_display_path(active, settings.root))
-    files = sorted(layout.results_dir.glob("*_issue_*_*.json")) if layout.results_dir.is_dir() else []
+    files = _result_files(layout.results_dir)
     summary.results_seen = len(files)
     # Resolved once: Path.resolve() for each of 20,000 result files cost about 7 s at 10,000 issues.
     results_shown = _display_path(layout.results_dir, settings.root)
-    with file_lock(layout.lock), _executor(len(files), workers) as executor:
+    with file_lock(layout.lock):
         conn = open_board(layout.board)
         written: list[concurrent.futures.Future] = []
         try:
-            known = {row["result_file"]: row["sha256"] for row in
-                     conn.execute("SELECT result_file, sha256 FROM recycled_results")}
+            known = {row["result_file"]: (row["sha256"], row["stamp"]) for row in
+                     conn.execute("SELECT result_file, sha256, stamp FROM recycled_results")}
+            task_files = {e.name for e in os.scandir(layout.tasks_dir)} if layout.tasks_dir.is_dir() else set()
             work = []
-            for path in files:
+            for path, stamp in files:
                 name = path.name if results_shown == "." else f"{results_shown}/{path.name}"
-                work.append((path, name, known.get(name), force, layout.task_file(path)))
+                digest, recycled_stamp = known.get(name, (None, None))
+                task_file = layout.task_file(path)
+                if not force and stamp == recycled_stamp and task_file.name in task_files:
+                    summary.results_unchanged += 1  # the very file recycled before: not read again
+                    continue
+                work.append((path, name, digest, force, task_file))
             now = _now()
-            with conn:
-                for read, messages, unchanged, unreadable in executor.map(_read_results, _slices(work, 32)):
-                    summary.results_unchanged += unchanged
+            with conn, _executor(len(work), workers) as executor:
+                for read, unchanged, messages, unreadable in executor.map(_read_results, _slices(work, 32)):
+                    summary.results_unchanged += len(unchanged)
                     summary.results_unreadable += unreadable
                     for message in messages:
                         _say(log, message)
+                    conn.executemany("UPDATE recycled_results SET stamp = ? WHERE result_file = ?",
+                                     [(stamp, name) for name, stamp in unchanged])  # rewritten, same bytes
                     writes = []
                     for item in read:
                         summary.results_read += 1
@@ -842,10 +880,10 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
                         summary.tasks_new += new
                         summary.tasks_updated += updated
                         conn.execute(
-                            "INSERT INTO recycled_results (result_file, sha256, tasks, recycled_at) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT(result_file) DO UPDATE SET sha256 = excluded.sha256, tasks = excluded.tasks, "
-                            "recycled_at = excluded.recycled_at",
-                            (item.name, item.digest, len(item.tasks), now),
+                            "INSERT INTO recycled_results (result_file, sha256, tasks, recycled_at, stamp) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(result_file) DO UPDATE SET sha256 = excluded.sha256, "
+                            "tasks = excluded.tasks, recycled_at = excluded.recycled_at, stamp = excluded.stamp",
+                            (item.name, item.digest, len(item.tasks), now, item.stamp),
                         )
                         ids = {}
                         for task in item.tasks:
@@ -855,11 +893,11 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
                         writes.append((item, ids))
                     if writes:
                         written.append(executor.submit(_write_task_files, writes))
+                for future in written:
+                    future.result()  # a failed write raises here (and rolls the board back)
             summary.tasks_total = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
         finally:
             conn.close()
-        for future in written:
-            future.result()  # a failed write raises here
         rows = read_board(layout.board, active_only=True)
         summary.tasks_active = len(rows)
         atomic_write_text(active, render_active(rows, layout.board.name))

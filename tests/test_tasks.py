@@ -364,6 +364,44 @@ def test_reruns_and_reprocessed_issues_never_duplicate_and_keep_a_persons_status
     assert recycle(settings_of(ws)).results_read == 1 and task_file.is_file()
 
 
+def test_a_result_file_recycled_before_is_not_read_again(ws, monkeypatch):
+    """Size, mtime and inode as recorded: not opened. Rewritten with the same bytes: read, unchanged, and
+    its new stamp recorded. A board made before the stamp column gets it."""
+    sent: list[str] = []
+    read_results = tasks_module._read_results
+
+    def spy(batch):
+        sent.extend(name for _, name, *_ in batch)
+        return read_results(batch)
+
+    monkeypatch.setattr(tasks_module, "_read_results", spy)
+    board = ws.root / "data" / "tasks" / "tasks.sqlite"
+    board.parent.mkdir(parents=True)
+    old = sqlite3.connect(board)  # the board's schema before the stamp column
+    old.executescript(tasks_module.SCHEMA_SQL.replace(",\n    stamp TEXT", ""))
+    assert "stamp" not in [row[1] for row in old.execute("PRAGMA table_info(recycled_results)")]
+    old.close()
+    first = write_result(ws, result({"text": ANSWER}))
+    write_result(ws, result({"text": SECTIONS_ANSWER}, number=7))
+    assert recycle(settings_of(ws)).results_read == 2 and len(sent) == 2
+
+    sent.clear()
+    again = recycle(settings_of(ws))
+    assert sent == [] and again.results_unchanged == 2 and again.results_read == 0
+
+    copy = first.with_name(".copy")
+    copy.write_bytes(first.read_bytes())
+    copy.replace(first)  # the same bytes, a new file
+    rewritten = recycle(settings_of(ws))
+    assert sent == ["data/results/" + first.name] and rewritten.results_read == 0 and rewritten.results_unchanged == 2
+    sent.clear()
+    assert recycle(settings_of(ws)).results_unchanged == 2 and sent == []
+
+    first.write_text(json.dumps(result({"text": ANSWER + "\nTODO: document the new dialog\n"})))
+    changed = recycle(settings_of(ws))
+    assert sent == ["data/results/" + first.name] and changed.results_read == 1 and changed.tasks_new == 1
+
+
 def test_task_as_dict_is_dataclasses_asdict():
     """The hand-written as_dict (no deep copies) keeps every field, as asdict would."""
     import dataclasses
