@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .batches import JobLog, download_chunk, refresh_statuses
-from .chunks import Plan, build_plan
+from .chunks import Plan, build_plan, return_free_memory
 from .config import ConfigError, Settings, coerce_command_line, load_settings
 from .files import read_json
 from .providers import Provider, ProviderError, make_provider
@@ -128,6 +128,8 @@ def run_summarize(config: dict, summary_path: str, log: str) -> None:
         from .stages import commit_results
 
         commit_results(plan.settings, log=job_log)
+    del plan
+    return_free_memory()  # this second plan's pages, while the recycling's processes run
 
 
 def run_complete(summary_path: str, table_path: str, log: str) -> None:
