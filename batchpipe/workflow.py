@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
+import pickle
 import secrets
 import sys
 import threading
@@ -18,9 +21,11 @@ from .realtime import download_realtime, send_chunk
 from .results import collect_chunk, summary_table, write_summary, write_summary_table
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
+WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
 
 __all__ = [
     "ConfigError",
+    "DOWNLOADS",
     "coerce_command_line",
     "JobLog",
     "Plan",
@@ -98,13 +103,100 @@ def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
 
 
 def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    """Wait for the chunk's batch, save its outputs, then write its results and manifest."""
+    """Wait for the chunk's batch, save its outputs, then write its results and manifest: in a worker
+    process when there is one for this plan (see `DownloadWorkers`), else in the job's thread."""
+    if not DOWNLOADS.run(plan, processor, chunk, log):
+        download_and_collect(plan, processor, chunk, log)
+
+
+def download_and_collect(plan: Plan, processor: str, chunk: str, log: str) -> None:
     job_log = JobLog(log)
     if read_json(plan.layout.marker(processor, chunk)).get("mode") == "realtime":
         download_realtime(plan.settings, processor, chunk, job_log)  # from the journal, no provider call
     else:
         download_chunk(plan.settings, provider_for(plan.settings), processor, chunk, job_log)
     collect_chunk(plan, provider_for(plan.settings), processor, chunk, job_log)
+
+
+class DownloadWorkers:
+    """Worker processes for the download jobs of the parse-time plan.
+
+    The per-chunk jobs are threads of the Snakemake process, so their Python work shares one core with
+    the scheduler. A download (the local engine answering, the outputs, 30 answers validated and
+    written) is self-contained: done in another process, it uses another core (a 10,000-issue cold run:
+    36 s of chunk work on one core). Submission stays in the job's thread. Workers are spawned (a fresh
+    interpreter: no fork of a threaded process) on the first download, one per core but one, at most 4
+    (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off), and stopped by the summary job, once every
+    download is done."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._plan: Plan | None = None
+
+    @staticmethod
+    def count() -> int:
+        value = os.environ.get(WORKERS_ENV, "").strip()
+        if value:
+            try:
+                return max(0, int(value))
+            except ValueError:
+                raise ConfigError(f"{WORKERS_ENV}={value!r}: expected a number of worker processes (0: none)") from None
+        return min(4, (os.cpu_count() or 1) - 1)
+
+    def start(self, plan: Plan) -> None:
+        """Use workers for this plan's downloads (the parse-time plan; others run in their thread)."""
+        self._plan = plan
+
+    def run(self, plan: Plan, processor: str, chunk: str, log: str) -> bool:
+        """Run the download in a worker; False when this plan's downloads are not for workers."""
+        if plan is not self._plan or plan.settings.processor(processor).input_processor:
+            return False
+        with self._lock:
+            if self._pool is None:
+                workers = self.count()
+                if workers < 1:
+                    self._plan = None
+                    return False
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                    initargs=(plan.settings, plan.issues))
+            pool = self._pool
+        try:
+            pool.submit(_download_in_worker, processor, chunk, log).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None  # the next download starts new workers
+            raise RuntimeError(f"{processor}/{chunk}: the download worker process died; run snakemake again "
+                               f"(nothing is lost: the batch is downloaded again)") from None
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            pool, self._pool, self._plan = self._pool, None, None
+        if pool is not None:
+            pool.shutdown()
+
+
+DOWNLOADS = DownloadWorkers()
+_WORKER_PLAN: Plan | None = None
+
+
+def _start_worker(settings: Settings, issues: dict) -> None:
+    global _WORKER_PLAN
+    _WORKER_PLAN = Plan(settings, issues, [], [], {})  # what collect_chunk needs: settings, issue hashes
+
+
+def _download_in_worker(processor: str, chunk: str, log: str) -> None:
+    try:
+        download_and_collect(_WORKER_PLAN, processor, chunk, log)
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # an SDK's exception may not travel back: its type and message do
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 def run_collect(plan: Plan, processor: str, chunk: str, log: str) -> None:
@@ -120,6 +212,7 @@ def run_restore(plan: Plan, processor: str, issue_key: str, log: str) -> None:
 def run_summarize(config: dict, summary_path: str, log: str) -> None:
     """The run summary, from a plan made again from the files this run wrote; then, with
     `commit_results`, the new result files are committed to git."""
+    DOWNLOADS.stop()  # every download is done
     job_log = JobLog(log, echo=False)
     plan = load_plan(config, verbose=False)
     job_log(plan.describe())

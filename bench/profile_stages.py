@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in chunks:
         stage("submit_batch", lambda: bp.run_submit(plan, name, c, f"logs/s/{name}/{c}.log"))
     # download_batch downloads and collects (one job since 4946779); older trees collect in write_results
-    fused = "collect_chunk" in inspect.getsource(bp.run_download)
+    fused = hasattr(bp, "download_and_collect") or "collect_chunk" in inspect.getsource(bp.run_download)
     for name, c in chunks:
         stage("download_batch (+ collect)" if fused else "download_batch",
               lambda: bp.run_download(plan, name, c, f"logs/d/{name}/{c}.log"))

@@ -21,6 +21,7 @@ PLAN = bp.load_plan(
 )
 # Chained stages: stage n is planned again after its checkpoint; each job uses its processor's stage plan.
 STAGES = bp_stages.StagedPlans(PLAN, verbose=workflow.is_main_process)
+bp.DOWNLOADS.start(PLAN)  # this plan's downloads run in worker processes (another core than the scheduler's)
 SETTINGS = PLAN.settings
 LAYOUT = PLAN.layout
 REQUESTS = config["requests_dir"]
