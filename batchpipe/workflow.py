@@ -189,6 +189,7 @@ def _start_worker(settings: Settings, issues: dict) -> None:
 
 
 def _download_in_worker(processor: str, chunk: str, log: str) -> None:
+    JobLog(log, echo=False)(f"{processor}/{chunk}: downloading in worker process {os.getpid()}")
     try:
         download_and_collect(_WORKER_PLAN, processor, chunk, log)
     except Exception as exc:

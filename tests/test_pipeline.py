@@ -249,3 +249,30 @@ def test_html_report_holds_the_run_summary(small_workspace):
     ws.snakemake("--report", "report.html")
     html = (ws.root / "report.html").read_text(errors="replace")
     assert "Run summary" in html and "summary.json" in html
+
+
+def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path):
+    """BATCHPIPE_WORKERS=2: downloads and collects run in spawned worker processes; =0: in the job's
+    thread. Same results and manifests (batch ids apart: the provider makes them)."""
+    issues = sorted((REPO / "data" / "issues").glob("*.json"))[:12]
+
+    def run(name: str, workers: str) -> tuple[dict, dict, str]:
+        ws = make_workspace(tmp_path / name, issues)
+        ws.config(chunk_size=5)
+        ws.snakemake("--cores", "4", "results/all", env={"BATCHPIPE_WORKERS": workers})
+        logs = "".join(p.read_text() for p in ws.files("logs/download_batch/*/*.log"))
+
+        def strip(path):
+            doc = json.loads(path.read_text())
+            doc.pop("batch_id")
+            return doc
+
+        return ({p.name: strip(p) for p in ws.files("data/results/*.json")},
+                {p.name: strip(p) for p in ws.files("batch_results/*/*.results.json")}, logs)
+
+    results, manifests, logs = run("workers", "2")
+    assert len(results) == 24 and len(manifests) == 6
+    assert logs.count("downloading in worker process") == 6
+    thread_results, thread_manifests, thread_logs = run("thread", "0")
+    assert (results, manifests) == (thread_results, thread_manifests)
+    assert "worker process" not in thread_logs
