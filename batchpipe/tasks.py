@@ -730,16 +730,17 @@ class _Read:
     stamp: str  # `_stamp` of the file read
 
 
-def _read_results(batch: list[tuple[Path, str, str | None, bool, Path]],
+def _read_results(batch: list[tuple[Path, str, str | None, Path]],
                   ) -> tuple[list[_Read], list[tuple[str, str]], list[str], int]:
-    """Worker: read, hash and extract each (path, shown name, known digest, force, task file) result file.
+    """Worker: read, hash and extract each (path, shown name, digest, task file) result file; the digest is
+    the recycled one when the result may be skipped (no `force`, its task file there), else None.
 
     Returns the changed ones, the unchanged ones (name, stamp), log messages, and the count of unreadable files."""
     read: list[_Read] = []
     unchanged: list[tuple[str, str]] = []
     messages: list[str] = []
     unreadable = 0
-    for path, name, known, force, task_file in batch:
+    for path, name, known, task_file in batch:
         try:
             with open(path, "rb") as handle:
                 st = os.fstat(handle.fileno())  # the stamp of the very file read
@@ -750,7 +751,7 @@ def _read_results(batch: list[tuple[Path, str, str | None, bool, Path]],
             continue
         digest = sha256_hex(data)
         stamp = _stamp(st)
-        if not force and known == digest and task_file.is_file():
+        if known == digest:
             unchanged.append((name, stamp))
             continue
         try:
@@ -859,10 +860,12 @@ def recycle(settings: Settings, force: bool | None = None, active_path: str | Pa
                 name = path.name if results_shown == "." else f"{results_shown}/{path.name}"
                 digest, recycled_stamp = known.get(name, (None, None))
                 task_file = layout.task_file(path)
-                if not force and stamp == recycled_stamp and task_file.name in task_files:
+                if force or task_file.name not in task_files:
+                    digest = None  # read and extracted whatever its digest
+                elif stamp == recycled_stamp:
                     summary.results_unchanged += 1  # the very file recycled before: not read again
                     continue
-                work.append((path, name, digest, force, task_file))
+                work.append((path, name, digest, task_file))
             now = _now()
             with conn, _executor(len(work), workers) as executor:
                 for read, unchanged, messages, unreadable in executor.map(_read_results, _slices(work, 32)):

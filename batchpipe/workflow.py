@@ -31,7 +31,6 @@ __all__ = [
     "Plan",
     "load_plan",
     "provider_for",
-    "run_collect",
     "run_complete",
     "run_download",
     "run_submit",
@@ -133,6 +132,7 @@ class DownloadWorkers:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._plan: Plan | None = None
+        self._workers = 0
 
     @staticmethod
     def count() -> int:
@@ -145,8 +145,10 @@ class DownloadWorkers:
         return min(4, (os.cpu_count() or 1) - 1)
 
     def start(self, plan: Plan) -> None:
-        """Use workers for this plan's downloads (the parse-time plan; others run in their thread)."""
-        self._plan = plan
+        """Use workers for this plan's downloads (the parse-time plan; others run in their thread).
+        A bad BATCHPIPE_WORKERS stops the run here, before anything is submitted."""
+        self._workers = self.count()
+        self._plan = plan if self._workers > 0 else None
 
     def run(self, plan: Plan, processor: str, chunk: str, log: str) -> bool:
         """Run the download in a worker; False when this plan's downloads are not for workers."""
@@ -154,12 +156,8 @@ class DownloadWorkers:
             return False
         with self._lock:
             if self._pool is None:
-                workers = self.count()
-                if workers < 1:
-                    self._plan = None
-                    return False
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                    self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                     initargs=(plan.settings, plan.issues))
             pool = self._pool
         try:
@@ -198,10 +196,6 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
         except Exception:  # an SDK's exception may not travel back: its type and message do
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
         raise
-
-
-def run_collect(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    collect_chunk(plan, provider_for(plan.settings), processor, chunk, JobLog(log))
 
 
 def run_restore(plan: Plan, processor: str, issue_key: str, log: str) -> None:
