@@ -16,6 +16,6 @@ include: "rules/stages.smk"
 
 
 rule all:
-    input:
-        "results/all",
     default_target: True
+    input:
+        SUMMARY_TABLE,

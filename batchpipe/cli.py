@@ -1,7 +1,8 @@
 """The `batchpipe` command: operate batches around `snakemake` (status, list, cancel, collect, query, ...).
 
-Each subcommand lives in the module of its concept and registers itself through `add_parser`; this
-module only dispatches, and turns every expected failure into one line on stderr and exit code 2.
+Each subcommand is a module of `batchpipe.commands` with `add_parser(subparsers)`, which sets
+`func(args) -> exit code`; this module only dispatches, and turns every expected failure (a
+`BatchpipeError`) into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,38 +10,39 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
-from .config import ConfigError
-from .providers.base import ProviderError
+import yaml
 
-# subcommand modules, each with add_parser(subparsers) that sets `func` (args -> exit code)
-COMMAND_MODULES = ("operations", "query", "tasks", "emulator")
+from .errors import BatchpipeError, CommandError
 
+__all__ = ["COMMANDS", "build_parser", "main", "parse_overrides"]
 
-class CommandError(Exception):
-    """An expected failure of a command: printed as one line, exit code 2."""
+# subcommand modules under batchpipe.commands, in the order `batchpipe --help` lists them
+COMMANDS = (
+    "status", "list", "cancel", "retry", "collect", "archive", "report", "adopt", "cost", "query", "tasks",
+    "emulator",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchpipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="batchpipe", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--configfile", default="config.yaml", help="the workflow's config file (default: config.yaml)")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a top-level config key, as with snakemake --config (repeatable)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a top-level config key, as with snakemake --config (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"batchpipe.{name}")
-        except ImportError:
-            continue
-        if hasattr(module, "add_parser"):
-            module.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"batchpipe.commands.{name}").add_parser(sub)
     return parser
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs, values parsed as YAML scalars (as snakemake --config does)."""
-    import yaml
-
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.overrides = parse_overrides(args.config)
         return int(args.func(args) or 0)
-    except (CommandError, ConfigError, ProviderError) as exc:
+    except BatchpipeError as exc:
         print(f"batchpipe {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,16 @@
-"""Configuration: defaults and validation from schemas/config.schema.yaml, and the processors."""
+"""Configuration: the validated settings with typed attributes, and the processors.
+
+The schema (`config.schema.yaml`, package data) gives every key its description and default; the
+workflow validates `config` against the same file. `load_settings` fills the defaults, checks the
+values, resolves the processors (chained processors bring their input processors, earlier stages
+first) and returns a frozen `Settings`.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -12,14 +20,30 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .errors import ConfigError
 from .files import canonical_json, sha256_hex
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 PROVIDERS = ("local", "openai", "anthropic")
+SELECTION_MODES = ("all", "missing", "reprocess", "sql")
 
-
-class ConfigError(Exception):
-    """A bad configuration value; the message is one line saying where and what to do."""
+__all__ = [
+    "PROVIDERS",
+    "SCHEMA_PATH",
+    "LocalConfig",
+    "Price",
+    "Processor",
+    "ReportLimits",
+    "SDKConfig",
+    "Settings",
+    "Truncation",
+    "coerce_command_line",
+    "load_settings",
+    "load_settings_file",
+    "read_config",
+    "resolve_processors",
+    "validate_config",
+]
 
 
 @dataclass(frozen=True)
@@ -32,11 +56,11 @@ class Processor:
     format: str  # "json" | "text"
     system_template: str
     prompt_template: str
-    schema: dict | None
+    schema: dict[str, Any] | None
     max_tokens: int
     models: dict[str, str]
     labels: dict[str, str]
-    input_processor: str | None = None  # chained: its input is this processor's results (stages.py)
+    input_processor: str | None = None  # chained: its input is this processor's results
     aggregate_by: str | None = None  # chained: one request per repo or org over the earlier results
     aggregate_chars: int = 60000  # most characters of rendered earlier answers in one aggregate request
 
@@ -45,8 +69,8 @@ class Processor:
             return override
         if provider not in self.models:
             raise ConfigError(
-                f"processor {self.name}: no model for provider {provider}; "
-                f"add processor_definitions.{self.name}.models.{provider} to config.yaml or pass --config model={provider}:MODEL"
+                f"processor {self.name}: no model for provider {provider}; add processor_definitions."
+                f"{self.name}.models.{provider} to config.yaml or pass --config model={provider}:MODEL"
             )
         return self.models[provider]
 
@@ -55,24 +79,100 @@ class Processor:
 
 
 @dataclass(frozen=True)
+class Truncation:
+    """Character budgets for long issue text."""
+
+    body_chars: int
+    comment_chars: int
+    max_comments: int
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """The embedded `local` provider."""
+
+    responder: str
+    base_url: str | None
+    api_key_env: str | None
+    concurrency: int
+    state_dir: str
+    delays: dict[str, float]
+    faults: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SDKConfig:
+    """An SDK provider (`openai`, `anthropic`): where it is and which variable holds its key."""
+
+    base_url: str | None
+    api_key_env: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ReportLimits:
+    """The checks of `batchpipe report`."""
+
+    max_pending_age_hours: float
+    max_active_batches: int
+    min_completion_rate: float
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens at real-time price."""
+
+    input: float
+    output: float
+    cached_input: float
+
+
+@dataclass(frozen=True)
 class Settings:
-    """The validated configuration, with defaults filled in and paths resolved against `root`."""
+    """The validated configuration, with defaults filled in; relative folders resolve against `root`."""
 
     root: Path
-    values: dict[str, Any] = field(repr=False)
+    values: dict[str, Any] = field(repr=False)  # the validated config as given (fingerprints, job processes)
     processors: tuple[Processor, ...]
     provider: str
     model_override: str | None
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    def path(self, key: str) -> Path:
-        return self.root / self.values[key]
+    issues_dir: str
+    results_dir: str
+    requests_dir: str
+    batches_dir: str
+    org: str | None
+    repo: str | None
+    issue_number: int | None
+    limit: int | None
+    strict: bool
+    local: LocalConfig
+    openai: SDKConfig
+    anthropic: SDKConfig
+    enqueued_token_limit: int | dict[str, int] | None
+    mode: str
+    realtime_concurrency: int
+    selection: str  # all | missing | reprocess | sql
+    selection_sql: str | None
+    threshold: float
+    recycle_force: bool
+    commit_results: bool
+    report: ReportLimits
+    chunk_size: int
+    max_attempts: int
+    wait: bool
+    poll_interval: float
+    max_poll_interval: float
+    truncation: Truncation
+    batch_discount: float
+    prices: dict[str, Price]
 
     @cached_property
     def fingerprint(self) -> str:
         return sha256_hex(canonical_json(self.values))[:16]
+
+    @property
+    def processor_names(self) -> list[str]:
+        return [p.name for p in self.processors]
 
     def processor(self, name: str) -> Processor:
         for proc in self.processors:
@@ -80,17 +180,35 @@ class Settings:
                 return proc
         raise ConfigError(f"unknown processor {name!r}; known: {', '.join(p.name for p in self.processors)}")
 
+    def model_of(self, processor: Processor) -> str:
+        """The model this processor's requests use with the configured provider."""
+        return processor.model_for(self.provider, self.model_override)
 
-def _schema() -> dict:
+    def token_limit(self, model: str) -> int | None:
+        """The enqueued-token limit for a model (an integer for all, or a per-model table)."""
+        limit = self.enqueued_token_limit
+        if isinstance(limit, dict):
+            return limit.get(model)
+        return limit
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    """The config schema, read once per process (never modified)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the pure loader is slow
     with open(SCHEMA_PATH, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        schema: dict[str, Any] = yaml.load(handle, Loader=loader)
+    return schema
 
 
-def _fill_defaults(validator_class):
+def _fill_defaults(validator_class: Any) -> Any:
     """A validator that also sets each missing property's default (jsonschema's documented recipe)."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
-    def set_defaults(validator, properties, instance, schema):
+    def set_defaults(validator: Any, properties: dict[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
         if isinstance(instance, dict):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
@@ -101,13 +219,11 @@ def _fill_defaults(validator_class):
 
 
 _DefaultFillingValidator = _fill_defaults(jsonschema.Draft202012Validator)
-
-
 _WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
-def coerce_command_line(values: dict) -> dict:
-    """Top-level strings from `--config key=value` turned into the booleans, nulls or lists the schema expects.
+def coerce_command_line(values: dict[str, Any]) -> dict[str, Any]:
+    """Top-level strings from `--config key=value` turned into the booleans, nulls or numbers the schema expects.
 
     Snakemake passes `wait=false` as the string "false"; this reads it as YAML would, by the key's type."""
     properties = _schema()["properties"]
@@ -126,7 +242,7 @@ def coerce_command_line(values: dict) -> dict:
     return values
 
 
-def validate_config(values: dict, source: str = "config") -> dict:
+def validate_config(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Fill defaults and validate; raise ConfigError naming the key and the problem."""
     values = coerce_command_line(copy.deepcopy(values))
     errors = sorted(_DefaultFillingValidator(_schema()).iter_errors(values), key=lambda e: list(e.path))
@@ -137,7 +253,7 @@ def validate_config(values: dict, source: str = "config") -> dict:
     return values
 
 
-def read_config(path: str | Path, overrides: dict | None = None) -> dict:
+def read_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config file, merge top-level overrides."""
     path = Path(path)
     try:
@@ -147,8 +263,51 @@ def read_config(path: str | Path, overrides: dict | None = None) -> dict:
         raise ConfigError(f"{path}: no such config file; run from the project folder or pass --configfile") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file is a mapping of keys to values")
     values.update(overrides or {})
     return values
+
+
+# --- processors -----------------------------------------------------------------------------------
+
+
+def resolve_processors(selected: list[str], definitions: dict[str, Any], source: str = "config") -> list[str]:
+    """The processors to run: the selected ones plus the input processors they need, earlier stages first
+    (otherwise in the given order). Raises ConfigError for an unknown input, a cycle, an aggregate
+    without an input, or a chain over an aggregate's (per-group) results."""
+    order: list[str] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in order:
+            return
+        if name in trail:
+            cycle = " -> ".join(trail[trail.index(name) :] + [name])
+            raise ConfigError(f"{source}: processor_definitions.{name}.input_processor: the chain is a cycle ({cycle})")
+        spec = definitions[name]
+        earlier = spec.get("input_processor")
+        if earlier is not None:
+            if earlier not in definitions:
+                raise ConfigError(
+                    f"{source}: processor_definitions.{name}.input_processor: unknown processor "
+                    f"{earlier!r}; known: {', '.join(definitions)}"
+                )
+            if definitions[earlier].get("aggregate_by"):
+                raise ConfigError(
+                    f"{source}: processor_definitions.{name}.input_processor: {earlier} aggregates "
+                    "(one result per group, not per issue); a chain can only start from per-issue results"
+                )
+            visit(earlier, trail + [name])
+        elif spec.get("aggregate_by"):
+            raise ConfigError(
+                f"{source}: processor_definitions.{name}.aggregate_by: needs input_processor "
+                "(an aggregate is made from an earlier processor's results)"
+            )
+        order.append(name)
+
+    for name in selected:
+        visit(name, [])
+    return order
 
 
 def _text_or_file(root: Path, value: str | None) -> str:
@@ -182,7 +341,7 @@ def _with_label_enum(schema: Any, labels: list[str]) -> Any:
     return out
 
 
-def _load_processor(root: Path, name: str, spec: dict) -> Processor:
+def _load_processor(root: Path, name: str, spec: dict[str, Any]) -> Processor:
     schema = spec.get("schema")
     if isinstance(schema, str):
         path = root / schema
@@ -234,7 +393,31 @@ def _split_model(provider: str, model: str | None) -> tuple[str, str | None]:
     return provider, model
 
 
-def load_settings(values: dict, root: str | Path = ".", source: str = "config") -> Settings:
+def _sdk(values: dict[str, Any]) -> SDKConfig:
+    return SDKConfig(values.get("base_url"), values["api_key_env"], float(values["timeout"]))
+
+
+def _local(values: dict[str, Any]) -> LocalConfig:
+    delays = {k: float(values["delays"].get(k, 0)) for k in ("validating", "in_progress", "finalizing")}
+    return LocalConfig(
+        responder=values["responder"],
+        base_url=values.get("base_url"),
+        api_key_env=values.get("api_key_env"),
+        concurrency=int(values["concurrency"]),
+        state_dir=values["state_dir"],
+        delays=delays,
+        faults=dict(values.get("faults") or {}),
+    )
+
+
+def _prices(values: dict[str, Any]) -> dict[str, Price]:
+    return {
+        model: Price(float(p["input"]), float(p["output"]), float(p.get("cached_input", p["input"])))
+        for model, p in values.items()
+    }
+
+
+def load_settings(values: dict[str, Any], root: str | Path = ".", source: str = "config") -> Settings:
     """Validate a raw config dict and resolve its processors."""
     root = Path(root)
     values = validate_config(values, source)
@@ -250,14 +433,52 @@ def load_settings(values: dict, root: str | Path = ".", source: str = "config") 
         )
     if not selected:
         raise ConfigError(f"{source}: processors: the list is empty; name at least one processor")
-    from .stages import resolve_processors  # chained processors: their inputs join, earlier stages first
-
     selected = values["processors"] = resolve_processors(selected, definitions, source)
     provider, model = _split_model(values["provider"], values["model"])
     processors = tuple(_load_processor(root, name, definitions[name]) for name in selected)
-    return Settings(root=root, values=values, processors=processors, provider=provider, model_override=model)
+    selection = values["selection"]
+    return Settings(
+        root=root,
+        values=values,
+        processors=processors,
+        provider=provider,
+        model_override=model,
+        issues_dir=values["issues_dir"],
+        results_dir=values["results_dir"],
+        requests_dir=values["requests_dir"],
+        batches_dir=values["batches_dir"],
+        org=values["org"],
+        repo=values["repo"],
+        issue_number=values["issue_number"],
+        limit=values["limit"],
+        strict=values["strict"],
+        local=_local(values["local"]),
+        openai=_sdk(values["openai"]),
+        anthropic=_sdk(values["anthropic"]),
+        enqueued_token_limit=values["enqueued_token_limit"],
+        mode=values["mode"],
+        realtime_concurrency=values["realtime_concurrency"],
+        selection="sql" if isinstance(selection, dict) else selection,
+        selection_sql=selection["sql"] if isinstance(selection, dict) else None,
+        threshold=float(values["threshold"]),
+        recycle_force=values["recycle_force"],
+        commit_results=values["commit_results"],
+        report=ReportLimits(
+            float(values["report"]["max_pending_age_hours"]),
+            int(values["report"]["max_active_batches"]),
+            float(values["report"]["min_completion_rate"]),
+        ),
+        chunk_size=values["chunk_size"],
+        max_attempts=values["max_attempts"],
+        wait=values["wait"],
+        poll_interval=float(values["poll_interval"]),
+        max_poll_interval=float(values["max_poll_interval"]),
+        truncation=Truncation(**values["truncation"]),
+        batch_discount=float(values["batch_discount"]),
+        prices=_prices(values["prices"]),
+    )
 
 
-def load_settings_file(path: str | Path = "config.yaml", overrides: dict | None = None) -> Settings:
+def load_settings_file(path: str | Path = "config.yaml", overrides: dict[str, Any] | None = None) -> Settings:
     path = Path(path)
     return load_settings(read_config(path, overrides), root=path.resolve().parent, source=str(path))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import IssueFileError
+
 __all__ = [
     "Comment",
     "Issue",
@@ -36,7 +38,6 @@ _ACCEPTED = (
     "a GitHub REST issue {number, title, repository_url, ...}, "
     'or github-metadata-backup {"type": "issue", issue, events}'
 )
-_ADVICE = "fix the file or remove it from the issues folder"
 # GitHub owner and repository names use only these characters; anything else (a slash, a space)
 # would also break the result file names built from Issue.key.
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -102,20 +103,6 @@ class Issue:
             "source": self.source,
             "shape": self.shape,
         }
-
-
-class IssueFileError(Exception):
-    """A malformed or unrecognised issue file."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(str(path), reason)
-        self.path = str(path)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        text = f"{self.path}: {self.reason}; {_ADVICE}"
-        # Always one line, whatever the path or a decoder message contains.
-        return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
 class _Bad(Exception):
@@ -194,7 +181,7 @@ def _state(obj: dict, where: str) -> str:
     if value is None:  # not stated: a closing date is the only other evidence
         return "closed" if obj.get("closed_at") else "open"
     if not isinstance(value, str):
-        raise _Bad(f"{where}state must be \"open\" or \"closed\", not {_kind(value)}")
+        raise _Bad(f'{where}state must be "open" or "closed", not {_kind(value)}')
     state = value.lower()
     if state not in ("open", "closed"):
         raise _Bad(f'{where}state must be "open" or "closed", not {value!r}')
@@ -353,7 +340,7 @@ def issue_from_data(data: object, source: str) -> Issue:
     except _Bad as bad:
         raise IssueFileError(source, f"{shape} issue file: {bad}") from None
     if data.get("type") not in (None, "issue"):
-        found = f'a {data["type"]!r} record, not an issue' if isinstance(data["type"], str) else "an unknown object"
+        found = f"a {data['type']!r} record, not an issue" if isinstance(data["type"], str) else "an unknown object"
     else:
         keys = ", ".join(sorted(map(str, data))[:8]) or "no keys"
         found = f"an object with keys {keys}"
@@ -378,9 +365,7 @@ def load_issue(path: str | Path) -> Issue:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise IssueFileError(
-            source, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        ) from None
+        raise IssueFileError(source, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     except RecursionError:
         raise IssueFileError(source, "invalid JSON: nested too deeply") from None
     return issue_from_data(data, source)

@@ -1,4 +1,9 @@
-"""What the Snakemake rules call: one function per rule, each a thin wrapper over the package."""
+"""What the Snakemake rules call: one function per rule, each a thin wrapper over the package.
+
+Per-chunk rules are one-line `run:` blocks executed in threads of the Snakemake process (the profile's
+`force-use-threads`), so one provider (one SDK client) per process serves them all (`provider_for`),
+and the downloads of the parse-time plan run in worker processes (`DownloadWorkers`).
+"""
 
 from __future__ import annotations
 
@@ -11,28 +16,36 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from .batches import JobLog, download_chunk, refresh_statuses
-from .chunks import Plan, build_plan, return_free_memory
-from .config import ConfigError, Settings, coerce_command_line, load_settings
-from .files import read_json
-from .providers import Provider, ProviderError, make_provider
-from .realtime import download_realtime, send_chunk
-from .results import collect_chunk, summary_table, write_summary, write_summary_table
+from .collect import collect_chunk
+from .config import Settings, coerce_command_line, load_settings
+from .download import download_chunk, download_realtime, refresh_statuses
+from .errors import BatchpipeError, ConfigError, ProviderError
+from .gitcommit import commit_results
+from .joblog import JobLog
+from .ledger import read_marker
+from .plan import Plan, build_plan, return_free_memory
+from .providers import Provider, make_provider
+from .submit import send_chunk
+from .summary import summary_table, write_summary, write_summary_table
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
 
 __all__ = [
-    "ConfigError",
     "DOWNLOADS",
-    "coerce_command_line",
+    "ConfigError",
     "JobLog",
     "Plan",
+    "coerce_command_line",
+    "is_dry_run",
     "load_plan",
+    "new_run_id",
     "provider_for",
     "run_complete",
     "run_download",
+    "run_restore",
     "run_submit",
     "run_summarize",
 ]
@@ -44,7 +57,7 @@ NO_EXECUTION_FLAGS = {
     "--list", "-l", "--list-rules", "--dag", "--rulegraph", "--filegraph", "--d3dag", "--unlock",
     "--cleanup-metadata", "--list-changes", "--lc", "--list-input-changes", "--li", "--list-params-changes",
     "--lp", "--list-code-changes", "--list-untracked", "--lu",
-}
+}  # fmt: skip
 
 
 def is_dry_run(argv: list[str]) -> bool:
@@ -60,23 +73,28 @@ def is_dry_run(argv: list[str]) -> bool:
     return False
 
 
-def load_plan(config: dict, root: str | Path = ".", dryrun: bool = False, verbose: bool = True) -> Plan:
+def new_run_id() -> str:
+    """A group id: the chunks one run submits."""
+    return time.strftime("g%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def load_plan(config: dict[str, Any], root: str | Path = ".", dryrun: bool = False, verbose: bool = True) -> Plan:
     """Settings and plan for a Snakemake run; report skipped issue files; print the split plan."""
     settings = load_settings(config, root=Path(root), source="config")
     plan = build_plan(settings)
-    if not dryrun and (plan.has_work() or not settings["wait"] and plan.in_flight()):
+    if not dryrun and (plan.has_work() or not settings.wait and plan.in_flight()):
         try:
             provider = provider_for(settings)  # a missing key stops here, before anything is written
-            if not settings["wait"] and plan.in_flight():
+            if not settings.wait and plan.in_flight():
                 # Not waiting: learn which batches ended since the last run, so they are collected now.
                 refresh_statuses(plan, provider, JobLog(None, echo=verbose))
                 plan = build_plan(settings)
         except ProviderError as exc:
             raise SystemExit(f"batchpipe: {exc}") from None
     # The chunks one run submits form a group; job subprocesses inherit the id through the environment.
-    plan.run_id = os.environ.setdefault(RUN_ID_ENV, time.strftime("g%Y%m%d-%H%M%S-") + secrets.token_hex(2))
+    plan.run_id = os.environ.setdefault(RUN_ID_ENV, new_run_id())
     for error in plan.skipped:
-        if settings["strict"]:
+        if settings.strict:
             raise ConfigError(f"{error} (strict: true stops the run)")
         if verbose:
             print(f"batchpipe: skipped {error}", file=sys.stderr)
@@ -110,23 +128,22 @@ def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
 
 def download_and_collect(plan: Plan, processor: str, chunk: str, log: str) -> None:
     job_log = JobLog(log)
-    if read_json(plan.layout.marker(processor, chunk)).get("mode") == "realtime":
+    if read_marker(plan.layout.marker(processor, chunk)).mode == "realtime":
         download_realtime(plan.settings, processor, chunk, job_log)  # from the journal, no provider call
     else:
         download_chunk(plan.settings, provider_for(plan.settings), processor, chunk, job_log)
-    collect_chunk(plan, provider_for(plan.settings), processor, chunk, job_log)
+    collect_chunk(plan, processor, chunk, job_log)
 
 
 class DownloadWorkers:
     """Worker processes for the download jobs of the parse-time plan.
 
     The per-chunk jobs are threads of the Snakemake process, so their Python work shares one core with
-    the scheduler. A download (the local engine answering, the outputs, 30 answers validated and
-    written) is self-contained: done in another process, it uses another core (a 10,000-issue cold run:
-    36 s of chunk work on one core). Submission stays in the job's thread. Workers are spawned (a fresh
-    interpreter: no fork of a threaded process) on the first download, one per core but one, at most 4
-    (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off), and stopped by the summary job, once every
-    download is done."""
+    the scheduler. A download (the local engine answering, the outputs, its answers validated and
+    written) is self-contained: done in another process, it uses another core. Submission stays in the
+    job's thread. Workers are spawned (a fresh interpreter: no fork of a threaded process) on the first
+    download, one per core but one, at most 4 (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off), and
+    stopped by the summary job, once every download is done."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -157,8 +174,11 @@ class DownloadWorkers:
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                    initargs=(plan.settings, plan.issues))
+                    self._workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(plan.settings, plan.issues),
+                )
             pool = self._pool
         try:
             pool.submit(_download_in_worker, processor, chunk, log).result()
@@ -166,8 +186,10 @@ class DownloadWorkers:
             with self._lock:
                 if self._pool is pool:
                     self._pool = None  # the next download starts new workers
-            raise RuntimeError(f"{processor}/{chunk}: the download worker process died; run snakemake again "
-                               f"(nothing is lost: the batch is downloaded again)") from None
+            raise BatchpipeError(
+                f"{processor}/{chunk}: the download worker process died; run snakemake again "
+                f"(nothing is lost: the batch is downloaded again)"
+            ) from None
         return True
 
     def stop(self) -> None:
@@ -181,12 +203,13 @@ DOWNLOADS = DownloadWorkers()
 _WORKER_PLAN: Plan | None = None
 
 
-def _start_worker(settings: Settings, issues: dict) -> None:
+def _start_worker(settings: Settings, issues: dict[str, Any]) -> None:
     global _WORKER_PLAN
     _WORKER_PLAN = Plan(settings, issues, [], [], {})  # what collect_chunk needs: settings, issue hashes
 
 
 def _download_in_worker(processor: str, chunk: str, log: str) -> None:
+    assert _WORKER_PLAN is not None
     JobLog(log, echo=False)(f"{processor}/{chunk}: downloading in worker process {os.getpid()}")
     try:
         download_and_collect(_WORKER_PLAN, processor, chunk, log)
@@ -201,10 +224,10 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
 def run_restore(plan: Plan, processor: str, issue_key: str, log: str) -> None:
     """Rewrite a deleted result from the downloaded outputs of the chunk that answered it."""
     chunk, _ = plan.processors[processor].sources[issue_key]
-    collect_chunk(plan, provider_for(plan.settings), processor, chunk, JobLog(log, echo=False))
+    collect_chunk(plan, processor, chunk, JobLog(log, echo=False))
 
 
-def run_summarize(config: dict, summary_path: str, log: str) -> None:
+def run_summarize(config: dict[str, Any], summary_path: str, log: str) -> None:
     """The run summary, from a plan made again from the files this run wrote; then, with
     `commit_results`, the new result files are committed to git."""
     DOWNLOADS.stop()  # every download is done
@@ -212,9 +235,7 @@ def run_summarize(config: dict, summary_path: str, log: str) -> None:
     plan = load_plan(config, verbose=False)
     job_log(plan.describe())
     job_log("\n" + summary_table(write_summary(plan, summary_path)))
-    if plan.settings["commit_results"]:  # new result and report files to git, naming their batch ids
-        from .stages import commit_results
-
+    if plan.settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(plan.settings, log=job_log)
     del plan
     return_free_memory()  # this second plan's pages, while the recycling's processes run

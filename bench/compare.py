@@ -32,12 +32,18 @@ def main(argv: list[str]) -> int:
         for run in doc["runs"]:
             key = (run["n"], config_name(path, doc))
             groups.setdefault(key, []).append(run)
-            meta[key] = {"source": doc.get("source", ""), "patches": doc.get("patches", []),
-                         "extra": " ".join(doc.get("extra_args", []))}
-    print("| N | configuration | cold s | noop s | change s | jobs (cold) | CPU s cold | other CPU s cold | peak RSS MB |")
+            meta[key] = {
+                "source": doc.get("source", ""),
+                "patches": doc.get("patches", []),
+                "extra": " ".join(doc.get("extra_args", [])),
+            }
+    print(
+        "| N | configuration | cold s | noop s | change s | jobs (cold) | CPU s cold | other CPU s cold | peak RSS MB |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for (n, name), runs in sorted(groups.items()):
-        def span(phase: str) -> str:
+
+        def span(phase: str, runs: list[dict] = runs) -> str:
             values = sorted(r[phase]["wall_s"] for r in runs)
             return f"{values[0]:.1f}" if len(values) == 1 else f"{values[0]:.1f}–{values[-1]:.1f}"
 
@@ -45,10 +51,14 @@ def main(argv: list[str]) -> int:
         other = [r["cold"].get("foreign_cpu_s", float("nan")) for r in runs]
         rss = max(max(r[p]["peak_tree_rss_mb"] for p in ("cold", "noop", "change")) for r in runs)
         m = meta[(n, name)]
-        desc = ", ".join(filter(None, [m["source"], " + ".join(p.removesuffix(".diff") for p in m["patches"]), m["extra"]]))
-        print(f"| {n:,} | {name}: {desc} | {span('cold')} | {span('noop')} | {span('change')} | "
-              f"{runs[0]['cold']['jobs'].get('total', 0)} | {'/'.join(f'{c:.0f}' for c in cpu)} | "
-              f"{'/'.join(f'{o:.0f}' for o in other)} | {rss:.0f} |")
+        desc = ", ".join(
+            filter(None, [m["source"], " + ".join(p.removesuffix(".diff") for p in m["patches"]), m["extra"]])
+        )
+        print(
+            f"| {n:,} | {name}: {desc} | {span('cold')} | {span('noop')} | {span('change')} | "
+            f"{runs[0]['cold']['jobs'].get('total', 0)} | {'/'.join(f'{c:.0f}' for c in cpu)} | "
+            f"{'/'.join(f'{o:.0f}' for o in other)} | {rss:.0f} |"
+        )
     return 0
 
 

@@ -25,7 +25,7 @@ import random
 import re
 import sys
 import tarfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 DEFAULT_TGZ = Path("/work/shared/data/bitcoin-core-gui-issues.tgz")
@@ -49,21 +49,27 @@ def read_templates(tgz: Path) -> list[dict]:
                 continue
             issue = rec["issue"]
             comments = [
-                {"user": (e.get("user") or {}).get("login") or "ghost", "body": e.get("body") or "",
-                 "created_at": e.get("created_at")}
-                for e in rec.get("events") or [] if e.get("event") == "commented"
+                {
+                    "user": (e.get("user") or {}).get("login") or "ghost",
+                    "body": e.get("body") or "",
+                    "created_at": e.get("created_at"),
+                }
+                for e in rec.get("events") or []
+                if e.get("event") == "commented"
             ]
-            out.append({
-                "number": issue["number"],
-                "title": issue["title"],
-                "body": issue.get("body"),  # None kept: real files have null bodies
-                "state": issue["state"],
-                "labels": [label["name"] for label in issue.get("labels") or []],
-                "user": (issue.get("user") or {}).get("login") or "ghost",
-                "created_at": issue["created_at"],
-                "updated_at": issue["updated_at"],
-                "comments": comments,
-            })
+            out.append(
+                {
+                    "number": issue["number"],
+                    "title": issue["title"],
+                    "body": issue.get("body"),  # None kept: real files have null bodies
+                    "state": issue["state"],
+                    "labels": [label["name"] for label in issue.get("labels") or []],
+                    "user": (issue.get("user") or {}).get("login") or "ghost",
+                    "created_at": issue["created_at"],
+                    "updated_at": issue["updated_at"],
+                    "comments": comments,
+                }
+            )
     out.sort(key=lambda t: t["number"])
     if not out:
         raise SystemExit(f"{tgz}: no github-metadata-backup issues found")
@@ -94,7 +100,7 @@ class Perturber:
         rng = self.rng
         if len(text) > 200 and rng.random() < 0.5:
             parts = SENTENCE_END.split(text)  # [sentence, sep, sentence, sep, ...]
-            sentences = ["".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+            sentences = ["".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
             out = []
             for s in sentences:
                 r = rng.random()
@@ -112,12 +118,12 @@ class Perturber:
                 tokens[i] = rng.choice(vocab)
         out = "".join(tokens)
         if out == text:  # short texts: make sure it differs from its source
-            out = text.rstrip() + " " + rng.choice(vocab) + text[len(text.rstrip()):]
+            out = text.rstrip() + " " + rng.choice(vocab) + text[len(text.rstrip()) :]
         return out
 
 
 def shifted(stamp: str, delta: timedelta) -> str:
-    return (datetime.strptime(stamp, TIME_FMT).replace(tzinfo=timezone.utc) + delta).strftime(TIME_FMT)
+    return (datetime.strptime(stamp, TIME_FMT).replace(tzinfo=UTC) + delta).strftime(TIME_FMT)
 
 
 def make_issue(n: int, templates: list[dict], p: Perturber) -> dict:
@@ -128,11 +134,13 @@ def make_issue(n: int, templates: list[dict], p: Perturber) -> dict:
     comments = []
     for c in t["comments"]:
         src = rng.choice(p.comments) if rng.random() < 0.2 else c
-        comments.append({
-            "user": {"login": src["user"] if rng.random() < 0.8 else rng.choice(p.users)},
-            "body": p.text(src["body"]),
-            "created_at": shifted(c["created_at"], delta) if c.get("created_at") else None,
-        })
+        comments.append(
+            {
+                "user": {"login": src["user"] if rng.random() < 0.8 else rng.choice(p.users)},
+                "body": p.text(src["body"]),
+                "created_at": shifted(c["created_at"], delta) if c.get("created_at") else None,
+            }
+        )
     body = t["body"]
     updated = max([t["updated_at"]] + [c["created_at"] for c in t["comments"] if c.get("created_at")])
     return {
@@ -197,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tgz.is_file():
         parser.error(f"{args.tgz}: no such file")
     stats = generate(args.n, args.outdir, args.seed, args.tgz)
-    print(f"wrote {stats['issues']} issues ({stats['bytes']:,} bytes, {stats['comments']} comments, "
-          f"{stats['crlf']} with \\r\\n, {stats['non_ascii']} with non-ASCII, {stats['empty_body']} empty and "
-          f"{stats['null_body']} null bodies) to {args.outdir}", file=sys.stderr)
+    print(
+        f"wrote {stats['issues']} issues ({stats['bytes']:,} bytes, {stats['comments']} comments, "
+        f"{stats['crlf']} with \\r\\n, {stats['non_ascii']} with non-ASCII, {stats['empty_body']} empty and "
+        f"{stats['null_body']} null bodies) to {args.outdir}",
+        file=sys.stderr,
+    )
     return 0
 
 

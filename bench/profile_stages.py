@@ -4,7 +4,8 @@
     .venv/bin/python bench/profile_stages.py 10000 [--no-fsync] [--cprofile bench/out/stages.prof]
 
 Makes a fresh workspace like run_bench.py, then calls what the rules call, chunk by chunk, in order:
-load_plan (parse time), submit (which writes the request file), download (+ collect), recycle tasks, summarize; prints the time of
+load_plan (parse time), submit (which writes the request file), download (+ collect), recycle tasks,
+summarize; prints the time of
 each stage. The difference between the sum and run_bench.py's cold run is Snakemake's overhead (DAG,
 scheduler, job bookkeeping). --no-fsync replaces os.fsync with a no-op, to show what durability costs.
 """
@@ -47,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("n", type=int)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-fsync", action="store_true", help="make os.fsync a no-op")
-    parser.add_argument("--no-fsync-results", action="store_true",
-                        help="write per-issue result files without fsync (atomic rename kept); the rest as is")
+    parser.add_argument(
+        "--no-fsync-results",
+        action="store_true",
+        help="write per-issue result files without fsync (atomic rename kept); the rest as is",
+    )
     parser.add_argument("--source", default="worktree", help="worktree (default) or a git revision (see run_bench.py)")
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of the whole run here")
     parser.add_argument("--keep", action="store_true")
@@ -64,15 +68,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_fsync:
         os.fsync = lambda fd: None
 
+    import importlib
+
     from snakemake.utils import validate
 
     import batchpipe.workflow as bp
-    import batchpipe.results
-    from batchpipe.results import write_summary
 
-    print(f"batchpipe from {batchpipe.results.__file__}", file=sys.stderr)
+    try:  # the module that writes results: collect (since the re-cut), results before it
+        results_module = importlib.import_module("batchpipe.collect")
+        write_summary = importlib.import_module("batchpipe.summary").write_summary
+        schema = str(importlib.import_module("batchpipe.config").SCHEMA_PATH)
+    except ImportError:
+        results_module = importlib.import_module("batchpipe.results")
+        write_summary = results_module.write_summary
+        schema = "schemas/config.schema.yaml"
+
+    print(f"batchpipe from {results_module.__file__}", file=sys.stderr)
     if args.no_fsync_results:
-        batchpipe.results.atomic_write_bytes = _write_no_fsync
+        results_module.atomic_write_bytes = _write_no_fsync
 
     prof = cProfile.Profile() if args.cprofile else None
     if prof:
@@ -86,22 +99,24 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     config = yaml.safe_load(open("config.yaml"))
-    stage("validate config (common.smk)", lambda: validate(config, "schemas/config.schema.yaml"))
+    stage("validate config (common.smk)", lambda: validate(config, schema))
     plan = stage("load_plan (cold)", lambda: bp.load_plan(config, root=".", verbose=False))
     chunks = [(name, c) for name, pp in plan.processors.items() for c in pp.chunks]
     if hasattr(bp, "run_write_requests"):  # trees before submit_batch wrote the request file itself
         for name, c in chunks:
-            stage("write_requests", lambda: bp.run_write_requests(plan, name, c, f"logs/w/{name}/{c}.log"))
+            stage("write_requests", lambda n=name, c=c: bp.run_write_requests(plan, n, c, f"logs/w/{n}/{c}.log"))
     for name, c in chunks:
-        stage("submit_batch", lambda: bp.run_submit(plan, name, c, f"logs/s/{name}/{c}.log"))
+        stage("submit_batch", lambda n=name, c=c: bp.run_submit(plan, n, c, f"logs/s/{n}/{c}.log"))
     # download_batch downloads and collects (one job since 4946779); older trees collect in write_results
     fused = hasattr(bp, "download_and_collect") or "collect_chunk" in inspect.getsource(bp.run_download)
     for name, c in chunks:
-        stage("download_batch (+ collect)" if fused else "download_batch",
-              lambda: bp.run_download(plan, name, c, f"logs/d/{name}/{c}.log"))
+        stage(
+            "download_batch (+ collect)" if fused else "download_batch",
+            lambda n=name, c=c: bp.run_download(plan, n, c, f"logs/d/{n}/{c}.log"),
+        )
     if not fused:
         for name, c in chunks:
-            stage("write_results", lambda: bp.run_collect(plan, name, c, f"logs/c/{name}/{c}.log"))
+            stage("write_results", lambda n=name, c=c: bp.run_collect(plan, n, c, f"logs/c/{n}/{c}.log"))
     try:
         from batchpipe.config import load_settings
         from batchpipe.tasks import recycle
@@ -110,14 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, parallel to the summary)
         stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
     plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
-    paths = ("results/summary.json",) if len(inspect.signature(write_summary).parameters) == 2 else ("results/all", "results/summary.json")
+    paths = (
+        ("results/summary.json",)
+        if len(inspect.signature(write_summary).parameters) == 2
+        else ("results/all", "results/summary.json")
+    )
     stage("write_summary", lambda: write_summary(plan2, *paths))
     stage("load_plan (no-op)", lambda: bp.load_plan(config, root=".", verbose=False))
     if prof:
         prof.disable()
         prof.dump_stats(str(args.cprofile))
     total = sum(times.values())
-    print(f"| stage (N={args.n}, {len(chunks)} chunks{', fsync off' if args.no_fsync else ''}{', results without fsync' if args.no_fsync_results else ''}) | s |")
+    print(
+        f"| stage (N={args.n}, {len(chunks)} chunks{', fsync off' if args.no_fsync else ''}"
+        f"{', results without fsync' if args.no_fsync_results else ''}) | s |"
+    )
     print("|---|---:|")
     for name, t in times.items():
         print(f"| {name} | {t:.2f} |")

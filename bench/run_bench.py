@@ -46,7 +46,6 @@ TARGETS = {"cold_s": 60.0, "noop_s": 3.0, "change_s": 10.0, "peak_mb": 500.0}
 sys.path.insert(0, str(HERE))
 import generate_issues  # noqa: E402
 
-
 # --- measuring -----------------------------------------------------------------------------------
 
 
@@ -61,7 +60,7 @@ class TreeRss:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "TreeRss":
+    def start(self) -> TreeRss:
         self._thread.start()
         return self
 
@@ -80,7 +79,7 @@ class TreeRss:
             except OSError:
                 continue
             # field 4 (ppid) follows the ")" that closes the command name
-            ppid = int(stat[stat.rindex(b")") + 2:].split(None, 2)[1])
+            ppid = int(stat[stat.rindex(b")") + 2 :].split(None, 2)[1])
             kids.setdefault(ppid, []).append(int(name))
         return kids
 
@@ -150,7 +149,7 @@ def calibrate() -> float:
 
     On a shared VM the same work costs more CPU when neighbours are busy (SMT siblings, caches, steal);
     compare phases across runs with this figure at hand."""
-    doc = {"k%d" % i: ["x" * 20, i, {"y": [1.5, None, True]}] for i in range(200)}
+    doc = {f"k{i}": ["x" * 20, i, {"y": [1.5, None, True]}] for i in range(200)}
     start = time.perf_counter()
     for _ in range(300):
         json.loads(json.dumps(doc, sort_keys=True, indent=1))
@@ -172,8 +171,9 @@ def wait_for_quiet(timeout: float, threshold: float = 0.15, window: float = 3.0)
             return round(frac, 3)
 
 
-def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_spy: bool,
-              quiet_timeout: float = 0.0) -> dict:
+def run_phase(
+    name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_spy: bool, quiet_timeout: float = 0.0
+) -> dict:
     """Run one snakemake command in the workspace; measure it."""
     busy_before_start = wait_for_quiet(quiet_timeout) if quiet_timeout > 0 else None
     calibration = calibrate()
@@ -182,8 +182,20 @@ def run_phase(name: str, args: list[str], ws: Path, outdir: Path, env: dict, py_
     spy_file = outdir / f"{name}.pyspy.txt"
     full = list(cmd)
     if py_spy:
-        full = ["py-spy", "record", "--format", "raw", "--subprocesses", "--rate", "200", "--nonblocking",
-                "-o", str(spy_file), "--", *full]
+        full = [
+            "py-spy",
+            "record",
+            "--format",
+            "raw",
+            "--subprocesses",
+            "--rate",
+            "200",
+            "--nonblocking",
+            "-o",
+            str(spy_file),
+            "--",
+            *full,
+        ]
     if os.path.exists(GNU_TIME):
         full = [GNU_TIME, "-v", "-o", str(time_file), *full]
     ledger = ws / "batch_results" / "ledger"
@@ -248,10 +260,14 @@ def make_workspace(n: int, seed: int, base: Path | None, source: str = "worktree
             elif src.exists():
                 shutil.copy2(src, ws / name)
     else:
-        listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", source], check=True,
-                                capture_output=True, text=True).stdout.split()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", source,
-                                  *[name for name in names if name in listed]], check=True, capture_output=True).stdout
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-tree", "--name-only", source], check=True, capture_output=True, text=True
+        ).stdout.split()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", source, *[name for name in names if name in listed]],
+            check=True,
+            capture_output=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(ws)], input=archive, check=True)
     start = time.monotonic()
     stats = generate_issues.generate(n, ws / "data" / "issues", seed)
@@ -321,9 +337,18 @@ def apply_patches(ws: Path, patches: list[Path]) -> None:
         subprocess.run(["patch", "-p1", "-s", "-d", str(ws), "-i", str(diff.resolve())], check=True)
 
 
-def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None, source: str = "worktree",
-               extra: list[str] | None = None, patches: list[Path] | None = None, quiet_timeout: float = 0.0,
-               hollow: bool = False) -> dict:
+def bench_size(
+    n: int,
+    seed: int,
+    keep: bool,
+    py_spy: bool,
+    base: Path | None,
+    source: str = "worktree",
+    extra: list[str] | None = None,
+    patches: list[Path] | None = None,
+    quiet_timeout: float = 0.0,
+    hollow: bool = False,
+) -> dict:
     outdir = OUT / str(n)
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
@@ -332,16 +357,25 @@ def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None, s
     apply_patches(ws, patches or [])
     if hollow:
         hollow_rules(ws)
-    print(f"N={n}: workspace {ws} ({gen['bytes']:,} bytes of issues, {gen['generate_s']} s)", file=sys.stderr, flush=True)
+    print(
+        f"N={n}: workspace {ws} ({gen['bytes']:,} bytes of issues, {gen['generate_s']} s)", file=sys.stderr, flush=True
+    )
     env = dict(os.environ)
     env.pop("BATCHPIPE_RUN_ID", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # the package snapshot in the workspace, also for script: jobs (a new interpreter)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ws), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONHASHSEED", "0")
-    record: dict = {"n": n, "seed": seed, "workspace": str(ws) if keep else None, "source": source,
-                    "extra_args": extra or [],
-                    "patches": [p.name for p in patches or []], "hollow": hollow, "issues": gen}
+    record: dict = {
+        "n": n,
+        "seed": seed,
+        "workspace": str(ws) if keep else None,
+        "source": source,
+        "extra_args": extra or [],
+        "patches": [p.name for p in patches or []],
+        "hollow": hollow,
+        "issues": gen,
+    }
     extra = extra or []
     phases = [
         ("cold", ["--cores", "4", "results/all", *extra]),
@@ -356,8 +390,12 @@ def bench_size(n: int, seed: int, keep: bool, py_spy: bool, base: Path | None, s
         if name != "noop":
             result["totals"] = summary_totals(ws)
         record[name] = result
-        print(f"N={n}: {name}: {result['wall_s']} s, peak tree RSS {result['peak_tree_rss_mb']} MB, "
-              f"jobs {result['jobs'].get('total', 0)}, exit {result['exit_code']}", file=sys.stderr, flush=True)
+        print(
+            f"N={n}: {name}: {result['wall_s']} s, peak tree RSS {result['peak_tree_rss_mb']} MB, "
+            f"jobs {result['jobs'].get('total', 0)}, exit {result['exit_code']}",
+            file=sys.stderr,
+            flush=True,
+        )
         if py_spy:
             print(top_functions(outdir / f"{name}.pyspy.txt"), file=sys.stderr)
     record["batches"] = len(list((ws / "batch_results" / "ledger").glob("*.jsonl")))
@@ -406,7 +444,9 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    smk = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True).stdout.strip()
+    smk = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True
+    ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)),
@@ -423,12 +463,16 @@ def source_description(source: str) -> str:
     """The git commit the files came from (and whether the working tree differed from it)."""
     try:
         rev = "HEAD" if source == "worktree" else source
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+        ).stdout.strip()
         if source != "worktree":
             return f"git {commit}"
-        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain", "--", *COPY, PACKAGE],
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain", "--", *COPY, PACKAGE],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return f"working tree at {commit}" + (" with uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return source
@@ -444,8 +488,11 @@ def table(records: list[dict]) -> str:
         "| other load CPU s | target | ok |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    target = {"cold": ("≤ 60 s", TARGETS["cold_s"]), "noop": ("≤ 3 s", TARGETS["noop_s"]),
-              "change": ("≤ 10 s", TARGETS["change_s"])}
+    target = {
+        "cold": ("≤ 60 s", TARGETS["cold_s"]),
+        "noop": ("≤ 3 s", TARGETS["noop_s"]),
+        "change": ("≤ 10 s", TARGETS["change_s"]),
+    }
     for r in records:
         for phase in ("cold", "noop", "change"):
             p = r[phase]
@@ -467,19 +514,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp workspaces")
     parser.add_argument("--tmp", type=Path, default=None, help="where to make workspaces (default: system temp)")
     parser.add_argument("--py-spy", action="store_true", help="also record a py-spy profile of every phase")
-    parser.add_argument("--source", default="worktree",
-                        help="workflow files and package: 'worktree' (default, as they are now) or a git revision "
-                             "(e.g. HEAD), taken with git archive")
-    parser.add_argument("--patch", type=Path, action="append", default=[],
-                        help="apply this diff (patch -p1) to the workspace copy before running; repeatable")
-    parser.add_argument("--quiet-timeout", type=float, default=180.0,
-                        help="before each phase, wait up to this many seconds for the machine's CPUs to be under "
-                             "15%% busy (other sessions' runs skew timings); 0: do not wait (default 180)")
-    parser.add_argument("--hollow", action="store_true",
-                        help="rules do no work (each job only creates its outputs): measures Snakemake's own cost")
+    parser.add_argument(
+        "--source",
+        default="worktree",
+        help="workflow files and package: 'worktree' (default, as they are now) or a git revision "
+        "(e.g. HEAD), taken with git archive",
+    )
+    parser.add_argument(
+        "--patch",
+        type=Path,
+        action="append",
+        default=[],
+        help="apply this diff (patch -p1) to the workspace copy before running; repeatable",
+    )
+    parser.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=180.0,
+        help="before each phase, wait up to this many seconds for the machine's CPUs to be under "
+        "15%% busy (other sessions' runs skew timings); 0: do not wait (default 180)",
+    )
+    parser.add_argument(
+        "--hollow",
+        action="store_true",
+        help="rules do no work (each job only creates its outputs): measures Snakemake's own cost",
+    )
     parser.add_argument("--label", default="", help="name of this configuration (results-LABEL.json)")
-    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER,
-                        help="after --: extra snakemake arguments for every phase (e.g. -- --config chunk_size=200)")
+    parser.add_argument(
+        "snakemake_args",
+        nargs=argparse.REMAINDER,
+        help="after --: extra snakemake arguments for every phase (e.g. -- --config chunk_size=200)",
+    )
     args = parser.parse_args(argv)
     if args.py_spy and not shutil.which("py-spy"):
         parser.error("--py-spy: py-spy is not on PATH (pip install py-spy)")
@@ -489,16 +554,38 @@ def main(argv: list[str] | None = None) -> int:
     source = source_description(args.source)  # before the runs: others may commit meanwhile
     records = []
     for n in args.sizes:
-        records.append(bench_size(n, args.seed, args.keep, args.py_spy, args.tmp, args.source, extra, args.patch,
-                                  args.quiet_timeout, args.hollow))
-    doc = {"machine": info, "targets": TARGETS, "profiled": args.py_spy, "source": source,
-           "extra_args": extra, "patches": [p.name for p in args.patch], "runs": records, "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        records.append(
+            bench_size(
+                n,
+                args.seed,
+                args.keep,
+                args.py_spy,
+                args.tmp,
+                args.source,
+                extra,
+                args.patch,
+                args.quiet_timeout,
+                args.hollow,
+            )
+        )
+    doc = {
+        "machine": info,
+        "targets": TARGETS,
+        "profiled": args.py_spy,
+        "source": source,
+        "extra_args": extra,
+        "patches": [p.name for p in args.patch],
+        "runs": records,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
     label = args.label or ("pyspy" if args.py_spy else "")
     name = f"results-{label}.json" if label else "results.json"
     (OUT / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     print(table(records))
-    print(f"\nmachine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, Python {info['python']}, "
-          f"snakemake {info['snakemake']}; written {OUT / name}")
+    print(
+        f"\nmachine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']}, Python {info['python']}, "
+        f"snakemake {info['snakemake']}; written {OUT / name}"
+    )
     failed = any(r[p]["exit_code"] != 0 for r in records for p in ("cold", "noop", "change"))
     return 1 if failed else 0
 

@@ -1,17 +1,16 @@
 # Config validation, the run's plan (from files only: no network), input functions.
 import sys
-from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, workflow.basedir)
+import batchpipe.stages as bp_stages
 import batchpipe.tasks as bp_tasks
 import batchpipe.workflow as bp
-import batchpipe.stages as bp_stages
+from batchpipe.config import SCHEMA_PATH
 
-
-bp.coerce_command_line(config)  # --config wait=false arrives as the string "false"
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+# --config wait=false arrives as the string "false"; the schema is the package's (load_settings checks it too)
+bp.coerce_command_line(config)
+validate(config, str(SCHEMA_PATH))
 
 PLAN = bp.load_plan(
     config,
@@ -21,12 +20,20 @@ PLAN = bp.load_plan(
 )
 # Chained stages: stage n is planned again after its checkpoint; each job uses its processor's stage plan.
 STAGES = bp_stages.StagedPlans(PLAN, verbose=workflow.is_main_process)
-bp.DOWNLOADS.start(PLAN)  # this plan's downloads run in worker processes (another core than the scheduler's)
+# this plan's downloads run in worker processes (another core than the scheduler's)
+bp.DOWNLOADS.start(PLAN)
 SETTINGS = PLAN.settings
 LAYOUT = PLAN.layout
-REQUESTS = config["requests_dir"]
-BATCHES = config["batches_dir"]
-RESULTS = config["results_dir"]
+# File patterns of the rules, from the one Layout (its root is the working directory).
+MARKER = str(LAYOUT.marker("{processor}", "{chunk}"))
+OUTPUT = str(LAYOUT.output("{processor}", "{chunk}"))
+ERRORS = str(LAYOUT.errors("{processor}", "{chunk}"))
+MANIFEST = str(LAYOUT.manifest("{processor}", "{chunk}"))
+RESULT = str(LAYOUT.result("{issue}", "{processor}"))
+GROUP_RESULT = str(LAYOUT.group_result("{aggregate}", "{group}"))
+SUMMARY_JSON = str(LAYOUT.summary_json)
+SUMMARY_TABLE = str(LAYOUT.summary_table)
+STAGE_FILE = str(LAYOUT.stage_file("{n}"))
 AGGREGATES = bp_stages.aggregate_pattern(SETTINGS)
 
 
@@ -78,7 +85,8 @@ def get_trigger(wildcards):
 
 # --- recycled tasks (rules/tasks.smk) ---
 
-TASKS_DIR = str(Path(RESULTS).parent / "tasks")
+ACTIVE_TASKS = str(LAYOUT.active_tasks)
+RECYCLE_SUMMARY = str(LAYOUT.recycle_summary)
 
 
 def get_recycle_trigger(wildcards):
@@ -88,4 +96,4 @@ def get_recycle_trigger(wildcards):
 
 def get_task_outputs(wildcards):
     """The recycling's outputs, for the run summary's input (resolved late: include order does not matter)."""
-    return [f"{TASKS_DIR}/ACTIVE_TASKS.md", f"{TASKS_DIR}/recycle.json"]
+    return [ACTIVE_TASKS, RECYCLE_SUMMARY]

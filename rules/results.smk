@@ -6,7 +6,7 @@ rule restore_result:
     input:
         unpack(get_restore_inputs),
     output:
-        result=f"{RESULTS}/{{issue}}_{{processor}}.json",
+        result=RESULT,
     log:
         "logs/restore_result/{issue}_{processor}.log",
     localrule: True
@@ -21,7 +21,7 @@ rule summarize_run:
         restored=get_missing_files,
         trigger=get_trigger,
     output:
-        summary=report("results/summary.json", caption="../report/summary.rst", category="Run summary"),
+        summary=report(SUMMARY_JSON, caption="../report/summary.rst", category="Run summary"),
     log:
         "logs/summarize_run.log",
     localrule: True
@@ -32,10 +32,10 @@ rule summarize_run:
 # results/all waits for the summary and the recycled tasks, which run side by side (neither uses the other).
 rule complete_run:
     input:
-        summary="results/summary.json",
+        summary=SUMMARY_JSON,
         tasks=get_task_outputs,
     output:
-        table=report("results/all", caption="../report/summary.rst", category="Run summary"),
+        table=report(SUMMARY_TABLE, caption="../report/summary.rst", category="Run summary"),
     log:
         "logs/complete_run.log",
     localrule: True

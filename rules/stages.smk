@@ -7,7 +7,7 @@ checkpoint complete_stage:
     input:
         get_stage_inputs,
     output:
-        stage="results/stages/stage_{n}.json",
+        stage=STAGE_FILE,
     log:
         "logs/complete_stage/stage_{n}.log",
     wildcard_constraints:
@@ -21,7 +21,7 @@ rule restore_group_result:
     input:
         unpack(get_group_restore_inputs),
     output:
-        result=f"{RESULTS}/{{group}}_{{aggregate}}.json",
+        result=GROUP_RESULT,
     log:
         "logs/restore_group_result/{group}_{aggregate}.log",
     wildcard_constraints:

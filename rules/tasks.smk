@@ -6,8 +6,8 @@ rule recycle_tasks:
         trigger=get_trigger,
         force=get_recycle_trigger,
     output:
-        active=f"{TASKS_DIR}/ACTIVE_TASKS.md",
-        summary=f"{TASKS_DIR}/recycle.json",
+        active=ACTIVE_TASKS,
+        summary=RECYCLE_SUMMARY,
     log:
         "logs/recycle_tasks.log",
     localrule: True

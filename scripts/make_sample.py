@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-bytes", type=int, default=1_400_000, help="size budget for the whole sample")
     parser.add_argument("--max-file-bytes", type=int, default=150_000, help="skip issues bigger than this")
     parser.add_argument(
-        "--clean", action="store_true",
+        "--clean",
+        action="store_true",
         help="first delete *.json in OUTDIR that this script wrote (metadata.converted_by == batchpipe)",
     )
     args = parser.parse_args(argv)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -40,18 +42,43 @@ class Workspace:
         full_env.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "snakemake", *args],
-            cwd=self.root, env=full_env, capture_output=True, text=True, timeout=timeout,
+            cwd=self.root,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         run = Run(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(args)} exited {proc.returncode}:\n{run.output[-6000:]}")
         return run
 
+    def cli(self, *args: str) -> Run:
+        """`batchpipe ARGS` in the workspace, in this process (a new interpreter each time is slow);
+        `batchpipe` below runs a real `python -m batchpipe` where the process itself matters."""
+        from batchpipe import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(self.root)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli.main(list(args))
+        finally:
+            os.chdir(cwd)
+        return Run(code, out.getvalue(), err.getvalue())
+
     def batchpipe(self, *args: str, env: dict | None = None, timeout: float = 300) -> Run:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
         full_env.update(env or {})
-        proc = subprocess.run([sys.executable, "-m", "batchpipe", *args], cwd=self.root, env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchpipe", *args],
+            cwd=self.root,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
     def config(self, **updates) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the loopback emulator (batchpipe/emulator.py) through the official SDKs, strict, and raw HTTP."""
+"""Tests of the loopback emulator (batchpipe/service/emulator.py) through the official SDKs, strict, and raw HTTP."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import openai
 import pytest
 from test_engine import LABELING_SCHEMA, anthropic_request, chat_line, spec_validate
 
-from batchpipe.emulator import Emulator, check_loopback, load_faults, parse_delays, parse_faults
-from batchpipe.engine import BatchEngine, InvalidRequest, Timing
+from batchpipe.errors import InvalidRequest
 from batchpipe.files import jsonl_bytes
+from batchpipe.service.emulator import Emulator, check_loopback, load_faults, parse_delays, parse_faults
+from batchpipe.service.engine import BatchEngine, Timing
 
 KEY = "sk-test-secret-0123456789"
 
@@ -73,8 +74,9 @@ class SpecChecker:
 
     def __call__(self, response) -> None:
         response.read()
-        name = check_openai_response(response.request.method, response.request.url.path, response.status_code,
-                                     response.content)
+        name = check_openai_response(
+            response.request.method, response.request.url.path, response.status_code, response.content
+        )
         if name:
             self.checked.append(name)
 
@@ -82,21 +84,39 @@ class SpecChecker:
 def openai_client(emu: Emulator, max_retries: int = 0, checker: SpecChecker | None = None) -> openai.OpenAI:
     """A strict client whose every response is also checked against the spec (by `checker`, or a fresh one)."""
     hooks = {"response": [checker or SpecChecker()]}
-    return openai.OpenAI(base_url=emu.openai_base_url, api_key=KEY, max_retries=max_retries, timeout=20,
-                         _strict_response_validation=True,
-                         http_client=openai.DefaultHttpxClient(event_hooks=hooks))
+    return openai.OpenAI(
+        base_url=emu.openai_base_url,
+        api_key=KEY,
+        max_retries=max_retries,
+        timeout=20,
+        _strict_response_validation=True,
+        http_client=openai.DefaultHttpxClient(event_hooks=hooks),
+    )
 
 
 def anthropic_client(emu: Emulator, max_retries: int = 0) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key=KEY, max_retries=max_retries, timeout=20,
-                               _strict_response_validation=True)
+    return anthropic.Anthropic(
+        base_url=emu.anthropic_base_url,
+        api_key=KEY,
+        max_retries=max_retries,
+        timeout=20,
+        _strict_response_validation=True,
+    )
 
 
-def raw(emu: Emulator, method: str, path: str, body: dict | bytes | None = None, api: str = "openai",
-        headers: dict | None = None, auth: bool = True) -> tuple[int, dict, bytes]:
+def raw(
+    emu: Emulator,
+    method: str,
+    path: str,
+    body: dict | bytes | None = None,
+    api: str = "openai",
+    headers: dict | None = None,
+    auth: bool = True,
+) -> tuple[int, dict, bytes]:
     """A plain urllib call; returns (status, headers, body) whatever the status."""
-    sent = {"Authorization": f"Bearer {KEY}"} if api == "openai" else {"x-api-key": KEY,
-                                                                        "anthropic-version": "2023-06-01"}
+    sent = (
+        {"Authorization": f"Bearer {KEY}"} if api == "openai" else {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    )
     sent = (sent if auth else {}) | (headers or {})
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     if isinstance(body, dict):
@@ -140,8 +160,9 @@ def upload_lines(client: openai.OpenAI, lines: list[dict]) -> str:
 
 
 def create_batch(client: openai.OpenAI, file_id: str, **kwargs) -> openai.types.Batch:
-    return client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
-                                 **kwargs)
+    return client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", **kwargs
+    )
 
 
 @pytest.fixture
@@ -160,10 +181,15 @@ def test_files_upload_retrieve_content_list_delete(emu):
     binary = b"\x00\xff\r\n--not-a-boundary\r\n\r\nlone \r and \n end\r\n"
     first = client.files.create(file=("in.jsonl", batch_input), purpose="batch")
     second = client.files.create(file=("notes.bin", binary), purpose="user_data")
-    third = client.files.create(file=("short.jsonl", b"{}\n"), purpose="batch",
-                                expires_after={"anchor": "created_at", "seconds": 3600})
-    assert (first.bytes, first.filename, first.purpose, first.status) == (len(batch_input), "in.jsonl", "batch",
-                                                                          "processed")
+    third = client.files.create(
+        file=("short.jsonl", b"{}\n"), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    assert (first.bytes, first.filename, first.purpose, first.status) == (
+        len(batch_input),
+        "in.jsonl",
+        "batch",
+        "processed",
+    )
     assert first.expires_at == first.created_at + 30 * 86400 and second.expires_at is None
     assert third.expires_at == third.created_at + 3600
     assert client.files.retrieve(first.id) == first
@@ -200,17 +226,28 @@ def test_files_upload_retrieve_content_list_delete(emu):
 def test_multipart_by_hand_and_chunked(emu):
     boundary = "b0undary"
     content = b"line one\r\n--b0undar\r\nx\xfe\r\n"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nuser_data\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"we ird.bin\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="we ird.bin"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     status, meta = raw_openai(emu, "POST", "/v1/files", body, headers=headers)
     assert status == 200 and meta["filename"] == "we ird.bin" and meta["bytes"] == len(content)
     assert raw(emu, "GET", f"/v1/files/{meta['id']}/content")[2] == content
 
     conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=10)  # a chunked upload
-    conn.request("POST", "/v1/files", body=iter([body[:17], body[17:]]), encode_chunked=True,
-                 headers={**headers, "Authorization": f"Bearer {KEY}"})
+    conn.request(
+        "POST",
+        "/v1/files",
+        body=iter([body[:17], body[17:]]),
+        encode_chunked=True,
+        headers={**headers, "Authorization": f"Bearer {KEY}"},
+    )
     response = conn.getresponse()
     assert response.status == 200 and json.loads(response.read())["bytes"] == len(content)
     conn.close()
@@ -259,8 +296,12 @@ def test_batches_create_retrieve_cancel_list_paging(emu):
     assert raw_openai(emu, "GET", f"/v1/batches/{created[3].id}")[1]["id"] == created[3].id
     assert raw_openai(emu, "GET", "/v1/batches?limit=101")[0] == 400
     assert raw_openai(emu, "GET", "/v1/batches?after=batch_gone")[0] == 400
-    extra = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
-             "priority": "high"}
+    extra = {
+        "input_file_id": file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "priority": "high",
+    }
     status, error = raw_openai(emu, "POST", "/v1/batches", extra)
     assert status == 400 and error["error"]["param"] == "priority"
     status, error = raw_openai(emu, "POST", "/v1/batches", {"endpoint": "/v1/chat/completions"})
@@ -291,18 +332,25 @@ def test_openai_lifecycle_and_cancel_with_timing(tmp_path):
 
 def test_engine_faults_through_http(emu):
     client = openai_client(emu)
-    emu.set_faults({"requests": [{"match": "r1", "kind": "error", "status": 500},
-                                 {"match": "r2", "kind": "invalid_json"}],
-                    "batch": {"expire_after_requests": 3}})
+    emu.set_faults(
+        {
+            "requests": [{"match": "r1", "kind": "error", "status": 500}, {"match": "r2", "kind": "invalid_json"}],
+            "batch": {"expire_after_requests": 3},
+        }
+    )
     file_id = upload_lines(client, [chat_line(f"r{i}") for i in range(5)])
     expired = client.batches.retrieve(create_batch(client, file_id).id)
     assert expired.status == "expired" and expired.request_counts.completed == 2
-    errors = {json.loads(line)["custom_id"]: json.loads(line)
-              for line in client.files.content(expired.error_file_id).text.splitlines()}
+    errors = {
+        json.loads(line)["custom_id"]: json.loads(line)
+        for line in client.files.content(expired.error_file_id).text.splitlines()
+    }
     assert errors["r1"]["response"]["status_code"] == 500
     assert {errors[c]["error"]["code"] for c in ("r3", "r4")} == {"batch_expired"}
-    outputs = {json.loads(line)["custom_id"]: json.loads(line)
-               for line in client.files.content(expired.output_file_id).text.splitlines()}
+    outputs = {
+        json.loads(line)["custom_id"]: json.loads(line)
+        for line in client.files.content(expired.output_file_id).text.splitlines()
+    }
     invalid = outputs["r2"]["response"]["body"]["choices"][0]["message"]["content"]
     with pytest.raises(ValueError):
         json.loads(invalid)
@@ -324,9 +372,10 @@ def test_engine_faults_through_http(emu):
 
 def test_anthropic_batches(emu):
     client = anthropic_client(emu)
-    created = [client.messages.batches.create(requests=[anthropic_request(f"a{i}"),
-                                                        anthropic_request("bad", max_tokens=0)])
-               for i in range(5)]
+    created = [
+        client.messages.batches.create(requests=[anthropic_request(f"a{i}"), anthropic_request("bad", max_tokens=0)])
+        for i in range(5)
+    ]
     first = created[0]
     assert first.processing_status == "in_progress" and first.results_url is None
     assert first.request_counts.processing == 2
@@ -342,8 +391,11 @@ def test_anthropic_batches(emu):
     assert body.endswith(b"}\n") and b"\n\n" not in body
 
     assert [b.id for b in client.messages.batches.list(limit=2)] == [b.id for b in reversed(created)]
-    assert [c["query"].get("after_id") for c in calls(emu, "GET", "/v1/messages/batches")] == \
-        [None, created[3].id, created[1].id]
+    assert [c["query"].get("after_id") for c in calls(emu, "GET", "/v1/messages/batches")] == [
+        None,
+        created[3].id,
+        created[1].id,
+    ]
     status, _, page = raw(emu, "GET", f"/v1/messages/batches?limit=2&before_id={created[1].id}", api="anthropic")
     page = json.loads(page)
     assert status == 200 and [b["id"] for b in page["data"]] == [created[3].id, created[2].id]
@@ -383,12 +435,16 @@ def test_anthropic_cancel_and_results_only_when_ended(tmp_path):
 
 
 def test_429_storm_and_500s_are_retried(emu):
-    emu.set_faults({"http": [
-        {"method": "POST", "path": "/v1/files", "status": 429, "retry_after": 0.01, "times": 3},
-        {"method": "GET", "path": "/v1/batches/*", "status": 500, "retry_after": 0.01, "times": 2},
-        {"method": "POST", "path": "/v1/messages/batches", "status": 429, "retry_after": 0.01, "times": 3},
-        {"method": "GET", "path": "/v1/files", "status": 503, "skip": 1, "times": 1},
-    ]})
+    emu.set_faults(
+        {
+            "http": [
+                {"method": "POST", "path": "/v1/files", "status": 429, "retry_after": 0.01, "times": 3},
+                {"method": "GET", "path": "/v1/batches/*", "status": 500, "retry_after": 0.01, "times": 2},
+                {"method": "POST", "path": "/v1/messages/batches", "status": 429, "retry_after": 0.01, "times": 3},
+                {"method": "GET", "path": "/v1/files", "status": 503, "skip": 1, "times": 1},
+            ]
+        }
+    )
     checker = SpecChecker()
     client = openai_client(emu, max_retries=3, checker=checker)
     file_id = upload_lines(client, [chat_line("a")])
@@ -459,13 +515,15 @@ def test_auth_required_and_key_never_logged(emu):
     assert status == 401 and "API key" in body["error"]["message"]
     assert raw(emu, "GET", "/v1/batches", headers={"Authorization": "Bearer "}, auth=False)[0] == 401
     assert raw(emu, "GET", "/v1/batches", headers={"x-api-key": KEY}, auth=False)[0] == 401  # OpenAI wants Bearer
-    status, _, body = raw(emu, "GET", "/v1/messages/batches", api="anthropic", auth=False,
-                          headers={"anthropic-version": "2023-06-01"})
+    status, _, body = raw(
+        emu, "GET", "/v1/messages/batches", api="anthropic", auth=False, headers={"anthropic-version": "2023-06-01"}
+    )
     assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
     status, _, body = raw(emu, "GET", "/v1/messages/batches", api="anthropic", auth=False, headers={"x-api-key": KEY})
     assert status == 400 and "anthropic-version" in json.loads(body)["error"]["message"]
-    wrong_scheme = openai.OpenAI(base_url=emu.openai_base_url, api_key=KEY, max_retries=0,
-                                 default_headers={"Authorization": f"Basic {KEY}"})
+    wrong_scheme = openai.OpenAI(
+        base_url=emu.openai_base_url, api_key=KEY, max_retries=0, default_headers={"Authorization": f"Basic {KEY}"}
+    )
     with pytest.raises(openai.AuthenticationError) as denied:
         wrong_scheme.batches.list()
     assert denied.value.body["code"] == "invalid_api_key"
@@ -480,22 +538,36 @@ def test_auth_required_and_key_never_logged(emu):
 def test_realtime_endpoints(emu):
     client = openai_client(emu, max_retries=1)
     completion = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Title: Crash\n\nIt crashes."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": LABELING_SCHEMA,
-                                                                "strict": True}})
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Title: Crash\n\nIt crashes."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": LABELING_SCHEMA, "strict": True},
+        },
+    )
     assert completion.object == "chat.completion" and completion.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(completion.choices[0].message.content), LABELING_SCHEMA)
 
     claude = anthropic_client(emu, max_retries=1)
     tool = {"name": "record_answer", "description": "Record", "input_schema": LABELING_SCHEMA}
-    message = claude.messages.create(model="claude-haiku-4-5", max_tokens=500, tools=[tool],
-                                     tool_choice={"type": "tool", "name": "record_answer"},
-                                     messages=[{"role": "user", "content": "Title: Crash"}])
+    message = claude.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=500,
+        tools=[tool],
+        tool_choice={"type": "tool", "name": "record_answer"},
+        messages=[{"role": "user", "content": "Title: Crash"}],
+    )
     assert message.stop_reason == "tool_use" and message.content[0].type == "tool_use"
     jsonschema.validate(message.content[0].input, LABELING_SCHEMA)
 
-    emu.set_faults({"requests": [{"match": "flaky", "kind": "error", "status": 503, "times": 1},
-                                 {"match": "broken", "kind": "error", "status": 400, "message": "Injected bad"}]})
+    emu.set_faults(
+        {
+            "requests": [
+                {"match": "flaky", "kind": "error", "status": 503, "times": 1},
+                {"match": "broken", "kind": "error", "status": 400, "message": "Injected bad"},
+            ]
+        }
+    )
     again = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "flaky one"}])
     assert again.choices[0].message.content
     assert [c["status"] for c in calls(emu, "POST", "/v1/chat/completions")][-2:] == [503, 200]
@@ -517,8 +589,10 @@ def test_control_endpoints(emu):
     assert status == 200 and json.loads(raw(emu, "GET", "/_emulator/faults", auth=False)[2]) == spec
     assert raw(emu, "GET", "/v1/batches")[0] == 500 and raw(emu, "GET", "/v1/batches")[0] == 200
     log = json.loads(raw(emu, "GET", "/_emulator/requests", auth=False)[2])["data"]
-    assert [(c["seq"], c["method"], c["path"], c["status"]) for c in log] == \
-        [(1, "GET", "/v1/batches", 500), (2, "GET", "/v1/batches", 200)]
+    assert [(c["seq"], c["method"], c["path"], c["status"]) for c in log] == [
+        (1, "GET", "/v1/batches", 500),
+        (2, "GET", "/v1/batches", 200),
+    ]
     assert raw(emu, "POST", "/_emulator/faults", {"http": [{"path": "/x", "status": 200}]}, auth=False)[0] == 400
     assert raw(emu, "POST", "/_emulator/faults", {"nonsense": 1}, auth=False)[0] == 400
     status, _, body = raw(emu, "POST", "/_emulator/timing", {"validating": 2}, auth=False)
@@ -551,9 +625,15 @@ def test_fault_spec_files_and_validation(tmp_path):
     assert plan.not_found_gets == 2 and plan.engine["batch"]["finalizing"] == 5
     (tmp_path / "faults.json").write_text(json.dumps({"http": [{"path": "/v1/files", "drop": "before"}]}))
     assert parse_faults(load_faults(tmp_path / "faults.json")).http[0].method == "*"
-    for bad in ({"nope": {}}, {"http": [{"path": "/x"}]}, {"http": [{"path": "/x", "status": 500, "drop": "after"}]},
-                {"http": [{"path": "/x", "status": 500, "when": 1}]}, {"requests": [{"match": "a", "kind": "boom"}]},
-                {"not_found_after_create": {"gets": -1}}, [1]):
+    for bad in (
+        {"nope": {}},
+        {"http": [{"path": "/x"}]},
+        {"http": [{"path": "/x", "status": 500, "drop": "after"}]},
+        {"http": [{"path": "/x", "status": 500, "when": 1}]},
+        {"requests": [{"match": "a", "kind": "boom"}]},
+        {"not_found_after_create": {"gets": -1}},
+        [1],
+    ):
         with pytest.raises(ValueError):
             parse_faults(bad)
     assert parse_delays("validating=1, in_progress=2.5,finalizing=0") == Timing(1, 2.5, 0)
@@ -567,14 +647,36 @@ def test_fault_spec_files_and_validation(tmp_path):
 
 def test_cli_serves_and_refuses_non_loopback(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
-    refused = subprocess.run([sys.executable, "-m", "batchpipe", "emulator", "--host", "0.0.0.0"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [sys.executable, "-m", "batchpipe", "emulator", "--host", "0.0.0.0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused.returncode == 2 and "loopback" in refused.stderr
 
     (tmp_path / "faults.yaml").write_text(FAULTS_YAML)
-    proc = subprocess.Popen([sys.executable, "-m", "batchpipe", "emulator", "--port", "0", "--faults", "faults.yaml",
-                             "--delays", "validating=0,in_progress=0"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchpipe",
+            "emulator",
+            "--port",
+            "0",
+            "--faults",
+            "faults.yaml",
+            "--delays",
+            "validating=0,in_progress=0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ)
@@ -583,8 +685,9 @@ def test_cli_serves_and_refuses_non_loopback(tmp_path):
         urls = dict(part.split("=", 1) for part in line.split())
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", urls["OPENAI_BASE_URL"])
         assert urls["ANTHROPIC_BASE_URL"] + "/v1" == urls["OPENAI_BASE_URL"]
-        client = openai.OpenAI(base_url=urls["OPENAI_BASE_URL"], api_key=KEY, max_retries=0,
-                               _strict_response_validation=True)
+        client = openai.OpenAI(
+            base_url=urls["OPENAI_BASE_URL"], api_key=KEY, max_retries=0, _strict_response_validation=True
+        )
         assert client.files.list().data == []
         with pytest.raises(openai.RateLimitError):  # the faults file is in force
             client.batches.create(input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h")
@@ -603,8 +706,9 @@ def test_engine_realtime_faults_and_expiry(tmp_path):
     engine = BatchEngine(tmp_path)
     status, body = engine.respond_now("openai", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 200 and openai.types.chat.ChatCompletion.model_validate(body).choices[0].message.content
-    status, body = engine.respond_now("anthropic", {"model": "c", "max_tokens": 5,
-                                                    "messages": [{"role": "user", "content": "hi"}]})
+    status, body = engine.respond_now(
+        "anthropic", {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert status == 200 and anthropic.types.Message.model_validate(body).content[0].type == "text"
     with pytest.raises(InvalidRequest):
         engine.respond_now("openai", {"messages": []})
@@ -622,8 +726,9 @@ def test_engine_realtime_faults_and_expiry(tmp_path):
     with pytest.raises(InvalidRequest):
         engine.create_file(b"{}\n", "in.jsonl", "batch", expires_after=60)
     engine.set_faults(None)
-    record = engine.get_batch(engine.create_batch(request_format="openai", input_file_id=meta["id"],
-                                                  output_expires_after=4000).id)
+    record = engine.get_batch(
+        engine.create_batch(request_format="openai", input_file_id=meta["id"], output_expires_after=4000).id
+    )
     output = engine.get_file(record.output_file_id)
     assert output["expires_at"] == output["created_at"] + 4000
     with pytest.raises(InvalidRequest):

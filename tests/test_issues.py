@@ -345,8 +345,14 @@ def test_wrongly_typed_fields(tmp_path: Path, change: dict, fragment: str) -> No
 
 @pytest.mark.parametrize(
     ("org", "repo", "fragment"),
-    [("", "gui", "org is empty"), ("a", "", "repo is empty"), (None, "gui", "org must be a string"),
-     ("a/b", "gui", "not a GitHub name"), ("a", "..", "not a GitHub name"), ("a", "x y", "not a GitHub name")],
+    [
+        ("", "gui", "org is empty"),
+        ("a", "", "repo is empty"),
+        (None, "gui", "org must be a string"),
+        ("a/b", "gui", "not a GitHub name"),
+        ("a", "..", "not a GitHub name"),
+        ("a", "x y", "not a GitHub name"),
+    ],
 )
 def test_bad_org_or_repo(tmp_path: Path, org: object, repo: object, fragment: str) -> None:
     data = gh_analysis()

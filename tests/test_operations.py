@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from batchpipe import batches, chunks, cli
 from batchpipe.config import load_settings_file
 from batchpipe.issues import load_issue
+from batchpipe.joblog import JobLog
+from batchpipe.layout import Layout
+from batchpipe.ledger import CreateIntent, append
+from batchpipe.plan import build_plan
 from batchpipe.providers import make_provider
+from batchpipe.submit import submit_batch, write_request_file
+
 from conftest import REPO, Run, Workspace, make_workspace
 
 ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))
@@ -23,18 +25,8 @@ PRICES = "prices={batchpipe-offline: {input: 1.0, cached_input: 0.5, output: 2.0
 
 
 def bp(ws: Workspace, *args: str) -> Run:
-    """`batchpipe ARGS` in the workspace, in this process (a new interpreter each time is slow).
-
-    `ws.batchpipe` (a real `python -m batchpipe`) is used where the exact process behaviour matters."""
-    out, err = io.StringIO(), io.StringIO()
-    cwd = os.getcwd()
-    os.chdir(ws.root)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(list(args))
-    finally:
-        os.chdir(cwd)
-    return Run(code, out.getvalue(), err.getvalue())
+    """`batchpipe ARGS` in the workspace, in this process."""
+    return ws.cli(*args)
 
 
 def one_line_error(run: Run, *words: str) -> None:
@@ -79,6 +71,7 @@ def done(tmp_path_factory) -> Workspace:
 # --- read-only commands on a finished run ------------------------------------------------------------
 
 
+@pytest.mark.workflow
 def test_status_table_and_json_work_offline(done):
     table = bp(done, "status")
     assert table.returncode == 0, table.output
@@ -100,6 +93,7 @@ def test_status_table_and_json_work_offline(done):
     assert offline.returncode == 0 and batch_ids[0] in offline.stdout
 
 
+@pytest.mark.workflow
 def test_status_of_one_group_or_batch_in_detail(done):
     group = as_json(bp(done, "status", "--json"))["groups"][0]
     detail = bp(done, "status", group["group"][:12])
@@ -118,6 +112,7 @@ def test_status_of_one_group_or_batch_in_detail(done):
     assert all(f["state"] == "present" for f in by_chunk["files"])
 
 
+@pytest.mark.workflow
 def test_unknown_and_ambiguous_ids_are_one_line(done):
     one_line_error(done.batchpipe("status", "zzz"), "no group, batch or chunk")  # a real process
     one_line_error(bp(done, "status", "batch_"), "ambiguous")
@@ -129,6 +124,7 @@ def test_unknown_and_ambiguous_ids_are_one_line(done):
     one_line_error(bp(done, "archive", "--older-than", "1y"), "30d")
 
 
+@pytest.mark.workflow
 def test_list_batches_groups_and_remote(done):
     listed = as_json(bp(done, "list", "--json"))
     assert len(listed) == 4
@@ -140,12 +136,21 @@ def test_list_batches_groups_and_remote(done):
     assert "BATCH" in bp(done, "list").stdout
 
 
+@pytest.mark.workflow
 def test_cost_from_manifest_usage_at_batch_and_realtime_price(done):
     data = as_json(bp(done, "--config", PRICES, "--configfile", "config.yaml", "cost", "--json"))
-    usage = [rec["usage"] for p in done.files("batch_results/*/*.results.json")
-             for rec in json.loads(p.read_text())["requests"].values()]
-    realtime = sum(u["input_tokens"] - u["cached_input_tokens"] + 0.5 * u["cached_input_tokens"]
-                   + 2.0 * u["output_tokens"] for u in usage) / 1e6
+    usage = [
+        rec["usage"]
+        for p in done.files("batch_results/*/*.results.json")
+        for rec in json.loads(p.read_text())["requests"].values()
+    ]
+    realtime = (
+        sum(
+            u["input_tokens"] - u["cached_input_tokens"] + 0.5 * u["cached_input_tokens"] + 2.0 * u["output_tokens"]
+            for u in usage
+        )
+        / 1e6
+    )
     total = data["total"]
     assert total["requests"] == 10 and total["priced"]
     assert total["realtime_usd"] == pytest.approx(realtime) and total["cost_usd"] == pytest.approx(realtime / 2)
@@ -154,6 +159,7 @@ def test_cost_from_manifest_usage_at_batch_and_realtime_price(done):
     assert "saved" in bp(done, "cost").stdout.lower()
 
 
+@pytest.mark.workflow
 def test_report_passes_on_a_clean_run(done):
     run = bp(done, "report")
     assert run.returncode == 0 and run.stdout.count("PASS") == 3, run.output
@@ -162,9 +168,17 @@ def test_report_passes_on_a_clean_run(done):
 
 def test_every_command_on_an_empty_workspace_is_one_line(tmp_path):
     ws = make_workspace(tmp_path / "empty", ISSUES[:2])
-    for args in (["status", "--json"], ["list", "--groups"], ["cancel", "x"],
-                 ["retry", "x", "--failed-only"], ["collect", "x"], ["archive", "--older-than", "30d"],
-                 ["report"], ["adopt", "x", "--none"], ["cost"]):
+    for args in (
+        ["status", "--json"],
+        ["list", "--groups"],
+        ["cancel", "x"],
+        ["retry", "x", "--failed-only"],
+        ["collect", "x"],
+        ["archive", "--older-than", "30d"],
+        ["report"],
+        ["adopt", "x", "--none"],
+        ["cost"],
+    ):
         one_line_error(bp(ws, *args), "no batches yet")
     one_line_error(ws.batchpipe("status"), "no batches yet")  # a real process
     remote = bp(ws, "list", "--remote")  # the provider's side needs no ledger
@@ -177,18 +191,19 @@ def test_every_command_on_an_empty_workspace_is_one_line(tmp_path):
 def submit_without_waiting(ws: Workspace, group: str) -> list[str]:
     """Write and submit every new chunk as a run would, without waiting (returns the chunk ids)."""
     settings = load_settings_file(ws.root / "config.yaml")
-    plan = chunks.build_plan(settings)
+    plan = build_plan(settings)
     provider = make_provider(settings)
-    log = batches.JobLog(None, echo=False)
+    log = JobLog(None, echo=False)
     done = []
     for name, pp in plan.processors.items():
         for chunk in pp.new:
-            batches.write_requests(plan, name, chunk, log)
-            batches.submit_chunk(settings, provider, name, chunk, log, group=group)
+            write_request_file(plan, name, chunk, log)
+            submit_batch(settings, provider, name, chunk, log, group=group)
             done.append(chunk)
     return done
 
 
+@pytest.mark.workflow
 def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_path):
     ws = small(tmp_path / "ws", 40, chunk_size=50, local={"delays": {"in_progress": 20}})
     started = time.monotonic()
@@ -196,8 +211,14 @@ def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_p
     refreshed = as_json(bp(ws, "status", "--refresh", "--json"))["groups"][0]
     assert refreshed["status"] == "processing" and refreshed["batches"][0]["status"] == "in_progress"
     assert "status" in [e["event"] for e in ledger(ws, chunk)]
-    strict = bp(ws, "--config", "report={max_pending_age_hours: 0, max_active_batches: 0}",
-                          "--configfile", "config.yaml", "report")
+    strict = bp(
+        ws,
+        "--config",
+        "report={max_pending_age_hours: 0, max_active_batches: 0}",
+        "--configfile",
+        "config.yaml",
+        "report",
+    )
     assert strict.returncode == 1 and "FAIL pending_age" in strict.stdout and "FAIL active_batches" in strict.stdout
     one_line_error(bp(ws, "collect", chunk), "still in_progress")
 
@@ -218,6 +239,7 @@ def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_p
     assert len(ws.local_batches()) == 1
 
 
+@pytest.mark.workflow
 def test_retry_failed_only_resends_exactly_the_failed_request(tmp_path):
     title = load_issue(ISSUES[1]).title
     fault = {"match": title, "kind": "error", "status": 400, "type": "invalid_request_error"}
@@ -253,6 +275,7 @@ def test_retry_failed_only_resends_exactly_the_failed_request(tmp_path):
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
 
 
+@pytest.mark.workflow
 def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
     ws = small(tmp_path / "ws", chunk_size=3)
     ws.snakemake("--cores", "4", "results/all")
@@ -287,12 +310,17 @@ def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
     assert len(ws.local_batches()) == batches_before
 
 
+@pytest.mark.workflow
 def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     flaky = {"match": load_issue(ISSUES[4]).title, "kind": "error", "status": 500}  # retryable: sent again
     ws = small(tmp_path / "ws", chunk_size=2, local={"faults": {"requests": [flaky]}})
     ws.snakemake("--cores", "4", "results/all")
-    by_issue = {issue["key"]: path.stem for path in ws.files("batch_results/ledger/*.jsonl")
-                for request in ledger(ws, path.stem)[0]["requests"].values() for issue in request["issues"]}
+    by_issue = {
+        issue["key"]: path.stem
+        for path in ws.files("batch_results/ledger/*.jsonl")
+        for request in ledger(ws, path.stem)[0]["requests"].values()
+        for issue in request["issues"]
+    }
     clean, missing, retrying = (by_issue[f"bitcoin-core_gui_issue_{n}"] for n in (1, 103, 117))
     (ws.root / "data/results/bitcoin-core_gui_issue_103_product-labeling.json").unlink()
 
@@ -308,7 +336,9 @@ def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     assert f"keep product-labeling/{retrying}" in run.stdout and "sent again" in run.stdout
     archive = ws.root / "batch_results" / "archive"
     for name in (f"{clean}.submitted.json", f"{clean}.output.jsonl", f"{clean}.errors.jsonl", f"{clean}.results.json"):
-        assert (archive / "product-labeling" / name).exists() and not (ws.root / "batch_results/product-labeling" / name).exists()
+        assert (archive / "product-labeling" / name).exists() and not (
+            ws.root / "batch_results/product-labeling" / name
+        ).exists()
     assert (archive / "batch_requests/product-labeling" / f"{clean}.jsonl").exists()
     assert not ws.files(f"batch_requests/product-labeling/{clean}.*")
     for chunk in (missing, retrying):
@@ -326,6 +356,7 @@ def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     assert len(ws.results()) == 5
 
 
+@pytest.mark.workflow
 def test_adopt_the_batch_a_stopped_submission_made(tmp_path):
     ws = small(tmp_path / "ws")
     killed = ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_create"}, check=False)
@@ -349,6 +380,7 @@ def test_adopt_the_batch_a_stopped_submission_made(tmp_path):
     assert len(ws.local_batches()) == 1 and len(ws.results()) == 5
 
 
+@pytest.mark.workflow
 def test_adopt_none_lets_the_next_run_create_the_batch(tmp_path):
     ws = small(tmp_path / "ws")
     ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_upload"}, check=False)
@@ -357,8 +389,7 @@ def test_adopt_none_lets_the_next_run_create_the_batch(tmp_path):
     one_line_error(bp(ws, "adopt", chunk, "--none"), "no unresolved submission")
     # a create that died before the provider saw it: only its intent is in the ledger
     settings = load_settings_file(ws.root / "config.yaml")
-    batches.record(chunks.Layout(settings), chunk, "create_intent", input_file_id=None, request_count=5,
-                   created_after=time.time())
+    append(Layout(settings), CreateIntent(chunk=chunk, input_file_id=None, request_count=5, created_after=time.time()))
     assert as_json(bp(ws, "status", chunk, "--json"))["status"] == "create_unknown"
     run = bp(ws, "adopt", chunk, "--none")
     assert run.returncode == 0 and "next snakemake run creates it" in run.stdout

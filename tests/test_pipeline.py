@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jsonschema
+import pytest
 import yaml
 
 from conftest import REPO, make_workspace
@@ -24,6 +25,7 @@ def request_lines(ws) -> list[dict]:
     return [json.loads(line) for p in ws.files("batch_requests/*/*.jsonl") for line in p.read_text().splitlines()]
 
 
+@pytest.mark.workflow
 def test_full_offline_run_writes_a_valid_result_for_every_issue(workspace):
     workspace.snakemake("--cores", "4", "results/all")
     issues = sorted(p.name for p in workspace.issues.glob("*.json"))
@@ -35,7 +37,9 @@ def test_full_offline_run_writes_a_valid_result_for_every_issue(workspace):
         assert labeling["issue_reference"]["number"] == int(stem.rsplit("_", 1)[1])
         assert labeling["provider"] == "local" and labeling["model"] == "batchpipe-offline"
         assert labeling["batch_id"] and labeling["custom_id"].startswith("r")
-        labels = yaml.safe_load((workspace.root / "config.yaml").read_text())["processor_definitions"]["product-labeling"]["labels"]
+        labels = yaml.safe_load((workspace.root / "config.yaml").read_text())["processor_definitions"][
+            "product-labeling"
+        ]["labels"]
         jsonschema.validate(labeling["analysis"], SCHEMA)
         assert all(rec["label"] in labels for rec in labeling["analysis"]["recommended_labels"])
         assert summary["analysis"]["text"].strip()
@@ -46,6 +50,7 @@ def test_full_offline_run_writes_a_valid_result_for_every_issue(workspace):
     assert "batchpipe run summary" in (workspace.root / "results" / "all").read_text()
 
 
+@pytest.mark.workflow
 def test_second_run_has_nothing_to_do_and_deleted_files_come_back_without_new_batches(small_workspace):
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")
@@ -76,6 +81,7 @@ def test_second_run_has_nothing_to_do_and_deleted_files_come_back_without_new_ba
     assert len(ws.local_batches()) == batches_before
 
 
+@pytest.mark.workflow
 def test_edited_issue_resubmits_exactly_one_request_and_new_issue_one_chunk(small_workspace, tmp_path):
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")
@@ -100,6 +106,7 @@ def test_edited_issue_resubmits_exactly_one_request_and_new_issue_one_chunk(smal
     assert len(ws.local_batches()) == 3
 
 
+@pytest.mark.workflow
 def test_rule_code_or_config_change_resubmits_nothing(small_workspace):
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")
@@ -113,6 +120,7 @@ def test_rule_code_or_config_change_resubmits_nothing(small_workspace):
     assert len(ws.local_batches()) == 1
 
 
+@pytest.mark.workflow
 def test_thirty_issues_make_one_chunk_thirty_one_make_two(tmp_path):
     issues = sorted((REPO / "data" / "issues").glob("*.json"))
     ws = make_workspace(tmp_path / "ws", issues[:30])
@@ -125,6 +133,7 @@ def test_thirty_issues_make_one_chunk_thirty_one_make_two(tmp_path):
     assert sorted(len(p.read_text().splitlines()) for p in ws2.files("batch_requests/*/*.jsonl")) == [1, 30]
 
 
+@pytest.mark.workflow
 def test_dry_run_writes_nothing_and_opens_no_socket(small_workspace):
     ws = small_workspace
     # A sitecustomize that makes any socket connection fail loudly, in the snakemake process.
@@ -135,8 +144,12 @@ def test_dry_run_writes_nothing_and_opens_no_socket(small_workspace):
         "def _refuse(*a, **k):\n    raise SystemExit('NETWORK USED')\n"
         "socket.socket.connect = _refuse\nsocket.socket.connect_ex = _refuse\nsocket.create_connection = _refuse\n"
     )
-    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
-                           env={**os.environ, "PYTHONPATH": str(guard)}, capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+        env={**os.environ, "PYTHONPATH": str(guard)},
+        capture_output=True,
+        text=True,
+    )
     assert "NETWORK USED" in probe.stderr  # the guard works
     before = {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts}
     run = ws.snakemake("-n", "results/all", env={"PYTHONPATH": str(guard)})
@@ -146,6 +159,7 @@ def test_dry_run_writes_nothing_and_opens_no_socket(small_workspace):
     assert after == before
 
 
+@pytest.mark.workflow
 def test_malformed_issue_is_reported_and_skipped(small_workspace):
     ws = small_workspace
     (ws.issues / "broken_issue_1.json").write_text("{not json")
@@ -159,6 +173,7 @@ def test_malformed_issue_is_reported_and_skipped(small_workspace):
     assert failed.returncode != 0 and "broken_issue_1.json" in failed.output
 
 
+@pytest.mark.workflow
 def test_invalid_answer_is_retried_then_reported(small_workspace):
     ws = small_workspace
     victim = json.loads(ws.files("data/issues/*.json")[0].read_text())
@@ -172,21 +187,34 @@ def test_invalid_answer_is_retried_then_reported(small_workspace):
     summary = json.loads((ws.root / "results" / "summary.json").read_text())
     failed = summary["processors"]["product-labeling"]["failed"]
     assert len(failed) == 1
-    (key, info), = failed.items()
+    ((key, info),) = failed.items()
     assert "not valid JSON" in info["reason"] and info["attempts"] == 3
     assert summary["totals"]["results"] == 4
     ws.snakemake("--cores", "4", "results/all")
     assert len(ws.local_batches()) == 3  # no fourth attempt
 
 
+@pytest.mark.workflow
 def test_dotted_repo_and_huge_body_with_emoji_and_rtl_go_through(tmp_path):
     ws = make_workspace(tmp_path / "ws", [])
     ws.config(processors=["product-labeling"])
     body = ("Bug report 🐛 with émojis and right-to-left: שלום עולם مرحبا بالعالم. " * 3000)[:200_000]
-    issue = {"org": "my.org", "repo": "repo.js", "issue": {
-        "number": 7, "title": "Huge 🐛 body", "body": body, "state": "open", "labels": [{"name": "Bug"}],
-        "user": {"login": "someone"}, "comments": [], "created_at": "2024-01-01T00:00:00Z",
-        "updated_at": "2024-01-02T00:00:00Z"}, "metadata": {}}
+    issue = {
+        "org": "my.org",
+        "repo": "repo.js",
+        "issue": {
+            "number": 7,
+            "title": "Huge 🐛 body",
+            "body": body,
+            "state": "open",
+            "labels": [{"name": "Bug"}],
+            "user": {"login": "someone"},
+            "comments": [],
+            "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-02T00:00:00Z",
+        },
+        "metadata": {},
+    }
     (ws.issues / "my.org_repo.js_issue_7.json").write_text(json.dumps(issue, ensure_ascii=False), encoding="utf-8")
     ws.snakemake("--cores", "4", "results/all")
     result = json.loads((ws.root / "data" / "results" / "my.org_repo.js_issue_7_product-labeling.json").read_text())
@@ -196,6 +224,7 @@ def test_dotted_repo_and_huge_body_with_emoji_and_rtl_go_through(tmp_path):
     assert len(line["custom_id"]) <= 64 and "." not in line["custom_id"]
 
 
+@pytest.mark.workflow
 def test_wait_false_exits_with_batches_in_flight_and_a_later_run_finishes_them(small_workspace):
     ws = small_workspace
     cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
@@ -217,6 +246,7 @@ def test_wait_false_exits_with_batches_in_flight_and_a_later_run_finishes_them(s
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all", "--config", "wait=false").output
 
 
+@pytest.mark.workflow
 def test_process_killed_between_create_and_marker_resumes_without_second_batch(small_workspace):
     ws = small_workspace
     killed = ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_create"}, check=False)
@@ -230,6 +260,7 @@ def test_process_killed_between_create_and_marker_resumes_without_second_batch(s
     assert len(ws.results()) == 5
 
 
+@pytest.mark.workflow
 def test_enqueued_token_budget_keeps_one_batch_in_flight_at_a_time(small_workspace):
     ws = small_workspace
     cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
@@ -239,10 +270,11 @@ def test_enqueued_token_budget_keeps_one_batch_in_flight_at_a_time(small_workspa
     ws.snakemake("--cores", "4", "results/all")
     batches = sorted(ws.local_batches(), key=lambda b: b["created_at"])
     assert len(batches) == 3 and len(ws.results()) == 5
-    for earlier, later in zip(batches, batches[1:]):
+    for earlier, later in zip(batches, batches[1:], strict=False):
         assert later["created_at"] >= earlier["completed_at"]
 
 
+@pytest.mark.workflow
 def test_html_report_holds_the_run_summary(small_workspace):
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")
@@ -251,6 +283,7 @@ def test_html_report_holds_the_run_summary(small_workspace):
     assert "Run summary" in html and "summary.json" in html
 
 
+@pytest.mark.workflow
 def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path):
     """BATCHPIPE_WORKERS=2: downloads and collects run in spawned worker processes; =0: in the job's
     thread. Same results and manifests (batch ids apart: the provider makes them)."""
@@ -267,8 +300,11 @@ def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path
             doc.pop("batch_id")
             return doc
 
-        return ({p.name: strip(p) for p in ws.files("data/results/*.json")},
-                {p.name: strip(p) for p in ws.files("batch_results/*/*.results.json")}, logs)
+        return (
+            {p.name: strip(p) for p in ws.files("data/results/*.json")},
+            {p.name: strip(p) for p in ws.files("batch_results/*/*.results.json")},
+            logs,
+        )
 
     results, manifests, logs = run("workers", "2")
     assert len(results) == 24 and len(manifests) == 6

@@ -6,8 +6,10 @@ import shutil
 
 import yaml
 
-from batchpipe.batches import JobLog, write_requests
+from batchpipe.joblog import JobLog
+from batchpipe.submit import write_request_file
 from batchpipe.workflow import load_plan
+
 from conftest import make_workspace
 
 
@@ -21,12 +23,17 @@ def test_request_files_from_the_plans_rendering_equal_a_fresh_rendering(tmp_path
     log = JobLog(None, echo=False)
 
     plan = load_plan(config, root=ws.root, dryrun=True, verbose=False)  # cold: every issue file is read
-    members = {(name, path) for name, pp in plan.processors.items()
-               for chunk in pp.new.values() for _, _, paths in chunk.members for path in paths}
+    members = {
+        (name, path)
+        for name, pp in plan.processors.items()
+        for chunk in pp.new.values()
+        for member in chunk.members
+        for path in member.paths
+    }
     assert members and set(plan.rendered) == members  # only what new chunks send, all of it
     for name, pp in plan.processors.items():
         for chunk in pp.new:
-            write_requests(plan, name, chunk, log)
+            write_request_file(plan, name, chunk, log)
     assert plan.rendered == {}  # each taken once
     kept = request_files(ws.root)
     assert len(kept) == 2 * sum(len(pp.new) for pp in plan.processors.values())
@@ -37,5 +44,5 @@ def test_request_files_from_the_plans_rendering_equal_a_fresh_rendering(tmp_path
     for name, pp in again.processors.items():
         assert list(pp.new) == list(plan.processors[name].new)
         for chunk in pp.new:
-            write_requests(again, name, chunk, log)  # renders each issue from its file
+            write_request_file(again, name, chunk, log)  # renders each issue from its file
     assert request_files(ws.root) == kept

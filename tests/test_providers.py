@@ -1,8 +1,8 @@
 """The real providers through the official SDKs, against loopback HTTP servers (no mocks of the SDKs).
 
 Two servers: `Stub` below (a tiny stdlib server of both APIs with exact fault control: drop the
-connection before or after acting, answer any status), and `batchpipe.emulator.Emulator` (the
-project's full emulator over the batch engine) when it is importable.
+connection before or after acting, answer any status), and `batchpipe.service.emulator.Emulator` (the
+project's full emulator over the batch engine).
 """
 
 from __future__ import annotations
@@ -14,17 +14,23 @@ import logging
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from batchpipe.config import SDKConfig
+from batchpipe.errors import MissingKey, ProviderError, TokenLimitReached
 from batchpipe.files import sha256_hex
 from batchpipe.providers.anthropic_batches import AnthropicProvider
-from batchpipe.providers.base import MissingKey, ProviderError, TokenLimitReached, scrub_secrets
+from batchpipe.providers.base import BatchMatch
 from batchpipe.providers.openai_batches import OpenAIProvider
+from batchpipe.providers.sdk import scrub_secrets
+from batchpipe.service.emulator import Emulator
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 ANT_KEY = "sk-ant-test-SECRET-fedcba9876543210"
@@ -34,7 +40,7 @@ ANT_KEY = "sk-ant-test-SECRET-fedcba9876543210"
 
 
 def rfc3339(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Stub:
@@ -68,15 +74,18 @@ class Stub:
                 url = urlparse(self.path)
                 route = f"{self.command} {url.path}"
                 with stub.lock:
-                    stub.seen.append({"route": route, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    stub.seen.append(
+                        {"route": route, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                    )
                     fault = next((f for f in stub.faults if route.startswith(f["route"])), None)
                     if fault:
                         stub.faults.remove(fault)
                 if fault and fault.get("drop") == "before":
                     return self._drop()
                 if fault and "status" in fault:
-                    return self._send(fault["status"], fault.get("body") or {"error": {"message": "injected"}},
-                                      fault.get("headers"))
+                    return self._send(
+                        fault["status"], fault.get("body") or {"error": {"message": "injected"}}, fault.get("headers")
+                    )
                 status, answer, ctype = stub.route(self.command, url.path, parse_qs(url.query), body, self.headers)
                 if fault and fault.get("drop") == "after":
                     return self._drop()
@@ -173,18 +182,34 @@ class Stub:
         content = next(p.get_payload(decode=True) for p in msg.get_payload() if p.get_filename())
         file_id = f"file-{next(self.counter)}"
         self.files[file_id] = content
-        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": "in.jsonl", "purpose": "batch", "status": "processed"}
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": "in.jsonl",
+            "purpose": "batch",
+            "status": "processed",
+        }
 
     def _openai_create(self, req, created_at=None):
         lines = [json.loads(x) for x in self.files[req["input_file_id"]].splitlines() if x.strip()]
         batch_id = f"batch_{next(self.counter):04d}"
         self.openai[batch_id] = {
-            "id": batch_id, "object": "batch", "endpoint": req["endpoint"], "errors": None,
-            "input_file_id": req["input_file_id"], "completion_window": "24h", "status": "validating",
-            "output_file_id": None, "error_file_id": None, "created_at": int(created_at or time.time()),
-            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": req.get("metadata"),
-            "_requests": lines}
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": req["endpoint"],
+            "errors": None,
+            "input_file_id": req["input_file_id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(created_at or time.time()),
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": req.get("metadata"),
+            "_requests": lines,
+        }
         return self._public(self.openai[batch_id])
 
     def _openai_advance(self, batch):
@@ -196,45 +221,91 @@ class Stub:
             return
         ok = [r for r in batch["_requests"] if "bad" not in r["custom_id"]]
         bad = [r for r in batch["_requests"] if "bad" in r["custom_id"]]
-        out = [{"id": f"br_{r['custom_id']}", "custom_id": r["custom_id"], "error": None, "response": {
-            "status_code": 200, "request_id": "req_1", "body": chat_completion(r["body"]["model"], '{"answer": 1}')}}
-            for r in reversed(ok)]
-        err = [{"id": f"br_{r['custom_id']}", "custom_id": r["custom_id"], "response": {
-            "status_code": 400, "request_id": "req_2", "body": {"error": {"message": "bad request",
-                                                                        "type": "invalid_request_error"}}},
-                "error": None} for r in bad]
+        out = [
+            {
+                "id": f"br_{r['custom_id']}",
+                "custom_id": r["custom_id"],
+                "error": None,
+                "response": {
+                    "status_code": 200,
+                    "request_id": "req_1",
+                    "body": chat_completion(r["body"]["model"], '{"answer": 1}'),
+                },
+            }
+            for r in reversed(ok)
+        ]
+        err = [
+            {
+                "id": f"br_{r['custom_id']}",
+                "custom_id": r["custom_id"],
+                "response": {
+                    "status_code": 400,
+                    "request_id": "req_2",
+                    "body": {"error": {"message": "bad request", "type": "invalid_request_error"}},
+                },
+                "error": None,
+            }
+            for r in bad
+        ]
         for kind, rows in (("output_file_id", out), ("error_file_id", err)):
             if rows:
                 file_id = f"file-{next(self.counter)}"
                 self.files[file_id] = b"".join(json.dumps(x).encode() + b"\n" for x in rows)
                 batch[kind] = file_id
-        batch.update(status="completed", completed_at=int(time.time()),
-                     request_counts={"total": len(ok) + len(bad), "completed": len(ok), "failed": len(bad)})
+        batch.update(
+            status="completed",
+            completed_at=int(time.time()),
+            request_counts={"total": len(ok) + len(bad), "completed": len(ok), "failed": len(bad)},
+        )
 
     def _anthropic_create(self, req, created_at=None):
         batch_id = f"msgbatch_{next(self.counter):04d}"
         now = created_at or time.time()
         self.anthropic[batch_id] = {
-            "id": batch_id, "type": "message_batch", "processing_status": "in_progress",
-            "request_counts": {"processing": len(req["requests"]), "succeeded": 0, "errored": 0, "canceled": 0,
-                               "expired": 0},
-            "created_at": rfc3339(now), "expires_at": rfc3339(now + 86400), "ended_at": None,
-            "cancel_initiated_at": None, "archived_at": None, "results_url": None,
-            "_requests": req["requests"], "_results": [], "_created": now}
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": "in_progress",
+            "request_counts": {
+                "processing": len(req["requests"]),
+                "succeeded": 0,
+                "errored": 0,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": rfc3339(now),
+            "expires_at": rfc3339(now + 86400),
+            "ended_at": None,
+            "cancel_initiated_at": None,
+            "archived_at": None,
+            "results_url": None,
+            "_requests": req["requests"],
+            "_results": [],
+            "_created": now,
+        }
         return self._public(self.anthropic[batch_id])
 
     def _anthropic_advance(self, batch):
         self.retrieves[batch["id"]] = self.retrieves.get(batch["id"], 0) + 1
         if batch["processing_status"] == "ended" or (
-                batch["processing_status"] == "in_progress" and self.retrieves[batch["id"]] < 2):
+            batch["processing_status"] == "in_progress" and self.retrieves[batch["id"]] < 2
+        ):
             return
         canceling = batch["processing_status"] == "canceling"
         results, counts = [], {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         for r in reversed(batch["_requests"]):
             cid = r["custom_id"]
             if "bad" in cid:
-                kind, result = "errored", {"type": "errored", "error": {"type": "error", "error": {
-                    "type": "invalid_request_error", "message": "bad request"}, "request_id": "req_x"}}
+                kind, result = (
+                    "errored",
+                    {
+                        "type": "errored",
+                        "error": {
+                            "type": "error",
+                            "error": {"type": "invalid_request_error", "message": "bad request"},
+                            "request_id": "req_x",
+                        },
+                    },
+                )
             elif "late" in cid:
                 kind, result = "expired", {"type": "expired"}
             elif canceling:
@@ -243,8 +314,13 @@ class Stub:
                 kind, result = "succeeded", {"type": "succeeded", "message": message(r["params"]["model"], "ok")}
             counts[kind] += 1
             results.append({"custom_id": cid, "result": result})
-        batch.update(processing_status="ended", request_counts=counts, ended_at=rfc3339(time.time()),
-                     results_url=f"/v1/messages/batches/{batch['id']}/results", _results=results)
+        batch.update(
+            processing_status="ended",
+            request_counts=counts,
+            ended_at=rfc3339(time.time()),
+            results_url=f"/v1/messages/batches/{batch['id']}/results",
+            _results=results,
+        )
 
     @staticmethod
     def _public(batch):
@@ -254,24 +330,42 @@ class Stub:
         items = sorted(batches.values(), key=lambda b: (b.get("_created") or b["created_at"], b["id"]), reverse=True)
         if cursor in query:
             ids = [b["id"] for b in items]
-            items = items[ids.index(query[cursor][0]) + 1:]
+            items = items[ids.index(query[cursor][0]) + 1 :]
         limit = int(query.get("limit", ["20"])[0])
         page = [self._public(b) for b in items[:limit]]
-        return {"object": "list", "data": page, "has_more": len(items) > limit,
-                "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
+        return {
+            "object": "list",
+            "data": page,
+            "has_more": len(items) > limit,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+        }
 
 
 def chat_completion(model: str, text: str) -> dict:
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text, "refusal": None}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text, "refusal": None}}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
 
 
 def message(model: str, text: str) -> dict:
-    return {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 10, "output_tokens": 5}}
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -279,8 +373,16 @@ def message(model: str, text: str) -> dict:
 
 @pytest.fixture
 def keys(monkeypatch):
-    for name in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "OPENAI_LOG", "ANTHROPIC_LOG", "OPENAI_CUSTOM_HEADERS",
-                 "ANTHROPIC_CUSTOM_HEADERS", "OPENAI_ADMIN_KEY", "ANTHROPIC_AUTH_TOKEN"):
+    for name in (
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "OPENAI_LOG",
+        "ANTHROPIC_LOG",
+        "OPENAI_CUSTOM_HEADERS",
+        "ANTHROPIC_CUSTOM_HEADERS",
+        "OPENAI_ADMIN_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANT_KEY)
@@ -307,25 +409,55 @@ def anthropic_provider(base: str, **kw) -> AnthropicProvider:
 
 def openai_requests(tmp_path: Path, ids=("r1a1", "r2a1", "r3bada1"), model="gpt-4o-mini") -> Path:
     path = tmp_path / "chunk.jsonl"
-    path.write_bytes(b"".join(json.dumps({
-        "custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": f"hello {cid}"}],
-                 "max_completion_tokens": 50}}).encode() + b"\n" for cid in ids))
+    path.write_bytes(
+        b"".join(
+            json.dumps(
+                {
+                    "custom_id": cid,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": model,
+                        "messages": [{"role": "user", "content": f"hello {cid}"}],
+                        "max_completion_tokens": 50,
+                    },
+                }
+            ).encode()
+            + b"\n"
+            for cid in ids
+        )
+    )
     return path
 
 
 def anthropic_requests(tmp_path: Path, ids=("r1a1", "r2a1", "r3bada1"), name="chunk.jsonl") -> Path:
     path = tmp_path / name
-    path.write_bytes(b"".join(json.dumps({
-        "custom_id": cid, "params": {"model": "claude-haiku-4-5", "max_tokens": 50,
-                                     "messages": [{"role": "user", "content": f"hello {cid}"}]}}).encode() + b"\n"
-        for cid in ids))
+    path.write_bytes(
+        b"".join(
+            json.dumps(
+                {
+                    "custom_id": cid,
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 50,
+                        "messages": [{"role": "user", "content": f"hello {cid}"}],
+                    },
+                }
+            ).encode()
+            + b"\n"
+            for cid in ids
+        )
+    )
     return path
 
 
 def meta(path: Path) -> dict:
-    return {"batchpipe_chunk_hash": sha256_hex(path.read_bytes()), "batchpipe_chunk": path.stem,
-            "batchpipe_processor": "p", "project": "batchpipe"}
+    return {
+        "batchpipe_chunk_hash": sha256_hex(path.read_bytes()),
+        "batchpipe_chunk": path.stem,
+        "batchpipe_processor": "p",
+        "project": "batchpipe",
+    }
 
 
 def wait_ended(provider, batch_id: str, deadline: float = 15.0):
@@ -341,14 +473,20 @@ def wait_ended(provider, batch_id: str, deadline: float = 15.0):
 # --- keys -------------------------------------------------------------------------------------------
 
 
-class FakeSettings(dict):
-    root = Path(".")
+def sdk_settings(openai: dict | None = None, anthropic: dict | None = None) -> SimpleNamespace:
+    """What the SDK providers read of the settings."""
+
+    def conf(values: dict | None, key_env: str) -> SDKConfig:
+        values = values or {}
+        return SDKConfig(values.get("base_url"), values.get("api_key_env", key_env), float(values.get("timeout", 600)))
+
+    return SimpleNamespace(openai=conf(openai, "OPENAI_API_KEY"), anthropic=conf(anthropic, "ANTHROPIC_API_KEY"))
 
 
 @pytest.mark.parametrize("cls,var", [(OpenAIProvider, "OPENAI_API_KEY"), (AnthropicProvider, "ANTHROPIC_API_KEY")])
 def test_missing_key_is_one_line_naming_the_variable(monkeypatch, cls, var):
     monkeypatch.delenv(var, raising=False)
-    settings = FakeSettings(openai={}, anthropic={})
+    settings = sdk_settings()
     with pytest.raises(MissingKey) as info:
         cls.from_settings(settings)
     text = str(info.value)
@@ -376,7 +514,7 @@ def test_missing_key_stops_before_any_request(monkeypatch, stub, tmp_path):
 def test_key_variable_from_config(monkeypatch, stub, tmp_path):
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.setenv("MY_TEAM_KEY", "sk-team-1234567890")
-    settings = FakeSettings(openai={"base_url": stub.url + "/v1", "api_key_env": "MY_TEAM_KEY", "timeout": 5})
+    settings = sdk_settings(openai={"base_url": stub.url + "/v1", "api_key_env": "MY_TEAM_KEY", "timeout": 5})
     provider = OpenAIProvider.from_settings(settings)
     provider.check_ready(online=True)
     assert stub.seen[-1]["headers"]["authorization"] == "Bearer sk-team-1234567890"
@@ -388,14 +526,16 @@ def test_key_variable_from_config(monkeypatch, stub, tmp_path):
 def test_base_url_from_sdk_variables(monkeypatch, stub):
     monkeypatch.setenv("OPENAI_BASE_URL", stub.url + "/v1")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", stub.url)
-    OpenAIProvider.from_settings(FakeSettings(openai={})).check_ready(online=True)
-    AnthropicProvider.from_settings(FakeSettings(anthropic={})).check_ready(online=True)
+    OpenAIProvider.from_settings(sdk_settings()).check_ready(online=True)
+    AnthropicProvider.from_settings(sdk_settings()).check_ready(online=True)
     assert [s["route"] for s in stub.seen] == ["GET /v1/batches", "GET /v1/messages/batches"]
 
 
 def test_scrub_secrets():
-    text = scrub_secrets(f"Error: Incorrect API key provided: {KEY}.\nheaders: Authorization: Bearer {KEY} "
-                         f"x-api-key={ANT_KEY} other", [KEY])
+    text = scrub_secrets(
+        f"Error: Incorrect API key provided: {KEY}.\nheaders: Authorization: Bearer {KEY} x-api-key={ANT_KEY} other",
+        [KEY],
+    )
     assert KEY not in text and ANT_KEY not in text and "SECRET" not in text and "\n" not in text
 
 
@@ -404,19 +544,32 @@ def test_key_never_in_errors_or_logs(stub, tmp_path, caplog, which):
     """The server echoes the key back in an error; neither the exception nor the SDK's debug log shows it."""
     caplog.set_level(logging.DEBUG)
     key = KEY if which == "openai" else ANT_KEY
-    echo = {"error": {"message": f"Incorrect API key provided: {key}; you sent Bearer {key}",
-                      "type": "authentication_error"}}
+    echo = {
+        "error": {
+            "message": f"Incorrect API key provided: {key}; you sent Bearer {key}",
+            "type": "authentication_error",
+        }
+    }
     make = openai_provider if which == "openai" else anthropic_provider
     provider = make(stub.url)
     route = "POST /v1/batches" if which == "openai" else "POST /v1/messages/batches"
-    stub.faults += [{"route": "GET", "status": 401, "body": echo}, {"route": route, "status": 401, "body": echo},
-                    {"route": "GET", "status": 500, "body": echo}, {"route": "GET", "status": 500, "body": echo},
-                    {"route": "GET", "status": 500, "body": echo}]
+    stub.faults += [
+        {"route": "GET", "status": 401, "body": echo},
+        {"route": route, "status": 401, "body": echo},
+        {"route": "GET", "status": 500, "body": echo},
+        {"route": "GET", "status": 500, "body": echo},
+        {"route": "GET", "status": 500, "body": echo},
+    ]
     errors = []
-    for call in (lambda: provider.retrieve("batch_x"),
-                 lambda: provider.create(openai_requests(tmp_path) if which == "openai" else anthropic_requests(tmp_path),
-                                         "file-1", {"batchpipe_chunk_hash": "h"}),
-                 lambda: list(provider.list_batches())):
+    for call in (
+        lambda: provider.retrieve("batch_x"),
+        lambda: provider.create(
+            openai_requests(tmp_path) if which == "openai" else anthropic_requests(tmp_path),
+            "file-1",
+            {"batchpipe_chunk_hash": "h"},
+        ),
+        lambda: list(provider.list_batches()),
+    ):
         with pytest.raises(ProviderError) as info:
             call()
         errors.append(info.value)
@@ -469,8 +622,14 @@ def test_openai_list_paginates(stub, tmp_path):
     request_file = openai_requests(tmp_path)
     file_id = provider.upload(request_file)
     for i in range(130):
-        stub._openai_create({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                             "metadata": {"batchpipe_chunk_hash": f"h{i}"}}, created_at=time.time() - 1000 + i)
+        stub._openai_create(
+            {
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "metadata": {"batchpipe_chunk_hash": f"h{i}"},
+            },
+            created_at=time.time() - 1000 + i,
+        )
     assert len(list(provider.list_batches())) == 130
     assert stub.posts("GET /v1/batches") == 2
 
@@ -490,8 +649,11 @@ def test_openai_create_storm_then_success(stub, tmp_path):
     provider = openai_provider(stub.url)
     request_file = openai_requests(tmp_path)
     file_id = provider.upload(request_file)
-    stub.faults += [{"route": "POST /v1/batches", "status": 500}, {"route": "POST /v1/batches", "status": 429},
-                    {"route": "POST /v1/batches", "status": 503}]
+    stub.faults += [
+        {"route": "POST /v1/batches", "status": 500},
+        {"route": "POST /v1/batches", "status": 429},
+        {"route": "POST /v1/batches", "status": 503},
+    ]
     status = provider.create(request_file, file_id, meta(request_file))
     assert len(stub.openai) == 1 and stub.posts("POST /v1/batches") == 4 and status.batch_id in stub.openai
     assert stub.posts("GET /v1/batches") == 3  # looked for the batch after each failure
@@ -510,8 +672,13 @@ def test_openai_create_gives_up_without_a_batch(stub, tmp_path):
 def test_openai_create_rejected_is_not_retried(stub, tmp_path):
     provider = openai_provider(stub.url)
     request_file = openai_requests(tmp_path)
-    stub.faults.append({"route": "POST /v1/batches", "status": 400,
-                        "body": {"error": {"message": "endpoint is invalid", "type": "invalid_request_error"}}})
+    stub.faults.append(
+        {
+            "route": "POST /v1/batches",
+            "status": 400,
+            "body": {"error": {"message": "endpoint is invalid", "type": "invalid_request_error"}},
+        }
+    )
     with pytest.raises(ProviderError, match="HTTP 400: endpoint is invalid") as info:
         provider.create(request_file, provider.upload(request_file), meta(request_file))
     assert not isinstance(info.value, TokenLimitReached)
@@ -522,9 +689,20 @@ def test_openai_create_rejected_is_not_retried(stub, tmp_path):
 def test_openai_token_limit_on_create(stub, tmp_path, status):
     provider = openai_provider(stub.url)
     request_file = openai_requests(tmp_path)
-    stub.faults.append({"route": "POST /v1/batches", "status": status, "body": {"error": {
-        "message": "Enqueued token limit reached for gpt-4o-mini in organization org-x. Limit: 90,000 enqueued tokens.",
-        "type": "invalid_request_error", "code": "token_limit_exceeded"}}})
+    stub.faults.append(
+        {
+            "route": "POST /v1/batches",
+            "status": status,
+            "body": {
+                "error": {
+                    "message": "Enqueued token limit reached for gpt-4o-mini in organization org-x. "
+                    "Limit: 90,000 enqueued tokens.",
+                    "type": "invalid_request_error",
+                    "code": "token_limit_exceeded",
+                }
+            },
+        }
+    )
     with pytest.raises(TokenLimitReached, match="Enqueued token limit"):
         provider.create(request_file, provider.upload(request_file), meta(request_file))
     assert stub.posts("POST /v1/batches") == 1 and stub.openai == {}
@@ -535,30 +713,62 @@ def test_openai_find_batch(stub, tmp_path):
     request_file = openai_requests(tmp_path)
     file_id = provider.upload(request_file)
     now = time.time()
-    old = stub._openai_create({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                               "metadata": {"batchpipe_chunk_hash": "H"}}, created_at=now - 5000)
+    old = stub._openai_create(
+        {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "metadata": {"batchpipe_chunk_hash": "H"}},
+        created_at=now - 5000,
+    )
     for i in range(250):
-        stub._openai_create({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                             "metadata": {"batchpipe_chunk_hash": f"x{i}"}}, created_at=now - 3000 + i)
-    mine = stub._openai_create({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                "metadata": {"batchpipe_chunk_hash": "H"}}, created_at=now + 1)
-    assert provider.find_batch("H", {"created_after": now}).batch_id == mine["id"]
+        stub._openai_create(
+            {
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "metadata": {"batchpipe_chunk_hash": f"x{i}"},
+            },
+            created_at=now - 3000 + i,
+        )
+    mine = stub._openai_create(
+        {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "metadata": {"batchpipe_chunk_hash": "H"}},
+        created_at=now + 1,
+    )
+    assert provider.find_batch(BatchMatch("H", created_after=now)).batch_id == mine["id"]
     assert stub.posts("GET /v1/batches") == 1
-    assert provider.find_batch("nope", {"created_after": now}) is None
+    assert provider.find_batch(BatchMatch("nope", created_after=now)) is None
     assert stub.posts("GET /v1/batches") == 2  # stopped at the old batches, did not page through all
-    assert provider.find_batch("H", {"created_after": now - 5000}).batch_id == old["id"]  # oldest of two
+    assert provider.find_batch(BatchMatch("H", created_after=now - 5000)).batch_id == old["id"]  # oldest of two
+    claimed = frozenset({old["id"]})  # another chunk's ledger owns it: never this chunk's
+    assert provider.find_batch(BatchMatch("H", created_after=now - 5000, claimed=claimed)).batch_id == mine["id"]
 
 
 def test_openai_failed_batch_status():
-    from batchpipe.providers.openai_batches import _status
     from openai.types import Batch
 
-    batch = Batch.model_validate({
-        "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": "file-1",
-        "completion_window": "24h", "status": "failed", "created_at": 100, "failed_at": 160,
-        "errors": {"object": "list", "data": [{"code": "token_limit_exceeded", "message": "Enqueued token limit "
-                                                "reached for gpt-4o-mini", "param": None, "line": None}]},
-        "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": None})
+    from batchpipe.providers.openai_batches import _status
+
+    batch = Batch.model_validate(
+        {
+            "id": "batch_1",
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-1",
+            "completion_window": "24h",
+            "status": "failed",
+            "created_at": 100,
+            "failed_at": 160,
+            "errors": {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "token_limit_exceeded",
+                        "message": "Enqueued token limit reached for gpt-4o-mini",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            },
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": None,
+        }
+    )
     status = _status(batch)
     assert status.ended and status.status == "failed" and status.ended_at == 160
     assert status.errors[0]["code"] == "token_limit_exceeded" and status.metadata == {}
@@ -566,18 +776,26 @@ def test_openai_failed_batch_status():
 
 def test_openai_realtime(stub):
     provider = openai_provider(stub.url)
-    line = {"custom_id": "r1a1", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
-                     "max_completion_tokens": 20}}
+    line = {
+        "custom_id": "r1a1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 20},
+    }
     out = provider.complete(line)
     assert out["custom_id"] == "r1a1" and out["response"]["status_code"] == 200
-    outcome, = provider.parse_results(json.dumps(out).encode(), b"")
+    (outcome,) = provider.parse_results(json.dumps(out).encode(), b"")
     assert outcome.ok and outcome.text == "realtime answer" and outcome.usage["input_tokens"] == 10
-    stub.faults.append({"route": "POST /v1/chat/completions", "status": 400, "body": {"error": {
-        "message": "max_completion_tokens is too large", "type": "invalid_request_error"}}})
+    stub.faults.append(
+        {
+            "route": "POST /v1/chat/completions",
+            "status": 400,
+            "body": {"error": {"message": "max_completion_tokens is too large", "type": "invalid_request_error"}},
+        }
+    )
     err = provider.complete(line)
     assert err["response"]["status_code"] == 400
-    outcome, = provider.parse_results(b"", json.dumps(err).encode())
+    (outcome,) = provider.parse_results(b"", json.dumps(err).encode())
     assert not outcome.ok and not outcome.retryable and "too large" in outcome.error_message
     # a body key the SDK method does not name still reaches the API (as extra_body)
     provider.complete({**line, "body": {**line["body"], "x_vendor_option": {"a": 1}}})
@@ -640,12 +858,26 @@ def test_anthropic_create_dropped_connection_makes_one_batch(stub, tmp_path, dro
 def test_anthropic_create_storm_and_token_limit(stub, tmp_path):
     provider = anthropic_provider(stub.url)
     request_file = anthropic_requests(tmp_path)
-    stub.faults += [{"route": "POST /v1/messages/batches", "status": 529, "body": {"type": "error", "error": {
-        "type": "overloaded_error", "message": "Overloaded"}}}, {"route": "POST /v1/messages/batches", "status": 500}]
+    stub.faults += [
+        {
+            "route": "POST /v1/messages/batches",
+            "status": 529,
+            "body": {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        },
+        {"route": "POST /v1/messages/batches", "status": 500},
+    ]
     status = provider.create(request_file, None, meta(request_file))
     assert list(stub.anthropic) == [status.batch_id]
-    stub.faults.append({"route": "POST /v1/messages/batches", "status": 429, "body": {"type": "error", "error": {
-        "type": "rate_limit_error", "message": "Enqueued token limit reached for claude-haiku-4-5"}}})
+    stub.faults.append(
+        {
+            "route": "POST /v1/messages/batches",
+            "status": 429,
+            "body": {
+                "type": "error",
+                "error": {"type": "rate_limit_error", "message": "Enqueued token limit reached for claude-haiku-4-5"},
+            },
+        }
+    )
     with pytest.raises(TokenLimitReached):
         provider.create(anthropic_requests(tmp_path, name="other.jsonl"), None, {})
     assert len(stub.anthropic) == 1
@@ -657,63 +889,62 @@ def test_anthropic_find_batch(stub, tmp_path):
     ids = ["x1", "x2", "x3"]
     reqs = [{"custom_id": c, "params": {"model": "m", "max_tokens": 5, "messages": []}} for c in ids]
     other = [{"custom_id": c, "params": {"model": "m", "max_tokens": 5, "messages": []}} for c in ("o1", "o2", "o3")]
-    intent = {"created_after": now, "request_count": 3, "custom_ids": ids}
-    assert provider.find_batch("H", intent) is None
+    intent = BatchMatch("H", created_after=now, request_count=3, custom_ids=frozenset(ids))
+    assert provider.find_batch(intent) is None
     stub._anthropic_create({"requests": reqs}, created_at=now - 1000)  # too old
     stub._anthropic_create({"requests": reqs[:2]}, created_at=now + 2)  # wrong count
-    assert provider.find_batch("H", intent) is None
+    assert provider.find_batch(intent) is None
     first = stub._anthropic_create({"requests": other}, created_at=now + 3)
     # a single running candidate cannot be verified yet, so it is accepted
-    assert provider.find_batch("H", intent).batch_id == first["id"]
+    assert provider.find_batch(intent).batch_id == first["id"]
     second = stub._anthropic_create({"requests": reqs}, created_at=now + 4)
     with pytest.raises(ProviderError, match="cannot tell"):
-        provider.find_batch("H", intent)  # two running candidates
+        provider.find_batch(intent)  # two running candidates
     wait_ended(provider, first["id"])
-    assert provider.find_batch("H", intent).batch_id == second["id"]  # the ended one holds other ids
+    assert provider.find_batch(intent).batch_id == second["id"]  # the ended one holds other ids
     wait_ended(provider, second["id"])
-    assert provider.find_batch("H", intent).batch_id == second["id"]  # verified by its results
-    assert provider.find_batch("H", {**intent, "custom_ids": ["z1", "z2", "z3"]}) is None
+    assert provider.find_batch(intent).batch_id == second["id"]  # verified by its results
+    assert provider.find_batch(replace(intent, custom_ids=frozenset({"z1", "z2", "z3"}))) is None
     # without custom_ids: only a single candidate is accepted
     with pytest.raises(ProviderError, match="cannot tell"):
-        provider.find_batch("H", {"created_after": now, "request_count": 3})
+        provider.find_batch(BatchMatch("H", created_after=now, request_count=3))
 
 
-def test_anthropic_find_batch_uses_the_ledger(stub, tmp_path):
-    """Batches the ledger gives to other chunks are not candidates; the chunk's ids come from its request file."""
-    settings = FakeSettings(batches_dir="batch_results", anthropic={})
-    settings.root = tmp_path
-    settings.path = lambda key: tmp_path / settings[key]
-    ledger = tmp_path / "batch_results" / "ledger"
-    ledger.mkdir(parents=True)
-    mine = anthropic_requests(tmp_path, ids=("m1", "m2"), name="mine.jsonl")
-    provider = anthropic_provider(stub.url, settings=settings)
+def test_anthropic_find_batch_skips_batches_other_chunks_claim(stub, tmp_path):
+    """Batches another chunk's ledger owns (handed over as `claimed`) are never candidates."""
+    provider = anthropic_provider(stub.url)
     now = time.time()
-    theirs = stub._anthropic_create({"requests": [{"custom_id": c, "params": {}} for c in ("t1", "t2")]},
-                                    created_at=now + 1)
-    ours = stub._anthropic_create({"requests": [{"custom_id": c, "params": {}} for c in ("m1", "m2")]},
-                                  created_at=now + 2)
-    (ledger / "other.jsonl").write_text(
-        json.dumps({"event": "prepared", "chunk": "other", "content_hash": "T"}) + "\n"
-        + json.dumps({"event": "created", "chunk": "other", "batch_id": theirs["id"]}) + "\n{\"cut short")
-    content_hash = sha256_hex(mine.read_bytes())
-    (ledger / "mine.jsonl").write_text(json.dumps({"event": "prepared", "chunk": "mine", "content_hash": content_hash,
-                                                   "request_file": "mine.jsonl"}) + "\n")
-    assert provider._custom_ids(content_hash, {}) == {"m1", "m2"}
-    assert provider.find_batch(content_hash, {"created_after": now, "request_count": 2}).batch_id == ours["id"]
+    theirs = stub._anthropic_create(
+        {"requests": [{"custom_id": c, "params": {}} for c in ("t1", "t2")]}, created_at=now + 1
+    )
+    ours = stub._anthropic_create(
+        {"requests": [{"custom_id": c, "params": {}} for c in ("m1", "m2")]}, created_at=now + 2
+    )
+    match = BatchMatch("H", created_after=now, request_count=2)
+    with pytest.raises(ProviderError, match="cannot tell"):
+        provider.find_batch(match)  # two running candidates of the same size
+    assert provider.find_batch(replace(match, claimed=frozenset({theirs["id"]}))).batch_id == ours["id"]
 
 
 def test_anthropic_realtime(stub):
     provider = anthropic_provider(stub.url)
-    line = {"custom_id": "r1a1", "params": {"model": "claude-haiku-4-5", "max_tokens": 20,
-                                            "messages": [{"role": "user", "content": "hi"}]}}
+    line = {
+        "custom_id": "r1a1",
+        "params": {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]},
+    }
     out = provider.complete(line)
-    outcome, = provider.parse_results(json.dumps(out).encode(), b"")
+    (outcome,) = provider.parse_results(json.dumps(out).encode(), b"")
     assert out["result"]["type"] == "succeeded" and outcome.ok and outcome.text == "realtime answer"
-    stub.faults += [{"route": "POST /v1/messages", "status": 529, "body": {"type": "error", "error": {
-        "type": "overloaded_error", "message": "Overloaded"}}}]
+    stub.faults += [
+        {
+            "route": "POST /v1/messages",
+            "status": 529,
+            "body": {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        }
+    ]
     err = provider.complete(line)  # no SDK retries: the realtime runner retries with its own backoff
     assert err.pop("retry_after") == 0.005 and stub.posts("POST /v1/messages") == 2
-    outcome, = provider.parse_results(b"", json.dumps(err).encode())
+    (outcome,) = provider.parse_results(b"", json.dumps(err).encode())
     assert err["result"]["type"] == "errored" and outcome.error_type == "overloaded_error" and outcome.retryable
 
 
@@ -724,8 +955,7 @@ FAST = {"validating": 0.02, "in_progress": 0.05, "finalizing": 0.02}
 
 @pytest.fixture
 def emu(keys, tmp_path):
-    emulator = pytest.importorskip("batchpipe.emulator")
-    with emulator.Emulator(tmp_path / "emu", timing=FAST) as server:
+    with Emulator(tmp_path / "emu", timing=FAST) as server:
         yield server
 
 
@@ -742,16 +972,18 @@ FIVE = ("r1a1", "r2a1", "r3a1", "r4a1", "r5a1")
 
 @pytest.mark.parametrize("scenario", ["completed", "failed", "expired", "cancelled"])
 def test_emulator_openai_end_states(emu, tmp_path, scenario):
-    from batchpipe.batches import batch_errors_as_lines
+    from batchpipe.download import batch_errors_as_lines
 
     provider = openai_provider(emu.base_url)
     request_file = openai_requests(tmp_path, ids=FIVE)
-    emu.set_faults({
-        "completed": {"requests": [{"match": "r3a1", "kind": "error", "status": 400}]},
-        "failed": {"batch": {"fail": "token_limit_exceeded", "limit": 1000, "times": 1}},
-        "expired": {"batch": {"expire_after_requests": 2}},
-        "cancelled": {},
-    }[scenario])
+    emu.set_faults(
+        {
+            "completed": {"requests": [{"match": "r3a1", "kind": "error", "status": 400}]},
+            "failed": {"batch": {"fail": "token_limit_exceeded", "limit": 1000, "times": 1}},
+            "expired": {"batch": {"expire_after_requests": 2}},
+            "cancelled": {},
+        }[scenario]
+    )
     if scenario == "cancelled":
         emu.set_timing({"validating": 0.02, "in_progress": 30, "finalizing": 0.02})
     created = provider.create(request_file, provider.upload(request_file), meta(request_file))
@@ -763,7 +995,7 @@ def test_emulator_openai_end_states(emu, tmp_path, scenario):
     if scenario == "failed":
         assert (output, errors) == (b"", b"") and status.errors[0]["code"] == "token_limit_exceeded"
         assert "Enqueued token limit" in status.errors[0]["message"]
-        errors = batch_errors_as_lines(status, {"requests": {cid: {} for cid in FIVE}})
+        errors = batch_errors_as_lines(status, {cid: {} for cid in FIVE})
     outcomes = {o.custom_id: o for o in provider.parse_results(output, errors)}
     assert set(outcomes) == set(FIVE)  # every request answered exactly once, whatever the order
     ok = sorted(c for c, o in outcomes.items() if o.ok)
@@ -785,9 +1017,15 @@ def test_emulator_anthropic_end_states(emu, tmp_path, scenario):
     provider = anthropic_provider(emu.base_url)
     request_file = anthropic_requests(tmp_path, ids=FIVE)
     if scenario == "ended":
-        emu.set_faults({"requests": [{"match": "r3a1", "kind": "error", "status": 400},
-                                     {"match": "r4a1", "kind": "error", "status": 529}],
-                        "batch": {"expire_after_requests": 4}})
+        emu.set_faults(
+            {
+                "requests": [
+                    {"match": "r3a1", "kind": "error", "status": 400},
+                    {"match": "r4a1", "kind": "error", "status": 529},
+                ],
+                "batch": {"expire_after_requests": 4},
+            }
+        )
     else:
         emu.set_timing({"validating": 0.02, "in_progress": 30, "finalizing": 0.02})
     created = provider.create(request_file, None, meta(request_file))
@@ -820,8 +1058,19 @@ def test_emulator_token_limit_on_create(emu, tmp_path):
     assert emu_batches(emu, "anthropic") == [] and len(seen(emu, "POST", "/v1/messages/batches")) == 1
     assert provider.create(request_file, None, meta(request_file)).status == "in_progress"  # later: accepted
     openai = openai_provider(emu.base_url)
-    emu.set_faults({"http": [{"method": "POST", "path": "/v1/batches", "status": 429, "retry_after": 0.01,
-                              "message": "Enqueued token limit reached for gpt-4o-mini. Limit: 90000 enqueued tokens."}]})
+    emu.set_faults(
+        {
+            "http": [
+                {
+                    "method": "POST",
+                    "path": "/v1/batches",
+                    "status": 429,
+                    "retry_after": 0.01,
+                    "message": "Enqueued token limit reached for gpt-4o-mini. Limit: 90000 enqueued tokens.",
+                }
+            ]
+        }
+    )
     request_file = openai_requests(tmp_path)
     with pytest.raises(TokenLimitReached):
         openai.create(request_file, openai.upload(request_file), meta(request_file))
@@ -848,11 +1097,22 @@ def test_emulator_create_dropped_connection_makes_one_batch(emu, tmp_path, which
 
 def test_emulator_openai_storms(emu, tmp_path):
     """429/500 on every kind of call: reads are retried by the SDK, the create by `create_once`; one batch."""
-    storm = lambda method, path, status, times: {"method": method, "path": path, "status": status,  # noqa: E731
-                                                  "times": times, "retry_after": 0.01}
-    emu.set_faults({"http": [storm("POST", "/v1/files", 500, 2), storm("POST", "/v1/batches", 500, 2),
-                             storm("POST", "/v1/batches", 429, 1), storm("GET", "/v1/batches/*", 429, 2),
-                             storm("GET", "/v1/batches", 503, 2), storm("GET", "/v1/files/*/content", 500, 2)]})
+
+    def storm(method: str, path: str, status: int, times: int) -> dict:
+        return {"method": method, "path": path, "status": status, "times": times, "retry_after": 0.01}
+
+    emu.set_faults(
+        {
+            "http": [
+                storm("POST", "/v1/files", 500, 2),
+                storm("POST", "/v1/batches", 500, 2),
+                storm("POST", "/v1/batches", 429, 1),
+                storm("GET", "/v1/batches/*", 429, 2),
+                storm("GET", "/v1/batches", 503, 2),
+                storm("GET", "/v1/files/*/content", 500, 2),
+            ]
+        }
+    )
     provider = openai_provider(emu.base_url, read_retries=3)
     request_file = openai_requests(tmp_path)
     status = provider.create(request_file, provider.upload(request_file), meta(request_file))
@@ -864,11 +1124,15 @@ def test_emulator_openai_storms(emu, tmp_path):
 
 
 def test_emulator_anthropic_storms_and_late_visibility(emu, tmp_path):
-    emu.set_faults({"http": [{"method": "POST", "path": "/v1/messages/batches", "status": 500, "times": 2,
-                              "retry_after": 0.01},
-                             {"method": "GET", "path": "/v1/messages/batches", "status": 429, "times": 1,
-                              "retry_after": 0.01}],
-                    "not_found_after_create": {"gets": 2, "api": "anthropic"}})
+    emu.set_faults(
+        {
+            "http": [
+                {"method": "POST", "path": "/v1/messages/batches", "status": 500, "times": 2, "retry_after": 0.01},
+                {"method": "GET", "path": "/v1/messages/batches", "status": 429, "times": 1, "retry_after": 0.01},
+            ],
+            "not_found_after_create": {"gets": 2, "api": "anthropic"},
+        }
+    )
     provider = anthropic_provider(emu.base_url)
     request_file = anthropic_requests(tmp_path)
     status = provider.create(request_file, None, meta(request_file))
@@ -892,18 +1156,18 @@ def test_emulator_find_batch_adopts_after_a_crash(emu, tmp_path, which):
     other = first.create(other_file, first.upload(other_file), meta(other_file))  # same size, another chunk
     fresh = openai_provider(emu.base_url) if which == "openai" else anthropic_provider(emu.base_url)
     content_hash = sha256_hex(request_file.read_bytes())
-    intent = {"created_after": started, "request_count": 2}
+    intent = BatchMatch(content_hash, created_after=started, request_count=2)
     if which == "openai":
-        assert fresh.find_batch(content_hash, intent).batch_id == mine.batch_id
-        assert fresh.find_batch("0" * 64, intent) is None
+        assert fresh.find_batch(intent).batch_id == mine.batch_id
+        assert fresh.find_batch(replace(intent, content_hash="0" * 64)) is None
     else:
         with pytest.raises(ProviderError, match="cannot tell"):
-            fresh.find_batch(content_hash, intent)  # two running batches of two requests, no ids to check
+            fresh.find_batch(intent)  # two running batches of two requests, no ids to check
         wait_ended(fresh, mine.batch_id)
         wait_ended(fresh, other.batch_id)
-        intent["custom_ids"] = ["c1a1", "c2a1"]
-        assert fresh.find_batch(content_hash, intent).batch_id == mine.batch_id  # verified by its results
-        assert fresh.find_batch(content_hash, {**intent, "created_after": started + 3600}) is None
+        intent = replace(intent, custom_ids=frozenset({"c1a1", "c2a1"}))
+        assert fresh.find_batch(intent).batch_id == mine.batch_id  # verified by its results
+        assert fresh.find_batch(replace(intent, created_after=started + 3600)) is None
 
 
 @pytest.mark.parametrize("which", ["openai", "anthropic"])
@@ -918,8 +1182,14 @@ def test_emulator_key_never_leaks(emu, tmp_path, caplog, which):
     status = provider.create(request_file, provider.upload(request_file), meta(request_file))
     status = wait_ended(provider, status.batch_id)
     provider.download(status)
-    emu.set_faults({"http": [{"method": "*", "path": path + "*", "status": 401, "message": "Invalid key"},
-                             {"method": "POST", "path": path, "status": 400, "message": "Invalid body"}]})
+    emu.set_faults(
+        {
+            "http": [
+                {"method": "*", "path": path + "*", "status": 401, "message": "Invalid key"},
+                {"method": "POST", "path": path, "status": 400, "message": "Invalid body"},
+            ]
+        }
+    )
     texts = []
     for call in (lambda: provider.retrieve(status.batch_id), lambda: list(provider.list_batches())):
         with pytest.raises(ProviderError) as info:
@@ -944,12 +1214,17 @@ class CrashAfterCreate(BaseException):
 
 @pytest.mark.parametrize("which", ["openai", "anthropic"])
 def test_emulator_pipeline_functions_and_crash_recovery(emu, tmp_path, which):
-    """write_requests -> submit_chunk (crash after create, then a rerun adopts the batch) -> download -> collect."""
-    from batchpipe.batches import JobLog, Waiter, download_chunk, read_ledger, submit_chunk, write_requests
-    from batchpipe.chunks import Layout, build_plan
+    """write_request_file -> submit_batch (crash after create, then a rerun adopts the batch) -> download -> collect."""
+    from batchpipe.collect import collect_chunk
     from batchpipe.config import load_settings_file
+    from batchpipe.download import Waiter, download_chunk
+    from batchpipe.joblog import JobLog
+    from batchpipe.layout import Layout
+    from batchpipe.ledger import read_events
+    from batchpipe.plan import build_plan
     from batchpipe.providers import make_provider
-    from batchpipe.results import collect_chunk
+    from batchpipe.submit import submit_batch, write_request_file
+
     from conftest import REPO, make_workspace
 
     ws = make_workspace(tmp_path / "ws", sorted((REPO / "data" / "issues").glob("*.json"))[:4])
@@ -959,7 +1234,7 @@ def test_emulator_pipeline_functions_and_crash_recovery(emu, tmp_path, which):
     plan = build_plan(settings)
     (chunk,) = plan.processors["product-labeling"].new
     log = JobLog(tmp_path / "job.log", echo=False)
-    write_requests(plan, "product-labeling", chunk, log)
+    write_request_file(plan, "product-labeling", chunk, log)
 
     crashing = make_provider(settings)
     real_create = crashing.create
@@ -970,19 +1245,19 @@ def test_emulator_pipeline_functions_and_crash_recovery(emu, tmp_path, which):
 
     crashing.create = create_then_die
     with pytest.raises(CrashAfterCreate):
-        submit_chunk(settings, crashing, "product-labeling", chunk, log)
+        submit_batch(settings, crashing, "product-labeling", chunk, log)
     layout = Layout(settings)
-    assert [e["event"] for e in read_ledger(layout, chunk)][-1] == "create_intent"
+    assert read_events(layout, chunk)[-1].kind == "create_intent"
     (made,) = emu_batches(emu, which)
 
     provider = make_provider(settings)  # the rerun: a fresh process
-    submit_chunk(settings, provider, "product-labeling", chunk, log)
+    submit_batch(settings, provider, "product-labeling", chunk, log)
     assert [b.id for b in emu_batches(emu, which)] == [made.id]  # adopted, not made again
     marker = json.loads(layout.marker("product-labeling", chunk).read_text())
     assert marker["batch_id"] == made.id and marker["adopted"] is True
     waiter = Waiter(provider, 0.02, 0.1, log)
     download_chunk(settings, provider, "product-labeling", chunk, log, waiter=waiter)
-    manifest = collect_chunk(build_plan(settings), provider, "product-labeling", chunk, log)
+    manifest = collect_chunk(build_plan(settings), "product-labeling", chunk, log)
     results = ws.results()
     assert len(results) == 4, (manifest, results)
     assert KEY not in (tmp_path / "job.log").read_text() and ANT_KEY not in (tmp_path / "job.log").read_text()
@@ -990,14 +1265,20 @@ def test_emulator_pipeline_functions_and_crash_recovery(emu, tmp_path, which):
 
 def test_emulator_realtime(emu):
     openai = openai_provider(emu.base_url)
-    line = {"custom_id": "r1a1", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 50}}
-    outcome, = openai.parse_results(json.dumps(openai.complete(line)).encode(), b"")
+    line = {
+        "custom_id": "r1a1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 50},
+    }
+    (outcome,) = openai.parse_results(json.dumps(openai.complete(line)).encode(), b"")
     assert outcome.ok and outcome.text
     anthropic = anthropic_provider(emu.base_url)
-    line = {"custom_id": "r1a1", "params": {"model": "claude-haiku-4-5", "max_tokens": 50,
-                                            "messages": [{"role": "user", "content": "hi"}]}}
-    outcome, = anthropic.parse_results(json.dumps(anthropic.complete(line)).encode(), b"")
+    line = {
+        "custom_id": "r1a1",
+        "params": {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
+    }
+    (outcome,) = anthropic.parse_results(json.dumps(anthropic.complete(line)).encode(), b"")
     assert outcome.ok and outcome.text
     emu.set_faults({"http": [{"method": "POST", "path": "/v1/messages", "status": 429, "retry_after": 0.25}]})
     answer = anthropic.complete(line)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from batchpipe.emulator import Emulator
+from batchpipe.service.emulator import Emulator
 
 PROVIDERS = ["openai", "anthropic"]
 CREATE_PATH = {"openai": "/v1/batches", "anthropic": "/v1/messages/batches"}
@@ -26,19 +26,32 @@ def env_for(provider: str, emu: Emulator) -> dict:
 
 def creates(emu: Emulator, provider: str) -> list[dict]:
     """Batch creates the emulator answered (a dropped answer still counts when it made a batch)."""
-    return [r for r in emu.requests_seen()
-            if r["method"] == "POST" and r["path"] == CREATE_PATH[provider] and r.get("batch_id")]
+    return [
+        r
+        for r in emu.requests_seen()
+        if r["method"] == "POST" and r["path"] == CREATE_PATH[provider] and r.get("batch_id")
+    ]
 
 
 def run(ws, provider, emu, *extra, check=True, env=None):
-    return ws.snakemake("--cores", "4", "results/all", "--config", f"provider={provider}", "poll_interval=0.05",
-                        *extra, env={**env_for(provider, emu), **(env or {})}, check=check)
+    return ws.snakemake(
+        "--cores",
+        "4",
+        "results/all",
+        "--config",
+        f"provider={provider}",
+        "poll_interval=0.05",
+        *extra,
+        env={**env_for(provider, emu), **(env or {})},
+        check=check,
+    )
 
 
 def first_title(ws) -> str:
     return json.loads(ws.files("data/issues/*.json")[0].read_text())["issue"]["title"]
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_happy_path_one_batch_and_a_valid_result_per_issue(small_workspace, emulator, provider):
     run(small_workspace, provider, emulator)
@@ -52,6 +65,7 @@ def test_happy_path_one_batch_and_a_valid_result_per_issue(small_workspace, emul
             assert b"secret-key" not in path.read_bytes(), path
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("step", ["before_upload", "after_upload", "after_create", "before_marker"])
 def test_killed_at_each_step_of_submission_leaves_one_batch(small_workspace, emulator, provider, step):
@@ -64,15 +78,25 @@ def test_killed_at_each_step_of_submission_leaves_one_batch(small_workspace, emu
     assert len(ws.results()) == 5
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_retryable_error_resends_only_that_request_and_permanent_error_is_reported(small_workspace, emulator, provider):
     ws = small_workspace
     titles = [json.loads(p.read_text())["issue"]["title"] for p in ws.files("data/issues/*.json")]
     permanent = {"match": titles[1], "kind": "error", "status": 400, "type": "invalid_request_error"}
-    emulator.set_faults({"requests": [
-        {"match": titles[0], "kind": "error", "status": 500, "type": "server_error" if provider == "openai" else "api_error"},
-        permanent,
-    ]})
+    emulator.set_faults(
+        {
+            "requests": [
+                {
+                    "match": titles[0],
+                    "kind": "error",
+                    "status": 500,
+                    "type": "server_error" if provider == "openai" else "api_error",
+                },
+                permanent,
+            ]
+        }
+    )
     run(ws, provider, emulator)
     assert len(ws.results()) == 3
     emulator.set_faults({"requests": [permanent]})  # the server error has passed
@@ -89,6 +113,7 @@ def test_retryable_error_resends_only_that_request_and_permanent_error_is_report
     assert len(creates(emulator, provider)) == 2
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_expired_batch_keeps_partial_results_and_resends_only_the_rest(small_workspace, emulator, provider):
     ws = small_workspace
@@ -102,6 +127,7 @@ def test_expired_batch_keeps_partial_results_and_resends_only_the_rest(small_wor
     assert len(second.read_text().splitlines()) == 3
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_token_limit_means_submit_again_later_not_a_failure(small_workspace, emulator, provider):
     ws = small_workspace
@@ -116,19 +142,25 @@ def test_token_limit_means_submit_again_later_not_a_failure(small_workspace, emu
     assert not summary["processors"]["product-labeling"]["failed"]
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_storms_of_429_and_500_and_a_dropped_create(small_workspace, emulator, provider):
     ws = small_workspace
-    emulator.set_faults({"http": [
-        {"method": "GET", "path": CREATE_PATH[provider] + "/*", "status": 429, "retry_after": 0.01, "times": 2},
-        {"method": "GET", "path": CREATE_PATH[provider] + "/*", "status": 500, "times": 2},
-        {"method": "POST", "path": CREATE_PATH[provider], "drop": "after", "times": 1},
-    ]})
+    emulator.set_faults(
+        {
+            "http": [
+                {"method": "GET", "path": CREATE_PATH[provider] + "/*", "status": 429, "retry_after": 0.01, "times": 2},
+                {"method": "GET", "path": CREATE_PATH[provider] + "/*", "status": 500, "times": 2},
+                {"method": "POST", "path": CREATE_PATH[provider], "drop": "after", "times": 1},
+            ]
+        }
+    )
     run(ws, provider, emulator)
     assert len(ws.results()) == 5
     assert len(creates(emulator, provider)) == 1
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_missing_key_stops_before_anything_is_written(small_workspace, emulator, provider):
     ws = small_workspace

@@ -40,6 +40,7 @@ def ws8(tmp_path):
     return ws
 
 
+@pytest.mark.workflow
 def test_selection_missing_sends_only_issues_without_a_result(ws8):
     ws8.snakemake("--cores", "4", "results/all", "--config", "limit=3")
     first = set(ws8.files("batch_requests/product-labeling/*.index.json"))
@@ -49,6 +50,7 @@ def test_selection_missing_sends_only_issues_without_a_result(ws8):
     assert len(ws8.results()) == 5
 
 
+@pytest.mark.workflow
 def test_selection_reprocess_resends_the_low_confidence_result_exactly_once(ws8):
     ws8.config(limit=4)
     ws8.snakemake("--cores", "4", "results/all")
@@ -72,6 +74,7 @@ def test_selection_reprocess_resends_the_low_confidence_result_exactly_once(ws8)
     assert len(sent_keys(ws8)) == 5 and len(ws8.local_batches()) == 2
 
 
+@pytest.mark.workflow
 def test_selection_sql_with_filters_sends_exactly_the_query_rows(ws8):
     from batchpipe.issues import load_issue
 
@@ -84,23 +87,39 @@ def test_selection_sql_with_filters_sends_exactly_the_query_rows(ws8):
     assert summary["issues_selected"] == 2
 
 
+@pytest.mark.workflow
 def test_query_command_over_a_real_run(tmp_path):
     ws = make_workspace(tmp_path / "ws", ISSUES[:4])
     ws.snakemake("--cores", "4", "results/all")
-    counts = ws.batchpipe("query", "SELECT (SELECT count(*) FROM issues) AS i, (SELECT count(*) FROM results) AS r, "
-                                   "(SELECT count(*) FROM batches) AS b, (SELECT count(*) FROM batches "
-                                   "WHERE status = 'collected' AND batch_id IS NOT NULL) AS c", "--json")
+    counts = ws.batchpipe(
+        "query",
+        "SELECT (SELECT count(*) FROM issues) AS i, (SELECT count(*) FROM results) AS r, "
+        "(SELECT count(*) FROM batches) AS b, (SELECT count(*) FROM batches "
+        "WHERE status = 'collected' AND batch_id IS NOT NULL) AS c",
+        "--json",
+    )
     assert counts.returncode == 0, counts.output
     (row,) = json.loads(counts.stdout)
-    assert row == {"i": len(ws.files("data/issues/*.json")), "r": len(ws.files("data/results/*.json")),
-                   "b": len(ws.files("batch_results/ledger/*.jsonl")), "c": 2}
-    table = ws.batchpipe("query", "SELECT key, processor, confidence, analysis FROM results "
-                                  "WHERE processor = 'product-labeling' ORDER BY key")
+    assert row == {
+        "i": len(ws.files("data/issues/*.json")),
+        "r": len(ws.files("data/results/*.json")),
+        "b": len(ws.files("batch_results/ledger/*.jsonl")),
+        "c": 2,
+    }
+    table = ws.batchpipe(
+        "query",
+        "SELECT key, processor, confidence, analysis FROM results WHERE processor = 'product-labeling' ORDER BY key",
+    )
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split() == ["key", "processor", "confidence", "analysis"]
     assert "(4 rows)" in table.stdout
-    rows = json.loads(ws.batchpipe("query", "SELECT key, labels, analysis FROM issues JOIN results USING (key) "
-                                            "WHERE processor = 'product-labeling'", "--json").stdout)
+    rows = json.loads(
+        ws.batchpipe(
+            "query",
+            "SELECT key, labels, analysis FROM issues JOIN results USING (key) WHERE processor = 'product-labeling'",
+            "--json",
+        ).stdout
+    )
     assert len(rows) == 4 and isinstance(rows[0]["labels"], list) and "recommended_labels" in rows[0]["analysis"]
 
     bad = ws.batchpipe("query", "SELECT no_such_column FROM issues")
@@ -114,7 +133,7 @@ def test_query_command_over_a_real_run(tmp_path):
 def test_views_read_the_three_shapes_skip_broken_files_and_are_empty_with_columns(tmp_path):
     from batchpipe.config import load_settings_file
     from batchpipe.issues import load_issue
-    from batchpipe.query import VIEW_COLUMNS, run_query
+    from batchpipe.views import VIEW_COLUMNS, run_query
 
     ws = make_workspace(tmp_path / "ws", [])
     settings = load_settings_file(ws.root / "config.yaml")
@@ -123,10 +142,18 @@ def test_views_read_the_three_shapes_skip_broken_files_and_are_empty_with_column
         assert result.columns == list(columns) and result.rows == []
 
     base = json.loads(ISSUES[0].read_text())["issue"]
-    rest = dict(base, number=901, repository_url="https://api.github.com/repos/acme/widgets", comments=3,
-                labels=[{"name": "Bug"}, "UX"])
-    backup = {"type": "issue", "issue": dict(rest, number=902, comments=0),
-              "events": [{"event": "commented", "body": "hi", "user": {"login": "a"}}, {"event": "labeled"}]}
+    rest = dict(
+        base,
+        number=901,
+        repository_url="https://api.github.com/repos/acme/widgets",
+        comments=3,
+        labels=[{"name": "Bug"}, "UX"],
+    )
+    backup = {
+        "type": "issue",
+        "issue": dict(rest, number=902, comments=0),
+        "events": [{"event": "commented", "body": "hi", "user": {"login": "a"}}, {"event": "labeled"}],
+    }
     (ws.issues / "rest.json").write_text(json.dumps(rest))
     (ws.issues / "backup.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(backup).encode())
     (ws.issues / "gh.json").write_text(json.dumps({"org": "o", "repo": "r.x", "issue": dict(base, number=903)}))
@@ -137,16 +164,25 @@ def test_views_read_the_three_shapes_skip_broken_files_and_are_empty_with_column
     for name, shape in (("rest", "github-rest"), ("backup", "metadata-backup"), ("gh", "gh-analysis")):
         issue, row = load_issue(ws.issues / f"{name}.json"), rows[f"data/issues/{name}.json"]
         assert row["shape"] == shape and row["key"] == issue.key
-        assert (row["org"], row["repo"], row["number"], row["title"], row["body"], row["state"], row["author"]) == \
-               (issue.org, issue.repo, issue.number, issue.title, issue.body, issue.state, issue.author)
+        assert (row["org"], row["repo"], row["number"], row["title"], row["body"], row["state"], row["author"]) == (
+            issue.org,
+            issue.repo,
+            issue.number,
+            issue.title,
+            issue.body,
+            issue.state,
+            issue.author,
+        )
         assert tuple(row["labels"]) == issue.labels
     assert rows["data/issues/rest.json"]["comments"] == 3 and rows["data/issues/backup.json"]["comments"] == 1
 
 
 def test_selection_all_plans_without_loading_duckdb(tmp_path):
     ws = make_workspace(tmp_path / "ws", ISSUES[:3])
-    code = ("import sys; from batchpipe.config import load_settings_file; from batchpipe.chunks import build_plan; "
-            "plan = build_plan(load_settings_file('config.yaml')); import batchpipe.workflow, batchpipe.cli; "
-            "batchpipe.cli.build_parser(); print(len(plan.selected), 'duckdb' in sys.modules)")
+    code = (
+        "import sys; from batchpipe.config import load_settings_file; from batchpipe.plan import build_plan; "
+        "plan = build_plan(load_settings_file('config.yaml')); import batchpipe.workflow, batchpipe.cli; "
+        "batchpipe.cli.build_parser(); print(len(plan.selected), 'duckdb' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ws.root, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["3", "False"]

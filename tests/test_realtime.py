@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from batchpipe.providers.openai_wire import OpenAIWire
+
 from conftest import REPO, make_workspace
 
 ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))
@@ -19,6 +21,7 @@ def realtime_calls(ws) -> list[str]:
     return [json.loads(line)["custom_id"] for line in log.read_text().splitlines()] if log.exists() else []
 
 
+@pytest.mark.workflow
 def test_realtime_and_batch_results_differ_only_in_mode_batch_id_and_cost(tmp_path):
     runs = {}
     for mode in ("batch", "realtime"):
@@ -33,7 +36,9 @@ def test_realtime_and_batch_results_differ_only_in_mode_batch_id_and_cost(tmp_pa
         assert doc["mode"] == "realtime" and other["mode"] == "batch"
         assert doc["batch_id"] == f"rt_{doc['chunk']}" and other["batch_id"].startswith("batch_")
         assert doc["cost_usd"]["charged"] == doc["cost_usd"]["realtime"] > 0
-        assert other["cost_usd"]["charged"] == other["cost_usd"]["batch"] == pytest.approx(doc["cost_usd"]["realtime"] / 2)
+        assert (
+            other["cost_usd"]["charged"] == other["cost_usd"]["batch"] == pytest.approx(doc["cost_usd"]["realtime"] / 2)
+        )
         strip = lambda d: {k: v for k, v in d.items() if k not in ("mode", "batch_id", "cost_usd")}  # noqa: E731
         assert strip(doc) == strip(other)
     assert not runs["realtime"].local_batches()  # no provider batch at all
@@ -50,6 +55,7 @@ def test_realtime_and_batch_results_differ_only_in_mode_batch_id_and_cost(tmp_pa
     assert "Nothing to be done" in again.output and len(realtime_calls(runs["realtime"])) == 8
 
 
+@pytest.mark.workflow
 def test_realtime_run_killed_mid_chunk_resumes_without_asking_answered_requests(tmp_path):
     ws = make_workspace(tmp_path / "ws", ISSUES[:6])
     ws.config(processors=["product-labeling"], mode="realtime", realtime_concurrency=1)
@@ -63,7 +69,7 @@ def test_realtime_run_killed_mid_chunk_resumes_without_asking_answered_requests(
 
     ws.snakemake("--unlock")
     ws.snakemake("--cores", "4", "results/all")
-    second = realtime_calls(ws)[len(first):]
+    second = realtime_calls(ws)[len(first) :]
     assert len(second) == 3 and not set(second) & set(first)  # only the unanswered ones were asked
     assert len(ws.results()) == 6 and all(r["mode"] == "realtime" for r in ws.results().values())
     (ledger,) = ws.files("batch_results/ledger/*.jsonl")
@@ -76,7 +82,7 @@ def test_realtime_run_killed_mid_chunk_resumes_without_asking_answered_requests(
 class Scripted:
     """A provider whose synchronous answers are scripted per call."""
 
-    name, wire = "scripted", "openai"
+    name, wire = "scripted", OpenAIWire
 
     def __init__(self, answers):
         self.answers = list(answers)
@@ -115,24 +121,31 @@ def test_rate_limits_and_server_errors_back_off_with_jitter_and_honour_retry_aft
     assert tries == 1 and answer["response"]["status_code"] == 400
 
     stubborn = Scripted([status_line(429)] * 3)
-    answer, tries = ask(stubborn, {"custom_id": "r3a1"}, Backoff(tries=3, rng=random.Random(2)),
-                        Gate(sleep, lambda: clock[0]), lambda m: None)
+    answer, tries = ask(
+        stubborn,
+        {"custom_id": "r3a1"},
+        Backoff(tries=3, rng=random.Random(2)),
+        Gate(sleep, lambda: clock[0]),
+        lambda m: None,
+    )
     assert tries == 3 and answer["response"]["status_code"] == 429  # journaled as a failure; retried next run
 
 
 def test_local_provider_answers_one_line_and_applies_fault_rules(tmp_path):
-    from batchpipe.engine import BatchEngine
-    from batchpipe.providers.base import parse_openai_line
     from batchpipe.providers.local import LocalProvider
+    from batchpipe.providers.openai_wire import OpenAIWire
     from batchpipe.realtime import Backoff, Gate, ask
+    from batchpipe.service.engine import BatchEngine
 
-    engine = BatchEngine(tmp_path / "state", faults={"requests": [{"match": "r9", "kind": "error", "status": 429, "times": 2}]})
+    engine = BatchEngine(
+        tmp_path / "state", faults={"requests": [{"match": "r9", "kind": "error", "status": 429, "times": 2}]}
+    )
     provider = LocalProvider(engine)
     body = {"model": "offline", "messages": [{"role": "user", "content": "Title: hello"}], "max_completion_tokens": 50}
     line = {"custom_id": "r9a1", "method": "POST", "url": "/v1/chat/completions", "body": body}
     assert provider.complete(line)["response"]["status_code"] == 429
     answer, tries = ask(provider, line, Backoff(base=0.001, rng=random.Random(3)), Gate(), lambda m: None)
-    outcome = parse_openai_line(answer)
+    outcome = OpenAIWire.parse_line(answer)
     assert tries == 2 and outcome.ok and outcome.text and outcome.usage["input_tokens"] > 0
     bad = provider.complete({"custom_id": "r8a1", "method": "POST", "url": "/v1/embeddings", "body": body})
     assert bad["response"]["status_code"] == 400

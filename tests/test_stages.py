@@ -21,7 +21,7 @@ ACME = "acme_widgets_repo-digest.json"
 def two_repo_workspace(path: Path, gui: int = 4, acme: int = 2):
     """`gui` sample issues of bitcoin-core/gui and `acme` copies moved to acme/widgets; the chain selected."""
     ws = make_workspace(path, ISSUES[:gui])
-    for source in ISSUES[gui: gui + acme]:
+    for source in ISSUES[gui : gui + acme]:
         data = json.loads(source.read_text())
         data["org"], data["repo"] = "acme", "widgets"
         number = data["issue"]["number"]
@@ -74,8 +74,10 @@ def check_digests(ws, provider: str = "local") -> None:
     for name, repo in ((GUI, "bitcoin-core/gui"), (ACME, "acme/widgets")):
         doc = found[name]
         assert "issue_reference" not in doc and doc["provider"] == provider
-        refs = sorted((d["issue_reference"] for d in summaries.values() if d["issue_reference"]["ref"].startswith(repo + "#")),
-                      key=lambda r: r["number"])
+        refs = sorted(
+            (d["issue_reference"] for d in summaries.values() if d["issue_reference"]["ref"].startswith(repo + "#")),
+            key=lambda r: r["number"],
+        )
         assert doc["group"]["issues"] == [r["ref"] for r in refs]  # issue-number order
         assert doc["group"]["name"] == repo and doc["group"]["parts"] == 1
         assert doc["analysis"]["text"].strip() and doc["batch_id"]
@@ -89,6 +91,7 @@ def check_digests(ws, provider: str = "local") -> None:
         assert inside == doc["issue_reference"]["ref"].startswith("bitcoin-core/gui#")
 
 
+@pytest.mark.workflow
 def test_chain_runs_end_to_end_in_one_run_then_nothing_to_do(tmp_path):
     ws = two_repo_workspace(tmp_path / "ws")
     before = {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts}
@@ -115,6 +118,7 @@ def test_chain_runs_end_to_end_in_one_run_then_nothing_to_do(tmp_path):
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
 
 
+@pytest.mark.workflow
 def test_wait_false_finishes_the_chain_over_later_runs(tmp_path):
     ws = two_repo_workspace(tmp_path / "ws")
     set_local(ws, delays={"validating": 0, "in_progress": 0.3, "finalizing": 0})
@@ -134,10 +138,11 @@ def test_wait_false_finishes_the_chain_over_later_runs(tmp_path):
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
 
 
+@pytest.mark.workflow
 def test_chain_on_the_emulator_with_the_openai_client(tmp_path):
     try:
-        from batchpipe.emulator import Emulator
         import batchpipe.providers.openai_batches  # noqa: F401
+        from batchpipe.service.emulator import Emulator
     except ImportError as exc:  # pragma: no cover
         pytest.skip(f"emulator or openai provider not available: {exc}")
     ws = two_repo_workspace(tmp_path / "ws")
@@ -151,6 +156,7 @@ def test_chain_on_the_emulator_with_the_openai_client(tmp_path):
         assert "Nothing to be done" in again.output
 
 
+@pytest.mark.workflow
 def test_changed_first_stage_result_resends_only_its_dependants(tmp_path):
     ws = two_repo_workspace(tmp_path / "ws")
     ws.snakemake("--cores", "4", "results/all")
@@ -175,6 +181,7 @@ def test_changed_first_stage_result_resends_only_its_dependants(tmp_path):
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
 
 
+@pytest.mark.workflow
 def test_aggregation_splits_into_parts_over_aggregate_chars(tmp_path):
     ws = two_repo_workspace(tmp_path / "ws", gui=7, acme=0)
     budget = 1500  # an offline summary block is some 500-700 characters
@@ -203,13 +210,17 @@ def test_aggregation_splits_into_parts_over_aggregate_chars(tmp_path):
     assert len(ws.local_batches()) == 3
 
 
+@pytest.mark.workflow
 def test_three_stages_with_a_per_issue_chained_processor(tmp_path):
     ws = two_repo_workspace(tmp_path / "ws", gui=3, acme=1)
     cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
     cfg["processor_definitions"]["story-notes"] = {
-        "format": "text", "input_processor": "issue-summary", "max_tokens": 300,
+        "format": "text",
+        "input_processor": "issue-summary",
+        "max_tokens": 300,
         "models": {"local": "offline"},
-        "prompt": "Title: Notes on ${title}\nTurn this summary of ${org}/${repo}#${number} into story notes:\n${previous}",
+        "prompt": "Title: Notes on ${title}\nTurn this summary of ${org}/${repo}#${number} into story notes:\n"
+        "${previous}",
     }
     cfg["processor_definitions"]["repo-digest"]["input_processor"] = "story-notes"
     cfg["processors"] = ["repo-digest"]  # its inputs join by themselves, earlier stages first
@@ -231,12 +242,16 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.workflow
 def test_commit_results_in_a_git_repository_and_outside_one(tmp_path):
     ws = two_repo_workspace(tmp_path / "repo")
     ws.config(commit_results=True)
     git(ws.root, "init", "-q")
-    for key, value in (("user.name", "batchpipe test"), ("user.email", "test@example.invalid"),
-                       ("commit.gpgsign", "false")):
+    for key, value in (
+        ("user.name", "batchpipe test"),
+        ("user.email", "test@example.invalid"),
+        ("commit.gpgsign", "false"),
+    ):
         git(ws.root, "config", key, value)
     (ws.root / "notes.txt").write_text("not a result: never committed\n")
     ws.snakemake("--cores", "4", "results/all")
@@ -258,8 +273,8 @@ def test_commit_results_in_a_git_repository_and_outside_one(tmp_path):
 
 
 def test_chained_configuration_is_checked_and_inputs_join_earlier_stages_first():
+    from batchpipe.chain import stage_numbers
     from batchpipe.config import ConfigError, load_settings
-    from batchpipe.stages import stage_numbers
 
     values = yaml.safe_load((REPO / "config.yaml").read_text())
     settings = load_settings({**values, "processors": "repo-digest,product-labeling"}, root=REPO)

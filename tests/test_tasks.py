@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
-import batchpipe.tasks as tasks_module
+import batchpipe.tasks.recycling as recycle_module
 from batchpipe.config import load_settings_file
+from batchpipe.layout import Layout
 from batchpipe.tasks import (
     TITLE_MAX,
-    TaskLayout,
     normalise,
     read_board,
     recycle,
     render_active,
     tasks_from_result,
 )
+from batchpipe.tasks.board import SCHEMA_SQL
+
 from conftest import make_workspace
 
 ANSWER = """## Summary
@@ -70,20 +70,33 @@ TODO: ask the design team for a mock-up
 """
 
 
-def result(analysis, number: int = 45, processor: str = "issue-summary", batch_id: str = "batch_1",
-           custom_id: str = "r" + "0" * 32 + "a1") -> dict:
+def result(
+    analysis,
+    number: int = 45,
+    processor: str = "issue-summary",
+    batch_id: str = "batch_1",
+    custom_id: str = "r" + "0" * 32 + "a1",
+) -> dict:
     """A per-issue result shaped like data/results/*.json."""
     return {
         "analysis": analysis,
         "attempt": 1,
         "batch_id": batch_id,
         "custom_id": custom_id,
-        "issue_reference": {"number": number, "org": "bitcoin-core", "repo": "gui",
-                            "ref": f"bitcoin-core/gui#{number}", "title": "Wallet unload freezes",
-                            "url": f"https://github.com/bitcoin-core/gui/issues/{number}"},
+        "issue_reference": {
+            "number": number,
+            "org": "bitcoin-core",
+            "repo": "gui",
+            "ref": f"bitcoin-core/gui#{number}",
+            "title": "Wallet unload freezes",
+            "url": f"https://github.com/bitcoin-core/gui/issues/{number}",
+        },
         "model": "gpt-4o-mini",
-        "processor": {"format": "text" if processor == "issue-summary" else "json", "name": processor,
-                      "version": "1.0"},
+        "processor": {
+            "format": "text" if processor == "issue-summary" else "json",
+            "name": processor,
+            "version": "1.0",
+        },
         "provider": "openai",
     }
 
@@ -125,7 +138,9 @@ def test_markdown_answer_gives_steps_todos_and_required_implementations():
     assert "load a wallet, start a rescan" in step1.details and "File menu" in step1.details
     assert next(t for t in tasks if t.title == "Add a regression test").details == "in src/qt/test/wallettests.cpp."
     audit = next(t for t in tasks if t.title == "Audit callers")
-    assert "WalletController" in audit.details and "https://" not in audit.details and "SendCoinsDialog" in audit.details
+    assert (
+        "WalletController" in audit.details and "https://" not in audit.details and "SendCoinsDialog" in audit.details
+    )
     guard = next(t for t in tasks if t.title.startswith("A WalletRescanReserver"))
     assert guard.priority == "high" and "waits for the rescan to stop" in guard.details
     assert all(t.priority == "high" for t in tasks if t.type in ("todo", "required_implementation"))
@@ -140,8 +155,10 @@ def test_markdown_answer_gives_steps_todos_and_required_implementations():
 def test_major_sections_only_when_fewer_than_two_other_items():
     tasks = tasks_from_result(result({"text": SECTIONS_ANSWER}), "r.json")
     sections = [t for t in tasks if t.type == "major_section"]
-    assert [t.title for t in sections] == ["Move the wallet selector into the toolbar",
-                                           "Show the sync state in the status bar"]
+    assert [t.title for t in sections] == [
+        "Move the wallet selector into the toolbar",
+        "Show the sync state in the status bar",
+    ]
     assert sections[0].priority == "medium" and "overview page" in sections[0].details
     assert [t.title for t in tasks if t.type == "todo"] == ["ask the design team for a mock-up"]
 
@@ -157,25 +174,30 @@ def test_long_titles_are_cut_and_cleaned():
     assert task.details.endswith("every setting is read once")  # the full text is kept
 
 
-@pytest.mark.parametrize("text", [
-    "1. TODO: add a test for the unload path",            # numbered step and TODO
-    "**TODO:** add a test for the unload path",
-    "### 1. Step 1: add a test for the unload path",      # section heading and step
-    "TODO: this requires implementation: a test for the unload path",  # TODO and required section
-    "- Step 1: add a test for the unload path",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1. TODO: add a test for the unload path",  # numbered step and TODO
+        "**TODO:** add a test for the unload path",
+        "### 1. Step 1: add a test for the unload path",  # section heading and step
+        "TODO: this requires implementation: a test for the unload path",  # TODO and required section
+        "- Step 1: add a test for the unload path",
+    ],
+)
 def test_a_line_matching_two_patterns_is_one_task(text):
     assert len(tasks_from_result(result({"text": text}), "r.json")) == 1
 
 
 def test_duplicates_in_one_answer_are_one_task_with_the_higher_priority():
-    text = "\n".join([
-        "1. Add a regression test.",
-        "",
-        "TODO: add a regression test",
-        "TODO: Add a **regression** test",
-        "- TODO:   add a regression   test!",
-    ])
+    text = "\n".join(
+        [
+            "1. Add a regression test.",
+            "",
+            "TODO: add a regression test",
+            "TODO: Add a **regression** test",
+            "- TODO:   add a regression   test!",
+        ]
+    )
     (task,) = tasks_from_result(result({"text": text}), "r.json")
     assert task.priority == "high" and task.type == "implementation_step"
     assert normalise("2. **Add** a `regression` test.") == normalise("TODO: add a regression test")
@@ -206,69 +228,36 @@ def test_json_answers_give_structured_tasks_and_text_fields_are_scanned():
     assert all(t.source.processor == "product-labeling" for t in tasks)
 
 
-@pytest.mark.parametrize("analysis", [
-    None, "", "   ", {}, [], 42, True, {"text": ""}, {"text": None}, {"text": 17}, {"text": "TODO:"},
-    {"text": "Just a plain paragraph without anything to do."},
-    {"text": "```\nTODO: inside a fence that never closes"},
-    {"tasks": "not a list"}, {"tasks": [None, {}, [], ""]},
-    {"summary": "Summary value offline answer.", "recommended_labels": [{"label": "Bug", "confidence": 0.2}]},
-])
+@pytest.mark.parametrize(
+    "analysis",
+    [
+        None,
+        "",
+        "   ",
+        {},
+        [],
+        42,
+        True,
+        {"text": ""},
+        {"text": None},
+        {"text": 17},
+        {"text": "TODO:"},
+        {"text": "Just a plain paragraph without anything to do."},
+        {"text": "```\nTODO: inside a fence that never closes"},
+        {"tasks": "not a list"},
+        {"tasks": [None, {}, [], ""]},
+        {"summary": "Summary value offline answer.", "recommended_labels": [{"label": "Bug", "confidence": 0.2}]},
+    ],
+)
 def test_malformed_or_empty_answers_give_no_task(analysis):
     assert tasks_from_result(result(analysis), "r.json") == []
 
 
-@pytest.mark.parametrize("value", [None, [], "text", {"analysis": {"text": "TODO: x"}, "processor": 3,
-                                                        "issue_reference": "nope"}])
+@pytest.mark.parametrize(
+    "value", [None, [], "text", {"analysis": {"text": "TODO: x"}, "processor": 3, "issue_reference": "nope"}]
+)
 def test_malformed_results_give_no_task(value):
     assert tasks_from_result(value, "not-a-result-name.json") == []
-
-
-def test_extraction_is_linear_in_the_number_of_lines():
-    """A complexity check: 20,000 lines take about twice as long as 10,000 (quadratic would be 4x)."""
-    block = [
-        "**Step {i}: Do thing {i}** with detail",
-        "Some continuation text for {i} with `code` and a [link](https://example.org/{i}).",
-        "",
-        "TODO: check case {i}",
-        "1. numbered item {i}",
-        "   - a sub bullet",
-        "Needs to be implemented: part {i}",
-        "plain prose line {i}",
-    ]
-
-    def answers(n: int) -> list[dict]:
-        """A mixed answer whose parts are also the worst cases (one long item, one long list, duplicates),
-        and an answer of sections only (kept, since no other item is found)."""
-        part = n // 4
-        mixed = "\n".join([
-            "\n".join(line.format(i=i) for i in range(part // len(block) + 1) for line in block),
-            "**Step 1: one long step**", "\n".join(f"continuation {i}" for i in range(part)), "",
-            "This requires implementation:", "\n".join(f"- item {i}" for i in range(part)), "",
-            "\n".join("TODO: the same thing again" for _ in range(part)),
-        ])
-        sections = "\n".join(f"### {i % 999 + 1}. Section {i}" if i % 2 else f"text {i}" for i in range(n))
-        return [result({"text": mixed}), result({"text": sections})]
-
-    def timed(items: list[dict]) -> float:
-        """CPU time of this process: other processes on a busy machine count less than in wall time."""
-        start = time.process_time()
-        for item in items:
-            tasks_from_result(item, "r.json")
-        return time.process_time() - start
-
-    small, large = answers(10_000), answers(20_000)
-    timed(answers(1_000))  # warm up
-    gc.collect()
-    gc.disable()
-    runs_small, runs_large = [], []
-    try:  # interleaved, best of 5: robust to a busy machine
-        for _ in range(5):
-            runs_small.append(timed(small))
-            runs_large.append(timed(large))
-    finally:
-        gc.enable()
-    t_small, t_large = min(runs_small), min(runs_large)
-    assert t_large < 3.0 * t_small, f"10,000 lines: {t_small:.3f}s, 20,000 lines: {t_large:.3f}s (not linear)"
 
 
 # ---- recycling, the board, ACTIVE_TASKS.md -----------------------------------------------------------------
@@ -325,8 +314,22 @@ def test_recycle_writes_task_files_board_and_active_list(ws):
     conn = sqlite3.connect(tasks_dir / "tasks.sqlite")
     columns = [row[1] for row in conn.execute("PRAGMA table_info(tasks)")]
     conn.close()
-    assert columns == ["id", "task_hash", "title", "details", "type", "priority", "status", "parent", "processor",
-                       "batch_id", "custom_id", "result_file", "created_at", "updated_at"]
+    assert columns == [
+        "id",
+        "task_hash",
+        "title",
+        "details",
+        "type",
+        "priority",
+        "status",
+        "parent",
+        "processor",
+        "batch_id",
+        "custom_id",
+        "result_file",
+        "created_at",
+        "updated_at",
+    ]
 
 
 def test_reruns_and_reprocessed_issues_never_duplicate_and_keep_a_persons_status(ws):
@@ -368,17 +371,17 @@ def test_a_result_file_recycled_before_is_not_read_again(ws, monkeypatch):
     """Size, mtime and inode as recorded: not opened. Rewritten with the same bytes: read, unchanged, and
     its new stamp recorded. A board made before the stamp column gets it."""
     sent: list[str] = []
-    read_results = tasks_module._read_results
+    read_results = recycle_module._read_results
 
     def spy(batch):
         sent.extend(name for _, name, *_ in batch)
         return read_results(batch)
 
-    monkeypatch.setattr(tasks_module, "_read_results", spy)
+    monkeypatch.setattr(recycle_module, "_read_results", spy)
     board = ws.root / "data" / "tasks" / "tasks.sqlite"
     board.parent.mkdir(parents=True)
     old = sqlite3.connect(board)  # the board's schema before the stamp column
-    old.executescript(tasks_module.SCHEMA_SQL.replace(",\n    stamp TEXT", ""))
+    old.executescript(SCHEMA_SQL.replace(",\n    stamp TEXT", ""))
     assert "stamp" not in [row[1] for row in old.execute("PRAGMA table_info(recycled_results)")]
     old.close()
     first = write_result(ws, result({"text": ANSWER}))
@@ -412,16 +415,22 @@ def test_task_as_dict_is_dataclasses_asdict():
 
 def test_recycling_in_worker_processes_writes_what_one_process_writes(tmp_path, monkeypatch):
     """Many results are read and their task files written by a pool: same files, board and counts."""
-    monkeypatch.setattr(tasks_module, "PARALLEL_MIN_FILES", 0)
-    answers = [{"text": ANSWER}, {"text": SECTIONS_ANSWER}, {"summary": "fine", "recommended_labels": []},
-               {"tasks": [{"title": f"Tidy icon {n}", "priority": "low"} for n in range(3)]}]
+    monkeypatch.setattr(recycle_module, "PARALLEL_MIN_FILES", 0)
+    answers = [
+        {"text": ANSWER},
+        {"text": SECTIONS_ANSWER},
+        {"summary": "fine", "recommended_labels": []},
+        {"tasks": [{"title": f"Tidy icon {n}", "priority": "low"} for n in range(3)]},
+    ]
     spaces = []
     for name, workers in (("serial", 1), ("pool", 2)):
         space = make_workspace(tmp_path / name, issues=[])
         for n in range(24):
             analysis = answers[n % len(answers)]
-            write_result(space, result(analysis, number=n + 1,
-                                       processor="issue-summary" if "text" in analysis else "product-labeling"))
+            write_result(
+                space,
+                result(analysis, number=n + 1, processor="issue-summary" if "text" in analysis else "product-labeling"),
+            )
         write_result(space, "{not json", number=99)
         summary = recycle(settings_of(space), workers=workers)
         spaces.append((space, summary))
@@ -433,17 +442,24 @@ def test_recycling_in_worker_processes_writes_what_one_process_writes(tmp_path, 
         return {p.name: p.read_bytes() for p in (space.root / "data" / "tasks").glob("*.tasks.json")}
 
     assert len(task_files(pool)) == 25 and task_files(pool) == task_files(serial)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("created_at", "updated_at")} for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("created_at", "updated_at")} for r in rows]
+
     assert strip(board_rows(pool)) == strip(board_rows(serial))
-    assert (pool.root / "data/tasks/ACTIVE_TASKS.md").read_text() == (serial.root / "data/tasks/ACTIVE_TASKS.md").read_text()
+    assert (pool.root / "data/tasks/ACTIVE_TASKS.md").read_text() == (
+        serial.root / "data/tasks/ACTIVE_TASKS.md"
+    ).read_text()
     again = recycle(settings_of(pool), workers=2)
     assert again.results_read == 0 and again.results_unchanged == 25
 
 
 def test_active_tasks_md_groups_by_priority_and_leaves_out_done_tasks(ws):
     write_result(ws, result({"text": ANSWER}))
-    write_result(ws, result({"tasks": [{"title": "Tidy | the icons", "priority": "low"}]}, number=9,
-                            processor="product-labeling"))
+    write_result(
+        ws,
+        result({"tasks": [{"title": "Tidy | the icons", "priority": "low"}]}, number=9, processor="product-labeling"),
+    )
     recycle(settings_of(ws))
     set_status(ws, "decide whether this needs a backport", "done")
     recycle(settings_of(ws))
@@ -454,8 +470,12 @@ def test_active_tasks_md_groups_by_priority_and_leaves_out_done_tasks(ws):
     assert text.count("| id | title | type | source issue | processor | status |") == 3
     assert "decide whether this needs a backport" not in text
     high = text.split("## High")[1].split("## Medium")[0]
-    assert re.search(r"^\| \d+ \| the unload handler leaks the rescan reserver \| todo \| bitcoin-core/gui#45 \| "
-                     r"issue-summary \| queued \|$", high, re.MULTILINE)
+    assert re.search(
+        r"^\| \d+ \| the unload handler leaks the rescan reserver \| todo \| bitcoin-core/gui#45 \| "
+        r"issue-summary \| queued \|$",
+        high,
+        re.MULTILINE,
+    )
     assert "| A progress dialog while waiting | required_implementation |" in high
     medium = text.split("## Medium")[1].split("## Low")[0]
     assert "| Reproduce the freeze on regtest | implementation_step | bitcoin-core/gui#45 |" in medium
@@ -480,32 +500,32 @@ def test_malformed_result_files_are_recycled_without_error(ws):
 def test_recycle_with_no_results_folder(ws):
     summary = recycle(settings_of(ws))
     assert summary.results_seen == 0 and summary.tasks_total == 0
-    assert TaskLayout.for_settings(settings_of(ws)).active.is_file()
+    assert Layout(settings_of(ws)).active_tasks.is_file()
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
 def test_cli_lists_the_board(ws):
-    missing = ws.batchpipe("tasks")
+    missing = ws.cli("tasks")
     assert missing.returncode == 0 and len(missing.stdout.strip().splitlines()) == 1
     assert "does not exist" in missing.stdout
-    assert json.loads(ws.batchpipe("tasks", "--json").stdout) == []
+    assert json.loads(ws.cli("tasks", "--json").stdout) == []
     assert not (ws.root / "data" / "tasks" / "tasks.sqlite").exists()  # listing never creates the board
 
     recycle(settings_of(ws))  # an empty board
-    empty = ws.batchpipe("tasks", "--status", "queued")
+    empty = ws.cli("tasks", "--status", "queued")
     assert empty.returncode == 0 and empty.stdout.count("\n") == 1 and "no tasks" in empty.stdout
-    assert json.loads(ws.batchpipe("tasks", "--json").stdout) == []
+    assert json.loads(ws.cli("tasks", "--json").stdout) == []
 
     write_result(ws, result({"text": ANSWER}))
     recycle(settings_of(ws))
     set_status(ws, "ping the wallet maintainers", "done")
-    run = ws.batchpipe("tasks", "--json")
+    run = ws.cli("tasks", "--json")
     assert run.returncode == 0, run.output
     rows = json.loads(run.stdout)
     assert len(rows) == 12 and {"id", "title", "type", "priority", "status", "parent", "processor"} <= rows[0].keys()
-    high_queued = json.loads(ws.batchpipe("tasks", "--status", "queued", "--priority", "high", "--json").stdout)
+    high_queued = json.loads(ws.cli("tasks", "--status", "queued", "--priority", "high", "--json").stdout)
     assert len(high_queued) == 6 and all(r["priority"] == "high" and r["status"] == "queued" for r in high_queued)
-    table = ws.batchpipe("tasks", "--priority", "medium")
+    table = ws.cli("tasks", "--priority", "medium")
     assert table.returncode == 0 and "Reproduce the freeze on regtest" in table.stdout
     assert table.stdout.splitlines()[0].split() == ["id", "priority", "status", "type", "issue", "processor", "title"]
 
@@ -531,6 +551,7 @@ def wire_tasks_rule(root: Path) -> None:
         results.write_text(text.replace(anchor, anchor + SUMMARY_INPUT + "\n", 1))
 
 
+@pytest.mark.workflow
 def test_workflow_recycles_the_offline_answers(tmp_path):
     issues = sorted((Path(__file__).resolve().parents[1] / "data" / "issues").glob("*.json"))[:4]
     ws = make_workspace(tmp_path / "ws", issues)

@@ -2,7 +2,8 @@
 
 Anthropic takes the requests inline (no file upload) and keeps no metadata on a batch, so a batch
 is recognised by its creation time, its request count and, once it has ended, its custom_ids
-(`find_batch`). Money rules as for OpenAI: `messages.batches.create` goes through a client with
+(`find_batch`); the batches other chunks own are handed to it and never taken. Money rules as for
+OpenAI: `messages.batches.create` goes through a client with
 `max_retries=0`, and after an error whose outcome is unknown the batch is searched for before any
 new attempt (`base.create_once`); when the search cannot tell, it stops with a ProviderError.
 
@@ -14,69 +15,89 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
+from ..config import Settings
+from ..errors import ProviderError
 from ..files import sha256_hex
-from .sdk import SDKProvider, retry_after_seconds
-from .base import (
-    BatchStatus,
-    ProviderError,
-    create_once,
-    scrub_secrets,
-    sdk_kwargs,
-    split_anthropic_results,
-)
+from .anthropic_wire import AnthropicWire, split_results
+from .base import BatchMatch, BatchStatus, create_once
+from .sdk import SDKProvider, retry_after_seconds, scrub_secrets, sdk_kwargs
 
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 WINDOW_BEFORE = 120.0  # find_batch: candidates created from created_after - 120 s ...
 WINDOW_AFTER = 600.0  # ... to created_after + 600 s (clock skew, slow create calls)
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-               403: "permission_error", 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
-               429: "rate_limit_error", 529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 class AnthropicProvider(SDKProvider):
     name = "anthropic"
-    wire = "anthropic"
+    wire = AnthropicWire
     sdk = "anthropic"
     sdk_error = "AnthropicError"
     default_key_env = DEFAULT_KEY_ENV
     base_url_env = BASE_URL_ENV
     default_base_url = DEFAULT_BASE_URL
 
-    def __init__(self, *, base_url: str | None = None, api_key_env: str = DEFAULT_KEY_ENV, timeout: float = 600.0,
-                 read_retries: int = 5, realtime_retries: int = 0, create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
-                 not_found_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), settings=None, sleep=time.sleep):
-        super().__init__(base_url=base_url, api_key_env=api_key_env, timeout=timeout, read_retries=read_retries,
-                         realtime_retries=realtime_retries, create_delays=create_delays, sleep=sleep)
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key_env: str = DEFAULT_KEY_ENV,
+        timeout: float = 600.0,
+        read_retries: int = 5,
+        realtime_retries: int = 0,
+        create_delays: tuple[float, ...] = (2.0, 5.0, 15.0),
+        not_found_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        super().__init__(
+            base_url=base_url,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            read_retries=read_retries,
+            realtime_retries=realtime_retries,
+            create_delays=create_delays,
+            sleep=sleep,
+        )
         self.not_found_delays = tuple(not_found_delays)
-        self.settings = settings  # for the ledger (batches of other chunks) and request files in find_batch
         self._made: dict[str, str] = {}  # batch id -> content hash, for batches this process created
         self._ids: dict[str, frozenset[str]] = {}  # content hash -> custom_ids, for chunks this process sent
 
     @classmethod
-    def from_settings(cls, settings) -> "AnthropicProvider":
-        conf = settings["anthropic"] or {}
-        provider = cls(base_url=conf.get("base_url"), api_key_env=conf.get("api_key_env") or DEFAULT_KEY_ENV,
-                       timeout=float(conf.get("timeout") or 600), settings=settings)
+    def from_settings(cls, settings: Settings) -> AnthropicProvider:
+        conf = settings.anthropic
+        provider = cls(base_url=conf.base_url, api_key_env=conf.api_key_env or DEFAULT_KEY_ENV, timeout=conf.timeout)
         provider.check_ready()  # a missing key stops the run here, before anything is written or spent
         return provider
 
     # --- clients and errors --------------------------------------------------------------------
 
-    def _new_client(self, module, key: str, retries: int):
+    def _new_client(self, module: Any, key: str, retries: int) -> Any:
         # An explicit api_key keeps the SDK from reading profiles or other credential variables.
         return module.Anthropic(api_key=key, base_url=self.base_url or None, timeout=self.timeout, max_retries=retries)
 
-    def _http_error_text(self, exc) -> str:
+    def _http_error_text(self, exc: Any) -> str:
         err = _error_body(exc.body)
-        return f"{err.get('type') + ': ' if err.get('type') else ''}{err.get('message') or exc.message}"
+        kind = err.get("type")
+        return f"{f'{kind}: ' if kind else ''}{err.get('message') or exc.message}"
 
-    def _list_once(self, client):
+    def _list_once(self, client: Any) -> Any:
         return client.messages.batches.list(limit=1)
 
     # --- Provider ---------------------------------------------------------------------------------
@@ -84,7 +105,7 @@ class AnthropicProvider(SDKProvider):
     def upload(self, request_file: Path) -> None:
         return None  # requests go inline with the create call
 
-    def create(self, request_file: Path, input_file_id: str | None, metadata: dict) -> BatchStatus:
+    def create(self, request_file: Path, input_file_id: str | None, metadata: dict[str, str]) -> BatchStatus:
         content = request_file.read_bytes()
         requests = [json.loads(line) for line in content.splitlines() if line.strip()]
         if not requests:
@@ -99,11 +120,18 @@ class AnthropicProvider(SDKProvider):
             return _status(client.messages.batches.create(requests=requests))
 
         def find() -> BatchStatus | None:
-            return self.find_batch(content_hash, {"created_after": started, "request_count": len(requests),
-                                                  "custom_ids": sorted(custom_ids)})
+            return self.find_batch(
+                BatchMatch(content_hash, created_after=started, request_count=len(requests), custom_ids=custom_ids)
+            )
 
-        status = create_once(attempt, find, self._classify_create, label=f"anthropic create for {request_file.name}",
-                             delays=self.create_delays, sleep=self.sleep)
+        status = create_once(
+            attempt,
+            find,
+            self._classify_create,
+            label=f"anthropic create for {request_file.name}",
+            delays=self.create_delays,
+            sleep=self.sleep,
+        )
         self._made[status.batch_id] = content_hash
         return status
 
@@ -125,14 +153,15 @@ class AnthropicProvider(SDKProvider):
 
     def download(self, status: BatchStatus) -> tuple[bytes, bytes]:
         """(succeeded lines, errored/canceled/expired lines) of an ended batch, in the API's order."""
-        return split_anthropic_results(self._results(status))
+        return split_results(self._results(status))
 
     def _results(self, status: BatchStatus) -> bytes:
         if not status.ended:
             raise ProviderError(f"anthropic batch {status.batch_id} is {status.status}; results come once it has ended")
         client = self._client("read")
-        raw = self._call(f"results of {status.batch_id}", client.messages.batches.with_raw_response.results,
-                         status.batch_id)
+        raw = self._call(
+            f"results of {status.batch_id}", client.messages.batches.with_raw_response.results, status.batch_id
+        )
         data = self._call(f"results of {status.batch_id}", raw.read)
         lines = [line for line in data.splitlines() if line.strip()]
         for line in lines:
@@ -155,22 +184,22 @@ class AnthropicProvider(SDKProvider):
         except anthropic.AnthropicError as exc:
             raise self._error("list", exc) from None
 
-    def find_batch(self, content_hash: str, intent: dict) -> BatchStatus | None:
+    def find_batch(self, match: BatchMatch) -> BatchStatus | None:
         """The batch an interrupted create made, judged without metadata.
 
         Candidates: created within [created_after - 120 s, created_after + 600 s], with the chunk's request
-        count, and not a batch known to belong to another chunk (this process's creates and the ledger).
+        count, and not a batch another chunk owns (this process's creates and `match.claimed`).
         An ended candidate counts only if its results hold exactly the chunk's custom_ids. One match is
         adopted; none means there is no batch; several (or an unverifiable one next to others) raise
         ProviderError("cannot tell ...")."""
-        created_after = intent.get("created_after")
+        created_after = match.created_after
         if not created_after:
             raise ProviderError("cannot tell: the ledger holds no time for the interrupted create")
-        count = intent.get("request_count")
-        ids = self._custom_ids(content_hash, intent)
+        count = match.request_count
+        ids = match.custom_ids if match.custom_ids is not None else self._ids.get(match.content_hash)
         if count is None and ids is not None:
             count = len(ids)
-        others = self._other_chunks_batches(content_hash)
+        others = set(match.claimed) | {b for b, made_for in self._made.items() if made_for != match.content_hash}
         candidates: list[BatchStatus] = []
         for status in self.list_batches():
             if status.created_at is None or status.created_at > created_after + WINDOW_AFTER:
@@ -187,8 +216,10 @@ class AnthropicProvider(SDKProvider):
         if ids is None:
             if len(candidates) == 1:
                 return candidates[0]
-            raise ProviderError(f"cannot tell which of {len(candidates)} batches ({_ids(candidates)}) "
-                                f"holds this chunk's {count} requests")
+            raise ProviderError(
+                f"cannot tell which of {len(candidates)} batches ({_ids(candidates)}) "
+                f"holds this chunk's {count} requests"
+            )
         verified, unverified = [], []
         for status in candidates:
             if status.ended:
@@ -200,72 +231,19 @@ class AnthropicProvider(SDKProvider):
         if len(verified) == 1:
             return verified[0]
         if len(verified) > 1:
-            raise ProviderError(f"cannot tell: {len(verified)} batches ({_ids(verified)}) hold exactly this chunk's requests")
+            raise ProviderError(
+                f"cannot tell: {len(verified)} batches ({_ids(verified)}) hold exactly this chunk's requests"
+            )
         if len(unverified) == 1:
             return unverified[0]
         if not unverified:
             return None
-        raise ProviderError(f"cannot tell which of {len(unverified)} running batches ({_ids(unverified)}) "
-                            f"holds this chunk's {count} requests")
+        raise ProviderError(
+            f"cannot tell which of {len(unverified)} running batches ({_ids(unverified)}) "
+            f"holds this chunk's {count} requests"
+        )
 
-    def _custom_ids(self, content_hash: str, intent: dict) -> frozenset[str] | None:
-        """The chunk's custom_ids: from the intent, this process's creates, or the request file the ledger names."""
-        if intent.get("custom_ids"):
-            return frozenset(intent["custom_ids"])
-        if content_hash in self._ids:
-            return self._ids[content_hash]
-        for entry in self._ledger_entries():
-            if entry.get("event") != "prepared" or entry.get("content_hash") != content_hash:
-                continue
-            if isinstance(entry.get("requests"), dict) and entry["requests"]:
-                return frozenset(entry["requests"])
-            if entry.get("request_file") and self.settings is not None:
-                path = Path(self.settings.root) / entry["request_file"]
-                try:
-                    content = path.read_bytes()
-                except OSError:
-                    continue
-                if sha256_hex(content) == content_hash:
-                    return frozenset(json.loads(line)["custom_id"] for line in content.splitlines() if line.strip())
-        return None
-
-    def _other_chunks_batches(self, content_hash: str) -> set[str]:
-        """Batch ids that belong to other chunks: made by this process, or recorded as created in the ledger."""
-        others = {batch_id for batch_id, made_for in self._made.items() if made_for != content_hash}
-        by_chunk: dict[str, dict] = {}
-        for entry in self._ledger_entries():
-            chunk = by_chunk.setdefault(entry.get("chunk") or "", {"hash": None, "batches": set()})
-            if entry.get("event") == "prepared":
-                chunk["hash"] = entry.get("content_hash")
-            elif entry.get("event") == "created" and entry.get("batch_id"):
-                chunk["batches"].add(entry["batch_id"])
-        for chunk in by_chunk.values():
-            if chunk["hash"] != content_hash:
-                others |= chunk["batches"]
-        return others
-
-    def _ledger_entries(self) -> Iterator[dict]:
-        if self.settings is None:
-            return
-        from ..chunks import Layout
-
-        folder = Layout(self.settings).ledger_dir()
-        if not folder.is_dir():
-            return
-        for path in sorted(folder.glob("*.jsonl")):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError:
-                continue
-            for line in text.splitlines():
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(entry, dict):
-                    yield entry
-
-    def complete(self, request_line: dict) -> dict:
+    def complete(self, request_line: dict[str, Any]) -> dict[str, Any]:
         """Realtime: send the line's params to /v1/messages; the answer as a batch result line."""
         import anthropic
 
@@ -277,17 +255,35 @@ class AnthropicProvider(SDKProvider):
         except anthropic.APIStatusError as exc:
             _, text = self._describe(exc)
             err = _error_body(exc.body)
-            return {"custom_id": custom_id, "result": {"type": "errored", "error": {
-                "type": "error", "error": {"type": err.get("type") or ERROR_TYPES.get(exc.status_code, "api_error"),
-                                           "message": scrub_secrets(err.get("message") or text, self._secrets())},
-                "request_id": exc.request_id}}, "retry_after": retry_after_seconds(exc.response.headers)}
+            return {
+                "custom_id": custom_id,
+                "result": {
+                    "type": "errored",
+                    "error": {
+                        "type": "error",
+                        "error": {
+                            "type": err.get("type") or ERROR_TYPES.get(exc.status_code, "api_error"),
+                            "message": scrub_secrets(err.get("message") or text, self._secrets()),
+                        },
+                        "request_id": exc.request_id,
+                    },
+                },
+                "retry_after": retry_after_seconds(exc.response.headers),
+            }
         except anthropic.AnthropicError as exc:
             _, text = self._describe(exc)
             kind = "timeout_error" if isinstance(exc, anthropic.APITimeoutError) else "api_error"
-            return {"custom_id": custom_id, "result": {"type": "errored", "error": {
-                "type": "error", "error": {"type": kind, "message": text}, "request_id": None}}}
-        return {"custom_id": custom_id, "result": {"type": "succeeded",
-                                                   "message": message.model_dump(mode="json", exclude_unset=True)}}
+            return {
+                "custom_id": custom_id,
+                "result": {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": kind, "message": text}, "request_id": None},
+                },
+            }
+        return {
+            "custom_id": custom_id,
+            "result": {"type": "succeeded", "message": message.model_dump(mode="json", exclude_unset=True)},
+        }
 
 
 def _unix(value: datetime | str | None) -> float | None:
@@ -298,7 +294,7 @@ def _unix(value: datetime | str | None) -> float | None:
     return value.timestamp()
 
 
-def _status(batch) -> BatchStatus:
+def _status(batch: Any) -> BatchStatus:
     counts = batch.request_counts
     failed = int(counts.errored or 0) + int(counts.canceled or 0) + int(counts.expired or 0)
     succeeded = int(counts.succeeded or 0)

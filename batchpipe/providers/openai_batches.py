@@ -14,19 +14,15 @@ The SDK is imported lazily, so building the provider and `check_ready()` are che
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
-from .base import (
-    OPENAI_ENDPOINT,
-    BatchStatus,
-    ProviderError,
-    create_once,
-    scrub_secrets,
-    sdk_kwargs,
-)
-from .local import status_from_openai
-from .sdk import SDKProvider, retry_after_seconds
+from ..config import Settings
+from ..errors import ProviderError
+from .base import BatchMatch, BatchStatus, create_once
+from .openai_wire import OPENAI_ENDPOINT, OpenAIWire, status_from_openai
+from .sdk import SDKProvider, retry_after_seconds, scrub_secrets, sdk_kwargs
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -37,7 +33,7 @@ FIND_MAX_SCAN = 5000
 
 class OpenAIProvider(SDKProvider):
     name = "openai"
-    wire = "openai"
+    wire = OpenAIWire
     sdk = "openai"
     sdk_error = "OpenAIError"
     default_key_env = DEFAULT_KEY_ENV
@@ -45,22 +41,21 @@ class OpenAIProvider(SDKProvider):
     default_base_url = DEFAULT_BASE_URL
 
     @classmethod
-    def from_settings(cls, settings) -> "OpenAIProvider":
-        conf = settings["openai"] or {}
-        provider = cls(base_url=conf.get("base_url"), api_key_env=conf.get("api_key_env") or DEFAULT_KEY_ENV,
-                       timeout=float(conf.get("timeout") or 600))
+    def from_settings(cls, settings: Settings) -> OpenAIProvider:
+        conf = settings.openai
+        provider = cls(base_url=conf.base_url, api_key_env=conf.api_key_env or DEFAULT_KEY_ENV, timeout=conf.timeout)
         provider.check_ready()  # a missing key stops the run here, before anything is written or spent
         return provider
 
     # --- clients and errors --------------------------------------------------------------------
 
-    def _new_client(self, module, key: str, retries: int):
+    def _new_client(self, module: Any, key: str, retries: int) -> Any:
         return module.OpenAI(api_key=key, base_url=self.base_url or None, timeout=self.timeout, max_retries=retries)
 
-    def _http_error_text(self, exc) -> str:
+    def _http_error_text(self, exc: Any) -> str:
         return _error_message(exc.body) or exc.message
 
-    def _list_once(self, client):
+    def _list_once(self, client: Any) -> Any:
         return client.batches.list(limit=1)
 
     # --- Provider ---------------------------------------------------------------------------------
@@ -69,11 +64,12 @@ class OpenAIProvider(SDKProvider):
         # A duplicate upload costs nothing, so SDK retries are fine here.
         client = self._client("read")
         data = request_file.read_bytes()
-        file = self._call(f"upload of {request_file.name}", client.files.create, file=(request_file.name, data),
-                          purpose="batch")
+        file = self._call(
+            f"upload of {request_file.name}", client.files.create, file=(request_file.name, data), purpose="batch"
+        )
         return file.id
 
-    def create(self, request_file: Path, input_file_id: str | None, metadata: dict) -> BatchStatus:
+    def create(self, request_file: Path, input_file_id: str | None, metadata: dict[str, str]) -> BatchStatus:
         if not input_file_id:
             raise ProviderError("openai create: no input file id (upload the request file first)")
         client = self._client("create")
@@ -81,21 +77,32 @@ class OpenAIProvider(SDKProvider):
         started = time.time()
 
         def attempt() -> BatchStatus:
-            batch = client.batches.create(input_file_id=input_file_id, endpoint=OPENAI_ENDPOINT,
-                                          completion_window="24h", metadata=metadata or None)
+            batch = client.batches.create(
+                input_file_id=input_file_id,
+                endpoint=OPENAI_ENDPOINT,
+                completion_window="24h",
+                metadata=metadata or None,
+            )
             return _status(batch)
 
         def find() -> BatchStatus | None:
             if not content_hash:
                 raise ProviderError("openai create: cannot tell whether the batch was made (no chunk hash in metadata)")
             # Only a batch made by this call counts (an older batch of the same chunk is not this one).
-            return self.find_batch(content_hash, {"created_after": started, "margin": 120,
-                                                  "input_file_id": input_file_id})
+            return self.find_batch(
+                BatchMatch(content_hash, created_after=started, margin=120, input_file_id=input_file_id)
+            )
 
-        return create_once(attempt, find, self._classify_create, label=f"openai create for {request_file.name}",
-                           delays=self.create_delays, sleep=self.sleep)
+        return create_once(
+            attempt,
+            find,
+            self._classify_create,
+            label=f"openai create for {request_file.name}",
+            delays=self.create_delays,
+            sleep=self.sleep,
+        )
 
-    def _token_limit_text(self, exc, text: str) -> str:
+    def _token_limit_text(self, exc: Any, text: str) -> str:
         return f"{_error_code(getattr(exc, 'body', None))} {text}"
 
     def retrieve(self, batch_id: str) -> BatchStatus:
@@ -126,15 +133,17 @@ class OpenAIProvider(SDKProvider):
         except openai.OpenAIError as exc:
             raise self._error("list", exc) from None
 
-    def find_batch(self, content_hash: str, intent: dict) -> BatchStatus | None:
+    def find_batch(self, match: BatchMatch) -> BatchStatus | None:
         """The batch whose metadata holds this chunk hash, scanning newest first down to well before the intent."""
-        created_after = intent.get("created_after")
-        margin = float(intent.get("margin", FIND_MARGIN))
+        created_after = match.created_after
+        margin = match.margin if match.margin is not None else FIND_MARGIN
         matches: list[BatchStatus] = []
         for scanned, status in enumerate(self.list_batches()):
             if created_after and status.created_at and status.created_at < created_after - margin:
                 break
-            if status.metadata.get("batchpipe_chunk_hash") == content_hash:
+            if status.batch_id in match.claimed:
+                continue
+            if status.metadata.get("batchpipe_chunk_hash") == match.content_hash:
                 matches.append(status)
             if scanned >= FIND_MAX_SCAN:
                 if matches:
@@ -146,7 +155,7 @@ class OpenAIProvider(SDKProvider):
         # stay visible in `batchpipe list --remote`) rather than stopping.
         return min(matches, key=lambda s: (s.created_at or 0, s.batch_id))
 
-    def complete(self, request_line: dict) -> dict:
+    def complete(self, request_line: dict[str, Any]) -> dict[str, Any]:
         """Realtime: POST the line's body to /chat/completions; the answer as a batch output/error line."""
         import openai
 
@@ -159,21 +168,39 @@ class OpenAIProvider(SDKProvider):
             _, text = self._describe(exc)
             err = (exc.body.get("error") if isinstance(exc.body, dict) else None) or {}
             err = err if isinstance(err, dict) else {}
-            return {"custom_id": custom_id, "response": {
-                "status_code": exc.status_code, "request_id": exc.request_id,
-                "body": {"error": {"message": scrub_secrets(err.get("message") or text, self._secrets()),
-                                   "type": err.get("type"), "param": err.get("param"), "code": err.get("code")}}},
-                "error": None, "retry_after": retry_after_seconds(exc.response.headers)}
+            return {
+                "custom_id": custom_id,
+                "response": {
+                    "status_code": exc.status_code,
+                    "request_id": exc.request_id,
+                    "body": {
+                        "error": {
+                            "message": scrub_secrets(err.get("message") or text, self._secrets()),
+                            "type": err.get("type"),
+                            "param": err.get("param"),
+                            "code": err.get("code"),
+                        }
+                    },
+                },
+                "error": None,
+                "retry_after": retry_after_seconds(exc.response.headers),
+            }
         except openai.OpenAIError as exc:
             _, text = self._describe(exc)
             code = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection_error"
             return {"custom_id": custom_id, "response": None, "error": {"code": code, "message": text}}
-        return {"custom_id": custom_id, "response": {
-            "status_code": 200, "request_id": getattr(completion, "_request_id", None),
-            "body": completion.model_dump(mode="json", exclude_unset=True)}, "error": None}
+        return {
+            "custom_id": custom_id,
+            "response": {
+                "status_code": 200,
+                "request_id": getattr(completion, "_request_id", None),
+                "body": completion.model_dump(mode="json", exclude_unset=True),
+            },
+            "error": None,
+        }
 
 
-def _status(batch) -> BatchStatus:
+def _status(batch: Any) -> BatchStatus:
     return status_from_openai(batch.model_dump(mode="json"))
 
 

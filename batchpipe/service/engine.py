@@ -17,6 +17,7 @@ Layout of `state_dir`:
     batches/<batch_id>/results.jsonl  Anthropic results, once ended (OpenAI results are output/error Files)
     batches/<batch_id>/lock           per-batch lock
     fault-counts.json, fault-counts.lock   how often each `times`-limited fault rule has applied
+    realtime.jsonl, realtime.lock          one usage line per `complete_line` answer
 """
 
 from __future__ import annotations
@@ -30,27 +31,50 @@ import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .files import atomic_write_bytes, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
+from ..errors import Conflict, InvalidRequest, NotFound, RateLimited
+from ..files import atomic_write_bytes, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
+from ..request import NeutralRequest
 from .responders import (
     NeutralAnswer,
     NeutralError,
-    NeutralRequest,
     OfflineResponder,
-    Responder,
     estimate_tokens,
     prompt_text,
     status_error_type,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .responders import Responder
+
+T = TypeVar("T")
+
 CHAT_ENDPOINT = "/v1/chat/completions"
-OPENAI_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
-                    "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos")
-FILE_PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune",
-                 "fine-tune-results", "vision", "user_data")
+OPENAI_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+FILE_PURPOSES = (
+    "assistants",
+    "assistants_output",
+    "batch",
+    "batch_output",
+    "fine-tune",
+    "fine-tune-results",
+    "vision",
+    "user_data",
+)
 ENDED = ("completed", "failed", "expired", "cancelled")
 FILE_TTL = 30 * 86400
 MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
@@ -61,26 +85,19 @@ UNPROCESSED = {
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
     "canceled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
 }
-ANTHROPIC_ERROR_TYPES = ("invalid_request_error", "authentication_error", "billing_error", "permission_error",
-                         "not_found_error", "rate_limit_error", "timeout_error", "api_error", "overloaded_error")
+ANTHROPIC_ERROR_TYPES = (
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "rate_limit_error",
+    "timeout_error",
+    "api_error",
+    "overloaded_error",
+)
 FAULT_KINDS = ("invalid_json", "schema_violation", "error")
 BATCH_FAULT_KEYS = ("fail", "times", "limit", "expire_after_requests", "finalizing")
-
-
-class NotFound(Exception):
-    """No such file or batch (HTTP 404)."""
-
-
-class Conflict(Exception):
-    """The batch is not in a state that allows this (HTTP 409)."""
-
-
-class InvalidRequest(Exception):
-    """Malformed create parameters (HTTP 400)."""
-
-
-class RateLimited(Exception):
-    """A create refused by a queue limit (HTTP 429); the `batch.fail` fault on Anthropic batches."""
 
 
 @dataclass
@@ -105,16 +122,16 @@ class BatchRecord:
     expires_at: float
     input_file_id: str | None = None
     model: str | None = None
-    metadata: dict | None = None
+    metadata: dict[str, Any] | None = None
     total: int = 0
-    line_errors: list[dict] = field(default_factory=list)  # {code, message, param, line}: fails validation
+    line_errors: list[dict[str, Any]] = field(default_factory=list)  # {code, message, param, line}: fails validation
     # The plan, fixed at creation so that every process advances the batch the same way.
     validating_s: float = 0.0
     in_progress_s: float = 0.0
     finalizing_s: float = 0.0
     cancelling_s: float = 0.0
     expire_after: int | None = None
-    request_faults: list[dict] = field(default_factory=list)
+    request_faults: list[dict[str, Any]] = field(default_factory=list)
     output_ttl: int | None = None  # output_expires_after seconds (None: the default file TTL)
     # Lifecycle (internal status uses OpenAI's names).
     status: str = "validating"
@@ -146,7 +163,7 @@ class BatchRecord:
         return next((t for t in ends if t is not None), None)
 
     @classmethod
-    def from_json(cls, data: dict) -> "BatchRecord":
+    def from_json(cls, data: dict[str, Any]) -> BatchRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -156,14 +173,20 @@ class _Pass:
     """Scratch space of one advance: the outcomes answered in this pass, if any."""
 
     now: float
-    outcomes: list[dict] | None = None
+    outcomes: list[dict[str, Any]] | None = None
 
 
 class BatchEngine:
     """Files and batches under `state_dir`, answered by `responder`, on the lifecycle given by `timing`."""
 
-    def __init__(self, state_dir: Path, responder: Responder | None = None, timing: Timing | None = None,
-                 faults: dict | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        state_dir: Path,
+        responder: Responder | None = None,
+        timing: Timing | None = None,
+        faults: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.state_dir = Path(state_dir)
         self.responder = responder if responder is not None else OfflineResponder()
         self.timing = timing or Timing()
@@ -176,7 +199,9 @@ class BatchEngine:
 
     # --- Files ---------------------------------------------------------------------------------
 
-    def create_file(self, content: bytes, filename: str, purpose: str, expires_after: int | None = None) -> dict:
+    def create_file(
+        self, content: bytes, filename: str, purpose: str, expires_after: int | None = None
+    ) -> dict[str, Any]:
         """Store an uploaded file; returns the OpenAI file object. `expires_after`: seconds after creation."""
         check_expiry(expires_after, "expires_after")
         if purpose not in FILE_PURPOSES:
@@ -187,27 +212,35 @@ class BatchEngine:
             raise InvalidRequest("A batch input file may be at most 200 MB.")
         return self._store_file(content, filename, purpose, self.clock(), expires_after)
 
-    def _store_file(self, content: bytes, filename: str, purpose: str, at: float, ttl: int | None = None) -> dict:
+    def _store_file(
+        self, content: bytes, filename: str, purpose: str, at: float, ttl: int | None = None
+    ) -> dict[str, Any]:
         file_id = new_id("file-")
         if ttl is None and purpose in ("batch", "batch_output"):
             ttl = FILE_TTL
         meta = {
-            "id": file_id, "object": "file", "bytes": len(content), "created_at": int(at),
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(at),
             "expires_at": int(at) + ttl if ttl is not None else None,
-            "filename": filename, "purpose": purpose, "status": "processed", "status_details": None,
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
         }
         atomic_write_bytes(self._files / f"{file_id}.data", content)  # content first: meta implies content
         atomic_write_bytes(self._files / f"{file_id}.json", canonical_json(meta).encode())
         return meta
 
-    def get_file(self, file_id: str) -> dict:
+    def get_file(self, file_id: str) -> dict[str, Any]:
         return self._read(self._files, file_id, ".json", "file")
 
     def file_content(self, file_id: str) -> bytes:
         self.get_file(file_id)
         return (self._files / f"{file_id}.data").read_bytes()
 
-    def list_files(self, purpose: str | None = None) -> list[dict]:
+    def list_files(self, purpose: str | None = None) -> list[dict[str, Any]]:
         """All files (of `purpose`), newest first."""
         found = []
         for path in self._files.glob("*.json"):
@@ -219,7 +252,7 @@ class BatchEngine:
                 found.append(meta)
         return sorted(found, key=lambda m: (m["created_at"], m["id"]), reverse=True)
 
-    def delete_file(self, file_id: str) -> dict:
+    def delete_file(self, file_id: str) -> dict[str, Any]:
         self.get_file(file_id)
         for suffix in (".json", ".data"):
             (self._files / f"{file_id}{suffix}").unlink(missing_ok=True)
@@ -227,10 +260,17 @@ class BatchEngine:
 
     # --- Batches -------------------------------------------------------------------------------
 
-    def create_batch(self, *, request_format: str, endpoint: str = CHAT_ENDPOINT,
-                     input_file_id: str | None = None, requests: list[dict] | None = None,
-                     metadata: dict | None = None, completion_window: str = "24h",
-                     output_expires_after: int | None = None) -> BatchRecord:
+    def create_batch(
+        self,
+        *,
+        request_format: str,
+        endpoint: str = CHAT_ENDPOINT,
+        input_file_id: str | None = None,
+        requests: list[dict[str, Any]] | None = None,
+        metadata: dict[str, Any] | None = None,
+        completion_window: str = "24h",
+        output_expires_after: int | None = None,
+    ) -> BatchRecord:
         """A new batch in status validating. OpenAI: lines read from `input_file_id`; Anthropic: inline
         `requests` [{custom_id, params}] (params are checked only when processed, as the real API does).
         `output_expires_after`: seconds after their creation when the output/error Files expire."""
@@ -247,13 +287,24 @@ class BatchEngine:
             raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
         batch_fault = self.faults.get("batch", {})
         rec = BatchRecord(
-            id=batch_id, request_format=request_format, endpoint=endpoint, completion_window=completion_window,
-            created_at=now, expires_at=now + self.timing.completion_window, input_file_id=input_file_id,
-            model=model, metadata=metadata, total=len(natives), line_errors=line_errors,
-            validating_s=self.timing.validating, in_progress_s=self.timing.in_progress,
+            id=batch_id,
+            request_format=request_format,
+            endpoint=endpoint,
+            completion_window=completion_window,
+            created_at=now,
+            expires_at=now + self.timing.completion_window,
+            input_file_id=input_file_id,
+            model=model,
+            metadata=metadata,
+            total=len(natives),
+            line_errors=line_errors,
+            validating_s=self.timing.validating,
+            in_progress_s=self.timing.in_progress,
             finalizing_s=self.timing.finalizing + float(batch_fault.get("finalizing", 0)),
-            cancelling_s=self.timing.finalizing, expire_after=batch_fault.get("expire_after_requests"),
-            request_faults=self.faults.get("requests", []), output_ttl=output_expires_after,
+            cancelling_s=self.timing.finalizing,
+            expire_after=batch_fault.get("expire_after_requests"),
+            request_faults=self.faults.get("requests", []),
+            output_ttl=output_expires_after,
         )
         if not line_errors and "fail" in batch_fault and self._claim_batch_fault(batch_fault):
             message = fail_message(batch_fault, model or "the requested model")
@@ -269,8 +320,9 @@ class BatchEngine:
         self._save(rec)
         return rec
 
-    def _openai_input(self, endpoint: str, input_file_id: str | None,
-                      completion_window: str) -> tuple[list[dict], list[dict], str | None]:
+    def _openai_input(
+        self, endpoint: str, input_file_id: str | None, completion_window: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
         if endpoint not in OPENAI_ENDPOINTS:
             raise InvalidRequest(f"Invalid endpoint {endpoint!r}.")
         if endpoint != CHAT_ENDPOINT:
@@ -342,7 +394,7 @@ class BatchEngine:
 
     # --- Real time and faults -------------------------------------------------------------------
 
-    def respond_now(self, request_format: str, body: dict) -> tuple[int, dict]:
+    def respond_now(self, request_format: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One real-time call (the body of POST /v1/chat/completions or /v1/messages), answered as a batch
         request would be: by the responder, or by the current request faults (a rule's `times` counts calls
         with an identical body, so a retried call can get through). Returns (HTTP status, native body)."""
@@ -361,19 +413,74 @@ class BatchEngine:
         result = line["result"]
         return (200, result["message"]) if result["type"] == "succeeded" else (status, result["error"])
 
-    def _answer_now(self, request_format: str, native: dict) -> tuple[int, dict]:
+    def complete_line(self, native: dict[str, Any], request_format: str = "openai") -> dict[str, Any]:
+        """Answer one native request line now, as the line a batch would give for it (output or error).
+
+        The synchronous API of the service: the same responder and request fault rules as a batch (a
+        `times` rule counts per custom_id). Every answer is appended to `realtime.jsonl` in state_dir,
+        the service's own record of what it answered (and would bill)."""
+        now = self.clock()
+        out: dict[str, Any] | None = None
+        if request_format == "openai":
+            line, problem = check_openai_line(json.dumps(native), CHAT_ENDPOINT, set(), None)
+            if problem:
+                code, message, param = problem
+                out = {
+                    "kind": "errored",
+                    "line": {
+                        "id": derived_id("batch_req_", "realtime", str(native.get("custom_id"))),
+                        "custom_id": native.get("custom_id"),
+                        "response": {
+                            "status_code": 400,
+                            "request_id": None,
+                            "body": {
+                                "error": {
+                                    "message": message,
+                                    "type": "invalid_request_error",
+                                    "param": param,
+                                    "code": code,
+                                }
+                            },
+                        },
+                        "error": None,
+                    },
+                }
+        elif request_format == "anthropic":
+            line = native
+        else:
+            raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
+        if out is None:
+            out = self._answer_now(request_format, line)[1]
+        usage = {
+            "custom_id": native.get("custom_id"),
+            "time": round(now, 3),
+            "kind": out["kind"],
+            "input_tokens": out.get("input_tokens", 0),
+            "output_tokens": out.get("output_tokens", 0),
+        }
+        with file_lock(self.state_dir / "realtime.lock"):
+            with open(self.state_dir / "realtime.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(canonical_json(usage) + "\n")
+        return out["line"]
+
+    def _answer_now(self, request_format: str, native: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One native request answered now, as a batch would answer it (responder or request faults):
         (HTTP status, outcome with the native batch line). The one path of both real-time APIs."""
         fmt = FORMATS[request_format]
         now = self.clock()
-        rec = BatchRecord(id=new_id("rt_"), request_format=request_format, completion_window="",
-                          endpoint=CHAT_ENDPOINT if request_format == "openai" else "/v1/messages",
-                          created_at=now, expires_at=now)
+        rec = BatchRecord(
+            id=new_id("rt_"),
+            request_format=request_format,
+            completion_window="",
+            endpoint=CHAT_ENDPOINT if request_format == "openai" else "/v1/messages",
+            created_at=now,
+            expires_at=now,
+        )
         (req,), (answer,) = self._answers(fmt, self.faults["requests"], [native])
         status = answer.error.status if answer.error is not None else 200
         return status, fmt.outcome(rec, native["custom_id"], req, answer, now)
 
-    def set_faults(self, faults: dict | None) -> None:
+    def set_faults(self, faults: dict[str, Any] | None) -> None:
         """Replace the fault rules for batches created from now on (and real-time calls); restart the
         counts of `times`-limited rules."""
         checked = check_faults(faults or {})
@@ -383,7 +490,7 @@ class BatchEngine:
 
     # --- Views ---------------------------------------------------------------------------------
 
-    def openai_batch(self, record: BatchRecord) -> dict:
+    def openai_batch(self, record: BatchRecord) -> dict[str, Any]:
         """The OpenAI Batch object."""
         require_format(record, "openai")
         started = record.in_progress_at is not None
@@ -398,9 +505,20 @@ class BatchEngine:
             "status": record.status,
             "output_file_id": record.output_file_id,
             "error_file_id": record.error_file_id,
-            **{name: unix(getattr(record, name)) for name in (
-                "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
-                "expired_at", "cancelling_at", "cancelled_at")},
+            **{
+                name: unix(getattr(record, name))
+                for name in (
+                    "created_at",
+                    "in_progress_at",
+                    "expires_at",
+                    "finalizing_at",
+                    "completed_at",
+                    "failed_at",
+                    "expired_at",
+                    "cancelling_at",
+                    "cancelled_at",
+                )
+            },
             "request_counts": {
                 "total": record.total if started else 0,
                 "completed": record.succeeded,
@@ -416,7 +534,7 @@ class BatchEngine:
             "metadata": record.metadata,
         }
 
-    def anthropic_batch(self, record: BatchRecord) -> dict:
+    def anthropic_batch(self, record: BatchRecord) -> dict[str, Any]:
         """The Anthropic MessageBatch object; requests count as processing until the batch has ended."""
         require_format(record, "anthropic")
         ended = record.ended
@@ -426,8 +544,10 @@ class BatchEngine:
             "id": record.id,
             "type": "message_batch",
             "processing_status": status,
-            "request_counts": {"processing": 0 if ended else record.total,
-                               **{name: getattr(record, name) if ended else 0 for name in outcomes}},
+            "request_counts": {
+                "processing": 0 if ended else record.total,
+                **{name: getattr(record, name) if ended else 0 for name in outcomes},
+            },
             "created_at": rfc3339(record.created_at),
             "expires_at": rfc3339(record.expires_at),
             "ended_at": rfc3339(record.ended_at),
@@ -435,39 +555,6 @@ class BatchEngine:
             "archived_at": None,
             "results_url": f"/v1/messages/batches/{record.id}/results" if ended else None,
         }
-
-    # --- Realtime ------------------------------------------------------------------------------
-
-    def complete_line(self, native: dict, request_format: str = "openai") -> dict:
-        """Answer one native request line now, as the line a batch would give for it (output or error).
-
-        The synchronous API of the service: the same responder and request fault rules as a batch (a
-        `times` rule counts per custom_id). Every answer is appended to `realtime.jsonl` in state_dir,
-        the service's own record of what it answered (and would bill)."""
-        now = self.clock()
-        if request_format == "openai":
-            line, problem = check_openai_line(json.dumps(native), CHAT_ENDPOINT, set(), None)
-            if problem:
-                code, message, param = problem
-                out = {"kind": "errored", "line": {
-                    "id": derived_id("batch_req_", "realtime", str(native.get("custom_id"))),
-                    "custom_id": native.get("custom_id"), "response": {"status_code": 400, "request_id": None, "body": {
-                        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}},
-                    "error": None}}
-            else:
-                out = None
-        elif request_format == "anthropic":
-            line, out = native, None
-        else:
-            raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
-        if out is None:
-            out = self._answer_now(request_format, line)[1]
-        usage = {"custom_id": native.get("custom_id"), "time": round(now, 3), "kind": out["kind"],
-                 "input_tokens": out.get("input_tokens", 0), "output_tokens": out.get("output_tokens", 0)}
-        with file_lock(self.state_dir / "realtime.lock"):
-            with open(self.state_dir / "realtime.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(canonical_json(usage) + "\n")
-        return out["line"]
 
     # --- Lifecycle -----------------------------------------------------------------------------
 
@@ -498,6 +585,7 @@ class BatchEngine:
                 rec.status, rec.in_progress_at = "in_progress", at
             return True
         if rec.status == "in_progress":
+            assert rec.in_progress_at is not None, "set on entering in_progress"
             cut = rec.expire_after if rec.expire_after is not None and rec.expire_after < rec.total else None
             done_at = rec.in_progress_at + rec.in_progress_s
             if done_at <= rec.expires_at:
@@ -518,6 +606,7 @@ class BatchEngine:
             return True
         if rec.status in ("finalizing", "cancelling"):
             started = rec.finalizing_at if rec.status == "finalizing" else rec.cancelling_at
+            assert started is not None, "set on entering finalizing or cancelling"
             at = started + (rec.finalizing_s if rec.status == "finalizing" else rec.cancelling_s)
             if now < at:
                 return False
@@ -543,9 +632,13 @@ class BatchEngine:
             natives = [json.loads(line) for line in content.splitlines() if line]
         fmt = FORMATS[rec.request_format]
         outcomes = self._answer(rec, natives[:count], at)
-        for native in natives[count:]:
+        unanswered = natives[count:]
+        if unanswered:
+            assert rest is not None, "only a batch cut short leaves requests unanswered"
             code, message = UNPROCESSED[rest]
-            outcomes.append({"kind": rest, "line": fmt.unprocessed(rec, native["custom_id"], rest, code, message)})
+            for native in unanswered:
+                line = fmt.unprocessed(rec, native["custom_id"], rest, code, message)
+                outcomes.append({"kind": rest, "line": line})
         rec.processed = count
         for outcome in outcomes:
             setattr(rec, outcome["kind"], getattr(rec, outcome["kind"]) + 1)
@@ -554,28 +647,37 @@ class BatchEngine:
                 rec.output_tokens += outcome["output_tokens"]
         run.outcomes = outcomes
 
-    def _answer(self, rec: BatchRecord, natives: list[dict], at: float) -> list[dict]:
+    def _answer(self, rec: BatchRecord, natives: list[dict[str, Any]], at: float) -> list[dict[str, Any]]:
         fmt = FORMATS[rec.request_format]
         reqs, answers = self._answers(fmt, rec.request_faults, natives)
-        return [fmt.outcome(rec, native["custom_id"], req, answer, at)
-                for native, req, answer in zip(natives, reqs, answers)]
+        return [
+            fmt.outcome(rec, native["custom_id"], req, answer, at)
+            for native, req, answer in zip(natives, reqs, answers, strict=True)
+        ]
 
-    def _answers(self, fmt: Any, faults: list[dict], natives: list[dict]) -> tuple[list, list[NeutralAnswer]]:
-        """The neutral requests and their answers: a fault rule's, else the responder's."""
+    def _answers(
+        self, fmt: type[NativeFormat], faults: list[dict[str, Any]], natives: list[dict[str, Any]]
+    ) -> tuple[list[NeutralRequest | NeutralError], list[NeutralAnswer]]:
+        """The neutral requests (or why a native one is invalid) and their answers: the error for an invalid
+        request, else a fault rule's answer, else the responder's."""
         reqs = [fmt.to_neutral(native) for native in natives]
-        candidates = [matching_rules(faults, native) if isinstance(req, NeutralRequest) else []
-                      for native, req in zip(natives, reqs)]
+        candidates = [
+            matching_rules(faults, native) if isinstance(req, NeutralRequest) else []
+            for native, req in zip(natives, reqs, strict=True)
+        ]
         rules = self._choose_rules(candidates, [native["custom_id"] for native in natives])
-        answers: list[NeutralAnswer | None] = []
-        for req, rule in zip(reqs, rules):
+        answers: dict[int, NeutralAnswer] = {}
+        todo: list[tuple[int, NeutralRequest]] = []
+        for index, (req, rule) in enumerate(zip(reqs, rules, strict=True)):
             if isinstance(req, NeutralError):
-                answers.append(NeutralAnswer(error=req))
+                answers[index] = NeutralAnswer(error=req)
+            elif rule:
+                answers[index] = fault_answer(rule, req)
             else:
-                answers.append(fault_answer(rule, req) if rule else None)
-        todo = [i for i, answer in enumerate(answers) if answer is None]
-        for i, answer in zip(todo, self._respond([reqs[i] for i in todo])):
-            answers[i] = answer
-        return reqs, answers
+                todo.append((index, req))
+        for (index, _), answer in zip(todo, self._respond([req for _, req in todo]), strict=True):
+            answers[index] = answer
+        return reqs, [answers[index] for index in range(len(reqs))]
 
     def _respond(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
         if not reqs:
@@ -595,8 +697,11 @@ class BatchEngine:
         outcomes = run.outcomes
         if outcomes is None:
             pending = folder / "pending.jsonl"
-            outcomes = [json.loads(line) for line in pending.read_text("utf-8").splitlines() if line] \
-                if pending.exists() else []
+            outcomes = (
+                [json.loads(line) for line in pending.read_text("utf-8").splitlines() if line]
+                if pending.exists()
+                else []
+            )
         lines = shuffled(outcomes, rec.id)
         if rec.request_format == "anthropic":
             atomic_write_bytes(folder / "results.jsonl", jsonl_bytes(o["line"] for o in lines))
@@ -604,8 +709,9 @@ class BatchEngine:
             for attr, ok, suffix in (("output_file_id", True, "output"), ("error_file_id", False, "error")):
                 chosen = [o["line"] for o in lines if (o["kind"] == "succeeded") == ok]
                 if chosen:
-                    meta = self._store_file(jsonl_bytes(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at,
-                                            rec.output_ttl)
+                    meta = self._store_file(
+                        jsonl_bytes(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at, rec.output_ttl
+                    )
                     setattr(rec, attr, meta["id"])
         rec.status = status
         setattr(rec, {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status], at)
@@ -614,18 +720,20 @@ class BatchEngine:
 
     # --- Faults --------------------------------------------------------------------------------
 
-    def _claim_batch_fault(self, rule: dict) -> bool:
+    def _claim_batch_fault(self, rule: dict[str, Any]) -> bool:
         return self._choose_rules([[rule]], ["<batch>"])[0] is not None
 
-    def _choose_rules(self, candidates: list[list[dict]], custom_ids: list[str]) -> list[dict | None]:
+    def _choose_rules(
+        self, candidates: list[list[dict[str, Any]]], custom_ids: list[str]
+    ) -> list[dict[str, Any] | None]:
         """For each request, the first matching rule that still applies (`times` counted in state_dir)."""
         if not any("times" in rule for rules in candidates for rule in rules):
             return [rules[0] if rules else None for rules in candidates]
         counts_path = self.state_dir / "fault-counts.json"
         with file_lock(self.state_dir / "fault-counts.lock"):
             counts = read_json(counts_path) if counts_path.exists() else {}
-            chosen: list[dict | None] = []
-            for rules, custom_id in zip(candidates, custom_ids):
+            chosen: list[dict[str, Any] | None] = []
+            for rules, custom_id in zip(candidates, custom_ids, strict=True):
                 pick = None
                 for rule in rules:
                     if "times" not in rule:
@@ -642,7 +750,7 @@ class BatchEngine:
 
     # --- Storage -------------------------------------------------------------------------------
 
-    def _read(self, folder: Path, object_id: str, suffix: str, kind: str) -> dict:
+    def _read(self, folder: Path, object_id: str, suffix: str, kind: str) -> dict[str, Any]:
         if not isinstance(object_id, str) or not SAFE_ID.match(object_id):
             raise NotFound(f"No such {kind}: {object_id}")
         try:
@@ -666,11 +774,26 @@ class BatchEngine:
 # --- Native request and response shapes --------------------------------------------------------
 
 
+class NativeFormat(Protocol):
+    """One API's native shapes: a request as a neutral one, an answer or a fate as its native result line."""
+
+    @staticmethod
+    def to_neutral(native: dict[str, Any]) -> NeutralRequest | NeutralError: ...
+
+    @staticmethod
+    def outcome(
+        rec: BatchRecord, custom_id: str, req: NeutralRequest | NeutralError, answer: NeutralAnswer, at: float
+    ) -> dict[str, Any]: ...
+
+    @staticmethod
+    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict[str, Any]: ...
+
+
 class OpenAIFormat:
     """/v1/chat/completions requests; output and error file lines."""
 
     @staticmethod
-    def to_neutral(native: dict) -> NeutralRequest | NeutralError:
+    def to_neutral(native: dict[str, Any]) -> NeutralRequest | NeutralError:
         body = native["body"]
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -694,13 +817,21 @@ class OpenAIFormat:
             schema, name = spec["schema"], spec.get("name")
         elif response_format.get("type") == "json_object":
             schema = {"type": "object"}
-        return NeutralRequest(model=body["model"], messages=conversation, system="\n\n".join(system),
-                              max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
-                              schema=schema, tool_name=name, temperature=body.get("temperature"))
+        return NeutralRequest(
+            model=body["model"],
+            messages=conversation,
+            system="\n\n".join(system),
+            max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
+            schema=schema,
+            schema_name=name,
+            temperature=body.get("temperature"),
+        )
 
     @staticmethod
-    def outcome(rec: BatchRecord, custom_id: str, req: Any, answer: NeutralAnswer, at: float) -> dict:
-        line = {"id": derived_id("batch_req_", rec.id, custom_id), "custom_id": custom_id}
+    def outcome(
+        rec: BatchRecord, custom_id: str, req: NeutralRequest | NeutralError, answer: NeutralAnswer, at: float
+    ) -> dict[str, Any]:
+        line: dict[str, Any] = {"id": derived_id("batch_req_", rec.id, custom_id), "custom_id": custom_id}
         request_id = derived_id("req_", rec.id, custom_id)
         if answer.error is not None:
             err = answer.error
@@ -709,32 +840,51 @@ class OpenAIFormat:
             line["response"] = {"status_code": err.status, "request_id": request_id, "body": body}
             line["error"] = None
             return {"kind": "errored", "line": line}
+        assert isinstance(req, NeutralRequest), "an invalid request is answered with its error"
         tokens_in, tokens_out = token_counts(req, answer)
-        line["response"] = {"status_code": 200, "request_id": request_id, "body": {
-            "id": derived_id("chatcmpl-", rec.id, custom_id),
-            "object": "chat.completion",
-            "created": int(at),
-            "model": answer.model or req.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.as_text(), "refusal": None},
-                         "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out, "prompt_tokens_details": {"cached_tokens": 0},
-                      "completion_tokens_details": {"reasoning_tokens": 0}},
-        }}
+        line["response"] = {
+            "status_code": 200,
+            "request_id": request_id,
+            "body": {
+                "id": derived_id("chatcmpl-", rec.id, custom_id),
+                "object": "chat.completion",
+                "created": int(at),
+                "model": answer.model or req.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.as_text(), "refusal": None},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": tokens_in,
+                    "completion_tokens": tokens_out,
+                    "total_tokens": tokens_in + tokens_out,
+                    "prompt_tokens_details": {"cached_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 0},
+                },
+            },
+        }
         line["error"] = None
         return {"kind": "succeeded", "line": line, "input_tokens": tokens_in, "output_tokens": tokens_out}
 
     @staticmethod
-    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict:
-        return {"id": derived_id("batch_req_", rec.id, custom_id), "custom_id": custom_id, "response": None,
-                "error": {"code": code, "message": message}}
+    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict[str, Any]:
+        return {
+            "id": derived_id("batch_req_", rec.id, custom_id),
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": code, "message": message},
+        }
 
 
 class AnthropicFormat:
     """Message Batches requests {custom_id, params}; results lines."""
 
     @staticmethod
-    def to_neutral(native: dict) -> NeutralRequest | NeutralError:
+    def to_neutral(native: dict[str, Any]) -> NeutralRequest | NeutralError:
         params = native["params"]
         if params.get("stream"):
             return bad_request("stream: streaming is not supported in Message Batches.")
@@ -742,11 +892,15 @@ class AnthropicFormat:
         if not isinstance(model, str) or not model:
             return bad_request("model: Field required")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            return bad_request("max_tokens: Field required" if max_tokens is None
-                               else "max_tokens: Input should be an integer greater than or equal to 1")
+            return bad_request(
+                "max_tokens: Field required"
+                if max_tokens is None
+                else "max_tokens: Input should be an integer greater than or equal to 1"
+            )
         if not isinstance(messages, list) or not messages:
-            return bad_request("messages: Field required" if messages is None
-                               else "messages: at least one message is required")
+            return bad_request(
+                "messages: Field required" if messages is None else "messages: at least one message is required"
+            )
         conversation = []
         for index, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
@@ -766,56 +920,91 @@ class AnthropicFormat:
             if tool is None or not isinstance(tool.get("input_schema"), dict):
                 return bad_request(f"tool_choice: tool {forced!r} is not among the tools (with an input_schema)")
             schema, tool_name = tool["input_schema"], forced
-        return NeutralRequest(model=model, messages=conversation, system=content_text(params.get("system")),
-                              max_tokens=max_tokens, schema=schema, tool_name=tool_name,
-                              temperature=params.get("temperature"))
+        return NeutralRequest(
+            model=model,
+            messages=conversation,
+            system=content_text(params.get("system")),
+            max_tokens=max_tokens,
+            schema=schema,
+            schema_name=tool_name,
+            temperature=params.get("temperature"),
+        )
 
     @staticmethod
-    def outcome(rec: BatchRecord, custom_id: str, req: Any, answer: NeutralAnswer, at: float) -> dict:
+    def outcome(
+        rec: BatchRecord, custom_id: str, req: NeutralRequest | NeutralError, answer: NeutralAnswer, at: float
+    ) -> dict[str, Any]:
         if answer.error is not None:
-            error = {"type": "error", "error": {"type": anthropic_error_type(answer.error),
-                                                "message": answer.error.message},
-                     "request_id": derived_id("req_", rec.id, custom_id)}
+            error = {
+                "type": "error",
+                "error": {"type": anthropic_error_type(answer.error), "message": answer.error.message},
+                "request_id": derived_id("req_", rec.id, custom_id),
+            }
             return {"kind": "errored", "line": {"custom_id": custom_id, "result": {"type": "errored", "error": error}}}
+        assert isinstance(req, NeutralRequest), "an invalid request is answered with its error"
         tokens_in, tokens_out = token_counts(req, answer)
-        payload = answer_json(answer) if req.tool_name else None
+        payload = answer_json(answer) if req.schema_name else None
         if isinstance(payload, dict):
-            content = [{"type": "tool_use", "id": derived_id("toolu_", rec.id, custom_id), "name": req.tool_name,
-                        "input": payload}]
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": derived_id("toolu_", rec.id, custom_id),
+                    "name": req.schema_name,
+                    "input": payload,
+                }
+            ]
         else:  # free text, or a forced tool the answer could not fill (invalid JSON)
             content = [{"type": "text", "text": answer.as_text()}]
         message = {
-            "id": derived_id("msg_", rec.id, custom_id), "type": "message", "role": "assistant",
-            "model": answer.model or req.model, "content": content,
-            "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+            "id": derived_id("msg_", rec.id, custom_id),
+            "type": "message",
+            "role": "assistant",
+            "model": answer.model or req.model,
+            "content": content,
+            "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
         }
         line = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
         return {"kind": "succeeded", "line": line, "input_tokens": tokens_in, "output_tokens": tokens_out}
 
     @staticmethod
-    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict:
+    def unprocessed(rec: BatchRecord, custom_id: str, fate: str, code: str, message: str) -> dict[str, Any]:
         return {"custom_id": custom_id, "result": {"type": fate}}
 
 
-FORMATS = {"openai": OpenAIFormat, "anthropic": AnthropicFormat}
+FORMATS: dict[str, type[NativeFormat]] = {"openai": OpenAIFormat, "anthropic": AnthropicFormat}
 
 
 # --- Input parsing ------------------------------------------------------------------------------
 
 
-def parse_openai_lines(content: bytes, endpoint: str) -> tuple[list[dict], list[dict], str | None]:
+def parse_openai_lines(content: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
     """Validate an OpenAI batch input file: (requests, errors with 1-based line numbers, model)."""
-    requests: list[dict] = []
-    errors: list[dict] = []
+    requests: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     seen: set[str] = set()
     model = None
     lines = content.decode("utf-8", errors="replace").splitlines()
     if not any(line.strip() for line in lines):
-        return [], [{"code": "empty_file", "param": None, "line": None,
-                     "message": "The batch input file is empty. Please ensure that the batch contains at least "
-                                "one request."}], None
+        return (
+            [],
+            [
+                {
+                    "code": "empty_file",
+                    "param": None,
+                    "line": None,
+                    "message": "The batch input file is empty. Please ensure that the batch contains at least "
+                    "one request.",
+                }
+            ],
+            None,
+        )
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -829,8 +1018,9 @@ def parse_openai_lines(content: bytes, endpoint: str) -> tuple[list[dict], list[
     return requests, errors, model
 
 
-def check_openai_line(text: str, endpoint: str, seen: set[str],
-                      model: str | None) -> tuple[Any, tuple[str, str, str | None] | None]:
+def check_openai_line(
+    text: str, endpoint: str, seen: set[str], model: str | None
+) -> tuple[Any, tuple[str, str, str | None] | None]:
     """One input line, parsed, and (code, message, param) of its first problem (None if it is fine)."""
     try:
         line = json.loads(text)
@@ -846,8 +1036,7 @@ def check_openai_line(text: str, endpoint: str, seen: set[str],
     if line["method"] != "POST":
         return line, ("invalid_method", "Only the POST method is supported.", "method")
     if line["url"] != endpoint:
-        return line, ("invalid_url", "The URL provided for this request does not match the batch endpoint.",
-                      "url")
+        return line, ("invalid_url", "The URL provided for this request does not match the batch endpoint.", "url")
     body = line["body"]
     if not isinstance(body, dict):
         return line, ("invalid_body", "The body of this request must be a JSON object.", "body")
@@ -856,15 +1045,23 @@ def check_openai_line(text: str, endpoint: str, seen: set[str],
     if body.get("stream"):
         return line, ("invalid_request", "Streaming is not supported in batch requests.", "body.stream")
     if line["custom_id"] in seen:
-        return line, ("duplicate_custom_id", "The custom_id for this request is a duplicate of another request. "
-                      "The custom_id parameter must be unique for each request in a batch.", "custom_id")
+        return line, (
+            "duplicate_custom_id",
+            "The custom_id for this request is a duplicate of another request. "
+            "The custom_id parameter must be unique for each request in a batch.",
+            "custom_id",
+        )
     if model is not None and body["model"] != model:
-        return line, ("mismatched_model", f"This request uses model {body['model']!r}, but the batch's first "
-                      f"request uses {model!r}; a batch may only use one model.", "body.model")
+        return line, (
+            "mismatched_model",
+            f"This request uses model {body['model']!r}, but the batch's first "
+            f"request uses {model!r}; a batch may only use one model.",
+            "body.model",
+        )
     return line, None
 
 
-def parse_anthropic_requests(requests: Any) -> list[dict]:
+def parse_anthropic_requests(requests: Any) -> list[dict[str, Any]]:
     """Check the structure of inline Anthropic requests (params are checked later, per request)."""
     if not isinstance(requests, list) or not requests:
         raise InvalidRequest("requests: at least one request is required")
@@ -896,12 +1093,13 @@ def check_metadata(metadata: Any) -> None:
 def check_expiry(seconds: Any, name: str) -> None:
     """An expiry in seconds (expires_after, output_expires_after): None, or an integer in EXPIRY_SECONDS."""
     low, high = EXPIRY_SECONDS
-    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)
-                                or not low <= seconds <= high):
+    if seconds is not None and (
+        not isinstance(seconds, int) or isinstance(seconds, bool) or not low <= seconds <= high
+    ):
         raise InvalidRequest(f"{name}: seconds must be an integer between {low} and {high}.")
 
 
-def check_faults(faults: dict) -> dict:
+def check_faults(faults: dict[str, Any]) -> dict[str, Any]:
     """Reject unknown fault kinds and keys early (a typo would otherwise silently inject nothing)."""
     unknown = set(faults) - {"requests", "batch"}
     if unknown:
@@ -918,7 +1116,7 @@ def check_faults(faults: dict) -> dict:
 # --- Small helpers ------------------------------------------------------------------------------
 
 
-def matching_rules(rules: list[dict], native: dict) -> list[dict]:
+def matching_rules(rules: list[dict[str, Any]], native: dict[str, Any]) -> list[dict[str, Any]]:
     """Rules whose `match` is in the custom_id or in the request's JSON text."""
     text = None
     found = []
@@ -932,13 +1130,18 @@ def matching_rules(rules: list[dict], native: dict) -> list[dict]:
     return found
 
 
-def fault_answer(rule: dict, req: NeutralRequest) -> NeutralAnswer:
+def fault_answer(rule: dict[str, Any], req: NeutralRequest) -> NeutralAnswer:
     """The answer a fault rule imposes instead of the responder's."""
     if rule["kind"] == "error":
         status = int(rule.get("status", 500))
-        return NeutralAnswer(error=NeutralError(
-            status=status, type=rule.get("type") or status_error_type(status),
-            message=rule.get("message") or f"Injected error (HTTP {status}).", code=rule.get("code")))
+        return NeutralAnswer(
+            error=NeutralError(
+                status=status,
+                type=rule.get("type") or status_error_type(status),
+                message=rule.get("message") or f"Injected error (HTTP {status}).",
+                code=rule.get("code"),
+            )
+        )
     if rule["kind"] == "invalid_json":
         answer = NeutralAnswer(text='{"answer": "this JSON stops in the middle')
     else:  # schema_violation: valid JSON that breaks the schema
@@ -951,21 +1154,32 @@ def fault_answer(rule: dict, req: NeutralRequest) -> NeutralAnswer:
     return answer
 
 
-def fail_message(rule: dict, model: str) -> str:
+def fail_message(rule: dict[str, Any], model: str) -> str:
     if rule["fail"] == "token_limit_exceeded":
-        return (f"Enqueued token limit reached for {model} in organization org-batchpipe-local. "
-                f"Limit: {int(rule.get('limit', 2_000_000))} enqueued tokens. "
-                "Please try again once some in_progress batches have been completed.")
+        return (
+            f"Enqueued token limit reached for {model} in organization org-batchpipe-local. "
+            f"Limit: {int(rule.get('limit', 2_000_000))} enqueued tokens. "
+            "Please try again once some in_progress batches have been completed."
+        )
     return f"The batch failed: {rule['fail']}."
 
 
 def anthropic_error_type(error: NeutralError) -> str:
     if error.type in ANTHROPIC_ERROR_TYPES:
         return error.type
-    by_status = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
-                 422: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error",
-                 504: "timeout_error", 529: "overloaded_error"}
+    by_status = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        408: "timeout_error",
+        413: "invalid_request_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }
     return by_status.get(error.status, "invalid_request_error" if error.status < 500 else "api_error")
 
 
@@ -995,11 +1209,13 @@ def answer_json(answer: NeutralAnswer) -> Any:
 
 
 def token_counts(req: NeutralRequest, answer: NeutralAnswer) -> tuple[int, int]:
-    return (answer.input_tokens or estimate_tokens(prompt_text(req)),
-            answer.output_tokens or estimate_tokens(answer.as_text()))
+    return (
+        answer.input_tokens or estimate_tokens(prompt_text(req)),
+        answer.output_tokens or estimate_tokens(answer.as_text()),
+    )
 
 
-def shuffled(items: list, seed: str) -> list:
+def shuffled(items: list[T], seed: str) -> list[T]:
     """A deterministic shuffle that never keeps the original order (for two or more items)."""
     out = items[:]
     random.Random(seed).shuffle(out)
@@ -1038,4 +1254,4 @@ def unix(at: float | None) -> int | None:
 def rfc3339(at: float | None) -> str | None:
     if at is None:
         return None
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

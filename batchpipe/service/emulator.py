@@ -22,13 +22,12 @@ the socket without answering, before the call is handled or after it (the batch 
 
 Control endpoints (no auth): `GET /_emulator/requests` ({"data": [call log]}), `GET|POST /_emulator/faults`
 (read / replace the fault spec), `POST /_emulator/timing` ({validating, in_progress, finalizing,
-completion_window} seconds, replacing the whole timing, for new batches), `POST /_emulator/reset` (startup faults back, log and fault
-counts cleared; stored files and batches stay), `GET /_emulator/health`.
+completion_window} seconds, replacing the whole timing, for new batches), `POST /_emulator/reset` (startup
+faults back, log and fault counts cleared; stored files and batches stay), `GET /_emulator/health`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import email.message
 import email.parser
@@ -37,27 +36,30 @@ import fnmatch
 import ipaddress
 import json
 import re
-import shutil
-import signal
 import socket
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from .engine import (BatchEngine, Conflict, InvalidRequest, NotFound, RateLimited, Timing, anthropic_error_type,
-                     check_faults, new_id)
-from .responders import NeutralError, Responder, make_responder, status_error_type
+from ..errors import Conflict, InvalidRequest, NotFound, RateLimited
+from .engine import BatchEngine, Timing, anthropic_error_type, check_faults, new_id
+from .responders import NeutralError, status_error_type
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .responders import Responder
 
 FAULT_SECTIONS = ("requests", "batch", "http", "not_found_after_create")
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data")
 MAX_BODY_BYTES = 600 * 1024 * 1024
 MAX_ANTHROPIC_BODY_BYTES = 256 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 # --- Fault spec ---------------------------------------------------------------------------------
@@ -88,13 +90,13 @@ class HttpFault:
 class FaultPlan:
     """A checked fault spec: the engine's part and the HTTP-level part."""
 
-    engine: dict
+    engine: dict[str, Any]
     http: list[HttpFault]
     not_found_gets: int = 0
     not_found_api: str = "any"
 
 
-def parse_faults(spec: dict | None) -> FaultPlan:
+def parse_faults(spec: dict[str, Any] | None) -> FaultPlan:
     """Check a fault spec (see the module docstring); ValueError on anything unknown."""
     spec = spec or {}
     if not isinstance(spec, dict):
@@ -132,7 +134,7 @@ def http_fault(rule: Any) -> HttpFault:
     return fault
 
 
-def load_faults(path: str | Path) -> dict:
+def load_faults(path: str | Path) -> dict[str, Any]:
     """A fault spec from a JSON or YAML file."""
     import yaml  # JSON is YAML
 
@@ -154,7 +156,7 @@ def parse_delays(text: str) -> Timing:
     return Timing(**values)
 
 
-def to_timing(timing: Timing | dict | None) -> Timing:
+def to_timing(timing: Timing | dict[str, Any] | None) -> Timing:
     if timing is None or isinstance(timing, Timing):
         return timing or Timing()
     return Timing(**{key: float(value) for key, value in dict(timing).items()})
@@ -169,8 +171,9 @@ def check_loopback(host: str) -> str:
     except ValueError:
         loopback = False
     if not loopback:
-        raise ValueError(f"refusing to serve on {host!r}: the emulator binds to a loopback address only "
-                         "(127.0.0.1, ::1)")
+        raise ValueError(
+            f"refusing to serve on {host!r}: the emulator binds to a loopback address only (127.0.0.1, ::1)"
+        )
     return host
 
 
@@ -195,7 +198,7 @@ class Call:
     headers: dict[str, str]  # lower-case names
     body: bytes
 
-    def json(self) -> dict:
+    def json(self) -> dict[str, Any]:
         try:
             value = json.loads(self.body or b"null")
         except ValueError:
@@ -232,13 +235,13 @@ def json_reply(value: Any, status: int = 200, ref: str | None = None) -> Reply:
     return Reply(status, json.dumps(value).encode("utf-8"), ref=ref)
 
 
-def error_reply(api: str, status: int, message: str, param: str | None = None, code: str | None = None) -> Reply:
+def error_reply(api: str, status: int, message: str, param: str | None = None) -> Reply:
     """The provider's error body for `status`."""
     if api == "anthropic":
         kind = anthropic_error_type(NeutralError(status=status, type="", message=message))
         body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": new_id("req_")}
     else:
-        code = code or ("rate_limit_exceeded" if status == 429 else "invalid_api_key" if status == 401 else None)
+        code = "rate_limit_exceeded" if status == 429 else "invalid_api_key" if status == 401 else None
         kind = status_error_type(status) if status == 429 or status >= 500 else "invalid_request_error"  # as OpenAI
         body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json_reply(body, status)
@@ -276,33 +279,39 @@ def expiry_seconds(value: Any, name: str) -> int | None:
     return value["seconds"]
 
 
-def page_of(items: list, ids: list[str], limit: int, after: str | None = None,
-            before: str | None = None) -> tuple[list, bool]:
+def page_of(
+    items: list[T], ids: list[str], limit: int, after: str | None = None, before: str | None = None
+) -> tuple[list[T], bool]:
     """A cursor page of `items` (already in list order): the `limit` items after `after`, or just before
     `before`, or the first ones; and whether more items lie beyond the page in that direction."""
     if after is not None and before is not None:
         raise ParamError("Use either after_id or before_id, not both.", "before_id")
     cursor = after if after is not None else before
     if cursor is not None and cursor not in ids:
-        raise ParamError(f"Invalid cursor {cursor!r}: no such object in this list.",
-                         "after" if after is not None else "before")
+        raise ParamError(
+            f"Invalid cursor {cursor!r}: no such object in this list.", "after" if after is not None else "before"
+        )
     if before is not None:
-        rest = items[:ids.index(before)]
+        rest = items[: ids.index(before)]
         return rest[-limit:], len(rest) > limit
-    rest = items[ids.index(after) + 1:] if after is not None else items
+    rest = items[ids.index(after) + 1 :] if after is not None else items
     return rest[:limit], len(rest) > limit
 
 
-def list_body(views: list[dict], has_more: bool, openai: bool) -> dict:
-    body = {"data": views, "has_more": has_more, "first_id": views[0]["id"] if views else None,
-            "last_id": views[-1]["id"] if views else None}
+def list_body(views: list[dict[str, Any]], has_more: bool, openai: bool) -> dict[str, Any]:
+    body = {
+        "data": views,
+        "has_more": has_more,
+        "first_id": views[0]["id"] if views else None,
+        "last_id": views[-1]["id"] if views else None,
+    }
     return {"object": "list", **body} if openai else body
 
 
 # --- The emulator -------------------------------------------------------------------------------
 
 
-Route = tuple[str, "re.Pattern[str]", str, str | None]  # method, path pattern, handler name, id kind in path
+Route = tuple[str, re.Pattern[str], str, str | None]  # method, path pattern, handler name, id kind in path
 
 
 def _routes() -> list[Route]:
@@ -337,16 +346,23 @@ class Emulator:
     `with Emulator(state_dir, faults={...}, timing=Timing(...)) as emu:` starts it on a free port (or `port`);
     leaving the block stops it (open connections are closed)."""
 
-    def __init__(self, state_dir: str | Path, faults: dict | None = None, timing: Timing | dict | None = None,
-                 responder: Responder | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        state_dir: str | Path,
+        faults: dict[str, Any] | None = None,
+        timing: Timing | dict[str, Any] | None = None,
+        responder: Responder | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
         self.host = check_loopback(host)
         self.port = port
         self.engine = BatchEngine(Path(state_dir), responder, to_timing(timing))
         self._lock = threading.Lock()
-        self._log: list[dict] = []
+        self._log: list[dict[str, Any]] = []
         self._hidden: dict[str, int] = {}  # batch id -> GETs still answered 404 (not_found_after_create)
         self._startup_faults = faults
-        self._spec: dict = {}
+        self._spec: dict[str, Any] = {}
         self._plan = parse_faults(None)
         self.set_faults(faults)
         self._server: _Server | None = None
@@ -354,12 +370,16 @@ class Emulator:
 
     # --- lifecycle and Python API --------------------------------------------------------------
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         if self._server is None:
             self._server = _Server((self.host, self.port), self)
             self.port = self._server.server_address[1]
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name=f"batchpipe-emulator:{self.port}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"batchpipe-emulator:{self.port}",
+                daemon=True,
+            )
             self._thread.start()
         return self
 
@@ -373,7 +393,7 @@ class Emulator:
         if self._thread is not None:
             self._thread.join(5)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -392,18 +412,18 @@ class Emulator:
     def anthropic_base_url(self) -> str:
         return self.base_url
 
-    def set_faults(self, faults: dict | None) -> None:
+    def set_faults(self, faults: dict[str, Any] | None) -> None:
         """Replace every fault (the spec of the module docstring); counts of `times` restart."""
         plan = parse_faults(faults)
         with self._lock:
             self.engine.set_faults(plan.engine)
             self._plan, self._spec, self._hidden = plan, json.loads(json.dumps(faults or {})), {}
 
-    def set_timing(self, timing: Timing | dict) -> None:
+    def set_timing(self, timing: Timing | dict[str, Any]) -> None:
         """Lifecycle seconds for batches created from now on."""
         self.engine.timing = to_timing(timing)
 
-    def requests_seen(self) -> list[dict]:
+    def requests_seen(self) -> list[dict[str, Any]]:
         """The calls received so far (control calls excepted): seq, at, api, method, path, query, status
         (None: dropped), fault, batch_id, file_id (made by a create, or named in the path)."""
         with self._lock:
@@ -423,8 +443,16 @@ class Emulator:
             return self._control(call)
         api = "anthropic" if call.path.startswith("/v1/messages") else "openai"
         route, args = find_route(call.method, call.path)
-        entry: dict[str, Any] = {"api": api, "method": call.method, "path": call.path, "query": call.query,
-                                 "status": None, "fault": None, "batch_id": None, "file_id": None}
+        entry: dict[str, Any] = {
+            "api": api,
+            "method": call.method,
+            "path": call.path,
+            "query": call.query,
+            "status": None,
+            "fault": None,
+            "batch_id": None,
+            "file_id": None,
+        }
         if route is not None and route[3] is not None and args:
             entry[f"{route[3]}_id"] = args[0]
         problem = auth_problem(call, api)
@@ -472,13 +500,14 @@ class Emulator:
             reply.headers["retry-after-ms"] = str(int(wait * 1000))
         return reply
 
-    def _route(self, call: Call, api: str, route: Route | None, args: tuple) -> Reply:
+    def _route(self, call: Call, api: str, route: Route | None, args: tuple[str, ...]) -> Reply:
         if route is None:
             return error_reply(api, 404, f"Unknown request URL: {call.method} {call.path}.")
         if api == "anthropic" and len(call.body) > MAX_ANTHROPIC_BODY_BYTES:
             return error_reply(api, 413, "Request exceeds the maximum allowed size of 256 MB.")
+        handler: Callable[..., Reply] = getattr(self, "_" + route[2])
         try:
-            return getattr(self, "_" + route[2])(call, *args)
+            return handler(call, *args)
         except ParamError as exc:
             return error_reply(api, 400, str(exc), param=exc.param)
         except InvalidRequest as exc:
@@ -561,9 +590,13 @@ class Emulator:
             if not isinstance(body[key], str):
                 raise ParamError(f"Invalid type for '{key}': expected a string.", key)
         rec = self.engine.create_batch(
-            request_format="openai", endpoint=body["endpoint"], input_file_id=body["input_file_id"],
-            completion_window=body["completion_window"], metadata=body.get("metadata"),
-            output_expires_after=expiry_seconds(body.get("output_expires_after"), "output_expires_after"))
+            request_format="openai",
+            endpoint=body["endpoint"],
+            input_file_id=body["input_file_id"],
+            completion_window=body["completion_window"],
+            metadata=body.get("metadata"),
+            output_expires_after=expiry_seconds(body.get("output_expires_after"), "output_expires_after"),
+        )
         self._hide_new(rec.id, "openai")
         return json_reply(self.engine.openai_batch(rec), ref=rec.id)
 
@@ -599,8 +632,13 @@ class Emulator:
     def _list_message_batches(self, call: Call) -> Reply:
         limit = call.int_param("limit", 20, 1, 1000)
         records = self.engine.list_batches("anthropic")
-        page, has_more = page_of(records, [r.id for r in records], limit,
-                                 after=call.query.get("after_id"), before=call.query.get("before_id"))
+        page, has_more = page_of(
+            records,
+            [r.id for r in records],
+            limit,
+            after=call.query.get("after_id"),
+            before=call.query.get("before_id"),
+        )
         return json_reply(list_body([self.engine.anthropic_batch(r) for r in page], has_more, openai=False))
 
     def _get_message_batch(self, call: Call, batch_id: str) -> Reply:
@@ -626,7 +664,7 @@ class Emulator:
     # --- control -------------------------------------------------------------------------------
 
     def _control(self, call: Call) -> Reply:
-        name = call.path[len("/_emulator/"):].strip("/")
+        name = call.path[len("/_emulator/") :].strip("/")
         try:
             if (call.method, name) == ("GET", "requests"):
                 return json_reply({"data": self.requests_seen()})
@@ -649,7 +687,7 @@ class Emulator:
         return json_reply({"error": {"message": f"Unknown control call: {call.method} {call.path}"}}, 404)
 
 
-def find_route(method: str, path: str) -> tuple[Route | None, tuple]:
+def find_route(method: str, path: str) -> tuple[Route | None, tuple[str, ...]]:
     """The route for (method, path) and the ids in its path."""
     for route in ROUTES:
         found = route[1].fullmatch(path)
@@ -663,8 +701,15 @@ def auth_problem(call: Call, api: str) -> tuple[int, str] | None:
     scheme, _, token = call.headers.get("authorization", "").partition(" ")
     bearer = scheme.lower() == "bearer" and bool(token.strip())
     if api == "openai":
-        return None if bearer else (401, "You didn't provide an API key. You need to provide your API key in "
-                                         "an Authorization header using Bearer auth (Authorization: Bearer KEY).")
+        return (
+            None
+            if bearer
+            else (
+                401,
+                "You didn't provide an API key. You need to provide your API key in "
+                "an Authorization header using Bearer auth (Authorization: Bearer KEY).",
+            )
+        )
     if not (call.headers.get("x-api-key", "").strip() or bearer):
         return 401, "x-api-key header is required"
     if not call.headers.get("anthropic-version", "").strip():
@@ -731,7 +776,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -758,62 +803,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server API)
         pass  # quiet; the call log is Emulator.requests_seen(), which holds no headers (no keys)
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "emulator", help="serve a loopback emulator of the OpenAI and Anthropic batch APIs",
-        description="Serve OpenAI's Batch + Files APIs and Anthropic's Message Batches on a loopback address, "
-                    "over the batch engine, until interrupted. Prints OPENAI_BASE_URL=... ANTHROPIC_BASE_URL=...")
-    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: 0, a free port)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where files and batches are kept (default: a temporary folder removed on exit)")
-    parser.add_argument("--faults", type=Path, default=None, help="fault spec, JSON or YAML (see batchpipe.emulator)")
-    parser.add_argument("--delays", default="", metavar="validating=S,in_progress=S,finalizing=S",
-                        help="seconds in each batch state (default: all 0)")
-    parser.add_argument("--responder-url", default=None,
-                        help="answer through an OpenAI-compatible server at this base URL (default: offline answers)")
-    parser.add_argument("--responder-model", default=None, help="model name for --responder-url")
-    parser.set_defaults(func=run_emulator)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def run_emulator(args: argparse.Namespace) -> int:
-    """`batchpipe emulator`: serve until SIGINT/SIGTERM."""
-    from .cli import CommandError
-
-    try:
-        host = check_loopback(args.host)
-        timing = parse_delays(args.delays)
-        faults = load_faults(args.faults) if args.faults else None
-        responder = make_responder({"responder": "openai-compatible", "base_url": args.responder_url,
-                                    "model": args.responder_model}) if args.responder_url else None
-    except (ValueError, OSError) as exc:
-        raise CommandError(str(exc)) from None
-    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="batchpipe-emulator-"))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        emulator = Emulator(state_dir, faults=faults, timing=timing, responder=responder, host=host, port=args.port)
-        try:
-            emulator.start()
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{args.port}: {exc.strerror or exc}") from None
-        with emulator:
-            print(f"OPENAI_BASE_URL={emulator.openai_base_url} ANTHROPIC_BASE_URL={emulator.anthropic_base_url}",
-                  flush=True)
-            print(f"batchpipe emulator: state in {state_dir}; Ctrl-C to stop", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if args.state_dir is None:
-            shutil.rmtree(state_dir, ignore_errors=True)

@@ -14,26 +14,20 @@ import os
 import random
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .files import canonical_json, sha256_hex
+from ..files import canonical_json, sha256_hex
+from ..request import NeutralRequest
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+
+    from ..config import LocalConfig
 
 OFFLINE_MODEL = "batchpipe-offline"
-
-
-@dataclass
-class NeutralRequest:
-    """One request, whatever API it came in through."""
-
-    model: str
-    messages: list[dict]  # [{"role": "user"|"assistant", "content": text}]
-    system: str = ""
-    max_tokens: int | None = None
-    schema: dict | None = None  # JSON Schema the answer must satisfy (None: free text)
-    tool_name: str | None = None  # Anthropic forced tool (the answer becomes its input)
-    temperature: float | None = None
 
 
 @dataclass
@@ -94,8 +88,6 @@ _WORDS = (
 class OfflineResponder(Responder):
     """Deterministic placeholder answers, seeded from a hash of the request. No network, no model."""
 
-    model = OFFLINE_MODEL
-
     def respond(self, req: NeutralRequest) -> NeutralAnswer:
         seed_text = canonical_json([req.model, req.system, req.messages, req.schema])
         rng = random.Random(int(sha256_hex(seed_text)[:16], 16))
@@ -125,20 +117,21 @@ def offline_markdown(title: str, rng: random.Random) -> str:
     title = title.replace('"', "'")[:120]
     first = rng.choice(["Reproduce", "Confirm", "Narrow down"])
     second = rng.choice(["Add a regression test", "Write a minimal fix", "Ask the reporter for details"])
-    return "\n".join([
-        f'## Summary: "{title}"',
-        "",
-        "Deterministic placeholder from batchpipe-offline: this text does not analyse the issue.",
-        "",
-        f'**Step 1: {first} "{title}"** with the smallest setup that shows it.',
-        f"**Step 2: {second}** and link it to the issue.",
-        "",
-        f'TODO: decide whether "{title}" needs a fix, a reply or a label.',
-    ])
+    return "\n".join(
+        [
+            f'## Summary: "{title}"',
+            "",
+            "Deterministic placeholder from batchpipe-offline: this text does not analyse the issue.",
+            "",
+            f'**Step 1: {first} "{title}"** with the smallest setup that shows it.',
+            f"**Step 2: {second}** and link it to the issue.",
+            "",
+            f'TODO: decide whether "{title}" needs a fix, a reply or a label.',
+        ]
+    )
 
 
-def generate_from_schema(schema: Any, rng: random.Random, root: Any = None, depth: int = 0,
-                         hint: str = "value") -> Any:
+def generate_from_schema(schema: Any, rng: random.Random, root: Any = None, depth: int = 0, hint: str = "value") -> Any:
     """A value satisfying `schema`, chosen with `rng`. Covers the usual subset of JSON Schema: object
     (properties, required, additionalProperties, minProperties), array (items, prefixItems, minItems,
     maxItems, uniqueItems), string (enum, minLength, maxLength, common formats; not `pattern`),
@@ -176,7 +169,7 @@ def _resolve_ref(root: Any, ref: str) -> Any:
     return node
 
 
-def _merge_all_of(schema: dict, root: Any) -> dict:
+def _merge_all_of(schema: dict[str, Any], root: Any) -> dict[str, Any]:
     merged = {k: v for k, v in schema.items() if k != "allOf"}
     for part in schema["allOf"]:
         part = _resolve_ref(root, part["$ref"]) if "$ref" in part else part
@@ -190,7 +183,7 @@ def _merge_all_of(schema: dict, root: Any) -> dict:
     return merged
 
 
-def _one_branch(schema: dict, key: str, rng: random.Random, root: Any, depth: int, hint: str) -> Any:
+def _one_branch(schema: dict[str, Any], key: str, rng: random.Random, root: Any, depth: int, hint: str) -> Any:
     """Pick a non-null branch; for oneOf, keep the first candidate that matches exactly one branch."""
     branches = schema[key]
     order = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")] or branches
@@ -202,34 +195,38 @@ def _one_branch(schema: dict, key: str, rng: random.Random, root: Any, depth: in
     import jsonschema  # only needed for oneOf
 
     for value in candidates:
-        hits = sum(jsonschema.Draft202012Validator({**b, **_defs(root)}).is_valid(value) for b in branches
-                   if isinstance(b, dict))
+        hits = sum(
+            jsonschema.Draft202012Validator({**b, **_defs(root)}).is_valid(value)
+            for b in branches
+            if isinstance(b, dict)
+        )
         if hits == 1:
             return value
     return candidates[0]
 
 
-def _defs(root: Any) -> dict:
+def _defs(root: Any) -> dict[str, Any]:
     return {k: root[k] for k in ("$defs", "definitions") if isinstance(root, dict) and k in root}
 
 
-def _object(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> dict:
-    props: dict = schema.get("properties", {})
+def _object(schema: dict[str, Any], rng: random.Random, root: Any, depth: int, hint: str) -> dict[str, Any]:
+    props: dict[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", []))
-    out = {}
+    out: dict[str, Any] = {}
     for name, sub in props.items():
         if name in required or depth < 4:
             out[name] = generate_from_schema(sub, rng, root, depth + 1, name)
     extra = schema.get("additionalProperties", True)
     index = 0
     while len(out) < schema.get("minProperties", 0) and extra is not False:
-        out[f"extra_{index}"] = generate_from_schema(extra if isinstance(extra, dict) else {}, rng, root,
-                                                     depth + 1, "extra")
+        out[f"extra_{index}"] = generate_from_schema(
+            extra if isinstance(extra, dict) else {}, rng, root, depth + 1, "extra"
+        )
         index += 1
     return out
 
 
-def _array(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> list:
+def _array(schema: dict[str, Any], rng: random.Random, root: Any, depth: int, hint: str) -> list[Any]:
     low, high = schema.get("minItems", 0), schema.get("maxItems")
     lo, hi = max(low, 1), max(low, 1) + (2 if depth < 4 else 0)
     if high is not None:
@@ -241,7 +238,7 @@ def _array(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -
     enum = items.get("enum") if isinstance(items, dict) else None
     if schema.get("uniqueItems") and enum:
         return rng.sample(enum, min(size, len(enum)))
-    out: list = []
+    out: list[Any] = []
     for index in range(size):
         sub = prefix[index] if index < len(prefix) else items
         value = generate_from_schema(sub, rng, root, depth + 1, singular)
@@ -268,7 +265,7 @@ def _text(hint: str, rng: random.Random) -> str:
     return " ".join(words).capitalize() + "."
 
 
-def _string(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) -> str:
+def _string(schema: dict[str, Any], rng: random.Random, root: Any, depth: int, hint: str) -> str:
     text = _FORMATS.get(schema.get("format", "")) or _text(hint, rng)
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     if len(text) < low:
@@ -278,8 +275,9 @@ def _string(schema: dict, rng: random.Random, root: Any, depth: int, hint: str) 
     return text
 
 
-def _number(schema: dict, rng: random.Random, root: Any, depth: int, hint: str,
-            integer: bool = False) -> float | int:
+def _number(
+    schema: dict[str, Any], rng: random.Random, root: Any, depth: int, hint: str, integer: bool = False
+) -> float | int:
     step = 1 if integer else 0.01
     low, high = schema.get("minimum", -math.inf), schema.get("maximum", math.inf)
     if _is_number(schema.get("exclusiveMinimum")):
@@ -305,7 +303,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-_GENERATORS = {
+# (schema, rng, root schema, depth, hint) -> a value of the schema's type
+_Generator = Callable[[dict[str, Any], random.Random, Any, int, str], Any]
+_GENERATORS: dict[str, _Generator] = {
     "object": _object,
     "array": _array,
     "string": _string,
@@ -322,24 +322,35 @@ _GENERATORS = {
 class OpenAICompatibleResponder(Responder):
     """Sends each request to a chat-completions server through the `openai` SDK (imported lazily)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
-                 concurrency: int = 4, timeout: float = 120, max_retries: int = 2):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 120,
+        max_retries: int = 2,
+    ) -> None:
         self.base_url = base_url
         self.api_key = api_key
         self.model = model
         self.concurrency = max(1, int(concurrency))
         self.timeout = timeout
         self.max_retries = max_retries
-        self._client = None
+        self._client: OpenAI | None = None
         self._lock = threading.Lock()
 
-    def _get_client(self):
+    def _get_client(self) -> OpenAI:
         with self._lock:
             if self._client is None:
                 from openai import OpenAI
 
-                self._client = OpenAI(base_url=self.base_url, api_key=self.api_key or "not-needed",
-                                      timeout=self.timeout, max_retries=self.max_retries)
+                self._client = OpenAI(
+                    base_url=self.base_url,
+                    api_key=self.api_key or "not-needed",
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                )
             return self._client
 
     def respond(self, req: NeutralRequest) -> NeutralAnswer:
@@ -352,19 +363,23 @@ class OpenAICompatibleResponder(Responder):
         if req.temperature is not None:
             kwargs["temperature"] = req.temperature
         if req.schema is not None:
-            name = re.sub(r"[^a-zA-Z0-9_-]", "_", req.tool_name or "answer")[:64]
-            kwargs["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": name, "schema": req.schema, "strict": True}}
+            name = re.sub(r"[^a-zA-Z0-9_-]", "_", req.schema_name or "answer")[:64]
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": req.schema, "strict": True},
+            }
         try:
             completion = self._get_client().chat.completions.create(**kwargs)
         except openai.APIStatusError as exc:
             detail = exc.body if isinstance(exc.body, dict) else {}
             detail = detail.get("error", detail) if isinstance(detail.get("error"), dict) else detail
-            return NeutralAnswer(error=NeutralError(
-                status=exc.status_code,
-                type=str(detail.get("type") or status_error_type(exc.status_code)),
-                message=str(detail.get("message") or exc.message),
-            ))
+            return NeutralAnswer(
+                error=NeutralError(
+                    status=exc.status_code,
+                    type=str(detail.get("type") or status_error_type(exc.status_code)),
+                    message=str(detail.get("message") or exc.message),
+                )
+            )
         except openai.APITimeoutError as exc:
             return NeutralAnswer(error=NeutralError(status=504, type="timeout_error", message=str(exc)))
         except openai.APIConnectionError as exc:
@@ -389,27 +404,28 @@ class OpenAICompatibleResponder(Responder):
 
 def status_error_type(status: int) -> str:
     """The usual error type for an HTTP status (OpenAI spelling)."""
-    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 408: "timeout_error", 429: "rate_limit_error"}.get(
-        status, "server_error" if status >= 500 else "invalid_request_error")
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        408: "timeout_error",
+        429: "rate_limit_error",
+    }.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def make_responder(spec: dict | None) -> Responder:
-    """A responder from config: `{responder: offline}` or
-    `{responder: openai-compatible, base_url, api_key_env, model, concurrency, timeout}`."""
-    spec = spec or {}
-    kind = spec.get("responder", "offline")
-    if kind == "offline":
+def make_responder(local: LocalConfig | None = None, *, model: str | None = None) -> Responder:
+    """The responder the `local` config names: offline (the default), or an openai-compatible server
+    at `local.base_url` (its key in the variable `local.api_key_env`); `model` overrides the model asked."""
+    if local is None or local.responder == "offline":
         return OfflineResponder()
-    if kind == "openai-compatible":
-        if not spec.get("base_url"):
+    if local.responder == "openai-compatible":
+        if not local.base_url:
             raise ValueError("responder openai-compatible needs base_url (e.g. http://127.0.0.1:8000/v1)")
-        key_env = spec.get("api_key_env")
         return OpenAICompatibleResponder(
-            base_url=spec["base_url"],
-            api_key=os.environ.get(key_env) if key_env else None,
-            model=spec.get("model"),
-            concurrency=spec.get("concurrency", 4),
-            timeout=spec.get("timeout", 120),
+            base_url=local.base_url,
+            api_key=os.environ.get(local.api_key_env) if local.api_key_env else None,
+            model=model,
+            concurrency=local.concurrency,
         )
-    raise ValueError(f"unknown responder {kind!r} (expected offline or openai-compatible)")
+    raise ValueError(f"unknown responder {local.responder!r} (expected offline or openai-compatible)")

@@ -1,0 +1,1 @@
+"""The `batchpipe` subcommands, one module each; `cli` registers them through their `add_parser`."""

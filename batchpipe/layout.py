@@ -1,0 +1,205 @@
+"""Where every file of the project lives: the one place that builds a path.
+
+{issues_dir}/*.json                                   input issues
+{requests_dir}/{processor}/{chunk}.jsonl               a chunk's requests in the provider's format
+{requests_dir}/{processor}/{chunk}.index.json          its custom_id table
+{batches_dir}/{processor}/{chunk}.submitted.json       submission marker (rebuilt from the ledger)
+{batches_dir}/{processor}/{chunk}.output.jsonl         downloaded output lines
+{batches_dir}/{processor}/{chunk}.errors.jsonl         downloaded error lines
+{batches_dir}/{processor}/{chunk}.results.json         chunk manifest: every request's outcome
+{batches_dir}/ledger/{chunk}.jsonl                     the ledger (append-only; no rule declares it)
+{batches_dir}/realtime/{chunk}.jsonl                   realtime answer journal
+{batches_dir}/archive/...                              `batchpipe archive`
+{results_dir}/{org}_{repo}_issue_{n}_{processor}.json  per-issue results
+{results_dir}/{group}_{processor}[_part{k}].json       aggregate results
+reports/ and tasks/ beside the results folder          Markdown reports; the task board
+results/all, results/summary.json, results/stages/     the run summary, stage checkpoints
+.snakemake/batchpipe/                                  the scan cache and trigger files
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+
+__all__ = ["Layout"]
+
+SUMMARY_JSON = "results/summary.json"
+SUMMARY_TABLE = "results/all"
+STAGES_DIR = "results/stages"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path the project reads or writes, from the settings' folders and root."""
+
+    settings: Settings
+
+    @property
+    def root(self) -> Path:
+        return self.settings.root
+
+    # --- folders ---------------------------------------------------------------------------------
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / self.settings.issues_dir
+
+    @property
+    def requests_dir(self) -> Path:
+        return self.root / self.settings.requests_dir
+
+    @property
+    def batches_dir(self) -> Path:
+        return self.root / self.settings.batches_dir
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / self.settings.results_dir
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.results_dir.parent / "reports"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.results_dir.parent / "tasks"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.batches_dir / "ledger"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.batches_dir / "archive"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.batches_dir / "realtime"
+
+    @property
+    def local_state_dir(self) -> Path:
+        return self.root / self.settings.local.state_dir
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def work_dir(self) -> Path:
+        """`.snakemake/batchpipe/`: the scan cache and trigger files (nothing that money depends on)."""
+        return self.root / ".snakemake" / "batchpipe"
+
+    # --- a chunk's files -----------------------------------------------------------------------
+
+    def request_file(self, processor: str, chunk: str) -> Path:
+        return self.requests_dir / processor / f"{chunk}.jsonl"
+
+    def index_file(self, processor: str, chunk: str) -> Path:
+        return self.requests_dir / processor / f"{chunk}.index.json"
+
+    def marker(self, processor: str, chunk: str) -> Path:
+        return self.batches_dir / processor / f"{chunk}.submitted.json"
+
+    def output(self, processor: str, chunk: str) -> Path:
+        return self.batches_dir / processor / f"{chunk}.output.jsonl"
+
+    def errors(self, processor: str, chunk: str) -> Path:
+        return self.batches_dir / processor / f"{chunk}.errors.jsonl"
+
+    def manifest(self, processor: str, chunk: str) -> Path:
+        return self.batches_dir / processor / f"{chunk}.results.json"
+
+    def chunk_files(self, processor: str, chunk: str) -> list[Path]:
+        """The files `batchpipe archive` moves: requests, index, marker, outputs, manifest."""
+        return [
+            self.request_file(processor, chunk),
+            self.index_file(processor, chunk),
+            self.marker(processor, chunk),
+            self.output(processor, chunk),
+            self.errors(processor, chunk),
+            self.manifest(processor, chunk),
+        ]
+
+    def ledger(self, chunk: str) -> Path:
+        return self.ledger_dir / f"{chunk}.jsonl"
+
+    def chunk_lock(self, chunk: str) -> Path:
+        return self.ledger_dir / f".{chunk}.lock"
+
+    @property
+    def budget_lock(self) -> Path:
+        return self.ledger_dir / ".budget.lock"
+
+    def journal(self, chunk: str) -> Path:
+        return self.journal_dir / f"{chunk}.jsonl"
+
+    def archived(self, path: Path) -> Path:
+        """Where `batchpipe archive` moves a file: batch_results/ files keep their path under archive/,
+        others their path from the project root (batch_requests/...)."""
+        for base in (self.batches_dir, self.root):
+            try:
+                return self.archive_dir / Path(path).relative_to(base)
+            except ValueError:
+                continue
+        return self.archive_dir / "other" / Path(path).name
+
+    # --- results ---------------------------------------------------------------------------------
+
+    def result(self, issue_key: str, processor: str) -> Path:
+        return self.results_dir / f"{issue_key}_{processor}.json"
+
+    def group_result(self, processor: str, group_key: str, part: int | None = None) -> Path:
+        """`{results_dir}/{org}_{repo}_{processor}.json`, with `_part{k}` before `.json` when split."""
+        return self.results_dir / f"{group_key}_{processor}{f'_part{part}' if part else ''}.json"
+
+    def report(self, result_file: Path) -> Path:
+        """The Markdown report beside a group result: `reports/` next to the results folder, same name."""
+        return self.reports_dir / f"{Path(result_file).stem}.md"
+
+    # --- tasks -------------------------------------------------------------------------------------
+
+    @property
+    def board(self) -> Path:
+        return self.tasks_dir / "tasks.sqlite"
+
+    @property
+    def active_tasks(self) -> Path:
+        return self.tasks_dir / "ACTIVE_TASKS.md"
+
+    @property
+    def recycle_summary(self) -> Path:
+        return self.tasks_dir / "recycle.json"
+
+    @property
+    def recycle_lock(self) -> Path:
+        return self.tasks_dir / ".recycle.lock"
+
+    def task_file(self, result_file: Path) -> Path:
+        return self.tasks_dir / f"{Path(result_file).stem}.tasks.json"
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / SUMMARY_JSON
+
+    @property
+    def summary_table(self) -> Path:
+        return self.root / SUMMARY_TABLE
+
+    def stage_file(self, n: int) -> Path:
+        return self.root / STAGES_DIR / f"stage_{n}.json"
+
+    @property
+    def scan_cache(self) -> Path:
+        return self.work_dir / "scan-cache.json"
+
+    def trigger(self, name: str) -> Path:
+        """`.snakemake/batchpipe/{name}.trigger`: given new content to make a job out of date."""
+        return self.work_dir / f"{name}.trigger"
+
+    def command_log(self, command: str) -> Path:
+        return self.logs_dir / "batchpipe" / f"{command}.log"

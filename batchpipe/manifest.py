@@ -1,0 +1,119 @@
+"""Chunk manifests: every request's outcome once a chunk's outputs are collected (`{chunk}.results.json`).
+
+The manifest is a view: `collect` writes it from the downloaded outputs, and the planner reads it to
+know which requests succeeded, failed (and whether that counts as an attempt), or must be sent again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_json, read_json
+
+__all__ = ["Manifest", "RequestOutcome", "read_manifest"]
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+
+@dataclass
+class RequestOutcome:
+    """What became of one request of a collected chunk."""
+
+    status: str  # succeeded | failed
+    issues: list[str] = field(default_factory=list)  # issue (or item) keys it answers
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool = True
+    counts_as_attempt: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @classmethod
+    def missing(cls) -> RequestOutcome:
+        """A request the manifest has no line for: failed, worth sending again."""
+        return cls(FAILED, error="no result recorded")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "issues": self.issues, "usage": self.usage, "model": self.model}
+        if self.status != SUCCEEDED:
+            out.update(error=self.error, error_type=self.error_type, retryable=self.retryable)
+            if not self.counts_as_attempt:
+                out["counts_as_attempt"] = False
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestOutcome:
+        return cls(
+            status=data.get("status", FAILED),
+            issues=list(data.get("issues") or []),
+            usage=dict(data.get("usage") or {}),
+            model=data.get("model"),
+            error=data.get("error"),
+            error_type=data.get("error_type"),
+            retryable=bool(data.get("retryable", True)),
+            counts_as_attempt=bool(data.get("counts_as_attempt", True)),
+        )
+
+
+@dataclass
+class Manifest:
+    """A collected chunk: its batch and every request's outcome."""
+
+    chunk: str
+    processor: str
+    batch_id: str
+    provider: str
+    requests: dict[str, RequestOutcome]
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for r in self.requests.values() if r.ok)
+
+    @property
+    def failed(self) -> int:
+        return len(self.requests) - self.succeeded
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chunk": self.chunk,
+            "processor": self.processor,
+            "batch_id": self.batch_id,
+            "provider": self.provider,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "requests": {cid: r.to_json() for cid, r in self.requests.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls(
+            chunk=data["chunk"],
+            processor=data["processor"],
+            batch_id=data["batch_id"],
+            provider=data["provider"],
+            requests={cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()},
+        )
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest at `path`; OSError, ValueError or KeyError when it is missing or unreadable."""
+    return Manifest.from_json(read_json(path))
+
+
+def read_outcomes(path: Path) -> dict[str, RequestOutcome] | None:
+    """Only the outcomes of a manifest (None when it is missing or unreadable)."""
+    try:
+        data = read_json(path)
+        return {cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

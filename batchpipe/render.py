@@ -1,0 +1,167 @@
+"""Rendering: an issue (or a chained item) and a processor made into one provider-neutral request.
+
+Long text is cut to the configured budgets and every cut is recorded, so a result says what the model
+did not see. The request hash covers the provider and everything sent; the chunk tables record each
+request with the issues it answers (`RequestRecord`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Processor, Settings
+from .files import canonical_json, sha256_hex
+from .issues import Issue
+from .request import GroupInfo, IssueRef, NeutralRequest, RequestRecord
+
+__all__ = [
+    "CUT_NOTE",
+    "Rendered",
+    "estimate_tokens",
+    "issue_ref",
+    "issue_values",
+    "neutral_request",
+    "render_request",
+]
+
+CUT_NOTE = "\n[... cut by batchpipe ...]"
+
+
+def estimate_tokens(request: NeutralRequest) -> int:
+    """The planner's rough upper bound of a request's tokens: prompt at 4 characters a token, plus max_tokens."""
+    return (len(request.system) + len(request.user)) // 4 + (request.max_tokens or 0)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered request and what a chunk's table records with it."""
+
+    neutral: NeutralRequest
+    request_hash: str
+    truncation: dict[str, Any]
+    issues: list[IssueRef]
+    inputs: dict[str, str] | None = None  # chained: issue key -> request hash of the earlier result embedded
+    group: GroupInfo | None = None  # aggregates
+    input_processor: str | None = None
+    est_tokens: int = field(default=0)
+
+    def record(self, attempt: int, issues: list[IssueRef] | None = None) -> RequestRecord:
+        """The table entry of this request as sent in `attempt` (for `issues`: identical requests of
+        several issues are sent once)."""
+        return RequestRecord(
+            request_hash=self.request_hash,
+            attempt=attempt,
+            issues=list(issues if issues is not None else self.issues),
+            truncation=self.truncation,
+            est_tokens=self.est_tokens,
+            input_processor=self.input_processor,
+            inputs=self.inputs,
+            group=self.group,
+        )
+
+
+def issue_ref(issue: Issue, path: str | Path, root: Path) -> IssueRef:
+    """How a chunk's table names an issue (its path relative to the workflow root)."""
+    return IssueRef(
+        key=issue.key,
+        ref=issue.ref,
+        path=os.path.relpath(path, root),
+        org=issue.org,
+        repo=issue.repo,
+        number=issue.number,
+        title=issue.title,
+        url=issue.url,
+        updated_at=issue.updated_at,
+    )
+
+
+def _cut(text: str, budget: int) -> tuple[str, int]:
+    """Text cut to `budget` characters, and how many were cut."""
+    if len(text) <= budget:
+        return text, 0
+    return text[:budget] + CUT_NOTE, len(text) - budget
+
+
+def issue_values(issue: Issue, settings: Settings, processor: Processor) -> tuple[dict[str, str], dict[str, int]]:
+    """Template values for an issue, with bodies and comments cut to the configured budgets."""
+    budget = settings.truncation
+    body, body_cut = _cut(issue.body, budget.body_chars)
+    keep = budget.max_comments
+    comments = issue.comments[-keep:] if keep else ()
+    dropped = len(issue.comments) - len(comments)
+    cut_comments = 0
+    comment_blocks = []
+    for comment in comments:
+        text, cut = _cut(comment.body or "", budget.comment_chars)
+        cut_comments += bool(cut)
+        comment_blocks.append(f"--- {comment.author} at {comment.created_at}:\n{text}")
+    comments_text = "\n\n".join(comment_blocks) or "(no comments)"
+    labels = ", ".join(issue.labels) or "(none)"
+    issue_block = (
+        f"Issue: {issue.ref}\nTitle: {issue.title}\nState: {issue.state}\nLabels: {labels}\n"
+        f"Author: {issue.author}\n\nBody:\n{body or '(empty)'}\n\nComments ({len(issue.comments)}):\n{comments_text}"
+    )
+    values = {
+        "org": issue.org,
+        "repo": issue.repo,
+        "number": str(issue.number),
+        "title": issue.title,
+        "state": issue.state,
+        "labels": labels,
+        "author": issue.author,
+        "url": issue.url,
+        "body": body,
+        "comments": comments_text,
+        "issue": issue_block,
+        "label_list": "\n".join(f"- {name}: {meaning}" for name, meaning in processor.labels.items()),
+    }
+    truncation = {}
+    if body_cut:
+        truncation["body_chars_cut"] = body_cut
+    if dropped:
+        truncation["comments_dropped"] = dropped
+    if cut_comments:
+        truncation["comments_cut"] = cut_comments
+    return values, truncation
+
+
+def neutral_request(processor: Processor, settings: Settings, values: dict[str, str]) -> tuple[NeutralRequest, str]:
+    """The request a processor's templates make with these values, and its hash (the identity of what is sent)."""
+    neutral = NeutralRequest.ask(
+        model=settings.model_of(processor),
+        system=processor.render(processor.system_template, values).strip(),
+        user=processor.render(processor.prompt_template, values).strip(),
+        max_tokens=processor.max_tokens,
+        schema=processor.schema,
+        schema_name=re.sub(r"[^a-zA-Z0-9_-]", "_", processor.name)[:64],
+    )
+    request_hash = sha256_hex(canonical_json({"provider": settings.provider, "request": neutral.identity()}))
+    return neutral, request_hash
+
+
+def render_request(
+    issue: Issue,
+    processor: Processor,
+    settings: Settings,
+    path: str | Path,
+    extra: dict[str, str] | None = None,
+    inputs: dict[str, str] | None = None,
+) -> Rendered:
+    """An issue's request; `extra`: more template values (chained processors: `$previous`, the earlier
+    answer, with `inputs` naming the earlier results it embeds)."""
+    values, truncation = issue_values(issue, settings, processor)
+    values.update(extra or {})
+    neutral, request_hash = neutral_request(processor, settings, values)
+    return Rendered(
+        neutral,
+        request_hash,
+        truncation,
+        [issue_ref(issue, path, settings.root)],
+        inputs=inputs,
+        input_processor=processor.input_processor,
+        est_tokens=estimate_tokens(neutral),
+    )

@@ -1,0 +1,362 @@
+"""Submission: write a new chunk's request file, then send it exactly once, as a batch or in realtime.
+
+Money is at stake here. Every step is recorded in the ledger before and after it is taken: `prepared`
+(the request table and the file's content hash), `upload_intent`/`uploaded`, `create_intent`/`created`.
+A chunk with `created` is never sent again; a chunk with an open create intent (a crash between the
+create call and its answer) asks the provider for the batch it made before anything else, and stops
+with a message for a person when the provider cannot tell. One guard (`_prepare`) serves both modes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Settings
+from .crash import crash_point
+from .download import record_status
+from .errors import ProviderError, SubmissionBlocked, TokenLimitReached
+from .files import atomic_write_bytes, atomic_write_json, file_lock, jsonl_bytes, sha256_hex
+from .joblog import JobLog
+from .layout import Layout
+from .ledger import (
+    ChunkHistory,
+    CreateAbandoned,
+    Created,
+    CreateIntent,
+    Event,
+    Prepared,
+    StatusSeen,
+    Uploaded,
+    UploadIntent,
+    append,
+    claimed_batches,
+    last,
+    read_events,
+    write_marker,
+)
+from .plan import Plan, read_sent_chunks, render_chunk, tokens_in_flight
+from .providers import BatchMatch, BatchStatus, Provider, wire_for
+from .realtime import Backoff, Gate, batch_id_for, read_journal, send_all
+from .request import ChunkIndex, attempt_of, read_index
+
+__all__ = ["send_chunk", "submit_batch", "submit_realtime", "wait_for_budget", "write_request_file"]
+
+
+# --- the request file ---------------------------------------------------------------------------------
+
+
+def write_request_file(plan: Plan, processor: str, chunk: str, log: Callable[[str], None]) -> ChunkIndex:
+    """Render a new chunk's requests into the provider's request file and its custom_id table."""
+    layout = plan.layout
+    settings = plan.settings
+    rendered = render_chunk(plan, processor, chunk)
+    wire = wire_for(settings.provider)
+    lines = [wire.request_line(cid, r.neutral) for cid, r in rendered]
+    index = ChunkIndex(
+        chunk=chunk,
+        processor=processor,
+        provider=settings.provider,
+        model=rendered[-1][1].neutral.model if rendered else None,
+        request_count=len(lines),
+        est_tokens=sum(r.est_tokens for _, r in rendered),
+        requests={cid: r.record(attempt_of(cid)) for cid, r in rendered},
+    )
+    atomic_write_json(layout.index_file(processor, chunk), index.to_json())
+    atomic_write_bytes(layout.request_file(processor, chunk), jsonl_bytes(lines))
+    log(f"wrote {layout.request_file(processor, chunk)}: {len(lines)} request(s), about {index.est_tokens} tokens")
+    return index
+
+
+def send_chunk(
+    plan: Plan, provider: Provider, processor: str, chunk: str, log: JobLog, group: str | None = None
+) -> Path:
+    """Write a new chunk's request file, then send it as its mode says: a batch, or now in realtime.
+
+    The file is written just before it is recorded (no job of its own); a chunk the ledger knows is
+    never rewritten, the ledger's content hash guards its file."""
+    layout = plan.layout
+    if chunk in plan.processors[processor].new and not layout.ledger(chunk).exists():
+        write_request_file(plan, processor, chunk, log.quiet())
+    prepared = last(read_events(layout, chunk), Prepared)
+    mode = (prepared.mode or "batch") if prepared else plan.settings.mode
+    if mode == "realtime":
+        return submit_realtime(plan.settings, provider, processor, chunk, log, group=group)
+    return submit_batch(plan.settings, provider, processor, chunk, log, group=group)
+
+
+# --- the guard both modes share --------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    """A chunk being submitted: its ledger so far, and its request file as recorded."""
+
+    layout: Layout
+    processor: str
+    chunk: str
+    events: list[Event]
+    request_file: Path = field(default_factory=Path)
+    content: bytes = b""
+    content_hash: str = ""
+    index: ChunkIndex | None = None
+
+    def record(self, event: Event) -> None:
+        self.events.append(append(self.layout, event))
+
+    @property
+    def history(self) -> ChunkHistory:
+        return ChunkHistory.of(self.chunk, self.events)
+
+    def marker(self) -> Path:
+        return write_marker(self.layout, self.history)
+
+
+def _prepare(
+    settings: Settings, provider: Provider, processor: str, chunk: str, group: str | None, mode: str
+) -> _Chunk:
+    """The chunk's ledger, with `prepared` recorded before anything is sent (once), and its request file
+    checked against it. Call with the chunk's lock held; look at `last(events, Created)` first."""
+    layout = Layout(settings)
+    sub = _Chunk(layout, processor, chunk, read_events(layout, chunk))
+    if last(sub.events, Created):
+        return sub
+    sub.request_file = layout.request_file(processor, chunk)
+    sub.content = sub.request_file.read_bytes()
+    sub.content_hash = sha256_hex(sub.content)
+    sub.index = read_index(layout.index_file(processor, chunk))
+    prepared = last(sub.events, Prepared)
+    if prepared is None:
+        index = sub.index
+        sub.record(
+            Prepared(
+                chunk=chunk,
+                processor=processor,
+                provider=provider.name,
+                model=index.model,
+                request_count=index.request_count,
+                est_tokens=index.est_tokens,
+                content_hash=sub.content_hash,
+                request_file=os.path.relpath(sub.request_file, settings.root),
+                group=group,
+                requests=index.requests,
+                mode="realtime" if mode == "realtime" else None,
+            )
+        )
+    elif prepared.content_hash != sub.content_hash:
+        raise SubmissionBlocked(
+            f"{sub.request_file}: differs from what the ledger recorded; restore it, do not edit request files"
+        )
+    return sub
+
+
+# --- batch mode ---------------------------------------------------------------------------------------
+
+
+def submit_batch(
+    settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog, group: str | None = None
+) -> Path:
+    """Submit a chunk's request file once; adopt the batch a crashed run made; write the marker."""
+    layout = Layout(settings)
+    with file_lock(layout.chunk_lock(chunk)):
+        sub = _prepare(settings, provider, processor, chunk, group, "batch")
+        created = last(sub.events, Created)
+        if created:
+            log(f"{processor}/{chunk}: already submitted as {created.batch_id}; no new batch")
+            return sub.marker()
+        assert sub.index is not None
+        intent = sub.history.open_create
+        if intent is not None:
+            found = _recover(layout, provider, sub, intent, log)
+            if found:
+                sub.record(
+                    Created(
+                        chunk=chunk,
+                        batch_id=found.batch_id,
+                        created_at=found.created_at,
+                        input_file_id=intent.input_file_id,
+                        adopted=True,
+                        status=found.status,
+                    )
+                )
+                log(f"{processor}/{chunk}: adopted batch {found.batch_id} left by an interrupted run")
+                return sub.marker()
+        crash_point("before_upload")
+        uploaded = last(sub.events, Uploaded)
+        if uploaded:
+            file_id = uploaded.input_file_id
+        else:
+            sub.record(UploadIntent(chunk=chunk))
+            file_id = provider.upload(sub.request_file)
+            sub.record(Uploaded(chunk=chunk, input_file_id=file_id))
+        crash_point("after_upload")
+        model = sub.index.model or ""
+        limit = settings.token_limit(model)
+        budget = file_lock(layout.budget_lock) if limit else contextlib.nullcontext()
+        with budget:  # one submitter at a time checks the budget and creates
+            if limit:
+                wait_for_budget(settings, provider, model, sub.index.est_tokens, limit, log)
+            return _create(settings, provider, sub, file_id, log)
+
+
+def _create(settings: Settings, provider: Provider, sub: _Chunk, file_id: str | None, log: JobLog) -> Path:
+    """Record the intent, create the batch, record it, write the marker."""
+    assert sub.index is not None
+    processor, chunk = sub.processor, sub.chunk
+    metadata = {
+        "batchpipe_chunk_hash": sub.content_hash,
+        "batchpipe_chunk": chunk,
+        "batchpipe_processor": processor,
+        "project": "batchpipe",
+    }
+    delay = settings.poll_interval
+    while True:
+        sub.record(
+            CreateIntent(
+                chunk=chunk, input_file_id=file_id, request_count=sub.index.request_count, created_after=time.time()
+            )
+        )
+        try:
+            status = provider.create(sub.request_file, file_id, metadata)
+            break
+        except TokenLimitReached as exc:
+            # The provider refused for now (enqueued tokens): nothing was created; submit again later.
+            sub.record(CreateAbandoned(chunk=chunk, reason="token_limit"))
+            if not settings.wait:
+                raise SubmissionBlocked(f"{processor}/{chunk}: {exc}; the next run submits it again") from None
+            log(f"{processor}/{chunk}: {exc}; submitting again in {delay:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, settings.max_poll_interval)
+    crash_point("after_create")
+    sub.record(
+        Created(
+            chunk=chunk,
+            batch_id=status.batch_id,
+            created_at=status.created_at,
+            input_file_id=file_id,
+            status=status.status,
+        )
+    )
+    crash_point("before_marker")
+    log(f"{processor}/{chunk}: submitted {sub.index.request_count} request(s) as batch {status.batch_id}")
+    return sub.marker()
+
+
+def _recover(layout: Layout, provider: Provider, sub: _Chunk, intent: CreateIntent, log: JobLog) -> BatchStatus | None:
+    """After an interrupted create: find the batch it made, or prove there is none, or stop."""
+    assert sub.index is not None
+    chunk = sub.chunk
+    log(f"{chunk}: a create was started but not recorded; asking {provider.name} whether the batch exists")
+    match = BatchMatch(
+        sub.content_hash,
+        created_after=intent.created_after,
+        request_count=intent.request_count or sub.index.request_count,
+        custom_ids=frozenset(sub.index.requests),
+        claimed=frozenset(claimed_batches(layout, except_hash=sub.content_hash)),
+        input_file_id=intent.input_file_id,
+    )
+    try:
+        return provider.find_batch(match)
+    except ProviderError as exc:
+        raise SubmissionBlocked(
+            f"{chunk}: cannot tell whether the interrupted submission created a batch ({exc}); check with "
+            f"`batchpipe list --remote`, then `batchpipe adopt {chunk} BATCH_ID` or `batchpipe adopt {chunk} --none`"
+        ) from None
+
+
+def wait_for_budget(
+    settings: Settings,
+    provider: Provider,
+    model: str,
+    tokens: int,
+    limit: int,
+    log: JobLog,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Block until the tokens in flight for `model` leave room for `tokens` (or nothing is in flight)."""
+    layout = Layout(settings)
+    delay = settings.poll_interval
+    while True:
+        for chunks in read_sent_chunks(layout).values():
+            for chunk in chunks.values():
+                if chunk.batch_id and chunk.in_flight() and chunk.prepared.model == model:
+                    status = provider.retrieve(chunk.batch_id)
+                    if status.ended:
+                        record_status(layout, chunk.chunk, status)
+        used = tokens_in_flight(read_sent_chunks(layout), model)
+        if not used or used + tokens <= limit:
+            return
+        log(f"enqueued-token budget for {model}: {used} of {limit} in flight, this chunk needs {tokens}; waiting")
+        sleep(delay)
+        delay = min(delay * 1.5, settings.max_poll_interval)
+
+
+# --- realtime mode ------------------------------------------------------------------------------------
+
+
+def submit_realtime(
+    settings: Settings,
+    provider: Provider,
+    processor: str,
+    chunk: str,
+    log: JobLog,
+    group: str | None = None,
+    backoff: Backoff | None = None,
+    gate: Gate | None = None,
+) -> Path:
+    """Send a chunk's requests now (resuming from the journal); once all are answered, record and mark it."""
+    layout = Layout(settings)
+    label = f"{processor}/{chunk}"
+    with file_lock(layout.chunk_lock(chunk)):
+        events = read_events(layout, chunk)
+        created = last(events, Created)
+        if created:
+            log(f"{label}: already answered in realtime as {created.batch_id}; nothing sent")
+            return write_marker(layout, ChunkHistory.of(chunk, events))
+        if not provider.has_realtime:  # before anything is recorded or sent
+            raise ProviderError(f"provider {provider.name} has no realtime mode; use mode: batch")
+        sub = _prepare(settings, provider, processor, chunk, group, "realtime")
+        lines = [json.loads(text) for text in sub.content.splitlines() if text.strip()]
+        journal = layout.journal(chunk)
+        answered = read_journal(journal)
+        todo = [line for line in lines if line["custom_id"] not in answered]
+        if answered:
+            log(
+                f"{label}: {len(answered)} request(s) answered before (journal {journal.name}); "
+                f"sending the other {len(todo)}"
+            )
+        send_all(
+            provider, todo, journal, settings.realtime_concurrency, log, label, backoff or Backoff(), gate or Gate()
+        )
+        answered = read_journal(journal)
+        ok = sum(1 for line in lines if provider.wire.is_success(answered[line["custom_id"]]["line"]))
+        prepared = last(sub.events, Prepared)
+        assert prepared is not None
+        sub.record(
+            Created(
+                chunk=chunk,
+                batch_id=batch_id_for(chunk),
+                created_at=prepared.time,
+                input_file_id=None,
+                status="completed",
+                mode="realtime",
+            )
+        )
+        sub.record(
+            StatusSeen(
+                chunk=chunk,
+                batch_id=batch_id_for(chunk),
+                status="completed",
+                ended=True,
+                succeeded=ok,
+                failed=len(lines) - ok,
+                total=len(lines),
+            )
+        )
+        log(f"{label}: {len(lines)} request(s) answered in realtime ({ok} succeeded, {len(lines) - ok} failed)")
+        return sub.marker()

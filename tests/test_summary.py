@@ -1,0 +1,169 @@
+"""summary.py: the run summary counts results, failures, waits and pending requests, and prints them as a table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batchpipe.collect import collect_chunk
+from batchpipe.config import load_settings_file
+from batchpipe.download import download_chunk
+from batchpipe.joblog import JobLog
+from batchpipe.manifest import read_manifest
+from batchpipe.plan import build_plan
+from batchpipe.pricing import cost_of
+from batchpipe.providers import make_provider
+from batchpipe.submit import send_chunk
+from batchpipe.summary import summarize, summary_table, write_summary, write_summary_table
+
+from conftest import REPO, make_workspace
+
+PROC = "product-labeling"
+ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))[:5]  # issues 1, 10, 103, 112, 117
+# The offline responder answers as batchpipe-offline, an injected fault as the requested model (offline).
+PRICES = {name: {"input": 2.0, "cached_input": 1.0, "output": 8.0} for name in ("batchpipe-offline", "offline")}
+
+
+def key(number: int) -> str:
+    return f"bitcoin-core_gui_issue_{number}"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Chunks of 2: A (1, 10) collected, 10's answer invalid and out of attempts; B (103, 112) sent, not
+    collected; C (117) never sent. Plus an issue file that is not JSON."""
+    ws = make_workspace(tmp_path_factory.mktemp("summary") / "ws", ISSUES)
+    (ws.issues / "bitcoin-core_gui_issue_999.json").write_text("{not json")
+    ws.config(
+        processors=[PROC],
+        chunk_size=2,
+        max_attempts=1,
+        prices=PRICES,
+        local={"faults": {"requests": [{"match": "random free port", "kind": "invalid_json"}]}},
+    )
+    settings = load_settings_file(ws.root / "config.yaml")
+    plan = build_plan(settings)
+    provider = make_provider(settings)
+    log = JobLog(None, echo=False)
+    a, b, c = plan.processors[PROC].new
+    assert [m.paths[0].rsplit("_", 1)[1] for m in plan.processors[PROC].new[a].members] == ["1.json", "10.json"]
+    for chunk in (a, b):
+        send_chunk(plan, provider, PROC, chunk, log)
+    download_chunk(settings, provider, PROC, a, log)
+    collect_chunk(plan, PROC, a, log)
+    return ws, settings, (a, b, c)
+
+
+def test_summarize_counts_results_failed_waiting_and_pending(run):
+    ws, settings, (a, b, c) = run
+    plan = build_plan(settings)
+
+    summary = summarize(plan)
+
+    assert summary["provider"] == "local" and summary["issues_selected"] == 5
+    (skipped,) = summary["skipped_inputs"]
+    assert skipped["file"].endswith("bitcoin-core_gui_issue_999.json") and skipped["reason"]
+    p = summary["processors"][PROC]
+    assert p["results"] == 1
+    assert list(p["failed"]) == [key(10)]
+    failed = p["failed"][key(10)]
+    assert failed["attempts"] == 1 and "not valid JSON" in failed["reason"]
+    assert p["waiting"] == {key(103): b, key(112): b}
+    assert p["pending"] == {key(117): "no result yet; sent (again) on the next run"}
+    assert p["chunks"] == 3  # A and B sent, C new
+    manifest = read_manifest(plan.layout.manifest(PROC, a))
+    assert p["batches"] == [{"chunk": a, "batch_id": manifest.batch_id, "succeeded": 1, "failed": 1}]
+
+    usages = [r.usage for r in manifest.requests.values()]  # the invalid answer was paid for too
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
+        assert p["tokens"][name] == sum(u[name] for u in usages)
+    costs = [cost_of(settings, "batchpipe-offline", u) for u in usages]  # both models have this price
+    batch, realtime = sum(x.batch for x in costs), sum(x.realtime for x in costs)
+    assert batch > 0
+    assert p["cost_usd"] == {
+        "batch": round(batch, 6),
+        "realtime": round(realtime, 6),
+        "saved": round(realtime - batch, 6),
+    }
+
+    totals = summary["totals"]
+    assert (totals["results"], totals["failed"], totals["waiting"], totals["batches"]) == (1, 1, 2, 1)
+    assert totals["input_tokens"] == p["tokens"]["input_tokens"]
+    assert totals["cost_batch_usd"] == round(batch, 6) and totals["cost_realtime_usd"] == round(realtime, 6)
+
+
+def test_summary_table_lists_totals_and_every_failed_pending_and_skipped_item(run):
+    ws, settings, _ = run
+    summary = summarize(build_plan(settings))
+
+    lines = summary_table(summary).splitlines()
+
+    assert lines[0] == "batchpipe run summary (provider: local)"
+    assert lines[1] == "issues selected: 5   skipped input files: 1"
+    assert lines[3].split() == [
+        "processor",
+        "results",
+        "failed",
+        "pending",
+        "waiting",
+        "batches",
+        "in",
+        "tok",
+        "out",
+        "tok",
+        "batch",
+        "$",
+        "realtime",
+        "$",
+    ]
+    p, t = summary["processors"][PROC], summary["totals"]
+    assert lines[4].split()[:6] == [PROC, "1", "1", "1", "2", "1"]
+    assert lines[4].split()[6:] == [
+        str(p["tokens"]["input_tokens"]),
+        str(p["tokens"]["output_tokens"]),
+        f"{p['cost_usd']['batch']:.4f}",
+        f"{p['cost_usd']['realtime']:.4f}",
+    ]
+    assert lines[5].split()[:5] == ["total", "1", "1", "2", "1"]  # no pending column in the total
+    assert lines[6] == f"saved by batching: ${t['cost_realtime_usd'] - t['cost_batch_usd']:.4f}"
+    reason = p["failed"][key(10)]["reason"]
+    assert lines[7:] == [
+        f"FAILED {PROC} {key(10)}: {reason} (after 1 attempt(s))",
+        f"PENDING {PROC} {key(117)}: no result yet; sent (again) on the next run",
+        f"SKIPPED {summary['skipped_inputs'][0]['file']}: {summary['skipped_inputs'][0]['reason']}",
+    ]
+
+
+def test_write_summary_and_its_table(run):
+    ws, settings, _ = run
+    plan = build_plan(settings)
+    json_path, table_path = ws.root / "results" / "summary.json", ws.root / "results" / "all"
+
+    summary = write_summary(plan, json_path)
+    table = write_summary_table(json_path, table_path)
+
+    assert json.loads(json_path.read_text()) == summary
+    assert table_path.read_text() == table == summary_table(summary)
+
+
+def test_a_clean_run_has_no_failed_pending_or_skipped_lines(tmp_path):
+    ws = make_workspace(tmp_path / "ws", ISSUES[:2])
+    ws.config(processors=[PROC], chunk_size=2)
+    settings = load_settings_file(ws.root / "config.yaml")
+    plan = build_plan(settings)
+    provider = make_provider(settings)
+    log = JobLog(None, echo=False)
+    (chunk,) = plan.processors[PROC].new
+    send_chunk(plan, provider, PROC, chunk, log)
+    download_chunk(settings, provider, PROC, chunk, log)
+    collect_chunk(plan, PROC, chunk, log)
+
+    summary = summarize(build_plan(settings))
+
+    p = summary["processors"][PROC]
+    assert (p["results"], p["failed"], p["pending"], p["waiting"]) == (2, {}, {}, {})
+    table = summary_table(summary)
+    assert len(table.splitlines()) == 7 and not any(
+        line.startswith(("FAILED", "PENDING", "SKIPPED")) for line in table.splitlines()
+    )
