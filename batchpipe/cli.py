@@ -20,8 +20,8 @@ __all__ = ["COMMANDS", "build_parser", "main", "parse_overrides"]
 
 # subcommand modules under batchpipe.commands, in the order `batchpipe --help` lists them
 COMMANDS = (
-    "status", "list", "cancel", "retry", "collect", "archive", "report", "adopt", "cost", "query", "tasks",
-    "emulator",
+    "run", "status", "list", "cancel", "retry", "collect", "archive", "report", "adopt", "cost", "query",
+    "tasks", "emulator",
 )  # fmt: skip
 
 

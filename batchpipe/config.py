@@ -136,6 +136,7 @@ class Settings:
     processors: tuple[Processor, ...]
     provider: str
     model_override: str | None
+    project_id: str
     issues_dir: str
     results_dir: str
     requests_dir: str
@@ -443,6 +444,7 @@ def load_settings(values: dict[str, Any], root: str | Path = ".", source: str = 
         processors=processors,
         provider=provider,
         model_override=model,
+        project_id=values["project_id"] or "batchpipe",
         issues_dir=values["issues_dir"],
         results_dir=values["results_dir"],
         requests_dir=values["requests_dir"],

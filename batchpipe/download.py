@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import interrupt, store
 from .config import Settings
-from .errors import ProviderError
+from .errors import BatchRefused, ProviderError
 from .files import atomic_write_bytes, jsonl_bytes, sha256_hex
 from .joblog import JobLog
 from .layout import Layout
-from .ledger import Downloaded, Marker, StatusSeen, append, read_marker
+from .ledger import Downloaded, Marker, Refused, StatusSeen, append, last, read_chunks, read_history, read_marker
 from .plan import Plan
 from .providers import BatchStatus, Provider, wire_for
 from .realtime import read_journal
@@ -27,6 +28,7 @@ __all__ = [
     "batch_errors_as_lines",
     "download_chunk",
     "download_realtime",
+    "store_earlier_downloads",
     "record_status",
     "refresh_statuses",
 ]
@@ -40,8 +42,23 @@ class Waiter:
     poll_interval: float
     max_poll_interval: float
     log: Callable[[str], None]
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = interrupt.sleep
     max_failures: int = 20
+
+    def download(self, status: BatchStatus, label: str) -> tuple[bytes, bytes]:
+        """The ended batch's output and error lines; a failing download is retried like a status check."""
+        delay = self.poll_interval
+        failures = 0
+        while True:
+            try:
+                return self.provider.download(status)
+            except ProviderError as exc:  # the answers are paid for: outlast passing outages
+                failures += 1
+                if failures >= self.max_failures:
+                    raise
+                self.log(f"{label}: download failed ({exc}); trying again in {delay:.0f}s")
+                self.sleep(delay)
+                delay = min(delay * 1.5, self.max_poll_interval)
 
     def wait(self, batch_id: str, label: str) -> BatchStatus:
         start = time.monotonic()
@@ -83,16 +100,26 @@ def _requests(layout: Layout, marker: Marker) -> dict[str, RequestRecord]:
 def download_chunk(
     settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog, waiter: Waiter | None = None
 ) -> None:
-    """Wait until the chunk's batch ends, then save its native output and error lines next to the marker."""
+    """Wait until the chunk's batch ends, keep its native output and error lines in the store, then write
+    their views next to the marker. A batch already in the store is not asked for again."""
     layout = Layout(settings)
+    label = f"{processor}/{chunk}"
     marker = read_marker(layout.marker(processor, chunk))
+    stored = store.get(layout, marker.batch_id) or _stored_views(layout, processor, chunk, marker.batch_id)
+    if stored is not None:
+        write_views(layout, processor, chunk, stored)
+        log(f"{label}: batch {marker.batch_id} from the store (no provider call)")
+        return
     waiter = waiter or Waiter(provider, settings.poll_interval, settings.max_poll_interval, log)
-    status = waiter.wait(marker.batch_id, f"{processor}/{chunk}")
-    output, errors = provider.download(status)
+    status = waiter.wait(marker.batch_id, label)
+    if settings.wait and refused_for_tokens(status):
+        append(layout, Refused(chunk=chunk, batch_id=status.batch_id, reason=status.errors[0].get("message") or ""))
+        raise BatchRefused(f"{label}: batch {status.batch_id} was refused for the enqueued-token limit; nothing ran")
+    output, errors = waiter.download(status, label)
     if status.errors and not errors:
         errors = batch_errors_as_lines(status, _requests(layout, marker))
-    atomic_write_bytes(layout.output(processor, chunk), output)
-    atomic_write_bytes(layout.errors(processor, chunk), errors)
+    stored = store.put(layout, status.batch_id, output, errors)
+    output, errors = stored.output, stored.errors
     append(
         layout,
         Downloaded(
@@ -107,10 +134,63 @@ def download_chunk(
             batch_errors=status.errors[:5],
         ),
     )
+    write_views(layout, processor, chunk, stored)
     lines = output.count(b"\n"), errors.count(b"\n")
     log(
         f"{processor}/{chunk}: batch {status.batch_id} {status.status}; "
         f"saved {lines[0]} output and {lines[1]} error line(s)"
+    )
+
+
+def write_views(layout: Layout, processor: str, chunk: str, stored: store.Stored) -> None:
+    """The chunk's downloads beside its marker: views of the store, rewritten only when they differ."""
+    for path, data in (
+        (layout.output(processor, chunk), stored.output),
+        (layout.errors(processor, chunk), stored.errors),
+    ):
+        try:
+            if path.read_bytes() == data:
+                continue
+        except FileNotFoundError:
+            pass
+        atomic_write_bytes(path, data)
+
+
+def store_earlier_downloads(layout: Layout) -> int:
+    """A workspace made before the store existed: keep every download it holds in the store (when the
+    ledger's hashes prove it whole), before any rerun can replace a view. Returns how many were kept."""
+    if layout.store_dir.exists() or not layout.ledger_dir.is_dir():
+        return 0
+    kept = 0
+    for chunks in read_chunks(layout).values():
+        for history in chunks.values():
+            if history.batch_id and _stored_views(layout, history.processor, history.chunk, history.batch_id):
+                kept += 1
+    layout.store_dir.mkdir(parents=True, exist_ok=True)
+    return kept
+
+
+def _stored_views(layout: Layout, processor: str, chunk: str, batch_id: str) -> store.Stored | None:
+    """Downloads an earlier version left beside the marker but not in the store: kept in the store when the
+    ledger's hashes prove them whole (an upgrade sends nothing again)."""
+    history = read_history(layout, chunk)
+    downloaded = last(history.events, Downloaded) if history else None
+    if downloaded is None or downloaded.batch_id != batch_id:
+        return None
+    try:
+        output, errors = layout.output(processor, chunk).read_bytes(), layout.errors(processor, chunk).read_bytes()
+    except OSError:
+        return None
+    if sha256_hex(output) != downloaded.output_sha256 or sha256_hex(errors) != downloaded.errors_sha256:
+        return None
+    return store.put(layout, batch_id, output, errors)
+
+
+def refused_for_tokens(status: BatchStatus) -> bool:
+    """A batch the provider failed as a whole for the enqueued-token limit: it ran nothing."""
+    return status.status == "failed" and any(
+        "token_limit" in str(e.get("code") or "") or "token limit" in str(e.get("message") or "").lower()
+        for e in status.errors
     )
 
 

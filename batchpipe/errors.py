@@ -8,9 +8,13 @@ and what to do.
     ├── ConfigError           a bad config value or file (names the key)
     ├── IssueFileError        a malformed or unrecognised issue file (skipped, listed in the summary)
     ├── SubmissionBlocked     the ledger shows a submission a person must resolve (`batchpipe adopt`)
+    ├── ChunkWaits            a chunk waits (a batch to verify, the token budget): the next run looks again
     ├── PlanOutdated          an input changed after the run was planned: run again
+    ├── Interrupted           the run was asked to stop (SIGINT/SIGTERM); batches go on at the provider
+    ├── BatchRefused          the provider failed a batch as a whole before running it (token limit)
     ├── ProviderError         a provider call failed (one line, never a key)
     │   ├── MissingKey        no API key in the environment
+    │   ├── Unverifiable      a batch may be a chunk's, but cannot be verified yet: the chunk waits
     │   └── TokenLimitReached the enqueued-token limit refused a batch: nothing was created
     ├── QueryError            DuckDB refused a query over the views
     ├── CommandError          a `batchpipe` command cannot do what was asked
@@ -24,10 +28,13 @@ and what to do.
 from __future__ import annotations
 
 __all__ = [
+    "BatchRefused",
     "BatchpipeError",
+    "ChunkWaits",
     "CommandError",
     "ConfigError",
     "Conflict",
+    "Interrupted",
     "InvalidRequest",
     "IssueFileError",
     "MissingKey",
@@ -39,6 +46,7 @@ __all__ = [
     "ServiceError",
     "SubmissionBlocked",
     "TokenLimitReached",
+    "Unverifiable",
     "one_line",
 ]
 
@@ -75,9 +83,24 @@ class SubmissionBlocked(BatchpipeError):
     """The ledger shows a submission whose fate the provider cannot confirm: a person must decide."""
 
 
+class ChunkWaits(BatchpipeError):
+    """A chunk cannot go on now and is not a failure: a batch that may be its own must end before it can
+    be verified, or the token budget is full while not waiting. The next run looks again."""
+
+
 class PlanOutdated(BatchpipeError):
     """An input (an issue file, an earlier result) changed after the run was planned: nothing was sent
     for it; the next run plans it again."""
+
+
+class Interrupted(BatchpipeError):
+    """The run was asked to stop (SIGINT/SIGTERM) while waiting: batches keep running at the provider,
+    and the next run resumes them."""
+
+
+class BatchRefused(BatchpipeError):
+    """The provider created a batch, then failed it as a whole before running anything (the enqueued-
+    token limit): nothing was answered or charged; the chunk is to be created again."""
 
 
 class ProviderError(BatchpipeError):
@@ -86,6 +109,11 @@ class ProviderError(BatchpipeError):
 
 class MissingKey(ProviderError):
     """No API key for a real provider."""
+
+
+class Unverifiable(ProviderError):
+    """After a lost create answer, a batch may be this chunk's but cannot be shown to be (it is still
+    running, or the chunk's custom_ids are unknown): the chunk neither creates nor adopts, it waits."""
 
 
 class TokenLimitReached(ProviderError):

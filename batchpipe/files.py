@@ -95,10 +95,19 @@ def read_json(path: str | Path) -> Any:
 
 
 def append_line_durably(path: str | Path, line: str) -> None:
-    """Append one line and fsync it: used for journals that must survive a crash."""
+    """Append one line and fsync it: used for journals that must survive a crash.
+
+    A last line cut short (a power cut mid-append) is ended first, so it stays one bad line of its own
+    instead of swallowing this one."""
     path = Path(path)
-    with making_folder(path, lambda: open(path, "a", encoding="utf-8")) as handle:
-        handle.write(line.rstrip("\n") + "\n")
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    with making_folder(path, lambda: open(path, "a+b")) as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                data = b"\n" + data
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -1,5 +1,6 @@
 """Where every file of the project lives: the one place that builds a path.
 
+```
 {issues_dir}/*.json                                   input issues
 {requests_dir}/{processor}/{chunk}.jsonl               a chunk's requests in the provider's format
 {requests_dir}/{processor}/{chunk}.index.json          its custom_id table
@@ -8,6 +9,7 @@
 {batches_dir}/{processor}/{chunk}.errors.jsonl         downloaded error lines
 {batches_dir}/{processor}/{chunk}.results.json         chunk manifest: every request's outcome
 {batches_dir}/ledger/{chunk}.jsonl                     the ledger (append-only; no rule declares it)
+{batches_dir}/store/{batch_id}.output.jsonl, ...       paid answers (write-once; no rule declares them)
 {batches_dir}/realtime/{chunk}.jsonl                   realtime answer journal
 {batches_dir}/archive/...                              `batchpipe archive`
 {results_dir}/{org}_{repo}_issue_{n}_{processor}.json  per-issue results
@@ -15,6 +17,7 @@
 reports/ and tasks/ beside the results folder          Markdown reports; the task board
 results/all, results/summary.json, results/stages/     the run summary, stage checkpoints
 .snakemake/batchpipe/                                  the scan cache and trigger files
+```
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class Layout:
     @property
     def ledger_dir(self) -> Path:
         return self.batches_dir / "ledger"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.batches_dir / "store"
 
     @property
     def archive_dir(self) -> Path:
@@ -132,6 +139,15 @@ class Layout:
     @property
     def budget_lock(self) -> Path:
         return self.ledger_dir / ".budget.lock"
+
+    def store_output(self, batch_id: str) -> Path:
+        return self.store_dir / f"{batch_id}.output.jsonl"
+
+    def store_errors(self, batch_id: str) -> Path:
+        return self.store_dir / f"{batch_id}.errors.jsonl"
+
+    def store_meta(self, batch_id: str) -> Path:
+        return self.store_dir / f"{batch_id}.json"
 
     def journal(self, chunk: str) -> Path:
         return self.journal_dir / f"{chunk}.jsonl"

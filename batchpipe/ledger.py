@@ -48,6 +48,7 @@ __all__ = [
     "Event",
     "Marker",
     "Prepared",
+    "Refused",
     "RetryRequested",
     "StatusSeen",
     "Unarchived",
@@ -189,6 +190,16 @@ class Downloaded(Event):
 
 
 @dataclass(kw_only=True)
+class Refused(Event):
+    """The provider created the batch, then failed it as a whole before running anything (the enqueued-
+    token limit): no answer, no cost. The chunk is created again once the budget frees."""
+
+    kind: ClassVar[str] = "refused"
+    batch_id: str | None = None
+    reason: str = ""
+
+
+@dataclass(kw_only=True)
 class RetryRequested(Event):
     kind: ClassVar[str] = "retry_requested"
     custom_ids: list[str] = field(default_factory=list)
@@ -230,6 +241,7 @@ EVENTS: dict[str, type[Event]] = {
         Created,
         StatusSeen,
         Downloaded,
+        Refused,
         RetryRequested,
         CancelRequested,
         Archived,
@@ -243,14 +255,32 @@ E = TypeVar("E", bound=Event)
 # --- reading and writing ---------------------------------------------------------------------------
 
 
+_NOTED: set[tuple[str, int]] = set()
+
+
 def read_events(layout: Layout, chunk: str) -> list[Event]:
-    """The chunk's ledger (empty when it has none); ValueError on a line that is not JSON."""
+    """The chunk's ledger (empty when it has none). A line that is not a whole event (a write cut short
+    by a power cut) is left out and named once on stderr: every whole line is still the truth."""
     path = layout.ledger(chunk)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return [Event.from_json(json.loads(line)) for line in handle if line.strip()]
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
     except FileNotFoundError:
         return []
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(Event.from_json(json.loads(line)))
+        except ValueError:
+            if (str(path), number) not in _NOTED:
+                _NOTED.add((str(path), number))
+                print(
+                    f"batchpipe: {path}: line {number} is not a whole ledger event (a write cut short); it is left out",
+                    file=sys.stderr,
+                )
+    return events
 
 
 def append(layout: Layout, event: E) -> E:
@@ -335,6 +365,11 @@ class ChunkHistory:
         """The provider's last status word the ledger saw (created, status refresh or download)."""
         event = last_of(self.events, Created, StatusSeen, Downloaded)
         return getattr(event, "status", None) if event else None
+
+    @property
+    def refused(self) -> bool:
+        """Its current batch was refused (it is to be created again)."""
+        return isinstance(last_of(self.events, Created, Refused), Refused)
 
     @property
     def known_ended(self) -> bool:
@@ -563,8 +598,20 @@ def read_marker(path: Path) -> Marker:
 
 
 def write_marker(layout: Layout, history: ChunkHistory) -> Path:
-    """Write the chunk's marker if it is missing; never change an existing one."""
+    """Write the chunk's marker when it is missing, or rebuild it when it is not the ledger's (named on
+    stderr); a marker that is the ledger's is never rewritten."""
     path = layout.marker(history.processor, history.chunk)
-    if not path.exists():
-        atomic_write_json(path, Marker.of(history).to_json())
+    expected = Marker.of(history)
+    try:
+        found = read_marker(path)
+        if found == expected:
+            return path
+        earlier = {e.batch_id for e in history.events if isinstance(e, Created)}
+        if found.batch_id not in earlier:  # not an earlier batch of this chunk (a refused one): repaired
+            print(f"batchpipe: {path}: not what the ledger says; rebuilt from the ledger", file=sys.stderr)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        print(f"batchpipe: {path}: unreadable; rebuilt from the ledger", file=sys.stderr)
+    atomic_write_json(path, expected.to_json())
     return path

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import interrupt
 from .crash import crash_point
 from .errors import MissingKey, ProviderError
 from .files import append_line_durably, canonical_json
@@ -74,7 +75,7 @@ class Backoff:
 class Gate:
     """Shared pause: when one worker is told to wait, the others wait too before their next request."""
 
-    def __init__(self, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, sleep: Callable[[float], None] = interrupt.sleep, clock: Callable[[], float] = time.monotonic):
         self._until = 0.0
         self._lock = threading.Lock()
         self.sleep = sleep

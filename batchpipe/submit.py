@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import interrupt
 from .config import Settings
 from .crash import crash_point
 from .download import record_status
-from .errors import ProviderError, SubmissionBlocked, TokenLimitReached
+from .errors import ChunkWaits, ProviderError, SubmissionBlocked, TokenLimitReached, Unverifiable
 from .files import atomic_write_bytes, atomic_write_json, file_lock, jsonl_bytes, sha256_hex
 from .joblog import JobLog
 from .layout import Layout
@@ -31,6 +32,7 @@ from .ledger import (
     CreateIntent,
     Event,
     Prepared,
+    Refused,
     StatusSeen,
     Uploaded,
     UploadIntent,
@@ -172,7 +174,7 @@ def submit_batch(
         assert sub.index is not None
         intent = sub.history.open_create
         if intent is not None:
-            found = _recover(layout, provider, sub, intent, log)
+            found = _recover(layout, provider, sub, intent, log, settings.wait, _poll(settings))
             if found:
                 sub.record(
                     Created(
@@ -212,7 +214,7 @@ def _create(settings: Settings, provider: Provider, sub: _Chunk, file_id: str | 
         "batchpipe_chunk_hash": sub.content_hash,
         "batchpipe_chunk": chunk,
         "batchpipe_processor": processor,
-        "project": "batchpipe",
+        "batchpipe_project": settings.project_id,
     }
     delay = settings.poll_interval
     while True:
@@ -224,13 +226,32 @@ def _create(settings: Settings, provider: Provider, sub: _Chunk, file_id: str | 
         try:
             status = provider.create(sub.request_file, file_id, metadata)
             break
+        except Unverifiable:
+            # The create's answer was lost and a candidate cannot be verified yet: never create again blindly.
+            intent = sub.history.open_create
+            assert intent is not None
+            found = _recover(sub.layout, provider, sub, intent, log, settings.wait, _poll(settings))
+            if found is None:
+                continue  # verified: there is no batch; create it
+            sub.record(
+                Created(
+                    chunk=chunk,
+                    batch_id=found.batch_id,
+                    created_at=found.created_at,
+                    input_file_id=file_id,
+                    adopted=True,
+                    status=found.status,
+                )
+            )
+            log(f"{processor}/{chunk}: adopted batch {found.batch_id}, verified to be this chunk's")
+            return sub.marker()
         except TokenLimitReached as exc:
             # The provider refused for now (enqueued tokens): nothing was created; submit again later.
             sub.record(CreateAbandoned(chunk=chunk, reason="token_limit"))
             if not settings.wait:
-                raise SubmissionBlocked(f"{processor}/{chunk}: {exc}; the next run submits it again") from None
+                raise ChunkWaits(f"{processor}/{chunk}: {exc}; the next run submits it again") from None
             log(f"{processor}/{chunk}: {exc}; submitting again in {delay:.0f}s")
-            time.sleep(delay)
+            interrupt.sleep(delay)
             delay = min(delay * 1.5, settings.max_poll_interval)
     crash_point("after_create")
     sub.record(
@@ -247,8 +268,47 @@ def _create(settings: Settings, provider: Provider, sub: _Chunk, file_id: str | 
     return sub.marker()
 
 
-def _recover(layout: Layout, provider: Provider, sub: _Chunk, intent: CreateIntent, log: JobLog) -> BatchStatus | None:
-    """After an interrupted create: find the batch it made, or prove there is none, or stop."""
+def resubmit(settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog) -> Path:
+    """Create a refused chunk's batch again (the same request file), once the token budget frees."""
+    layout = Layout(settings)
+    with file_lock(layout.chunk_lock(chunk)):
+        sub = _Chunk(layout, processor, chunk, read_events(layout, chunk))
+        history = sub.history
+        if not history.refused:
+            return sub.marker()  # another job created it again already
+        sub.request_file = layout.request_file(processor, chunk)
+        sub.content = sub.request_file.read_bytes()
+        sub.content_hash = sha256_hex(sub.content)
+        if sub.content_hash != history.prepared.content_hash:
+            raise SubmissionBlocked(f"{sub.request_file}: differs from what the ledger recorded; restore it")
+        sub.index = read_index(layout.index_file(processor, chunk))
+        uploaded = last(sub.events, Uploaded)
+        refusals = sum(1 for e in sub.events if isinstance(e, Refused))
+        delay = min(settings.poll_interval * 1.5 ** (refusals - 1), settings.max_poll_interval)
+        model = sub.index.model or ""
+        limit = settings.token_limit(model)
+        if limit:
+            with file_lock(layout.budget_lock):
+                wait_for_budget(settings, provider, model, sub.index.est_tokens, limit, log)
+                return _create(settings, provider, sub, uploaded.input_file_id if uploaded else None, log)
+        log(f"{processor}/{chunk}: its batch was refused for the token limit; created again in {delay:.0f}s")
+        interrupt.sleep(delay)
+        return _create(settings, provider, sub, uploaded.input_file_id if uploaded else None, log)
+
+
+def _recover(
+    layout: Layout,
+    provider: Provider,
+    sub: _Chunk,
+    intent: CreateIntent,
+    log: JobLog,
+    wait: bool = False,
+    poll: tuple[float, float] = (5.0, 120.0),
+) -> BatchStatus | None:
+    """After an interrupted create: find the batch it made (verified), or prove there is none, or stop.
+
+    While a candidate cannot be verified yet (an Anthropic batch still running), a waiting run checks
+    again as it ends; otherwise the chunk waits for the next run (ChunkWaits)."""
     assert sub.index is not None
     chunk = sub.chunk
     log(f"{chunk}: a create was started but not recorded; asking {provider.name} whether the batch exists")
@@ -260,13 +320,25 @@ def _recover(layout: Layout, provider: Provider, sub: _Chunk, intent: CreateInte
         claimed=frozenset(claimed_batches(layout, except_hash=sub.content_hash)),
         input_file_id=intent.input_file_id,
     )
-    try:
-        return provider.find_batch(match)
-    except ProviderError as exc:
-        raise SubmissionBlocked(
-            f"{chunk}: cannot tell whether the interrupted submission created a batch ({exc}); check with "
-            f"`batchpipe list --remote`, then `batchpipe adopt {chunk} BATCH_ID` or `batchpipe adopt {chunk} --none`"
-        ) from None
+    delay, longest = poll
+    while True:
+        try:
+            return provider.find_batch(match)
+        except Unverifiable as exc:
+            if not wait:
+                raise ChunkWaits(f"{chunk}: neither created nor adopted yet: {exc}") from None
+            log(f"{chunk}: neither created nor adopted yet: {exc}; checking again in {delay:.0f}s")
+            interrupt.sleep(delay)
+            delay = min(delay * 1.5, longest)
+        except ProviderError as exc:
+            raise SubmissionBlocked(
+                f"{chunk}: cannot tell whether the interrupted submission created a batch ({exc}); check with "
+                f"`batchpipe list --remote`, then `batchpipe adopt {chunk} BATCH_ID` or `batchpipe adopt {chunk} --none`"
+            ) from None
+
+
+def _poll(settings: Settings) -> tuple[float, float]:
+    return settings.poll_interval, settings.max_poll_interval
 
 
 def wait_for_budget(
@@ -276,7 +348,7 @@ def wait_for_budget(
     tokens: int,
     limit: int,
     log: JobLog,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = interrupt.sleep,
 ) -> None:
     """Block until the tokens in flight for `model` leave room for `tokens` (or nothing is in flight)."""
     layout = Layout(settings)

@@ -24,6 +24,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
         "provider": settings.provider,
         "issues_selected": len(plan.selected),
         "skipped_inputs": [{"file": e.path, "reason": e.reason} for e in plan.skipped],
+        "blocked": blocked_chunks(plan),
         "processors": {},
         "totals": {
             "results": 0,
@@ -66,17 +67,23 @@ def summarize(plan: Plan) -> dict[str, Any]:
                     cost["realtime"] += c.realtime
         for key, state in sorted(pp.failed.items()):
             failed[key] = state.as_dict()
-        # Requests that failed in this run and will be sent again next run.
-        retrying = {}
+        # Requests without a result that the next run sends: again (they failed and have attempts left), or
+        # for the first time (selected since the run was planned).
+        sent = {record.request_hash for c in pp.existing.values() for record in c.requests.values()}
+        retrying: dict[str, str] = {}
+        retries = 0
         for key in pp.selected:
             if key in pp.sources or key in pp.failed or key in pp.waiting:
                 continue
-            retrying[key] = "no result yet; sent (again) on the next run"
+            again = plan.current_hash(key, name) in sent
+            retries += again
+            retrying[key] = "failed; sent again on the next run" if again else "not sent yet; sent on the next run"
         present = sum(1 for key in pp.sources if pp.result_file(layout, key).exists())
         out["processors"][name] = {
             "results": present,
             "failed": failed,
             "pending": retrying,
+            "pending_retries": retries,
             "waiting": dict(sorted(pp.waiting.items())),
             "chunks": len(pp.existing) + len(pp.new),
             "batches": batches,
@@ -126,7 +133,23 @@ def summary_table(summary: dict[str, Any]) -> str:
             lines.append(f"PENDING {name} {key}: {why}")
     for skipped in summary["skipped_inputs"]:
         lines.append(f"SKIPPED {skipped['file']}: {skipped['reason']}")
+    for chunk, why in summary.get("blocked", {}).items():
+        lines.append(f"WAITING {chunk}: {why}")
     return "\n".join(lines) + "\n"
+
+
+def blocked_chunks(plan: Plan) -> dict[str, str]:
+    """Chunks whose submission is unresolved (an interrupted create the provider could not confirm yet),
+    by `processor/chunk`: they wait for a batch to be verified, or for a person (`batchpipe adopt`)."""
+    out = {}
+    for name, pp in plan.processors.items():
+        for chunk, history in sorted(pp.existing.items()):
+            if history.open_create is not None:
+                out[f"{name}/{chunk}"] = (
+                    "a create was interrupted and its batch is not verified yet; the next run checks again "
+                    f"(or `batchpipe adopt {chunk} BATCH_ID` / `--none`)"
+                )
+    return out
 
 
 def write_summary(plan: Plan, json_path: str | Path) -> dict[str, Any]:

@@ -12,23 +12,27 @@ import multiprocessing
 import os
 import pickle
 import secrets
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from . import exitcodes, interrupt
 from .collect import collect_chunk
 from .config import Settings, coerce_command_line, load_settings
-from .download import download_chunk, download_realtime, refresh_statuses
-from .errors import BatchpipeError, ConfigError, ProviderError
+from .download import download_chunk, download_realtime, refresh_statuses, store_earlier_downloads
+from .errors import BatchpipeError, BatchRefused, ConfigError, ProviderError
+from .files import read_json
 from .gitcommit import commit_results
 from .joblog import JobLog
+from .layout import Layout
 from .ledger import read_marker
 from .plan import Plan, build_plan, return_free_memory
 from .providers import Provider, make_provider
-from .submit import send_chunk
-from .summary import summary_table, write_summary, write_summary_table
+from .submit import resubmit, send_chunk
+from .summary import blocked_chunks, summary_table, write_summary, write_summary_table
 
 RUN_ID_ENV = "BATCHPIPE_RUN_ID"
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
@@ -131,7 +135,14 @@ def download_and_collect(plan: Plan, processor: str, chunk: str, log: str) -> No
     if read_marker(plan.layout.marker(processor, chunk)).mode == "realtime":
         download_realtime(plan.settings, processor, chunk, job_log)  # from the journal, no provider call
     else:
-        download_chunk(plan.settings, provider_for(plan.settings), processor, chunk, job_log)
+        provider = provider_for(plan.settings)
+        while True:
+            try:
+                download_chunk(plan.settings, provider, processor, chunk, job_log)
+                break
+            except BatchRefused as exc:  # waiting: created again when the budget frees, in this run
+                job_log(str(exc))
+                resubmit(plan.settings, provider, processor, chunk, job_log)
     collect_chunk(plan, processor, chunk, job_log)
 
 
@@ -173,6 +184,7 @@ class DownloadWorkers:
             return False
         with self._lock:
             if self._pool is None:
+                interrupt.on_stop(self.kill)
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self._workers,
                     mp_context=multiprocessing.get_context("spawn"),
@@ -198,6 +210,15 @@ class DownloadWorkers:
         if pool is not None:
             pool.shutdown()
 
+    def kill(self) -> None:
+        """End the worker processes now (the run is stopping); their chunks are downloaded again next run."""
+        with self._lock:
+            pool, self._pool, self._plan = self._pool, None, None
+        if pool is not None:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+
 
 DOWNLOADS = DownloadWorkers()
 _WORKER_PLAN: Plan | None = None
@@ -205,6 +226,8 @@ _WORKER_PLAN: Plan | None = None
 
 def _start_worker(settings: Settings, issues: dict[str, Any]) -> None:
     global _WORKER_PLAN
+    interrupt.die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's own process decides; it ends the workers
     _WORKER_PLAN = Plan(settings, issues, [], [], {})  # what collect_chunk needs: settings, issue hashes
 
 
@@ -239,6 +262,42 @@ def run_summarize(config: dict[str, Any], summary_path: str, log: str) -> None:
         commit_results(plan.settings, log=job_log)
     del plan
     return_free_memory()  # this second plan's pages, while the recycling's processes run
+
+
+_STARTED: list[float] = []
+
+
+def on_start(config: dict[str, Any]) -> None:
+    """The run starts (Snakemake's `onstart`, in its main thread): SIGINT/SIGTERM end every wait at once."""
+    _STARTED.append(time.time())
+    interrupt.install()
+    layout = Layout(load_settings(config, source="config"))
+    kept = store_earlier_downloads(layout)
+    if kept:
+        print(f"batchpipe: kept the downloads of {kept} earlier batch(es) in {layout.store_dir}", file=sys.stderr)
+
+
+def on_end(config: dict[str, Any], success: bool) -> None:
+    """The run ended (`onsuccess`/`onerror`): leave with the exit code the README's table gives."""
+    if interrupt.STOP.is_set():
+        raise SystemExit(exitcodes.INTERRUPTED)
+    if not success:
+        plan = load_plan(config, verbose=False)
+        blocked = blocked_chunks(plan)
+        for chunk, why in blocked.items():
+            print(f"batchpipe: {chunk} waits: {why}", file=sys.stderr)
+        raise SystemExit(exitcodes.WAITING if blocked else exitcodes.ERROR)
+    settings = load_settings(config, source="config")
+    path = Layout(settings).summary_json
+    try:
+        if _STARTED and path.stat().st_mtime < _STARTED[0] - 1:
+            return  # this run did not write a summary (another target): Snakemake's own code
+        summary = read_json(path)
+    except (OSError, ValueError):
+        return
+    code = exitcodes.from_summary(summary, settings.wait)
+    if code:
+        raise SystemExit(code)
 
 
 def run_complete(summary_path: str, table_path: str, log: str) -> None:

@@ -37,6 +37,18 @@ STAGE_FILE = str(LAYOUT.stage_file("{n}"))
 AGGREGATES = bp_stages.aggregate_pattern(SETTINGS)
 
 
+onstart:
+    bp.on_start(config)
+
+
+onsuccess:
+    bp.on_end(config, success=True)
+
+
+onerror:
+    bp.on_end(config, success=False)
+
+
 wildcard_constraints:
     processor="|".join(PLAN.processors),
     chunk="[0-9a-f]{16}",

@@ -36,8 +36,11 @@ class Run:
 class Workspace:
     root: Path
 
-    def snakemake(self, *args: str, env: dict | None = None, check: bool = True, timeout: float = 300) -> Run:
-        """`python -m snakemake ARGS` in the workspace, as a user runs it."""
+    def snakemake(
+        self, *args: str, env: dict | None = None, check: bool = True, code: int = 0, timeout: float = 300
+    ) -> Run:
+        """`python -m snakemake ARGS` in the workspace, as a user runs it; with `check`, its exit code must be
+        `code` (the README's table: 3 failed for good, 4 waiting, 5 work left)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
         full_env.update(env or {})
         proc = subprocess.run(
@@ -49,7 +52,7 @@ class Workspace:
             timeout=timeout,
         )
         run = Run(proc.returncode, proc.stdout, proc.stderr)
-        if check and proc.returncode != 0:
+        if check and proc.returncode != code:
             raise AssertionError(f"snakemake {' '.join(args)} exited {proc.returncode}:\n{run.output[-6000:]}")
         return run
 

@@ -161,7 +161,7 @@ def test_request_errors_keep_their_type_and_a_token_limit_is_not_an_attempt(tmp_
     failed = manifest.requests[run.cid_of(10)]
     assert failed.error_type == "invalid_request_error" and failed.retryable is False and failed.counts_as_attempt
 
-    run = Downloaded(tmp_path / "limit", local={"faults": {"batch": {"fail": "token_limit_exceeded"}}})
+    run = Downloaded(tmp_path / "limit", wait=False, local={"faults": {"batch": {"fail": "token_limit_exceeded"}}})
     manifest = collect(run.plan, PROC, run.chunk, run.log)
     assert manifest.succeeded == 0 and run.ws.results() == {}
     for outcome in manifest.requests.values():

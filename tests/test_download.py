@@ -9,13 +9,13 @@ import pytest
 
 from batchpipe.config import load_settings_file
 from batchpipe.download import Waiter, batch_errors_as_lines, download_chunk, download_realtime
-from batchpipe.errors import ProviderError
+from batchpipe.errors import BatchRefused, ProviderError
 from batchpipe.files import sha256_hex
 from batchpipe.joblog import JobLog
 from batchpipe.ledger import Downloaded, read_events, read_marker
 from batchpipe.plan import build_plan
 from batchpipe.providers import BatchStatus, make_provider
-from batchpipe.submit import send_chunk
+from batchpipe.submit import resubmit, send_chunk
 
 from conftest import REPO, make_workspace
 
@@ -86,8 +86,30 @@ def test_download_chunk_saves_output_and_errors_and_records_their_hashes(tmp_pat
     assert "saved 2 output and 1 error line(s)" in sub.log_path.read_text()
 
 
+def test_a_refused_batch_is_created_again_in_a_waiting_run_once_the_budget_frees(tmp_path):
+    """OpenAI's enqueued-token limit fails a batch as a whole after creating it: nothing ran, nothing is
+    charged. A waiting run records the refusal, creates the chunk's batch again, and collects it."""
+    sub = Submitted(
+        tmp_path, poll_interval=0.01, local={"faults": {"batch": {"fail": "token_limit_exceeded", "times": 1}}}
+    )
+    refused = sub.marker.batch_id
+    with pytest.raises(BatchRefused, match="token limit"):
+        download_chunk(sub.settings, sub.provider, PROC, sub.chunk, sub.log)
+    assert [e.kind for e in read_events(sub.layout, sub.chunk)][-1] == "refused"
+    assert not sub.layout.output(PROC, sub.chunk).exists()  # nothing stored for a refused batch
+
+    resubmit(sub.settings, sub.provider, PROC, sub.chunk, sub.log)
+    marker = read_marker(sub.layout.marker(PROC, sub.chunk))
+    assert marker.batch_id != refused  # the marker follows the ledger to the new batch
+    download_chunk(sub.settings, sub.provider, PROC, sub.chunk, sub.log)
+    assert len(sub.lines("output")) == len(marker.requests) and sub.lines("errors") == []
+    kinds = [e.kind for e in read_events(sub.layout, sub.chunk)]
+    assert kinds.count("created") == 2 and kinds.count("refused") == 1 and kinds[-1] == "downloaded"
+    assert len(sub.ws.local_batches()) == 2  # the refused one ran nothing
+
+
 def test_a_batch_that_failed_as_a_whole_answers_every_request_with_its_error(tmp_path):
-    sub = Submitted(tmp_path, local={"faults": {"batch": {"fail": "token_limit_exceeded"}}})
+    sub = Submitted(tmp_path, wait=False, local={"faults": {"batch": {"fail": "token_limit_exceeded"}}})
 
     download_chunk(sub.settings, sub.provider, PROC, sub.chunk, sub.log)
 

@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchpipe"
 
 # Lowest first. A module may import modules of its own layer or of lower layers, never higher ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "files", "lifecycle", "crash"),  # leaves
+    ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes"),  # leaves
     ("config", "issues", "request", "joblog"),
     ("layout", "pricing", "render", "manifest"),
-    ("ledger", "views", "state"),
+    ("ledger", "views", "state", "store"),
     ("selection", "scan", "service.*"),  # the simulated batch service
     ("providers", "providers.*"),  # providers: leaves, request types, the service (local)
     ("chain",),

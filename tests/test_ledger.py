@@ -225,6 +225,16 @@ CASES: list[tuple[Event, dict[str, Any]]] = [
         },
     ),
     (
+        ledger.Refused(chunk="c1", time=8.5, batch_id="batch_1", reason="Enqueued token limit reached"),
+        {
+            "event": "refused",
+            "chunk": "c1",
+            "time": 8.5,
+            "batch_id": "batch_1",
+            "reason": "Enqueued token limit reached",
+        },
+    ),
+    (
         RetryRequested(chunk="c1", time=9.0, custom_ids=["rabca1"]),
         {"event": "retry_requested", "chunk": "c1", "time": 9.0, "custom_ids": ["rabca1"]},
     ),
@@ -371,13 +381,21 @@ def test_read_events_of_a_chunk_without_ledger(layout):
     assert read_events(layout, "nothing") == []
 
 
-def test_read_events_skips_blank_lines_and_rejects_broken_ones(layout):
+def test_read_events_skips_blank_lines_and_leaves_out_a_torn_line_naming_it(layout, capsys):
     layout.ledger_dir.mkdir(parents=True)
     layout.ledger("c1").write_text(canonical_json(CASES[0][1]) + "\n\n" + canonical_json(CASES[2][1]) + "\n")
     assert [type(e) for e in read_events(layout, "c1")] == [Prepared, UploadIntent]
-    layout.ledger("c2").write_text(canonical_json(CASES[0][1]) + '\n{"event": "crea')
-    with pytest.raises(ValueError):
-        read_events(layout, "c2")
+    assert capsys.readouterr().err == ""
+    layout.ledger("c2").write_text(canonical_json(CASES[0][1]) + '\n{"event": "crea')  # power cut mid-append
+    assert [type(e) for e in read_events(layout, "c2")] == [Prepared]  # every whole line is still the truth
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(layout.ledger("c2")) in err[0] and "line 2" in err[0]
+    read_events(layout, "c2")
+    assert capsys.readouterr().err == ""  # named once
+    # the next append ends the torn line first: the new event is whole, the torn line stays out
+    append(layout, UploadIntent(chunk="c2", time=2.0))
+    assert [type(e) for e in read_events(layout, "c2")] == [Prepared, UploadIntent]
+    assert layout.ledger("c2").read_text().splitlines()[1] == '{"event": "crea'
 
 
 def test_non_ascii_text_is_written_as_is(layout):
@@ -527,19 +545,21 @@ def test_read_chunks_groups_by_processor(layout, capsys):
 
 def test_read_chunks_names_an_unreadable_ledger_and_skips_it(layout, capsys):
     append(layout, prepared("good", "p"))
-    append(layout, prepared("broken", "p"))
-    with open(layout.ledger("broken"), "a") as handle:
+    append(layout, prepared("torn", "p"))
+    with open(layout.ledger("torn"), "a") as handle:
         handle.write('{"event": "created", "chu\n')
     append(layout, Created(chunk="noprep", batch_id="b"))  # no prepared event
     layout.ledger("noproc").write_text('{"event": "prepared", "chunk": "noproc", "time": 1.0}\n')  # no processor
     (layout.ledger_dir / "notes.txt").write_text("not a ledger\n")  # not a .jsonl file: not a ledger at all
     chunks = read_chunks(layout)
-    assert list(chunks) == ["p"] and list(chunks["p"]) == ["good"]
+    assert list(chunks) == ["p"] and list(chunks["p"]) == ["good", "torn"]  # a torn line is left out
     err = capsys.readouterr().err
-    for bad in ("broken", "noprep", "noproc"):
+    for bad in ("noprep", "noproc"):
         assert f"batchpipe: ledger {layout.ledger(bad)} is unreadable or incomplete" in err
+    assert f"{layout.ledger('torn')}: line 2 is not a whole ledger event" in err
+    assert f"{layout.ledger('noproc')}: line 1 is not a whole ledger event" in err
     assert "good" not in err
-    assert len(err.strip().splitlines()) == 3
+    assert len(err.strip().splitlines()) == 4
 
 
 def test_read_chunks_without_ledgers(layout):
@@ -638,21 +658,35 @@ def test_marker_events_rebuild_a_ledger_with_the_same_marker(layout, hist):
     assert rebuilt.processor == hist.processor and rebuilt.requests == hist.requests
 
 
-def test_write_marker_writes_once_and_never_changes_it(layout):
+def test_write_marker_writes_the_ledgers_marker_and_repairs_any_other(layout, capsys):
     hist = submitted()
     path = write_marker(layout, hist)
     assert path == layout.marker("p", "c1")
     text = path.read_text(encoding="utf-8")
     assert text == pretty_json(Marker.of(hist).to_json())
     assert json.loads(text)["batch_id"] == "batch_1"
-    # a later history (another batch adopted) does not change an existing marker
-    changed = ChunkHistory.of("c1", [*hist.events, Created(chunk="c1", batch_id="batch_2", adopted=True)])
-    assert write_marker(layout, changed) == path
-    assert path.read_text(encoding="utf-8") == text
+    inode = path.stat().st_ino
+    assert write_marker(layout, hist) == path and path.stat().st_ino == inode  # the ledger's: not rewritten
+    assert capsys.readouterr().err == ""
     # a deleted marker is written again, from the ledger
     path.unlink()
     write_marker(layout, hist)
     assert path.read_text(encoding="utf-8") == text
+    # a garbage marker is rebuilt, and named
+    path.write_text("{garbage")
+    write_marker(layout, hist)
+    assert path.read_text(encoding="utf-8") == text
+    assert f"{path}: unreadable; rebuilt from the ledger" in capsys.readouterr().err
+    # the chunk's batch was refused and made again: the marker follows the ledger, quietly
+    changed = ChunkHistory.of("c1", [*hist.events, Created(chunk="c1", batch_id="batch_2")])
+    write_marker(layout, changed)
+    assert json.loads(path.read_text(encoding="utf-8"))["batch_id"] == "batch_2"
+    assert capsys.readouterr().err == ""
+    # a marker naming a batch the ledger never gave this chunk is rebuilt from the ledger, and named
+    path.write_text(path.read_text(encoding="utf-8").replace("batch_2", "batch_x"))
+    write_marker(layout, changed)
+    assert json.loads(path.read_text(encoding="utf-8"))["batch_id"] == "batch_2"
+    assert f"{path}: not what the ledger says" in capsys.readouterr().err
 
 
 def test_read_marker(layout):

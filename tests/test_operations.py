@@ -228,7 +228,7 @@ def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_p
     assert "cancel_requested" in [e["event"] for e in ledger(ws, chunk)]
     assert len(ws.local_batches()) == 1 and ws.local_batches()[0]["status"] in ("cancelling", "cancelled")
 
-    ws.snakemake("--cores", "4", "results/all")
+    ws.snakemake("--cores", "4", "results/all", code=5)  # the cancelled requests are left for the next run
     manifest = json.loads(ws.files("batch_results/*/*.results.json")[0].read_text())
     assert manifest["succeeded"] + manifest["failed"] == 40 and manifest["failed"] > 0
     assert len(ws.results()) == manifest["succeeded"] > 0
@@ -244,7 +244,7 @@ def test_retry_failed_only_resends_exactly_the_failed_request(tmp_path):
     title = load_issue(ISSUES[1]).title
     fault = {"match": title, "kind": "error", "status": 400, "type": "invalid_request_error"}
     ws = small(tmp_path / "ws", local={"faults": {"requests": [fault]}})
-    ws.snakemake("--cores", "4", "results/all")
+    ws.snakemake("--cores", "4", "results/all", code=3)  # failed for good
     assert len(ws.results()) == 4
     report = bp(ws, "report")
     assert report.returncode == 1 and "FAIL completion_rate" in report.stdout
@@ -314,7 +314,7 @@ def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
 def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     flaky = {"match": load_issue(ISSUES[4]).title, "kind": "error", "status": 500}  # retryable: sent again
     ws = small(tmp_path / "ws", chunk_size=2, local={"faults": {"requests": [flaky]}})
-    ws.snakemake("--cores", "4", "results/all")
+    ws.snakemake("--cores", "4", "results/all", code=5)  # a failure with attempts left: work for the next run
     by_issue = {
         issue["key"]: path.stem
         for path in ws.files("batch_results/ledger/*.jsonl")

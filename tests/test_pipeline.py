@@ -181,8 +181,8 @@ def test_invalid_answer_is_retried_then_reported(small_workspace):
     cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
     cfg["local"]["faults"] = {"requests": [{"match": title, "kind": "invalid_json"}]}
     (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for attempt in range(1, 4):
-        ws.snakemake("--cores", "4", "results/all")
+    for attempt in range(1, 4):  # exit 5 while attempts are left (sent again next run), 3 once failed for good
+        ws.snakemake("--cores", "4", "results/all", code=5 if attempt < 3 else 3)
         assert len(ws.local_batches()) == attempt
     summary = json.loads((ws.root / "results" / "summary.json").read_text())
     failed = summary["processors"]["product-labeling"]["failed"]

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from batchpipe.config import SDKConfig
-from batchpipe.errors import MissingKey, ProviderError, TokenLimitReached
+from batchpipe.errors import MissingKey, ProviderError, TokenLimitReached, Unverifiable
 from batchpipe.files import sha256_hex
 from batchpipe.providers.anthropic_batches import AnthropicProvider
 from batchpipe.providers.base import BatchMatch
@@ -851,8 +851,19 @@ def test_anthropic_create_dropped_connection_makes_one_batch(stub, tmp_path, dro
     provider = anthropic_provider(stub.url)
     request_file = anthropic_requests(tmp_path)
     stub.faults.append({"route": "POST /v1/messages/batches", "drop": drop})
-    status = provider.create(request_file, None, meta(request_file))
-    assert len(stub.anthropic) == 1 and status.batch_id in stub.anthropic
+    if drop == "before":  # nothing was made: created once, on the next attempt
+        status = provider.create(request_file, None, meta(request_file))
+        assert len(stub.anthropic) == 1 and status.batch_id in stub.anthropic
+        return
+    # The batch was made but its answer lost: a running batch cannot be verified, so it is neither adopted
+    # nor made again; once it has ended, its results' custom_ids show it is this chunk's.
+    with pytest.raises(Unverifiable):
+        provider.create(request_file, None, meta(request_file))
+    (made,) = stub.anthropic
+    wait_ended(provider, made)
+    ids = frozenset(json.loads(line)["custom_id"] for line in request_file.read_text().splitlines())
+    match = BatchMatch(sha256_hex(request_file.read_bytes()), created_after=time.time() - 60, custom_ids=ids)
+    assert provider.find_batch(match).batch_id == made and len(stub.anthropic) == 1
 
 
 def test_anthropic_create_storm_and_token_limit(stub, tmp_path):
@@ -883,7 +894,7 @@ def test_anthropic_create_storm_and_token_limit(stub, tmp_path):
     assert len(stub.anthropic) == 1
 
 
-def test_anthropic_find_batch(stub, tmp_path):
+def test_anthropic_find_batch_adopts_only_a_verified_batch(stub, tmp_path):
     provider = anthropic_provider(stub.url)
     now = time.time()
     ids = ["x1", "x2", "x3"]
@@ -894,19 +905,20 @@ def test_anthropic_find_batch(stub, tmp_path):
     stub._anthropic_create({"requests": reqs}, created_at=now - 1000)  # too old
     stub._anthropic_create({"requests": reqs[:2]}, created_at=now + 2)  # wrong count
     assert provider.find_batch(intent) is None
-    first = stub._anthropic_create({"requests": other}, created_at=now + 3)
-    # a single running candidate cannot be verified yet, so it is accepted
-    assert provider.find_batch(intent).batch_id == first["id"]
-    second = stub._anthropic_create({"requests": reqs}, created_at=now + 4)
-    with pytest.raises(ProviderError, match="cannot tell"):
-        provider.find_batch(intent)  # two running candidates
-    wait_ended(provider, first["id"])
-    assert provider.find_batch(intent).batch_id == second["id"]  # the ended one holds other ids
-    wait_ended(provider, second["id"])
-    assert provider.find_batch(intent).batch_id == second["id"]  # verified by its results
+    sibling = stub._anthropic_create({"requests": other}, created_at=now + 3)  # same size, another chunk's
+    # a running candidate cannot be verified: never adopted (it is a sibling's here), the chunk waits
+    with pytest.raises(Unverifiable, match="running"):
+        provider.find_batch(intent)
+    wait_ended(provider, sibling["id"])
+    assert provider.find_batch(intent) is None  # ended: its results hold other ids, so there is no batch of ours
+    ours = stub._anthropic_create({"requests": reqs}, created_at=now + 4)
+    with pytest.raises(Unverifiable):
+        provider.find_batch(intent)  # ours, but still running: not adopted until verified
+    wait_ended(provider, ours["id"])
+    assert provider.find_batch(intent).batch_id == ours["id"]  # verified by its results
     assert provider.find_batch(replace(intent, custom_ids=frozenset({"z1", "z2", "z3"}))) is None
-    # without custom_ids: only a single candidate is accepted
-    with pytest.raises(ProviderError, match="cannot tell"):
+    # without the chunk's custom_ids nothing can be verified: the chunk waits
+    with pytest.raises(Unverifiable):
         provider.find_batch(BatchMatch("H", created_after=now, request_count=3))
 
 
@@ -914,15 +926,13 @@ def test_anthropic_find_batch_skips_batches_other_chunks_claim(stub, tmp_path):
     """Batches another chunk's ledger owns (handed over as `claimed`) are never candidates."""
     provider = anthropic_provider(stub.url)
     now = time.time()
-    theirs = stub._anthropic_create(
-        {"requests": [{"custom_id": c, "params": {}} for c in ("t1", "t2")]}, created_at=now + 1
-    )
-    ours = stub._anthropic_create(
-        {"requests": [{"custom_id": c, "params": {}} for c in ("m1", "m2")]}, created_at=now + 2
-    )
-    match = BatchMatch("H", created_after=now, request_count=2)
-    with pytest.raises(ProviderError, match="cannot tell"):
-        provider.find_batch(match)  # two running candidates of the same size
+    reqs = [{"custom_id": c, "params": {"model": "m", "max_tokens": 5, "messages": []}} for c in ("m1", "m2")]
+    theirs = stub._anthropic_create({"requests": reqs}, created_at=now + 1)
+    ours = stub._anthropic_create({"requests": reqs}, created_at=now + 2)
+    wait_ended(provider, theirs["id"])
+    wait_ended(provider, ours["id"])
+    match = BatchMatch("H", created_after=now, request_count=2, custom_ids=frozenset({"m1", "m2"}))
+    assert provider.find_batch(match).batch_id == theirs["id"]  # two hold our ids: the oldest
     assert provider.find_batch(replace(match, claimed=frozenset({theirs["id"]}))).batch_id == ours["id"]
 
 
@@ -1087,7 +1097,16 @@ def test_emulator_create_dropped_connection_makes_one_batch(emu, tmp_path, which
         file_id = provider.upload(request_file)
     else:
         provider, request_file, file_id = anthropic_provider(emu.base_url), anthropic_requests(tmp_path), None
-    status = provider.create(request_file, file_id, meta(request_file))
+    if which == "anthropic" and drop == "after":  # running, so not verifiable yet: neither adopted nor made again
+        with pytest.raises(Unverifiable):
+            provider.create(request_file, file_id, meta(request_file))
+        (made,) = emu_batches(emu, which)
+        wait_ended(provider, made.id)
+        ids = frozenset(json.loads(line)["custom_id"] for line in request_file.read_text().splitlines())
+        match = BatchMatch(sha256_hex(request_file.read_bytes()), created_after=time.time() - 60, custom_ids=ids)
+        status = provider.find_batch(match)  # verified by its results
+    else:
+        status = provider.create(request_file, file_id, meta(request_file))
     batches = emu_batches(emu, which)
     assert [b.id for b in batches] == [status.batch_id]
     creates = seen(emu, "POST", path)
@@ -1161,7 +1180,7 @@ def test_emulator_find_batch_adopts_after_a_crash(emu, tmp_path, which):
         assert fresh.find_batch(intent).batch_id == mine.batch_id
         assert fresh.find_batch(replace(intent, content_hash="0" * 64)) is None
     else:
-        with pytest.raises(ProviderError, match="cannot tell"):
+        with pytest.raises(Unverifiable):
             fresh.find_batch(intent)  # two running batches of two requests, no ids to check
         wait_ended(fresh, mine.batch_id)
         wait_ended(fresh, other.batch_id)
@@ -1229,7 +1248,13 @@ def test_emulator_pipeline_functions_and_crash_recovery(emu, tmp_path, which):
 
     ws = make_workspace(tmp_path / "ws", sorted((REPO / "data" / "issues").glob("*.json"))[:4])
     base = emu.openai_base_url if which == "openai" else emu.anthropic_base_url
-    ws.config(processors=["product-labeling"], provider=which, **{which: {"base_url": base, "timeout": 10}})
+    ws.config(
+        processors=["product-labeling"],
+        provider=which,
+        poll_interval=0.05,
+        max_poll_interval=0.2,
+        **{which: {"base_url": base, "timeout": 10}},
+    )
     settings = load_settings_file(ws.root / "config.yaml")
     plan = build_plan(settings)
     (chunk,) = plan.processors["product-labeling"].new

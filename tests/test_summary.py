@@ -70,7 +70,7 @@ def test_summarize_counts_results_failed_waiting_and_pending(run):
     failed = p["failed"][key(10)]
     assert failed["attempts"] == 1 and "not valid JSON" in failed["reason"]
     assert p["waiting"] == {key(103): b, key(112): b}
-    assert p["pending"] == {key(117): "no result yet; sent (again) on the next run"}
+    assert p["pending"] == {key(117): "not sent yet; sent on the next run"} and p["pending_retries"] == 0
     assert p["chunks"] == 3  # A and B sent, C new
     manifest = read_manifest(plan.layout.manifest(PROC, a))
     assert p["batches"] == [{"chunk": a, "batch_id": manifest.batch_id, "succeeded": 1, "failed": 1}]
@@ -130,7 +130,7 @@ def test_summary_table_lists_totals_and_every_failed_pending_and_skipped_item(ru
     reason = p["failed"][key(10)]["reason"]
     assert lines[7:] == [
         f"FAILED {PROC} {key(10)}: {reason} (after 1 attempt(s))",
-        f"PENDING {PROC} {key(117)}: no result yet; sent (again) on the next run",
+        f"PENDING {PROC} {key(117)}: not sent yet; sent on the next run",
         f"SKIPPED {summary['skipped_inputs'][0]['file']}: {summary['skipped_inputs'][0]['reason']}",
     ]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import ProviderError
+from ..errors import ProviderError, Unverifiable
 from ..files import sha256_hex
 from .anthropic_wire import AnthropicWire, split_results
 from .base import BatchMatch, BatchStatus, create_once
@@ -188,10 +188,10 @@ class AnthropicProvider(SDKProvider):
         """The batch an interrupted create made, judged without metadata.
 
         Candidates: created within [created_after - 120 s, created_after + 600 s], with the chunk's request
-        count, and not a batch another chunk owns (this process's creates and `match.claimed`).
-        An ended candidate counts only if its results hold exactly the chunk's custom_ids. One match is
-        adopted; none means there is no batch; several (or an unverifiable one next to others) raise
-        ProviderError("cannot tell ...")."""
+        count, and not a batch another chunk owns (this process's creates and `match.claimed`). A candidate
+        is adopted only when verified: it has ended and its results hold exactly the chunk's custom_ids.
+        None: there is no such batch. Unverifiable: a running candidate (or unknown custom_ids) keeps the
+        question open; the chunk neither creates nor adopts until it can tell."""
         created_after = match.created_after
         if not created_after:
             raise ProviderError("cannot tell: the ledger holds no time for the interrupted create")
@@ -214,34 +214,27 @@ class AnthropicProvider(SDKProvider):
         if not candidates:
             return None
         if ids is None:
-            if len(candidates) == 1:
-                return candidates[0]
-            raise ProviderError(
-                f"cannot tell which of {len(candidates)} batches ({_ids(candidates)}) "
-                f"holds this chunk's {count} requests"
+            raise Unverifiable(
+                f"{len(candidates)} batch(es) ({_ids(candidates)}) of {count} requests were created then, and the "
+                "chunk's custom_ids are not known to check them; see `batchpipe list --remote`"
             )
-        verified, unverified = [], []
+        verified, running = [], []
         for status in candidates:
             if status.ended:
                 got = {json.loads(line).get("custom_id") for line in self._results(status).splitlines()}
                 if got == ids:
                     verified.append(status)
             else:
-                unverified.append(status)
-        if len(verified) == 1:
-            return verified[0]
-        if len(verified) > 1:
-            raise ProviderError(
-                f"cannot tell: {len(verified)} batches ({_ids(verified)}) hold exactly this chunk's requests"
+                running.append(status)
+        if verified:
+            # several: the chunk was paid twice; adopt the oldest, the others stay visible in `list --remote`
+            return min(verified, key=lambda s: (s.created_at or 0, s.batch_id))
+        if running:
+            raise Unverifiable(
+                f"{len(running)} running batch(es) ({_ids(running)}) of {count} requests may hold this chunk; "
+                "their results show whose they are once they end: the chunk waits until then"
             )
-        if len(unverified) == 1:
-            return unverified[0]
-        if not unverified:
-            return None
-        raise ProviderError(
-            f"cannot tell which of {len(unverified)} running batches ({_ids(unverified)}) "
-            f"holds this chunk's {count} requests"
-        )
+        return None
 
     def complete(self, request_line: dict[str, Any]) -> dict[str, Any]:
         """Realtime: send the line's params to /v1/messages; the answer as a batch result line."""

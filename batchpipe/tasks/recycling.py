@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TextIO, TypeAlias, TypeVar
 
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock, pretty_json, sha256_hex
+from ..interrupt import die_with_parent
 from ..layout import Layout
 from .board import open_board, read_board, render_active, timestamp, upsert_tasks
 from .extract import issue_of, processor_of, tasks_from_result
@@ -208,7 +209,9 @@ def _executor(n_files: int, workers: int | None) -> Iterator[concurrent.futures.
     if workers < 2 or n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
         yield _InProcess()
         return
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent
+    ) as pool:
         yield pool
 
 
@@ -239,6 +242,7 @@ def recycle(
     # Resolved once, not per result file: Path.resolve() makes system calls for every path.
     results_shown = display_path(layout.results_dir, settings.root)
     with file_lock(layout.recycle_lock):
+        saved = _statuses_of_a_lost_board(layout, log)
         conn = open_board(layout.board)
         written: list[concurrent.futures.Future[int]] = []
         try:
@@ -275,6 +279,11 @@ def recycle(
                         summary.results_read += 1
                         summary.tasks_found += len(item.tasks)
                         new, updated = upsert_tasks(conn, item.tasks, now)
+                        if saved:  # the board was rebuilt: people's statuses come back from the task files
+                            conn.executemany(
+                                "UPDATE tasks SET status = ? WHERE task_hash = ?",
+                                [(saved[t.task_hash], t.task_hash) for t in item.tasks if t.task_hash in saved],
+                            )
                         summary.tasks_new += new
                         summary.tasks_updated += updated
                         conn.execute(
@@ -309,10 +318,37 @@ def recycle(
     return summary
 
 
+def _statuses_of_a_lost_board(layout: Layout, log: TextIO | None) -> dict[str, str]:
+    """When the board is gone but task files are there: the statuses people set, from the task files (the
+    board is rebuilt from the results; this is named in the log)."""
+    if layout.board.exists() or not layout.tasks_dir.is_dir():
+        return {}
+    saved: dict[str, str] = {}
+    files = [e.path for e in os.scandir(layout.tasks_dir) if e.name.endswith(".tasks.json")]
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for task in json.load(handle).get("tasks", []):
+                    if task.get("status") not in (None, "queued") and task.get("task_hash"):
+                        saved[task["task_hash"]] = task["status"]
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    if files:
+        _say(
+            log,
+            f"recycle: the board {layout.board} was missing; rebuilt from the results, with the "
+            f"{len(saved)} status(es) people set kept in the task files",
+        )
+    return saved
+
+
 def touch_recycle_trigger(settings: Settings, dryrun: bool = False) -> Path:
     """`.snakemake/batchpipe/recycle.trigger`, an input of `recycle_tasks`: created when missing, and given
-    new content with `recycle_force` (not in a dry run) so that Snakemake runs the recycling again."""
-    path = Layout(settings).trigger("recycle")
-    if not path.exists() or (settings.recycle_force and not dryrun):
+    new content with `recycle_force` or when the board is gone (not in a dry run), so that Snakemake runs
+    the recycling again."""
+    layout = Layout(settings)
+    path = layout.trigger("recycle")
+    lost = layout.tasks_dir.is_dir() and not layout.board.exists()
+    if not path.exists() or ((settings.recycle_force or lost) and not dryrun):
         atomic_write_text(path, f"{time.time_ns()}\n")
     return path
