@@ -333,7 +333,8 @@ def _recover(
         except ProviderError as exc:
             raise SubmissionBlocked(
                 f"{chunk}: cannot tell whether the interrupted submission created a batch ({exc}); check with "
-                f"`batchpipe list --remote`, then `batchpipe adopt {chunk} BATCH_ID` or `batchpipe adopt {chunk} --none`"
+                f"`batchpipe list --remote`, then `batchpipe adopt {chunk} BATCH_ID` or "
+                f"`batchpipe adopt {chunk} --none`"
             ) from None
 
 
