@@ -9,10 +9,10 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/plan.smk"
 include: "rules/batches.smk"
 include: "rules/tasks.smk"
 include: "rules/results.smk"
-include: "rules/stages.smk"
 
 
 rule all:

@@ -20,7 +20,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "parse_overrides"]
 
 # subcommand modules under batchpipe.commands, in the order `batchpipe --help` lists them
 COMMANDS = (
-    "run", "status", "list", "cancel", "retry", "collect", "archive", "report", "adopt", "cost", "query",
+    "run", "plan", "status", "list", "cancel", "retry", "collect", "archive", "report", "adopt", "cost", "query",
     "tasks", "emulator",
 )  # fmt: skip
 

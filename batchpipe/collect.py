@@ -19,9 +19,8 @@ import jsonschema
 from .config import Processor, Settings
 from .files import atomic_write_bytes, atomic_write_text, pretty_json
 from .layout import Layout
-from .ledger import Marker, read_marker
+from .ledger import CancelRequested, Marker, read_history, read_marker
 from .manifest import FAILED, SUCCEEDED, Manifest, RequestOutcome
-from .plan import Plan, ProcessorPlan
 from .pricing import cost_of
 from .providers import Outcome, wire_for
 from .request import IssueRef, RequestRecord, read_index
@@ -29,6 +28,8 @@ from .request import IssueRef, RequestRecord, read_index
 __all__ = ["Answer", "collect_chunk", "parse_answer", "result_document", "write_result"]
 
 NOT_COUNTED = {"token_limit_exceeded"}  # the batch was refused for now: not an attempt of the request
+# requests a batch never ran: after a person's cancel they are not sent again by themselves
+NOT_RUN = {"canceled", "cancelled", "missing", "expired", "batch_cancelled", "batch_expired"}
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*)\n\s*```\s*$", re.DOTALL)
 
 
@@ -103,24 +104,51 @@ def result_document(
     }
 
 
-def write_result(path: Path, doc: dict[str, Any]) -> None:
-    """Write a result atomically, and not at all when the same bytes are there already.
+def write_result(path: Path, doc: dict[str, Any]) -> int:
+    """Write a result atomically, and not at all when the same bytes are there already; returns its size.
 
-    No fsync: a result is derived from the chunk's downloaded outputs, which are fsynced, and is
-    rebuilt from them when missing."""
+    No fsync: a result is derived from the chunk's downloaded outputs, which are in the store, and is
+    rebuilt from them when missing or damaged."""
     data = pretty_json(doc).encode("utf-8")
     try:
         if path.read_bytes() == data:
-            return
+            return len(data)
     except FileNotFoundError:
         pass
     atomic_write_bytes(path, data, durable=False)
+    return len(data)
 
 
-def collect_chunk(plan: Plan, processor_name: str, chunk: str, log: Callable[[str], None]) -> Manifest:
-    """Parse a chunk's downloaded outputs: write valid results, record every outcome in the manifest."""
-    settings = plan.settings
-    layout = plan.layout
+class _Owners:
+    """Which chunk's answer a result file holds, and whether it is newer than this chunk's: a request sent
+    later is the current one (an issue edited since, a reprocess), so an older chunk collected late never
+    overwrites its answer."""
+
+    def __init__(self, layout: Layout, chunk: str):
+        self.layout = layout
+        self.times: dict[str, float] = {}
+        self.mine = self.prepared_at(chunk)
+
+    def prepared_at(self, chunk: str) -> float:
+        if chunk not in self.times:
+            history = read_history(self.layout, chunk)
+            self.times[chunk] = history.prepared.time if history is not None else 0.0
+        return self.times[chunk]
+
+    def newer(self, path: Path, chunk: str) -> bool:
+        """Whether `path` holds the answer of a chunk prepared after `chunk`."""
+        try:
+            holder = json.loads(path.read_bytes()).get("chunk")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return bool(holder) and holder != chunk and self.prepared_at(str(holder)) > self.mine
+
+
+def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Callable[[str], None]) -> Manifest:
+    """Parse a chunk's downloaded outputs: write valid results, record every outcome in the manifest.
+
+    A function of files alone (the marker or index, the downloads, the ledger): no plan, no provider."""
+    layout = Layout(settings)
     processor = settings.processor(processor_name)
     validator = jsonschema.Draft202012Validator(processor.schema) if processor.schema else None
     marker = read_marker(layout.marker(processor_name, chunk))
@@ -132,7 +160,10 @@ def collect_chunk(plan: Plan, processor_name: str, chunk: str, log: Callable[[st
             layout.output(processor_name, chunk).read_bytes(), layout.errors(processor_name, chunk).read_bytes()
         )
     }
-    manifest = Manifest(chunk, processor_name, marker.batch_id, marker.provider or settings.provider, {})
+    manifest = Manifest(chunk, processor_name, marker.batch_id or "", marker.provider or settings.provider, {})
+    owners = _Owners(layout, chunk)
+    history = read_history(layout, chunk)
+    cancelled = history is not None and any(isinstance(e, CancelRequested) for e in history.events)
     written = 0
     for cid, record in requests.items():
         outcome = outcomes.get(cid) or Outcome(
@@ -144,15 +175,18 @@ def collect_chunk(plan: Plan, processor_name: str, chunk: str, log: Callable[[st
             if answer.ok:
                 result.status = SUCCEEDED
                 if record.group is not None:  # an aggregate request: one result for its group
-                    written += write_group_result(plan, processor, record, marker, outcome, answer.value)
+                    written += write_group_result(
+                        layout, settings, processor, record, marker, outcome, answer.value, owners, manifest
+                    )
                 else:
                     for issue in record.issues:
-                        if plan.current_hash(issue.key, processor_name) not in (record.request_hash, None):
-                            continue  # the issue changed since: a newer request owns its result
+                        path = layout.result(issue.key, processor_name)
+                        if owners.newer(path, chunk):
+                            continue  # a request sent later owns this issue's result
                         doc = result_document(
                             settings, processor, issue, record, marker, outcome, answer.value, mode=marker.mode
                         )
-                        write_result(layout.result(issue.key, processor_name), doc)
+                        manifest.results[path.name] = write_result(path, doc)
                         written += 1
             else:
                 result.error, result.error_type, result.retryable = (
@@ -160,6 +194,9 @@ def collect_chunk(plan: Plan, processor_name: str, chunk: str, log: Callable[[st
                     "invalid_answer",
                     True,
                 )
+        elif cancelled and outcome.error_type in NOT_RUN:
+            result.error = "cancelled by a person (`batchpipe retry ID --failed-only` sends it again)"
+            result.error_type, result.retryable = "cancelled", False
         else:
             result.error = f"{outcome.error_type}: {outcome.error_message}".strip(": ")
             result.error_type, result.retryable = outcome.error_type, outcome.retryable
@@ -182,29 +219,32 @@ def collect_chunk(plan: Plan, processor_name: str, chunk: str, log: Callable[[st
 
 
 def write_group_result(
-    plan: Plan, proc: Processor, record: RequestRecord, marker: Marker, outcome: Outcome, answer: Any
+    layout: Layout,
+    settings: Settings,
+    proc: Processor,
+    record: RequestRecord,
+    marker: Marker,
+    outcome: Outcome,
+    answer: Any,
+    owners: _Owners,
+    manifest: Manifest,
 ) -> int:
-    """Write an aggregate request's result (and, for text, its Markdown report); 0 when a newer request
-    owns the group now. Files of the same group left by an earlier split are removed."""
-    settings = plan.settings
-    layout = plan.layout
+    """Write an aggregate request's result (and, for text, its Markdown report); 0 when a request sent
+    later owns the group's result. Files of the same group another split left are removed."""
     group = record.group
     assert group is not None
-    pp = plan.processors.get(proc.name)
-    item = pp.items.get(group.item) if pp is not None else None
-    if item is not None and item.request_hash is not None and item.request_hash != record.request_hash:
-        return 0  # the group's earlier results changed since: a newer request owns its result
     split = group.parts > 1
     path = layout.group_result(proc.name, group.key, group.part if split else None)
+    if owners.newer(path, marker.chunk):
+        return 0
     doc = result_document(settings, proc, record.issues[0], record, marker, outcome, answer, mode=marker.mode)
     doc.pop("issue_reference")
     doc["group"] = {k: v for k, v in group.to_json().items() if k != "item"}
     doc["input_processor"] = record.input_processor
-    write_result(path, doc)
+    manifest.results[path.name] = write_result(path, doc)
     if proc.format == "text":
         write_report(layout, path, doc)
-    if pp is not None and item is not None and item.request_hash == record.request_hash:
-        _remove_stale_group_files(layout, pp, proc.name, group.key)
+    _remove_other_splits(layout, proc.name, group.key, group.parts, owners, marker.chunk)
     return 1
 
 
@@ -227,9 +267,10 @@ def write_report(layout: Layout, result_file: Path, doc: dict[str, Any]) -> Path
     return path
 
 
-def _remove_stale_group_files(layout: Layout, pp: ProcessorPlan, processor: str, gkey: str) -> None:
-    """When a group is split differently now, the result and report files of its old parts go."""
-    current = {it.result_file.name for it in pp.items.values() if it.group and it.group.key == gkey}
+def _remove_other_splits(layout: Layout, processor: str, gkey: str, parts: int, owners: _Owners, chunk: str) -> None:
+    """The group is now in `parts` parts: the result and report files of another split go (unless a request
+    sent later wrote them)."""
+    current = {layout.group_result(processor, gkey, k if parts > 1 else None).name for k in range(1, parts + 1)}
     pattern = re.compile(rf"{re.escape(gkey)}_{re.escape(processor)}(?:_part[0-9]+)?\.json")
     folder = layout.results_dir
     try:
@@ -237,9 +278,7 @@ def _remove_stale_group_files(layout: Layout, pp: ProcessorPlan, processor: str,
     except FileNotFoundError:
         return
     for name in names:
-        if name not in current:
-            for path in (folder / name, layout.report(folder / name)):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+        if name in current or owners.newer(folder / name, chunk):
+            continue
+        for path in (folder / name, layout.report(folder / name)):
+            path.unlink(missing_ok=True)

@@ -15,7 +15,8 @@
 {results_dir}/{org}_{repo}_issue_{n}_{processor}.json  per-issue results
 {results_dir}/{group}_{processor}[_part{k}].json       aggregate results
 reports/ and tasks/ beside the results folder          Markdown reports; the task board
-results/all, results/summary.json, results/stages/     the run summary, stage checkpoints
+results/all, results/summary.json                      the run summary
+results/plan/{key}/s{stage}r{round}/                    the plans of a run (a checkpoint each)
 .snakemake/batchpipe/                                  the scan cache and trigger files
 ```
 """
@@ -31,7 +32,7 @@ __all__ = ["Layout"]
 
 SUMMARY_JSON = "results/summary.json"
 SUMMARY_TABLE = "results/all"
-STAGES_DIR = "results/stages"
+PLAN_ROOT = "results/plan"
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,23 @@ class Layout:
     def summary_table(self) -> Path:
         return self.root / SUMMARY_TABLE
 
-    def stage_file(self, n: int) -> Path:
-        return self.root / STAGES_DIR / f"stage_{n}.json"
+    @property
+    def plan_root(self) -> Path:
+        return self.root / PLAN_ROOT
+
+    def plan_dir(self, key: str) -> Path:
+        """Every plan of one run: `results/plan/{key}/`."""
+        return self.plan_root / key
+
+    def plan_folder(self, key: str, stage: int | str, round_: int | str) -> Path:
+        """One plan (a stage's round): `results/plan/{key}/s{stage}r{round}/` with `plan.json` and the
+        specs of its new chunks (`chunks/{processor}/{chunk}.json`)."""
+        return self.plan_dir(key) / f"s{stage}r{round_}"
+
+    @property
+    def settled(self) -> Path:
+        """Where the last run settled: the plan key and the state it left the files in."""
+        return self.plan_root / "settled.json"
 
     @property
     def scan_cache(self) -> Path:

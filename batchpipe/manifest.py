@@ -71,6 +71,7 @@ class Manifest:
     batch_id: str
     provider: str
     requests: dict[str, RequestOutcome]
+    results: dict[str, int] = field(default_factory=dict)  # result files this chunk's answers are in: size
 
     @property
     def succeeded(self) -> int:
@@ -89,6 +90,7 @@ class Manifest:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "requests": {cid: r.to_json() for cid, r in self.requests.items()},
+            "results": self.results,
         }
 
     @classmethod
@@ -99,6 +101,7 @@ class Manifest:
             batch_id=data["batch_id"],
             provider=data["provider"],
             requests={cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()},
+            results=dict(data.get("results") or {}),
         )
 
     def write(self, path: Path) -> None:

@@ -15,17 +15,16 @@ an issue or a group of issues (`chain`), made from its input processor's plan.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .chain import ChainedItem, EarlierStage, chained_items, issue_item, render_group
+from .chain import ChainedItem, EarlierStage, chained_items, issue_item, render_group, stage_numbers
 from .config import Processor, Settings
 from .errors import IssueFileError, PlanOutdated
-from .files import atomic_write_text, canonical_json, sha256_hex
+from .files import atomic_write_json, canonical_json, sha256_hex
 from .issues import load_issue
 from .layout import Layout
 from .ledger import ChunkHistory, read_chunks
@@ -80,6 +79,7 @@ class ProcessorPlan:
     deferred: dict[str, NewChunk] = field(default_factory=dict)  # new chunks held back by the token budget
     items: dict[str, ChainedItem] = field(default_factory=dict)  # chained processors: key -> its unit of work
     result_files: dict[str, Path] = field(default_factory=dict)  # key -> result file, when not Layout.result
+    issues: list[str] = field(default_factory=list)  # the issue keys it is about (its selection)
 
     def result_file(self, layout: Layout, key: str) -> Path:
         return self.result_files.get(key) or layout.result(key, self.processor)
@@ -93,21 +93,10 @@ class Plan:
     skipped: list[IssueFileError]
     processors: dict[str, ProcessorPlan]
     run_id: str | None = None  # the group id of the chunks this run submits
-    # (processor, issue path) -> a request of a new chunk as this plan's scan rendered it (files it read),
-    # until the submit job that writes the chunk's request file takes it
-    rendered: dict[tuple[str, str], Rendered] = field(default_factory=dict, repr=False)
 
     @property
     def layout(self) -> Layout:
         return Layout(self.settings)
-
-    def take_rendered(self, processor: str, path: str) -> Rendered | None:
-        """The request the scan rendered for this issue file, once. After the last one, the heap's free
-        pages go back to the system (glibc keeps them otherwise)."""
-        rendered = self.rendered.pop((processor, path), None)
-        if rendered is not None and not self.rendered:
-            return_free_memory()
-        return rendered
 
     def current_hash(self, issue_key: str, processor: str) -> str | None:
         entry = self.issues.get(issue_key)
@@ -145,74 +134,49 @@ class Plan:
             return True  # answered while it is sent
         return existing is not None and (existing.collected or existing.known_ended)
 
-    def targets(self, processors: Iterable[str] | None = None) -> list[Path]:
-        """What the run summary needs: the manifest of each chunk with work to do, or only its marker when
-        the run does not wait (of the named processors only, when given: chained stages).
+    def needs(self, name: str) -> tuple[list[str], list[str]]:
+        """The chunks of a processor whose files this run needs: (manifest: to collect, marker: to send
+        only). A chunk held back (token budget) is in neither; nor is a batch in flight a run that does not
+        wait leaves for a later run."""
+        pp = self.processors[name]
+        collect, submit = [], []
+        for chunk in pp.chunks:
+            if self.collectable(pp, chunk):
+                collect.append(chunk)
+            elif chunk in pp.new or (chunk in pp.existing and pp.existing[chunk].batch_id is None):
+                submit.append(chunk)
+        return collect, submit
 
-        A chunk whose target exists already is left out: listing it would put its jobs in Snakemake's DAG
-        only to find them up to date, in every run and dry run. Deleted files of such chunks come back
-        through `missing_files`."""
-        layout = self.layout
-        wanted = set(processors) if processors is not None else None
-        out = []
-        for name, pp in self.processors.items():
-            if wanted is not None and name not in wanted:
-                continue
-            for chunk in pp.chunks:
-                path = layout.manifest(name, chunk) if self.collectable(pp, chunk) else layout.marker(name, chunk)
-                if chunk in pp.new or not path.exists():
-                    out.append(path)
-        return out
+    @property
+    def volatile(self) -> bool:
+        """Whether the next run must look again although no file changed: batches in flight a run that does
+        not wait left behind, chunks held back by the budget, a submission waiting to be verified, or
+        `recycle_force` (each run that sets it extracts every task again)."""
+        if self.settings.recycle_force:
+            return True
+        if any(pp.deferred for pp in self.processors.values()):
+            return True
+        if any(c.open_create is not None for pp in self.processors.values() for c in pp.existing.values()):
+            return True
+        return not self.settings.wait and bool(self.in_flight())
 
-    def missing_files(self, processors: Iterable[str] | None = None) -> list[Path]:
-        """Files of already-planned chunks that should exist and do not (a person or a crash removed them).
-
-        Snakemake does not regenerate a missing intermediate file while its consumer is up to date, so
-        the run summary asks for these files directly."""
-        layout = self.layout
-        wanted = set(processors) if processors is not None else None
-        missing: list[Path] = []
-        for name, pp in self.processors.items():
-            if wanted is not None and name not in wanted:
-                continue
-            for chunk in pp.chunks:
-                if chunk in pp.new or not layout.manifest(name, chunk).exists():
-                    continue
-                for path in (layout.marker(name, chunk), layout.output(name, chunk), layout.errors(name, chunk)):
-                    if not path.exists():
-                        missing.append(path)
-            missing.extend(pp.result_file(layout, key) for key in pp.missing_results)
-        return missing
-
-    def has_work(self, processors: Iterable[str] | None = None) -> bool:
-        """Whether anything is to be submitted, collected or restored (for the named processors, when given)."""
-        layout = self.layout
-        wanted = set(processors) if processors is not None else None
-        return bool(self.missing_files(wanted)) or any(
-            pp.new or any(self.collectable(pp, c) and not layout.manifest(name, c).exists() for c in pp.chunks)
-            for name, pp in self.processors.items()
-            if wanted is None or name in wanted
-        )
-
-    def touch_trigger(self) -> Path:
-        """Touch `.snakemake/batchpipe/plan.trigger` when there is work, so the summary is out of date.
-
-        Snakemake only runs a job whose output is missing when something downstream needs to run; the
-        summary depends on this file, and the file changes only when the plan has work to do."""
-        path = self.layout.trigger("plan")
-        if self.has_work() or not path.exists():
-            # new content, not just a new mtime: Snakemake compares small files by checksum
-            atomic_write_text(path, f"{time.time_ns()}\n")
-        return path
-
-    def describe(self) -> str:
-        """The split plan, for dry runs."""
+    def describe(self, processors: Iterable[str] | None = None) -> str:
+        """The split plan: chunks and requests per processor (of the named ones, when given)."""
         lines = []
+        wanted = set(processors) if processors is not None else None
         for name, pp in self.processors.items():
+            if wanted is not None and name not in wanted:
+                continue
             new_sizes = [len(c.members) for c in pp.new.values()]
             in_flight = sum(1 for c in pp.chunks if c in pp.existing and not pp.existing[c].collected)
+            proc = self.settings.processor(name)
+            title, unit = name, "issue(s)"
+            if proc.input_processor:
+                unit = "item(s)"
+                stage = stage_numbers(self.settings.processors)[name]
+                title = f"{name} (stage {stage}, from {proc.input_processor}'s results)"
             lines.append(
-                f"batchpipe plan: {name}: {len(pp.selected)} issue(s) selected, {len(pp.sources)} with results, "
+                f"batchpipe plan: {title}: {len(pp.selected)} {unit} selected, {len(pp.sources)} with results, "
                 f"{len(new_sizes)} new chunk(s){_sizes(new_sizes)} with {sum(new_sizes)} request(s), "
                 f"{in_flight} chunk(s) in flight, {len(pp.failed)} failed for good"
             )
@@ -243,14 +207,6 @@ def _sizes(sizes: list[int]) -> str:
 def chunk_id_for(members: list[tuple[str, str]]) -> str:
     """Content hash of a chunk: its custom_ids and request hashes in order."""
     return sha256_hex(canonical_json([list(m) for m in members]))[:16]
-
-
-def return_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):
-        pass
 
 
 # --- the sent chunks -----------------------------------------------------------------------------------
@@ -293,20 +249,30 @@ class _Unit:
     failed: Failed | None = None
 
 
-def build_plan(settings: Settings) -> Plan:
-    """What this run has to do, from the files on disk."""
+def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, write_cache: bool = True) -> Plan:
+    """What this run has to do, from the files on disk.
+
+    `chosen`: the issues each processor is about, as a plan of this run recorded them (later rounds,
+    stages and the summary keep the run's selection, not what `selection: missing` would pick now).
+    `write_cache=False`: a preview, which writes no file (not even the scan cache)."""
     layout = Layout(settings)
-    rendered: dict[tuple[str, str], Rendered] = {}
-    entries, skipped = scan_issues(settings, rendered)
+    entries, skipped = scan_issues(settings, write_cache)
     selection: Selection | None = None
-    if settings.selection != "all":  # missing, reprocess or sql: per processor, maybe forcing a resend
-        selection = selected_keys(settings, entries)
-    selected = select_issues(settings, entries, selection)
+    if chosen is not None:
+        keys = {key for keys_ in chosen.values() for key in keys_}
+        selected = [e for e in entries if e.key in keys]
+    else:
+        if settings.selection != "all":  # missing, reprocess or sql: per processor, maybe forcing a resend
+            selection = selected_keys(settings, entries)
+        selected = select_issues(settings, entries, selection)
     existing = read_sent_chunks(layout)
     plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
     for processor in settings.processors:  # earlier stages first
         mine = selected
-        if selection is not None:
+        if chosen is not None:
+            wanted = set(chosen.get(processor.name, []))
+            mine = [e for e in selected if e.key in wanted]
+        elif selection is not None:
             mine = [e for e in selected if e.key in selection.by_processor[processor.name]]
         chunks = existing.get(processor.name, {})
         if processor.input_processor:  # chained: its items are made from the earlier stage's results
@@ -338,16 +304,9 @@ def build_plan(settings: Settings) -> Plan:
                 for e in mine
             ]
             force = selection.force.get(processor.name, {}) if selection else {}  # issue key -> result's custom_id
+        pp.issues = [e.key for e in mine]
         _plan_units(settings, processor, pp, units, force, existing)
         plan.processors[processor.name] = pp
-    wanted = {
-        (name, path)
-        for name, pp in plan.processors.items()
-        for chunk in pp.new.values()
-        for member in chunk.members
-        for path in member.paths
-    }
-    plan.rendered = {k: v for k, v in rendered.items() if k in wanted}  # only what the submit jobs take
     return plan
 
 
@@ -437,27 +396,88 @@ def _defer_over_budget(
 def render_chunk(plan: Plan, processor: str, chunk: str) -> list[tuple[str, Rendered]]:
     """A new chunk's requests as they are sent: (custom_id, rendered request naming every issue it answers).
 
-    Issue processors take the scan's rendering (or render the issue file again); chained processors
-    render their items again from the earlier results. Raises PlanOutdated when an input changed since
-    the plan was made (the run is planned again next time)."""
-    settings = plan.settings
-    proc = settings.processor(processor)
+    Issue processors render the issue files; chained processors render their items again from the earlier
+    results. Raises PlanOutdated when an input changed since the plan was made."""
+    proc = plan.settings.processor(processor)
     new = plan.processors[processor].new[chunk]
     if proc.input_processor:
         return _render_chained(plan, proc, new)
+    return render_members(plan.settings, processor, new.members)
+
+
+def render_members(settings: Settings, processor: str, members: list[ChunkMember]) -> list[tuple[str, Rendered]]:
+    """The requests of an issue processor's chunk members, rendered from their issue files."""
+    proc = settings.processor(processor)
     out = []
-    for member in new.members:
+    for member in members:
         renders = []
         for path in member.paths:
-            request = plan.take_rendered(processor, path)  # rendered by the plan's scan: not again
-            if request is None or request.request_hash != member.request_hash:
-                request = render_request(load_issue(path), proc, settings, path)
-                if request.request_hash != member.request_hash:
-                    raise PlanOutdated(f"{path}: changed while the run was planned; run snakemake again")
+            request = render_request(load_issue(path), proc, settings, path)
+            if request.request_hash != member.request_hash:
+                raise PlanOutdated(f"{path}: changed since the run was planned; run snakemake again")
             renders.append(request)
         last = renders[-1]
         out.append((member.custom_id, dataclasses.replace(last, issues=[i for r in renders for i in r.issues])))
     return out
+
+
+# --- the plan as files ---------------------------------------------------------------------------
+
+
+def chunk_spec(plan: Plan, processor: str, chunk: str, group: str | None) -> dict[str, Any]:
+    """What the job that writes a new chunk's request file needs: its members (and, for a chained
+    processor, the rendered requests: they need the earlier stage's results and plan)."""
+    new = plan.processors[processor].new[chunk]
+    spec: dict[str, Any] = {
+        "chunk": chunk,
+        "processor": processor,
+        "group": group,
+        "members": [{"custom_id": m.custom_id, "request_hash": m.request_hash, "paths": m.paths} for m in new.members],
+    }
+    if plan.settings.processor(processor).input_processor:
+        spec["rendered"] = {cid: r.to_json() for cid, r in render_chunk(plan, processor, chunk)}
+    return spec
+
+
+def render_spec(settings: Settings, spec: dict[str, Any]) -> list[tuple[str, Rendered]]:
+    """A chunk spec's requests as they are sent."""
+    if "rendered" in spec:
+        return [(cid, Rendered.from_json(r)) for cid, r in spec["rendered"].items()]
+    members = [ChunkMember(m["custom_id"], m["request_hash"], list(m["paths"])) for m in spec["members"]]
+    return render_members(settings, spec["processor"], members)
+
+
+def write_plan_folder(
+    plan: Plan, folder: Path, key: str, stage: int, round_: int, processors: list[str], group: str
+) -> dict[str, Any]:
+    """Write one plan (a stage's round): the specs of its new chunks, then `plan.json` (written last: a
+    plan folder with `plan.json` is whole). Returns what `plan.json` holds."""
+    specs = folder / "chunks"
+    collect: dict[str, list[str]] = {}
+    submit: dict[str, list[str]] = {}
+    new: dict[str, list[str]] = {}
+    for name in processors:
+        for chunk in plan.processors[name].new:
+            atomic_write_json(specs / name / f"{chunk}.json", chunk_spec(plan, name, chunk, group))
+        collect[name], submit[name] = plan.needs(name)
+        new[name] = list(plan.processors[name].new)
+    more = plan.settings.wait and any(new.values()) and round_ + 1 < plan.settings.max_attempts  # attempts left
+    doc = {
+        "key": key,
+        "stage": stage,
+        "round": round_,
+        "group": group,
+        "processors": processors,
+        "issues": {name: pp.issues for name, pp in plan.processors.items()},
+        "collect": collect,
+        "submit": submit,
+        "new": new,
+        "continues": more,
+        "volatile": plan.volatile,
+        "describe": plan.describe(processors),
+    }
+    atomic_write_json(folder / "plan.json", doc)
+    return doc
 
 
 def _render_chained(plan: Plan, proc: Processor, new: NewChunk) -> list[tuple[str, Rendered]]:

@@ -49,6 +49,32 @@ class Rendered:
     input_processor: str | None = None
     est_tokens: int = field(default=0)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "neutral": self.neutral.to_json(),
+            "request_hash": self.request_hash,
+            "truncation": self.truncation,
+            "issues": [i.to_json() for i in self.issues],
+            "inputs": self.inputs,
+            "group": self.group.to_json() if self.group else None,
+            "input_processor": self.input_processor,
+            "est_tokens": self.est_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rendered:
+        group = data.get("group")
+        return cls(
+            neutral=NeutralRequest.from_json(data["neutral"]),
+            request_hash=data["request_hash"],
+            truncation=dict(data.get("truncation") or {}),
+            issues=[IssueRef.from_json(i) for i in data.get("issues") or []],
+            inputs=data.get("inputs"),
+            group=GroupInfo.from_json(group) if group else None,
+            input_processor=data.get("input_processor"),
+            est_tokens=int(data.get("est_tokens") or 0),
+        )
+
     def record(self, attempt: int, issues: list[IssueRef] | None = None) -> RequestRecord:
         """The table entry of this request as sent in `attempt` (for `issues`: identical requests of
         several issues are sent once)."""

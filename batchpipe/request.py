@@ -52,6 +52,29 @@ class NeutralRequest:
         """The first user message."""
         return next((m["content"] for m in self.messages if m["role"] == "user"), "")
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": self.messages,
+            "system": self.system,
+            "max_tokens": self.max_tokens,
+            "schema": self.schema,
+            "schema_name": self.schema_name,
+            "temperature": self.temperature,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NeutralRequest:
+        return cls(
+            model=data["model"],
+            messages=list(data["messages"]),
+            system=data.get("system", ""),
+            max_tokens=data.get("max_tokens"),
+            schema=data.get("schema"),
+            schema_name=data.get("schema_name"),
+            temperature=data.get("temperature"),
+        )
+
     def identity(self) -> dict[str, Any]:
         """What the request hash covers (the same keys since the first release: hashes never change)."""
         return {
@@ -229,9 +252,10 @@ class ChunkIndex:
     request_count: int
     est_tokens: int
     requests: dict[str, RequestRecord]
+    group: str | None = None  # the run that planned it
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "chunk": self.chunk,
             "processor": self.processor,
             "provider": self.provider,
@@ -240,6 +264,9 @@ class ChunkIndex:
             "est_tokens": self.est_tokens,
             "requests": table_to_json(self.requests),
         }
+        if self.group is not None:
+            out["group"] = self.group
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkIndex:
@@ -251,6 +278,7 @@ class ChunkIndex:
             request_count=int(data["request_count"]),
             est_tokens=int(data.get("est_tokens") or 0),
             requests=table_from_json(data["requests"]),
+            group=data.get("group"),
         )
 
 

@@ -17,7 +17,7 @@ from .errors import IssueFileError
 from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .issues import load_issue
 from .layout import Layout
-from .render import Rendered, render_request
+from .render import render_request
 from .selection import Selection, selected_keys
 
 __all__ = ["IssueEntry", "scan_issues", "select_issues"]
@@ -53,12 +53,10 @@ def _render_fingerprint(settings: Settings) -> str:
     )
 
 
-def scan_issues(
-    settings: Settings, keep: dict[tuple[str, str], Rendered] | None = None
-) -> tuple[list[IssueEntry], list[IssueFileError]]:
-    """Every issue file with its request hashes, in file-name order, using the cache.
+def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[IssueEntry], list[IssueFileError]]:
+    """Every issue file with its request hashes, in file-name order, using the cache (kept up to date
+    unless `write_cache` is false: a preview writes nothing).
 
-    `keep`: filled with the requests rendered for the files read (cache misses), by (processor, path).
     Chained processors' requests need the earlier stage's results: they are planned in `chain`."""
     layout = Layout(settings)
     folder = layout.issues_dir
@@ -103,9 +101,6 @@ def scan_issues(
             rendered = {
                 p.name: render_request(issue, p, settings, path) for p in settings.processors if not p.input_processor
             }
-            if keep is not None:
-                for processor, request in rendered.items():
-                    keep[(processor, str(path))] = request
             requests = {processor: [r.request_hash, r.est_tokens] for processor, r in rendered.items()}
             row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state, requests]
         fresh[name] = row
@@ -128,7 +123,7 @@ def scan_issues(
                 {p: t for p, (_, t) in requests.items()},
             )
         )
-    if fresh != cached:
+    if fresh != cached and write_cache:
         try:
             atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
         except OSError:

@@ -45,19 +45,40 @@ from .ledger import (
 from .plan import Plan, read_sent_chunks, render_chunk, tokens_in_flight
 from .providers import BatchMatch, BatchStatus, Provider, wire_for
 from .realtime import Backoff, Gate, batch_id_for, read_journal, send_all
+from .render import Rendered
 from .request import ChunkIndex, attempt_of, read_index
 
-__all__ = ["send_chunk", "submit_batch", "submit_realtime", "wait_for_budget", "write_request_file"]
+__all__ = [
+    "resubmit",
+    "send",
+    "send_chunk",
+    "submit_batch",
+    "submit_realtime",
+    "wait_for_budget",
+    "write_request_file",
+    "write_requests",
+]
 
 
 # --- the request file ---------------------------------------------------------------------------------
 
 
 def write_request_file(plan: Plan, processor: str, chunk: str, log: Callable[[str], None]) -> ChunkIndex:
-    """Render a new chunk's requests into the provider's request file and its custom_id table."""
-    layout = plan.layout
-    settings = plan.settings
-    rendered = render_chunk(plan, processor, chunk)
+    """Render a new chunk of a plan into the provider's request file and its custom_id table."""
+    return write_requests(plan.settings, processor, chunk, render_chunk(plan, processor, chunk), plan.run_id, log)
+
+
+def write_requests(
+    settings: Settings,
+    processor: str,
+    chunk: str,
+    rendered: list[tuple[str, Rendered]],
+    group: str | None,
+    log: Callable[[str], None],
+) -> ChunkIndex:
+    """The one writer of request files: a chunk's rendered requests in the provider's wire format, and its
+    custom_id table (the index)."""
+    layout = Layout(settings)
     wire = wire_for(settings.provider)
     lines = [wire.request_line(cid, r.neutral) for cid, r in rendered]
     index = ChunkIndex(
@@ -68,6 +89,7 @@ def write_request_file(plan: Plan, processor: str, chunk: str, log: Callable[[st
         request_count=len(lines),
         est_tokens=sum(r.est_tokens for _, r in rendered),
         requests={cid: r.record(attempt_of(cid)) for cid, r in rendered},
+        group=group,
     )
     atomic_write_json(layout.index_file(processor, chunk), index.to_json())
     atomic_write_bytes(layout.request_file(processor, chunk), jsonl_bytes(lines))
@@ -84,12 +106,20 @@ def send_chunk(
     never rewritten, the ledger's content hash guards its file."""
     layout = plan.layout
     if chunk in plan.processors[processor].new and not layout.ledger(chunk).exists():
-        write_request_file(plan, processor, chunk, log.quiet())
-    prepared = last(read_events(layout, chunk), Prepared)
-    mode = (prepared.mode or "batch") if prepared else plan.settings.mode
+        write_requests(plan.settings, processor, chunk, render_chunk(plan, processor, chunk), group, log.quiet())
+    return send(plan.settings, provider, processor, chunk, log, group)
+
+
+def send(
+    settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog, group: str | None = None
+) -> Path:
+    """Send a chunk whose request file is written, as its mode says (the ledger's once prepared, else the
+    config's): a batch, or now in realtime. Returns its marker."""
+    prepared = last(read_events(Layout(settings), chunk), Prepared)
+    mode = (prepared.mode or "batch") if prepared else settings.mode
     if mode == "realtime":
-        return submit_realtime(plan.settings, provider, processor, chunk, log, group=group)
-    return submit_batch(plan.settings, provider, processor, chunk, log, group=group)
+        return submit_realtime(settings, provider, processor, chunk, log, group=group)
+    return submit_batch(settings, provider, processor, chunk, log, group=group)
 
 
 # --- the guard both modes share --------------------------------------------------------------------------
@@ -145,7 +175,7 @@ def _prepare(
                 est_tokens=index.est_tokens,
                 content_hash=sub.content_hash,
                 request_file=os.path.relpath(sub.request_file, settings.root),
-                group=group,
+                group=group or index.group,
                 requests=index.requests,
                 mode="realtime" if mode == "realtime" else None,
             )

@@ -152,8 +152,12 @@ def blocked_chunks(plan: Plan) -> dict[str, str]:
     return out
 
 
-def write_summary(plan: Plan, json_path: str | Path) -> dict[str, Any]:
+def write_summary(plan: Plan, json_path: str | Path, volatile: bool = False, key: str | None = None) -> dict[str, Any]:
+    """Write the summary; `volatile`: the next run must look again although no file changes (batches in
+    flight it does not wait for, chunks held back or waiting to be verified); `key`: the run's plan."""
     summary = summarize(plan)
+    summary["volatile"] = volatile
+    summary["key"] = key
     atomic_write_json(json_path, summary)
     return summary
 

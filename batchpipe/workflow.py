@@ -1,17 +1,26 @@
-"""What the Snakemake rules call: one function per rule, each a thin wrapper over the package.
+"""What the Snakemake rules call: one function per rule, each a function of its declared inputs, the
+config and the ledger (never of anything computed while the Snakefile was read).
 
-Per-chunk rules are one-line `run:` blocks executed in threads of the Snakemake process (the profile's
-`force-use-threads`), so one provider (one SDK client) per process serves them all (`provider_for`),
-and the downloads of the parse-time plan run in worker processes (`DownloadWorkers`).
+    plan            checkpoint: repairs, another checkout's batches, the state of batches in flight, then
+                    the plan of a stage's round (`results/plan/{key}/s{stage}r{round}/`)
+    write_requests  a new chunk's request file and custom_id table, from its spec
+    submit_batch    its marker: the chunk sent once (the ledger), or rebuilt from the ledger
+    download_batch  its downloads (views of the store) and manifest; the per-issue results
+    summarize_run   results/summary.json, for the run's selection
+    complete_run    results/all (the table) and where the run settled
+
+Jobs that call the provider (plan, submit, download) are `localrule`s: they need the key, the network
+and the ledger's locks of the submitting host. The others may run on any executor.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import pickle
-import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -19,148 +28,194 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import exitcodes, interrupt
+from . import dag, exitcodes, interrupt
 from .collect import collect_chunk
 from .config import Settings, coerce_command_line, load_settings
 from .download import download_chunk, download_realtime, refresh_statuses, store_earlier_downloads
-from .errors import BatchpipeError, BatchRefused, ConfigError, ProviderError
-from .files import read_json
+from .errors import BatchpipeError, BatchRefused, ConfigError
+from .files import atomic_write_json, atomic_write_text, canonical_json, read_json
 from .gitcommit import commit_results
 from .joblog import JobLog
 from .layout import Layout
-from .ledger import read_marker
-from .plan import Plan, build_plan, return_free_memory
+from .ledger import read_history, read_marker, write_marker
+from .plan import Plan, build_plan, render_spec, write_plan_folder
 from .providers import Provider, make_provider
-from .submit import resubmit, send_chunk
-from .summary import blocked_chunks, summary_table, write_summary, write_summary_table
+from .remote import adopt_remote_batches
+from .repair import repair_views
+from .submit import resubmit, send, write_requests
+from .summary import blocked_chunks, summary_table, write_summary
 
-RUN_ID_ENV = "BATCHPIPE_RUN_ID"
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
 
 __all__ = [
     "DOWNLOADS",
-    "ConfigError",
-    "JobLog",
-    "Plan",
     "coerce_command_line",
-    "is_dry_run",
-    "load_plan",
     "new_run_id",
+    "on_end",
+    "on_start",
     "provider_for",
     "run_complete",
     "run_download",
-    "run_restore",
+    "run_plan",
     "run_submit",
     "run_summarize",
+    "run_write_requests",
+    "settings_of",
 ]
-
-
-# Snakemake invocations that execute nothing: planning for them must not touch the network either.
-NO_EXECUTION_FLAGS = {
-    "--dry-run", "--dryrun", "--just-print", "--lint", "--report", "--summary", "--detailed-summary", "-D",
-    "--list", "-l", "--list-rules", "--dag", "--rulegraph", "--filegraph", "--d3dag", "--unlock",
-    "--cleanup-metadata", "--list-changes", "--lc", "--list-input-changes", "--li", "--list-params-changes",
-    "--lp", "--list-code-changes", "--list-untracked", "--lu",
-}  # fmt: skip
-
-
-def is_dry_run(argv: list[str]) -> bool:
-    """Whether snakemake was asked for a dry run (-n, --dry-run, --dryrun, or -n among short flags).
-
-    Snakemake parses the Snakefile before it knows its executor, so the command line is the only
-    way to tell at parse time."""
-    for arg in argv[1:]:
-        if arg in NO_EXECUTION_FLAGS:
-            return True
-        if arg.startswith("-") and not arg.startswith("--") and arg[1:].isalpha() and "n" in arg[1:]:
-            return True
-    return False
 
 
 def new_run_id() -> str:
     """A group id: the chunks one run submits."""
-    return time.strftime("g%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return time.strftime("g%Y%m%d-%H%M%S-") + os.urandom(2).hex()
 
 
-def load_plan(config: dict[str, Any], root: str | Path = ".", dryrun: bool = False, verbose: bool = True) -> Plan:
-    """Settings and plan for a Snakemake run; report skipped issue files; print the split plan."""
-    settings = load_settings(config, root=Path(root), source="config")
-    plan = build_plan(settings)
-    if not dryrun and (plan.has_work() or not settings.wait and plan.in_flight()):
-        try:
-            provider = provider_for(settings)  # a missing key stops here, before anything is written
-            if not settings.wait and plan.in_flight():
-                # Not waiting: learn which batches ended since the last run, so they are collected now.
-                refresh_statuses(plan, provider, JobLog(None, echo=verbose))
-                plan = build_plan(settings)
-        except ProviderError as exc:
-            raise SystemExit(f"batchpipe: {exc}") from None
-    # The chunks one run submits form a group; job subprocesses inherit the id through the environment.
-    plan.run_id = os.environ.setdefault(RUN_ID_ENV, new_run_id())
-    for error in plan.skipped:
-        if settings.strict:
-            raise ConfigError(f"{error} (strict: true stops the run)")
-        if verbose:
-            print(f"batchpipe: skipped {error}", file=sys.stderr)
-    if verbose:
-        print(plan.describe(), file=sys.stderr)
-    return plan
+_SETTINGS: dict[str, Settings] = {}
+_SETTINGS_LOCK = threading.Lock()
 
 
-_PROVIDERS: dict[int, tuple[Settings, Provider]] = {}
+def settings_of(config: dict[str, Any], root: str | Path = ".") -> Settings:
+    """The validated settings of a config (validated once per process and config)."""
+    name = canonical_json(config) + f"@{root}"
+    with _SETTINGS_LOCK:
+        if name not in _SETTINGS:
+            _SETTINGS[name] = load_settings(config, root=Path(root), source="config")
+        return _SETTINGS[name]
+
+
+_PROVIDERS: dict[str, Provider] = {}
 _PROVIDERS_LOCK = threading.Lock()
 
 
 def provider_for(settings: Settings) -> Provider:
     """One provider (and SDK client) per process and settings, shared by the jobs' threads."""
     with _PROVIDERS_LOCK:
-        if id(settings) not in _PROVIDERS:
-            _PROVIDERS[id(settings)] = (settings, make_provider(settings))
-        return _PROVIDERS[id(settings)][1]
+        if settings.fingerprint not in _PROVIDERS:
+            _PROVIDERS[settings.fingerprint] = make_provider(settings)
+        return _PROVIDERS[settings.fingerprint]
 
 
-def run_submit(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    send_chunk(plan, provider_for(plan.settings), processor, chunk, JobLog(log), group=plan.run_id)
+# --- the plan -------------------------------------------------------------------------------------
 
 
-def run_download(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    """Wait for the chunk's batch, save its outputs, then write its results and manifest: in a worker
-    process when there is one for this plan (see `DownloadWorkers`), else in the job's thread."""
-    if not DOWNLOADS.run(plan, processor, chunk, log):
-        download_and_collect(plan, processor, chunk, log)
-
-
-def download_and_collect(plan: Plan, processor: str, chunk: str, log: str) -> None:
-    job_log = JobLog(log)
-    if read_marker(plan.layout.marker(processor, chunk)).mode == "realtime":
-        download_realtime(plan.settings, processor, chunk, job_log)  # from the journal, no provider call
+def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: str, log: str) -> None:
+    """Make the plan of a stage's round. The first plan of a run also repairs damaged views, adopts the
+    batches another checkout sent, learns which batches ended (`wait: false`), and tidies older plans."""
+    settings = settings_of(config)
+    layout = Layout(settings)
+    job_log = JobLog(log, echo=False)
+    stages = dag.stages(settings)
+    if stage == 0 and round_ == 0:
+        plan = build_plan(settings)
+        for error in plan.skipped:
+            if settings.strict:
+                raise ConfigError(f"{error} (strict: true stops the run)")
+            print(f"batchpipe: skipped {error}", file=sys.stderr)
+        if repair_views(plan, _echo(job_log)):
+            plan = build_plan(settings)
+        if _needs_provider(plan):
+            provider = provider_for(settings)  # a missing key stops the run here, before anything is sent
+            again = False
+            if not settings.wait and plan.in_flight():
+                again = refresh_statuses(plan, provider, job_log) > 0
+            if adopt_remote_batches(plan, provider, _echo(job_log)):
+                again = True
+            if again:
+                plan = build_plan(settings)
+        group = new_run_id()
+        _tidy(layout, key)
     else:
-        provider = provider_for(plan.settings)
+        first = read_json(layout.plan_folder(key, 0, 0) / "plan.json")
+        group = first["group"]
+        plan = build_plan(settings, chosen=first["issues"])
+    plan.run_id = group
+    doc = write_plan_folder(plan, Path(folder), key, stage, round_, stages[stage], group)
+    job_log(doc["describe"])
+    print(doc["describe"], file=sys.stderr)
+
+
+def _needs_provider(plan: Plan) -> bool:
+    return any(pp.new for pp in plan.processors.values()) or bool(plan.in_flight())
+
+
+def _echo(log: JobLog) -> JobLog:
+    return JobLog(log.path, echo=True)
+
+
+def _tidy(layout: Layout, key: str) -> None:
+    """Older runs' plans go (the settled one stays until this run settles)."""
+    try:
+        settled = json.loads(layout.settled.read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        settled = None
+    try:
+        folders = [e for e in os.scandir(layout.plan_root) if e.is_dir()]
+    except FileNotFoundError:
+        return
+    for entry in folders:
+        if entry.name not in (key, settled):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+# --- per chunk --------------------------------------------------------------------------------------
+
+
+def run_write_requests(config: dict[str, Any], processor: str, chunk: str, spec: str, log: str) -> None:
+    """A new chunk's request file and custom_id table, from the spec its plan wrote."""
+    settings = settings_of(config)
+    data = read_json(spec)
+    write_requests(settings, processor, chunk, render_spec(settings, data), data.get("group"), JobLog(log, False))
+
+
+def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
+    """The chunk's marker: sent once (a chunk the ledger knows as created is never sent again; its marker
+    is written from the ledger)."""
+    settings = settings_of(config)
+    layout = Layout(settings)
+    history = read_history(layout, chunk)
+    if history is not None and history.created is not None and not history.refused:
+        write_marker(layout, history)
+        return
+    send(settings, provider_for(settings), processor, chunk, JobLog(log))
+
+
+def run_download(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
+    """Wait for the chunk's batch, keep its answers in the store, write their views, the results and the
+    manifest: in a worker process (another core than the scheduler's), else in the job's thread."""
+    settings = settings_of(config)
+    if not DOWNLOADS.run(settings, processor, chunk, log):
+        download_and_collect(settings, processor, chunk, log)
+
+
+def download_and_collect(settings: Settings, processor: str, chunk: str, log: str) -> None:
+    job_log = JobLog(log)
+    layout = Layout(settings)
+    if read_marker(layout.marker(processor, chunk)).mode == "realtime":
+        download_realtime(settings, processor, chunk, job_log)  # from the journal, no provider call
+    else:
+        provider = provider_for(settings)
         while True:
             try:
-                download_chunk(plan.settings, provider, processor, chunk, job_log)
+                download_chunk(settings, provider, processor, chunk, job_log)
                 break
             except BatchRefused as exc:  # waiting: created again when the budget frees, in this run
                 job_log(str(exc))
-                resubmit(plan.settings, provider, processor, chunk, job_log)
-    collect_chunk(plan, processor, chunk, job_log)
+                resubmit(settings, provider, processor, chunk, job_log)
+    collect_chunk(settings, processor, chunk, job_log)
 
 
 class DownloadWorkers:
-    """Worker processes for the download jobs of the parse-time plan.
+    """Worker processes for the download jobs.
 
     The per-chunk jobs are threads of the Snakemake process, so their Python work shares one core with
     the scheduler. A download (the local engine answering, the outputs, its answers validated and
-    written) is self-contained: done in another process, it uses another core. Submission stays in the
-    job's thread. Workers are spawned (a fresh interpreter: no fork of a threaded process) on the first
-    download, one per core but one, at most 4 (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off), and
-    stopped by the summary job, once every download is done."""
+    written) is self-contained: done in another process, it uses another core. Workers are spawned (a
+    fresh interpreter: no fork of a threaded process) on the first download, one per core but one, at most
+    4 (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off); they end with the run."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._plan: Plan | None = None
-        self._workers = 0
+        self._settings: str | None = None
 
     @staticmethod
     def count() -> int:
@@ -172,25 +227,25 @@ class DownloadWorkers:
                 raise ConfigError(f"{WORKERS_ENV}={value!r}: expected a number of worker processes (0: none)") from None
         return min(4, (os.cpu_count() or 1) - 1)
 
-    def start(self, plan: Plan) -> None:
-        """Use workers for this plan's downloads (the parse-time plan; others run in their thread).
-        A bad BATCHPIPE_WORKERS stops the run here, before anything is submitted."""
-        self._workers = self.count()
-        self._plan = plan if self._workers > 0 else None
-
-    def run(self, plan: Plan, processor: str, chunk: str, log: str) -> bool:
-        """Run the download in a worker; False when this plan's downloads are not for workers."""
-        if plan is not self._plan or plan.settings.processor(processor).input_processor:
+    def run(self, settings: Settings, processor: str, chunk: str, log: str) -> bool:
+        """Run the download in a worker; False when there are no workers (or the processor is chained:
+        its collection reads the earlier stage's results, in the job's own thread)."""
+        workers = self.count()
+        if workers <= 0 or settings.processor(processor).input_processor:
             return False
         with self._lock:
+            if self._pool is not None and self._settings != settings.fingerprint:
+                self._pool.shutdown(wait=False)
+                self._pool = None
             if self._pool is None:
                 interrupt.on_stop(self.kill)
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    self._workers,
+                    workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_worker,
-                    initargs=(plan.settings, plan.issues),
+                    initargs=(settings,),
                 )
+                self._settings = settings.fingerprint
             pool = self._pool
         try:
             pool.submit(_download_in_worker, processor, chunk, log).result()
@@ -200,20 +255,20 @@ class DownloadWorkers:
                     self._pool = None  # the next download starts new workers
             raise BatchpipeError(
                 f"{processor}/{chunk}: the download worker process died; run snakemake again "
-                f"(nothing is lost: the batch is downloaded again)"
+                f"(nothing is lost: the answers are in the store or at the provider)"
             ) from None
         return True
 
     def stop(self) -> None:
         with self._lock:
-            pool, self._pool, self._plan = self._pool, None, None
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
 
     def kill(self) -> None:
         """End the worker processes now (the run is stopping); their chunks are downloaded again next run."""
         with self._lock:
-            pool, self._pool, self._plan = self._pool, None, None
+            pool, self._pool = self._pool, None
         if pool is not None:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.kill()
@@ -221,21 +276,21 @@ class DownloadWorkers:
 
 
 DOWNLOADS = DownloadWorkers()
-_WORKER_PLAN: Plan | None = None
+_WORKER_SETTINGS: Settings | None = None
 
 
-def _start_worker(settings: Settings, issues: dict[str, Any]) -> None:
-    global _WORKER_PLAN
+def _start_worker(settings: Settings) -> None:
+    global _WORKER_SETTINGS
     interrupt.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's own process decides; it ends the workers
-    _WORKER_PLAN = Plan(settings, issues, [], [], {})  # what collect_chunk needs: settings, issue hashes
+    _WORKER_SETTINGS = settings
 
 
 def _download_in_worker(processor: str, chunk: str, log: str) -> None:
-    assert _WORKER_PLAN is not None
+    assert _WORKER_SETTINGS is not None
     JobLog(log, echo=False)(f"{processor}/{chunk}: downloading in worker process {os.getpid()}")
     try:
-        download_and_collect(_WORKER_PLAN, processor, chunk, log)
+        download_and_collect(_WORKER_SETTINGS, processor, chunk, log)
     except Exception as exc:
         try:
             pickle.loads(pickle.dumps(exc))
@@ -244,34 +299,50 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
         raise
 
 
-def run_restore(plan: Plan, processor: str, issue_key: str, log: str) -> None:
-    """Rewrite a deleted result from the downloaded outputs of the chunk that answered it."""
-    chunk, _ = plan.processors[processor].sources[issue_key]
-    collect_chunk(plan, processor, chunk, JobLog(log, echo=False))
+# --- the end of a run ---------------------------------------------------------------------------------
 
 
-def run_summarize(config: dict[str, Any], summary_path: str, log: str) -> None:
-    """The run summary, from a plan made again from the files this run wrote; then, with
-    `commit_results`, the new result files are committed to git."""
+def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:
+    """The run summary, for the run's selection (recorded by its first plan), from the files the run wrote;
+    then, with `commit_results`, the new result files are committed to git."""
     DOWNLOADS.stop()  # every download is done
+    settings = settings_of(config)
     job_log = JobLog(log, echo=False)
-    plan = load_plan(config, verbose=False)
-    job_log(plan.describe())
-    job_log("\n" + summary_table(write_summary(plan, summary_path)))
-    if plan.settings.commit_results:  # new result and report files to git, naming their batch ids
-        commit_results(plan.settings, log=job_log)
-    del plan
-    return_free_memory()  # this second plan's pages, while the recycling's processes run
+    first = read_json(Path(min(plan_files, key=lambda p: Path(p).name)) / "plan.json")  # s0r0 sorts first
+    plan = build_plan(settings, chosen=first["issues"])
+    summary = write_summary(plan, summary_path, volatile=plan.volatile, key=first["key"])
+    job_log("\n" + summary_table(summary))
+    if settings.commit_results:  # new result and report files to git, naming their batch ids
+        commit_results(settings, log=job_log)
+
+
+def run_complete(config: dict[str, Any], summary_path: str, table_path: str, settled_path: str, log: str) -> None:
+    """results/all: the run summary's table, printed on the console; then where the run settled (the state
+    of the files and its plan key), so that the next run has nothing to do until something changes."""
+    settings = settings_of(config)
+    summary = read_json(summary_path)
+    table = summary_table(summary)
+    atomic_write_text(table_path, table)
+    settled = {
+        "key": summary.get("key"),
+        "digest": dag.state_digest(settings),
+        "volatile": bool(summary.get("volatile")),
+    }
+    atomic_write_json(settled_path, settled)
+    JobLog(log, echo=False)(f"wrote {table_path}")
+    print(table, flush=True)
 
 
 _STARTED: list[float] = []
 
 
 def on_start(config: dict[str, Any]) -> None:
-    """The run starts (Snakemake's `onstart`, in its main thread): SIGINT/SIGTERM end every wait at once."""
+    """The run starts (Snakemake's `onstart`, in its main thread): SIGINT/SIGTERM end every wait at once;
+    downloads of a workspace made before the store are kept in it."""
     _STARTED.append(time.time())
     interrupt.install()
-    layout = Layout(load_settings(config, source="config"))
+    DownloadWorkers.count()  # a bad BATCHPIPE_WORKERS stops the run before anything is sent
+    layout = Layout(settings_of(config))
     kept = store_earlier_downloads(layout)
     if kept:
         print(f"batchpipe: kept the downloads of {kept} earlier batch(es) in {layout.store_dir}", file=sys.stderr)
@@ -279,15 +350,15 @@ def on_start(config: dict[str, Any]) -> None:
 
 def on_end(config: dict[str, Any], success: bool) -> None:
     """The run ended (`onsuccess`/`onerror`): leave with the exit code the README's table gives."""
+    DOWNLOADS.stop()
     if interrupt.STOP.is_set():
         raise SystemExit(exitcodes.INTERRUPTED)
+    settings = settings_of(config)
     if not success:
-        plan = load_plan(config, verbose=False)
-        blocked = blocked_chunks(plan)
+        blocked = blocked_chunks(build_plan(settings))
         for chunk, why in blocked.items():
             print(f"batchpipe: {chunk} waits: {why}", file=sys.stderr)
         raise SystemExit(exitcodes.WAITING if blocked else exitcodes.ERROR)
-    settings = load_settings(config, source="config")
     path = Layout(settings).summary_json
     try:
         if _STARTED and path.stat().st_mtime < _STARTED[0] - 1:
@@ -298,10 +369,3 @@ def on_end(config: dict[str, Any], success: bool) -> None:
     code = exitcodes.from_summary(summary, settings.wait)
     if code:
         raise SystemExit(code)
-
-
-def run_complete(summary_path: str, table_path: str, log: str) -> None:
-    """results/all: the run summary's table, printed on the console after Snakemake's job lines."""
-    table = write_summary_table(summary_path, table_path)
-    JobLog(log, echo=False)(f"wrote {table_path}")
-    print(table, flush=True)

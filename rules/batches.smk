@@ -1,11 +1,26 @@
-# Per-chunk rules use short `run:` blocks calling the package: with the profile's force-use-threads
-# they run inside the Snakemake process instead of a new interpreter per job (BENCHMARKS.md).
+# Per-chunk rules use short `run:` blocks calling the package: with the profile's force-use-threads they
+# run inside the Snakemake process instead of a new interpreter per job (BENCHMARKS.md).
 # Submission is idempotent in its own code (the ledger in batch_results/ledger/), never by Snakemake:
 # a deleted marker is rewritten from the ledger byte for byte, and no rerun creates a second batch.
-# submit_batch first writes a new chunk's request file (batch_requests/): no job of its own for it.
+# Jobs that call the provider are localrules: they need the key, the network and the ledger's host.
+
+
+rule write_requests:
+    input:
+        spec=ancient(get_spec),
+    output:
+        request=REQUEST,
+        index=INDEX,
+    log:
+        "logs/write_requests/{processor}/{chunk}.log",
+    localrule: True
+    run:
+        bp.run_write_requests(config, wildcards.processor, wildcards.chunk, input.spec, log[0])
 
 
 rule submit_batch:
+    input:
+        unpack(get_submit_inputs),
     output:
         marker=MARKER,
     log:
@@ -14,11 +29,13 @@ rule submit_batch:
     resources:
         api_calls=1,
     run:
-        bp.run_submit(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])
+        bp.run_submit(config, wildcards.processor, wildcards.chunk, log[0])
 
 
-# Download and collect in one job: Snakemake's own cost per job is about the work of a chunk, so one
-# job less per chunk matters at scale (BENCHMARKS.md).
+# Download and collect in one job: Snakemake's own cost per job is about the work of a chunk, so one job
+# less per chunk matters at scale (BENCHMARKS.md). The per-issue results it writes are views of its
+# answers listed in its manifest; a damaged or deleted one is found by the plan, which removes the
+# manifest so that this job runs again (from the store: no provider call).
 rule download_batch:
     input:
         marker=ancient(MARKER),
@@ -32,4 +49,4 @@ rule download_batch:
     resources:
         api_calls=1,
     run:
-        bp.run_download(get_plan(wildcards.processor), wildcards.processor, wildcards.chunk, log[0])
+        bp.run_download(config, wildcards.processor, wildcards.chunk, log[0])

@@ -1,40 +1,38 @@
-# Config validation, the run's plan (from files only: no network), input functions.
+# Config validation, file patterns and the input functions. Reading this file is read-only, like reading a
+# sample sheet: no file written, no network. The plan itself is made by a job (checkpoint plan).
 import sys
 
 from snakemake.utils import validate
 
-import batchpipe.stages as bp_stages
-import batchpipe.tasks as bp_tasks
+import batchpipe.dag as bp_dag
 import batchpipe.workflow as bp
 from batchpipe.config import SCHEMA_PATH
+from batchpipe.layout import Layout
 
 # --config wait=false arrives as the string "false"; the schema is the package's (load_settings checks it too)
 bp.coerce_command_line(config)
 validate(config, str(SCHEMA_PATH))
 
-PLAN = bp.load_plan(
-    config,
-    root=".",
-    dryrun=workflow.dryrun or bp.is_dry_run(sys.argv),
-    verbose=workflow.is_main_process,
-)
-# Chained stages: stage n is planned again after its checkpoint; each job uses its processor's stage plan.
-STAGES = bp_stages.StagedPlans(PLAN, verbose=workflow.is_main_process)
-# this plan's downloads run in worker processes (another core than the scheduler's)
-bp.DOWNLOADS.start(PLAN)
-SETTINGS = PLAN.settings
-LAYOUT = PLAN.layout
+SETTINGS = bp.settings_of(config)
+LAYOUT = Layout(SETTINGS)
+STAGES = bp_dag.stages(SETTINGS)  # the processors of each stage: 0 reads issues, n reads stage n-1's results
+# The plan key: the settled plan's while no file it was made from changed since the last run, else new.
+KEY = bp_dag.current_key(SETTINGS)
+
 # File patterns of the rules, from the one Layout (its root is the working directory).
+PLAN = str(LAYOUT.plan_folder("{key}", "{stage}", "{round}"))
+FIRST_PLAN = str(LAYOUT.plan_folder(KEY, 0, 0))
+SETTLED = str(LAYOUT.settled)
+REQUEST = str(LAYOUT.request_file("{processor}", "{chunk}"))
+INDEX = str(LAYOUT.index_file("{processor}", "{chunk}"))
 MARKER = str(LAYOUT.marker("{processor}", "{chunk}"))
 OUTPUT = str(LAYOUT.output("{processor}", "{chunk}"))
 ERRORS = str(LAYOUT.errors("{processor}", "{chunk}"))
 MANIFEST = str(LAYOUT.manifest("{processor}", "{chunk}"))
-RESULT = str(LAYOUT.result("{issue}", "{processor}"))
-GROUP_RESULT = str(LAYOUT.group_result("{aggregate}", "{group}"))
 SUMMARY_JSON = str(LAYOUT.summary_json)
 SUMMARY_TABLE = str(LAYOUT.summary_table)
-STAGE_FILE = str(LAYOUT.stage_file("{n}"))
-AGGREGATES = bp_stages.aggregate_pattern(SETTINGS)
+ACTIVE_TASKS = str(LAYOUT.active_tasks)
+RECYCLE_SUMMARY = str(LAYOUT.recycle_summary)
 
 
 onstart:
@@ -50,62 +48,74 @@ onerror:
 
 
 wildcard_constraints:
-    processor="|".join(PLAN.processors),
+    processor="|".join(SETTINGS.processor_names),
     chunk="[0-9a-f]{16}",
-    issue=".+_issue_[0-9]+",
+    key="[0-9a-f]{20}(-[0-9a-f]+)?",
+    stage="[0-9]+",
+    round="[0-9]+",
 
 
-def get_plan(processor=None):
-    """The plan a processor's jobs use: the parse-time plan, or its stage's plan made after its checkpoint."""
-    return STAGES.plan_for(processor)
+def plan_of(stage, round_):
+    """A plan of this run (a stage's round): Snakemake makes it first when it is not there yet."""
+    return bp_dag.plan_view(checkpoints.plan.get(key=KEY, stage=stage, round=round_).output[0])
 
 
-def get_restore_inputs(wildcards):
-    """The downloaded outputs of the chunk that answered this issue's current request."""
-    chunk, _ = get_plan(wildcards.processor).processors[wildcards.processor].sources[wildcards.issue]
-    return {
-        "output": LAYOUT.output(wildcards.processor, chunk),
-        "errors": LAYOUT.errors(wildcards.processor, chunk),
-    }
+def stage_plans(stage):
+    """The plans of a stage: round 0, then one more round while the last one sent retries."""
+    plans = [plan_of(stage, 0)]
+    while plans[-1].continues:
+        plans.append(plan_of(stage, plans[-1].round + 1))
+    return plans
 
 
-def get_manifests(wildcards):
-    """Each needed chunk's results manifest (only its marker for batches in flight when wait=false),
-    stage by stage: a chained stage's chunks are known once its checkpoint is done."""
-    return STAGES.targets(checkpoints)
+def plan_files(plans):
+    """The plan folders and the chunk files (manifests, or markers of batches left in flight) they need."""
+    out = []
+    for view in plans:
+        out.append(str(LAYOUT.plan_folder(view.key, view.stage, view.round)))
+        out += [str(path) for path in view.chunk_files(LAYOUT)]
+    return out
 
 
-def get_missing_files(wildcards):
-    """Markers, downloads and results that should exist but were deleted: each is made again."""
-    return STAGES.missing_files(checkpoints)
+def get_plan_inputs(wildcards):
+    """A plan's inputs: the first reads the issue files; a later round, the round before it; a later
+    stage, every plan of the stage before it (its results are this stage's input)."""
+    stage, round_ = int(wildcards.stage), int(wildcards.round)
+    if wildcards.key != KEY:
+        return []
+    if round_ > 0:
+        return plan_files([plan_of(stage, round_ - 1)])
+    if stage > 0:
+        return plan_files(stage_plans(stage - 1))
+    return bp_dag.issue_files(SETTINGS)
 
 
-def get_stage_inputs(wildcards):
-    """Checkpoint complete_stage n waits for stage n-1: its chunks' manifests (or markers) and restores."""
-    return STAGES.stage_inputs(checkpoints, int(wildcards.n))
+PREVIEWED = []
 
 
-def get_group_restore_inputs(wildcards):
-    """The downloaded outputs of the chunk that answered a group (aggregate) result."""
-    return STAGES.group_restore_inputs(wildcards.group, wildcards.aggregate)
+def preview():
+    """A dry run (known once Snakemake builds the DAG, when input functions run) prints the split plan,
+    from the files alone: the plan job does not run in a dry run."""
+    if workflow.dryrun and workflow.is_main_process and not PREVIEWED:
+        PREVIEWED.append(KEY)
+        print(bp_dag.preview(SETTINGS, KEY), file=sys.stderr)
 
 
-def get_trigger(wildcards):
-    """A file touched at parse time when the plan has work, so that the summary is out of date."""
-    return PLAN.touch_trigger()
+def get_run_inputs(wildcards):
+    """Every plan of the run and every chunk file they need, stage by stage and round by round."""
+    preview()
+    return list(dict.fromkeys(path for stage in range(len(STAGES)) for path in plan_files(stage_plans(stage))))
 
 
-# --- recycled tasks (rules/tasks.smk) ---
-
-ACTIVE_TASKS = str(LAYOUT.active_tasks)
-RECYCLE_SUMMARY = str(LAYOUT.recycle_summary)
-
-
-def get_recycle_trigger(wildcards):
-    """A file given new content with --config recycle_force=true, so that the recycling runs again."""
-    return bp_tasks.touch_recycle_trigger(SETTINGS, dryrun=workflow.dryrun or bp.is_dry_run(sys.argv))
+def get_spec(wildcards):
+    """The spec a plan wrote for a new chunk (its request file is written from it)."""
+    spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk)
+    return str(spec) if spec else []
 
 
-def get_task_outputs(wildcards):
-    """The recycling's outputs, for the run summary's input (resolved late: include order does not matter)."""
-    return [ACTIVE_TASKS, RECYCLE_SUMMARY]
+def get_submit_inputs(wildcards):
+    """A chunk's request file and index, while the ledger does not know the chunk; once it does, the
+    ledger is the chunk's truth (its content hash guards the request file) and nothing is remade."""
+    if LAYOUT.ledger(wildcards.chunk).exists():
+        return {}
+    return {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}

@@ -82,7 +82,7 @@ def test_collect_writes_one_result_per_issue_and_the_manifest(tmp_path):
     proc = run.settings.processor(PROC)
     validator = jsonschema.Draft202012Validator(proc.schema)
 
-    manifest = collect(run.plan, PROC, run.chunk, run.log)
+    manifest = collect(run.plan.settings, PROC, run.chunk, run.log)
 
     results = run.ws.results()
     assert sorted(results) == sorted(f"{run.key(n)}_{PROC}.json" for n in (1, 10, 103))
@@ -137,7 +137,7 @@ def test_invalid_json_and_schema_breaking_answers_fail_as_invalid_answer(tmp_pat
     ]
     run = Downloaded(tmp_path, local={"faults": {"requests": faults}})
 
-    manifest = collect(run.plan, PROC, run.chunk, run.log)
+    manifest = collect(run.plan.settings, PROC, run.chunk, run.log)
 
     assert list(run.ws.results()) == [f"{run.key(1)}_{PROC}.json"]
     assert (manifest.succeeded, manifest.failed) == (1, 2)
@@ -157,12 +157,12 @@ def test_request_errors_keep_their_type_and_a_token_limit_is_not_an_attempt(tmp_
     run = Downloaded(
         tmp_path, local={"faults": {"requests": [{"match": "random free port", "kind": "error", "status": 400}]}}
     )
-    manifest = collect(run.plan, PROC, run.chunk, run.log)
+    manifest = collect(run.plan.settings, PROC, run.chunk, run.log)
     failed = manifest.requests[run.cid_of(10)]
     assert failed.error_type == "invalid_request_error" and failed.retryable is False and failed.counts_as_attempt
 
     run = Downloaded(tmp_path / "limit", wait=False, local={"faults": {"batch": {"fail": "token_limit_exceeded"}}})
-    manifest = collect(run.plan, PROC, run.chunk, run.log)
+    manifest = collect(run.plan.settings, PROC, run.chunk, run.log)
     assert manifest.succeeded == 0 and run.ws.results() == {}
     for outcome in manifest.requests.values():
         assert outcome.error_type == "token_limit_exceeded" and outcome.counts_as_attempt is False
@@ -175,7 +175,7 @@ def test_a_missing_output_line_is_a_failure_named_missing(tmp_path):
     output = run.layout.output(PROC, run.chunk)
     output.write_text("".join(line + "\n" for line in output.read_text().splitlines() if run.cid_of(103) not in line))
 
-    manifest = collect(run.plan, PROC, run.chunk, run.log)
+    manifest = collect(run.plan.settings, PROC, run.chunk, run.log)
 
     missing = manifest.requests[run.cid_of(103)]
     assert not missing.ok and missing.error_type == "missing" and "no line for this request" in missing.error
@@ -184,18 +184,20 @@ def test_a_missing_output_line_is_a_failure_named_missing(tmp_path):
 
 def test_collect_again_gives_the_same_bytes_and_restores_a_deleted_result(tmp_path):
     run = Downloaded(tmp_path)
-    collect(run.plan, PROC, run.chunk, run.log)
+    collect(run.plan.settings, PROC, run.chunk, run.log)
     first = {name: path.read_bytes() for name, path in ((p.name, p) for p in run.ws.files("data/results/*.json"))}
     manifest_bytes = run.layout.manifest(PROC, run.chunk).read_bytes()
     run.result_path(10).unlink()
 
-    collect(build_plan(run.settings), PROC, run.chunk, run.log)  # from the files on disk only
+    collect(run.settings, PROC, run.chunk, run.log)  # from the files on disk only
 
     assert {p.name: p.read_bytes() for p in run.ws.files("data/results/*.json")} == first
     assert run.layout.manifest(PROC, run.chunk).read_bytes() == manifest_bytes
 
 
-def test_an_issue_changed_since_its_request_gets_no_result_from_the_old_answer(tmp_path):
+def test_collection_is_a_function_of_the_downloads_not_of_the_issue_files(tmp_path):
+    """An issue edited since its request still gets the answer that was paid for (until a newer request's
+    answer owns the file: `_Owners`); the plan sends the edited request, the summary counts it pending."""
     run = Downloaded(tmp_path)
     path = run.ws.issues / f"{run.key(1)}.json"
     data = json.loads(path.read_text())
@@ -204,15 +206,16 @@ def test_an_issue_changed_since_its_request_gets_no_result_from_the_old_answer(t
     replanned = build_plan(run.settings)
     assert replanned.current_hash(run.key(1), PROC) != run.index.requests[run.cid_of(1)].request_hash
 
-    manifest = collect(replanned, PROC, run.chunk, run.log)
+    manifest = collect(replanned.settings, PROC, run.chunk, run.log)
 
-    assert manifest.succeeded == 3  # the answer was fine; a newer request owns the issue's result
-    assert not run.result_path(1).exists() and run.result_path(10).exists() and run.result_path(103).exists()
+    assert manifest.succeeded == 3
+    assert run.result_path(1).exists() and run.result_path(10).exists() and run.result_path(103).exists()
+    assert run.key(1) not in build_plan(run.settings).processors[PROC].sources  # its current request is not done
 
 
 def test_realtime_results_say_so_and_are_charged_the_realtime_price(tmp_path):
     run = Downloaded(tmp_path, mode="realtime")
-    collect(run.plan, PROC, run.chunk, run.log)
+    collect(run.plan.settings, PROC, run.chunk, run.log)
     doc = json.loads(run.result_path(1).read_text())
     assert doc["mode"] == "realtime" and doc["batch_id"] == f"rt_{run.chunk}"
     cost = doc["cost_usd"]

@@ -20,9 +20,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("selection", "scan", "service.*"),  # the simulated batch service
     ("providers", "providers.*"),  # providers: leaves, request types, the service (local)
     ("chain",),
-    ("plan",),
-    ("realtime", "submit", "download", "collect", "summary", "gitcommit", "tasks", "tasks.*"),
-    ("workflow", "stages"),  # the glue the Snakemake rules call
+    ("plan", "dag"),  # the plan; what the Snakefile reads of it
+    ("realtime", "submit", "download", "collect", "summary", "gitcommit", "tasks", "tasks.*", "repair", "remote"),
+    ("workflow",),  # the glue the Snakemake rules call
     ("commands", "commands.*"),  # one `batchpipe` subcommand each
     ("cli", "__main__", "__init__"),
 ]

@@ -39,6 +39,10 @@ def one_line_error(run: Run, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+def summary_of(ws: Workspace) -> dict:
+    return json.loads((ws.root / "results" / "summary.json").read_text())
+
+
 def as_json(run: Run):
     assert run.returncode == 0, run.output
     return json.loads(run.stdout)
@@ -228,11 +232,15 @@ def test_cancel_a_running_group_then_the_next_run_collects_partial_results(tmp_p
     assert "cancel_requested" in [e["event"] for e in ledger(ws, chunk)]
     assert len(ws.local_batches()) == 1 and ws.local_batches()[0]["status"] in ("cancelling", "cancelled")
 
-    ws.snakemake("--cores", "4", "results/all", code=5)  # the cancelled requests are left for the next run
+    # the cancelled requests are not sent again by themselves (a person's cancel): reported, exit 3
+    run = ws.snakemake("--cores", "4", "results/all", code=3)
+    assert "cancelled by a person" in run.output
     manifest = json.loads(ws.files("batch_results/*/*.results.json")[0].read_text())
     assert manifest["succeeded"] + manifest["failed"] == 40 and manifest["failed"] > 0
     assert len(ws.results()) == manifest["succeeded"] > 0
-    assert all("batch_cancelled" in r["error"] for r in manifest["requests"].values() if r["status"] == "failed")
+    failed = [r for r in manifest["requests"].values() if r["status"] == "failed"]
+    assert all("cancelled by a person" in r["error"] and not r["retryable"] for r in failed)
+    assert len(summary_of(ws)["processors"]["product-labeling"]["failed"]) == manifest["failed"]
     assert as_json(bp(ws, "status", "gtest", "--json"))["status"] == "partial_failure"
     again = bp(ws, "cancel", "gtest")
     assert again.returncode == 0 and "already ended" in again.stdout
@@ -314,7 +322,8 @@ def test_collect_restores_deleted_outputs_and_results_byte_for_byte(tmp_path):
 def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     flaky = {"match": load_issue(ISSUES[4]).title, "kind": "error", "status": 500}  # retryable: sent again
     ws = small(tmp_path / "ws", chunk_size=2, local={"faults": {"requests": [flaky]}})
-    ws.snakemake("--cores", "4", "results/all", code=5)  # a failure with attempts left: work for the next run
+    # one attempt in this run (failed for good under max_attempts=1); with the config's 3, attempts are left
+    ws.snakemake("--cores", "4", "results/all", "--config", "max_attempts=1", code=3)
     by_issue = {
         issue["key"]: path.stem
         for path in ws.files("batch_results/ledger/*.jsonl")
@@ -352,7 +361,9 @@ def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
     everything = bp(ws, "archive", "--older-than", "0m")
     assert "archived 3 chunk(s)" in everything.stdout and "kept 0" in everything.stdout
-    assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
+    batches = len(ws.local_batches())
+    ws.snakemake("--cores", "4", "results/all")  # the files changed: the summary is made again, nothing sent
+    assert len(ws.local_batches()) == batches
     assert len(ws.results()) == 5
 
 

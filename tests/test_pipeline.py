@@ -181,9 +181,12 @@ def test_invalid_answer_is_retried_then_reported(small_workspace):
     cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
     cfg["local"]["faults"] = {"requests": [{"match": title, "kind": "invalid_json"}]}
     (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for attempt in range(1, 4):  # exit 5 while attempts are left (sent again next run), 3 once failed for good
-        ws.snakemake("--cores", "4", "results/all", code=5 if attempt < 3 else 3)
-        assert len(ws.local_batches()) == attempt
+    # a waiting run sends the retryable failure again, a round (a new chunk) per attempt, in the same run,
+    # and exits 3 once it failed for good
+    run = ws.snakemake("--cores", "4", "results/all", code=3)
+    assert len(ws.local_batches()) == 3
+    assert sorted(p.name for p in ws.files("results/plan/*/s0r*")) == ["s0r0", "s0r1", "s0r2"]
+    assert "failed for good" in run.output
     summary = json.loads((ws.root / "results" / "summary.json").read_text())
     failed = summary["processors"]["product-labeling"]["failed"]
     assert len(failed) == 1

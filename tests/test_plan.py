@@ -1,4 +1,5 @@
-"""The plan's rendered requests: the submit jobs write request files from them, as a fresh rendering would."""
+"""The plan as files: a new chunk's spec (written by the plan job) renders the request file a fresh rendering
+of the plan writes, byte for byte, also with the scan cache gone (every issue read again)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import shutil
 
 import yaml
 
+from batchpipe import dag
 from batchpipe.joblog import JobLog
+from batchpipe.plan import build_plan, write_plan_folder
 from batchpipe.submit import write_request_file
-from batchpipe.workflow import load_plan
+from batchpipe.workflow import run_write_requests, settings_of
 
 from conftest import make_workspace
 
@@ -17,32 +20,29 @@ def request_files(root) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "batch_requests").rglob("*.json*"))}
 
 
-def test_request_files_from_the_plans_rendering_equal_a_fresh_rendering(tmp_path):
+def test_request_files_from_the_plans_specs_equal_a_fresh_rendering(tmp_path, monkeypatch):
     ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
     config = yaml.safe_load((ws.root / "config.yaml").read_text()) | {"chunk_size": 7}
-    log = JobLog(None, echo=False)
-
-    plan = load_plan(config, root=ws.root, dryrun=True, verbose=False)  # cold: every issue file is read
-    members = {
-        (name, path)
-        for name, pp in plan.processors.items()
-        for chunk in pp.new.values()
-        for member in chunk.members
-        for path in member.paths
-    }
-    assert members and set(plan.rendered) == members  # only what new chunks send, all of it
+    settings = settings_of(config)
+    plan = build_plan(settings)
+    plan.run_id = "g1"
     for name, pp in plan.processors.items():
         for chunk in pp.new:
-            write_request_file(plan, name, chunk, log)
-    assert plan.rendered == {}  # each taken once
-    kept = request_files(ws.root)
-    assert len(kept) == 2 * sum(len(pp.new) for pp in plan.processors.values())
+            write_request_file(plan, name, chunk, JobLog(None, echo=False))
+    fresh = request_files(ws.root)
+    assert len(fresh) == 2 * sum(len(pp.new) for pp in plan.processors.values()) > 2
 
     shutil.rmtree(ws.root / "batch_requests")
-    again = load_plan(config, root=ws.root, dryrun=True, verbose=False)  # the scan cache: nothing rendered
-    assert again.rendered == {}
-    for name, pp in again.processors.items():
-        assert list(pp.new) == list(plan.processors[name].new)
-        for chunk in pp.new:
-            write_request_file(again, name, chunk, log)  # renders each issue from its file
-    assert request_files(ws.root) == kept
+    shutil.rmtree(ws.root / ".snakemake", ignore_errors=True)
+    folder = ws.root / "results" / "plan" / "k" / "s0r0"
+    doc = write_plan_folder(plan, folder, "k", 0, 0, list(plan.processors), "g1")
+    assert doc["new"] == {name: list(pp.new) for name, pp in plan.processors.items()}
+    view = dag.plan_view(folder)
+    assert view.new == doc["new"] and view.collect == doc["new"] and not any(view.submit.values())
+    for name, chunks in view.new.items():
+        for chunk in chunks:
+            spec = dag.find_spec(settings, name, chunk)
+            assert spec is not None and spec.resolve() == folder / "chunks" / name / f"{chunk}.json"
+            run_write_requests(config, name, chunk, str(spec), str(tmp_path / "log"))
+    assert request_files(ws.root) == fresh

@@ -76,11 +76,7 @@ def test_31_issues_make_two_new_chunks_per_processor(ws31):
             assert len(chunk_id) == 16
             by_path = {e.path: e for e in entries}
             assert chunk.est_tokens == sum(by_path[m.paths[0]].tokens[name] for m in chunk.members)
-    # the plan keeps what its scan rendered for the new chunks' submit jobs
-    assert set(plan.rendered) == {(name, e.path) for name in PROCESSORS for e in entries}
-    assert plan.has_work()
-    layout = Layout(settings)
-    assert plan.targets() == [layout.manifest(name, c) for name, pp in plan.processors.items() for c in pp.new]
+        assert plan.needs(name) == (list(pp.new), [])  # every new chunk's manifest: the run waits for them
 
 
 def test_chunk_ids_are_stable(ws31, tmp_path):
@@ -268,7 +264,7 @@ def test_submitted_requests_are_waiting_not_new(ws5):
         f"batchpipe plan: {NAME}: 5 issue(s) selected, 0 with results, 2 new chunk(s) (1 x 2, 1 x 1) "
         "with 3 request(s), 1 chunk(s) in flight, 0 failed for good"
     )
-    assert Layout(settings).manifest(NAME, first) in after.targets()
+    assert first in after.needs(NAME)[0]  # the run waits for it
 
 
 def test_a_collected_chunk_gives_sources_and_sends_its_failure_again(ws5):
@@ -310,12 +306,7 @@ def test_a_collected_chunk_gives_sources_and_sends_its_failure_again(ws5):
         f"batchpipe plan: {NAME}: 5 issue(s) selected, 1 with results, 2 new chunk(s) (2 x 2) "
         "with 4 request(s), 0 chunk(s) in flight, 0 failed for good"
     )
-    assert after.missing_files() == [
-        layout.marker(NAME, first),
-        layout.output(NAME, first),
-        layout.errors(NAME, first),
-        layout.result(keys[0], NAME),
-    ]
+    assert after.needs(NAME) == ([first, *pp.new], [])
 
 
 def test_a_permanent_failure_is_not_sent_again(ws5):

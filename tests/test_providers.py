@@ -1091,7 +1091,10 @@ def test_emulator_token_limit_on_create(emu, tmp_path):
 @pytest.mark.parametrize("drop", ["before", "after"])
 def test_emulator_create_dropped_connection_makes_one_batch(emu, tmp_path, which, drop):
     path = "/v1/batches" if which == "openai" else "/v1/messages/batches"
-    emu.set_faults({"http": [{"method": "POST", "path": path, "drop": drop, "times": 1}]})
+    faults: dict = {"http": [{"method": "POST", "path": path, "drop": drop, "times": 1}]}
+    if which == "anthropic" and drop == "after":
+        faults["batch"] = {"finalizing": 1.0}  # still running when the create is retried, however fast the machine
+    emu.set_faults(faults)
     if which == "openai":
         provider, request_file = openai_provider(emu.base_url), openai_requests(tmp_path)
         file_id = provider.upload(request_file)
@@ -1282,7 +1285,7 @@ def test_emulator_pipeline_functions_and_crash_recovery(emu, tmp_path, which):
     assert marker["batch_id"] == made.id and marker["adopted"] is True
     waiter = Waiter(provider, 0.02, 0.1, log)
     download_chunk(settings, provider, "product-labeling", chunk, log, waiter=waiter)
-    manifest = collect_chunk(build_plan(settings), "product-labeling", chunk, log)
+    manifest = collect_chunk(settings, "product-labeling", chunk, log)
     results = ws.results()
     assert len(results) == 4, (manifest, results)
     assert KEY not in (tmp_path / "job.log").read_text() and ANT_KEY not in (tmp_path / "job.log").read_text()

@@ -106,18 +106,6 @@ def test_scan_writes_its_cache(ws):
         assert requests == {p: [entry.hashes[p], entry.tokens[p]] for p in PROCESSORS}
 
 
-def test_scan_fills_keep_with_what_it_rendered(ws):
-    settings = settings_of(ws)
-    keep: dict = {}
-    entries, _ = scan_issues(settings, keep)
-    assert set(keep) == {(p, e.path) for e in entries for p in PROCESSORS}
-    for entry in entries:
-        for processor in PROCESSORS:
-            rendered = keep[(processor, entry.path)]
-            assert rendered.request_hash == entry.hashes[processor]
-            assert [ref.key for ref in rendered.issues] == [entry.key]
-
-
 def test_second_scan_reads_the_cache_not_the_files(ws, monkeypatch):
     settings = settings_of(ws)
     first, _ = scan_issues(settings)
@@ -127,11 +115,9 @@ def test_second_scan_reads_the_cache_not_the_files(ws, monkeypatch):
     monkeypatch.setattr(batchpipe.scan, "load_issue", no_reading)
     for entry in first:
         os.chmod(entry.path, 0)
-    keep: dict = {}
-    again, errors = scan_issues(settings, keep)
+    again, errors = scan_issues(settings)
     assert errors == []
     assert again == first
-    assert keep == {}  # nothing rendered
     assert Layout(settings).scan_cache.read_bytes() == cache  # unchanged, not rewritten
 
 

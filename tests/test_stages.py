@@ -96,7 +96,7 @@ def test_chain_runs_end_to_end_in_one_run_then_nothing_to_do(tmp_path):
     ws = two_repo_workspace(tmp_path / "ws")
     before = {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts}
     dry = ws.snakemake("-n", "results/all")
-    assert "repo-digest is stage 1" in dry.output and "complete_stage" in dry.output
+    assert "repo-digest (stage 1, from issue-summary's results)" in dry.output and "checkpoint" in dry.output
     assert {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts} == before  # a dry run writes nothing
 
     run = ws.snakemake("--cores", "4", "results/all")
@@ -234,7 +234,7 @@ def test_three_stages_with_a_per_issue_chained_processor(tmp_path):
     for doc in notes.values():  # each note's request embeds its own issue's summary ($previous)
         assert summaries[doc["issue_reference"]["ref"]]["analysis"]["text"].strip() in users[doc["custom_id"]]
     assert len(ws.local_batches()) == 3
-    assert sorted(p.name for p in ws.files("results/stages/*.json")) == ["stage_1.json", "stage_2.json"]
+    assert sorted(p.name for p in ws.files("results/plan/*/s*r0")) == ["s0r0", "s1r0", "s2r0"]  # a plan per stage
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all").output
 
 

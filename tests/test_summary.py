@@ -51,7 +51,7 @@ def run(tmp_path_factory):
     for chunk in (a, b):
         send_chunk(plan, provider, PROC, chunk, log)
     download_chunk(settings, provider, PROC, a, log)
-    collect_chunk(plan, PROC, a, log)
+    collect_chunk(plan.settings, PROC, a, log)
     return ws, settings, (a, b, c)
 
 
@@ -157,7 +157,7 @@ def test_a_clean_run_has_no_failed_pending_or_skipped_lines(tmp_path):
     (chunk,) = plan.processors[PROC].new
     send_chunk(plan, provider, PROC, chunk, log)
     download_chunk(settings, provider, PROC, chunk, log)
-    collect_chunk(plan, PROC, chunk, log)
+    collect_chunk(plan.settings, PROC, chunk, log)
 
     summary = summarize(build_plan(settings))
 

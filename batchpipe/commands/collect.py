@@ -15,7 +15,6 @@ from ..joblog import JobLog
 from ..layout import Layout
 from ..ledger import ChunkHistory, Unarchived, append, read_events, read_marker, write_marker
 from ..manifest import Manifest
-from ..plan import build_plan
 from ..providers import Provider
 from .batchviews import BatchView, load_views, open_provider, rel, resolve, same_provider, settings_of
 
@@ -54,7 +53,7 @@ def collect_one(settings: Settings, provider: Provider, view: BatchView, log: Jo
                 "done); collect it once it has ended, or let snakemake wait for it"
             )
         download_chunk(settings, provider, processor, chunk, log)
-    manifest = collect_chunk(build_plan(settings), processor, chunk, log)
+    manifest = collect_chunk(settings, processor, chunk, log)
     if ChunkHistory.of(chunk, read_events(layout, chunk)).archived:
         append(layout, Unarchived(chunk=chunk, reason="batchpipe collect"))
     return manifest

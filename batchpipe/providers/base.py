@@ -111,6 +111,16 @@ class Provider(ABC):
                 break
         return None
 
+    @property
+    def lists_inputs(self) -> bool:
+        """Whether a batch's requests can be read back (its input file): how another checkout's batches
+        are recognised per request."""
+        return False
+
+    def input_custom_ids(self, status: BatchStatus) -> set[str]:
+        """The custom_ids of a batch's requests, from its input file (only where `lists_inputs`)."""
+        raise ProviderError(f"provider {self.name} cannot read a batch's requests back")
+
     def check_ready(self, online: bool = False) -> None:  # noqa: B027 - a hook: nothing to check by default
         """Raise MissingKey (one line naming the variable to set) if the provider cannot work.
 

@@ -11,7 +11,7 @@ from ..errors import Conflict, NotFound, ProviderError
 from ..service.engine import BatchEngine, Timing
 from ..service.responders import make_responder
 from .base import BatchStatus, Provider
-from .openai_wire import OPENAI_ENDPOINT, OpenAIWire, status_from_openai
+from .openai_wire import OPENAI_ENDPOINT, OpenAIWire, custom_ids_of, status_from_openai
 
 __all__ = ["LocalProvider"]
 
@@ -65,6 +65,18 @@ class LocalProvider(Provider):
     def list_batches(self) -> Iterator[BatchStatus]:
         for record in self.engine.list_batches():
             yield status_from_openai(self.engine.openai_batch(record))
+
+    @property
+    def lists_inputs(self) -> bool:
+        return True
+
+    def input_custom_ids(self, status: BatchStatus) -> set[str]:
+        file_id = status.raw.get("input_file_id")
+        try:
+            content = self.engine.file_content(file_id) if file_id else b""
+        except NotFound:
+            return set()  # the input file expired: the batch cannot be recognised
+        return custom_ids_of(content)
 
     def complete(self, request_line: dict[str, Any]) -> dict[str, Any]:
         """Realtime: the engine answers one OpenAI request line now (its output or error line)."""

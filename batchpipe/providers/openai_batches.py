@@ -21,7 +21,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import ProviderError
 from .base import BatchMatch, BatchStatus, create_once
-from .openai_wire import OPENAI_ENDPOINT, OpenAIWire, status_from_openai
+from .openai_wire import OPENAI_ENDPOINT, OpenAIWire, custom_ids_of, status_from_openai
 from .sdk import SDKProvider, retry_after_seconds, scrub_secrets, sdk_kwargs
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -119,6 +119,24 @@ class OpenAIProvider(SDKProvider):
             return data if not data or data.endswith(b"\n") else data + b"\n"
 
         return fetch(status.output_file_id), fetch(status.error_file_id)
+
+    @property
+    def lists_inputs(self) -> bool:
+        return True
+
+    def input_custom_ids(self, status: BatchStatus) -> set[str]:
+        file_id = status.raw.get("input_file_id")
+        if not file_id:
+            return set()
+        client = self._client("read")
+        import openai
+
+        try:
+            return custom_ids_of(client.files.content(file_id).content)
+        except openai.NotFoundError:
+            return set()  # the input file expired: the batch cannot be recognised
+        except openai.OpenAIError as exc:
+            raise self._error(f"input file of {status.batch_id}", exc) from None
 
     def cancel(self, batch_id: str) -> BatchStatus:
         return _status(self._call(f"cancel {batch_id}", self._client("read").batches.cancel, batch_id))

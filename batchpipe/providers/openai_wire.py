@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..lifecycle import OPENAI_ENDED
@@ -9,7 +10,7 @@ from ..request import NeutralRequest
 from .base import BatchStatus
 from .wire import RETRY_STATUS, RETRY_TYPES, Outcome, Wire, retry_after_of, retryable
 
-__all__ = ["OPENAI_ENDPOINT", "OpenAIWire", "status_from_openai"]
+__all__ = ["OPENAI_ENDPOINT", "OpenAIWire", "custom_ids_of", "status_from_openai"]
 
 OPENAI_ENDPOINT = "/v1/chat/completions"
 
@@ -110,6 +111,19 @@ class OpenAIWire(Wire):
             return f"HTTP {response.get('status_code')} {err.get('type') or err.get('code') or ''}".strip()
         err = line.get("error") or {}
         return f"{err.get('code')}: {str(err.get('message', ''))[:120]}"
+
+
+def custom_ids_of(content: bytes) -> set[str]:
+    """The custom_ids of a batch input file (JSONL request lines; unreadable lines are passed over)."""
+    ids = set()
+    for line in content.splitlines():
+        try:
+            cid = json.loads(line).get("custom_id")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(cid, str):
+            ids.add(cid)
+    return ids
 
 
 def status_from_openai(batch: dict[str, Any]) -> BatchStatus:

@@ -286,6 +286,9 @@ class BatchEngine:
         else:
             raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
         batch_fault = self.faults.get("batch", {})
+        expire_after = batch_fault.get("expire_after_requests")
+        if expire_after is not None and "times" in batch_fault and "fail" not in batch_fault:
+            expire_after = expire_after if self._claim_batch_fault(batch_fault) else None  # the first `times` batches
         rec = BatchRecord(
             id=batch_id,
             request_format=request_format,
@@ -302,7 +305,7 @@ class BatchEngine:
             in_progress_s=self.timing.in_progress,
             finalizing_s=self.timing.finalizing + float(batch_fault.get("finalizing", 0)),
             cancelling_s=self.timing.finalizing,
-            expire_after=batch_fault.get("expire_after_requests"),
+            expire_after=expire_after,
             request_faults=self.faults.get("requests", []),
             output_ttl=output_expires_after,
         )

@@ -22,7 +22,7 @@ from .extract import (
     task_hash,
     tasks_from_result,
 )
-from .recycling import RecycleSummary, display_path, recycle, touch_recycle_trigger
+from .recycling import RecycleSummary, display_path, recycle
 
 __all__ = [
     "DONE_STATUS",
@@ -45,6 +45,5 @@ __all__ = [
     "short_title",
     "task_hash",
     "tasks_from_result",
-    "touch_recycle_trigger",
     "upsert_tasks",
 ]

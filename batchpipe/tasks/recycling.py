@@ -14,7 +14,6 @@ import fnmatch
 import json
 import multiprocessing
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TextIO, TypeAlias, TypeVar
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from .extract import Task
 
-__all__ = ["PARALLEL_MIN_FILES", "RecycleSummary", "display_path", "recycle", "touch_recycle_trigger"]
+__all__ = ["PARALLEL_MIN_FILES", "RecycleSummary", "display_path", "recycle"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -340,15 +339,3 @@ def _statuses_of_a_lost_board(layout: Layout, log: TextIO | None) -> dict[str, s
             f"{len(saved)} status(es) people set kept in the task files",
         )
     return saved
-
-
-def touch_recycle_trigger(settings: Settings, dryrun: bool = False) -> Path:
-    """`.snakemake/batchpipe/recycle.trigger`, an input of `recycle_tasks`: created when missing, and given
-    new content with `recycle_force` or when the board is gone (not in a dry run), so that Snakemake runs
-    the recycling again."""
-    layout = Layout(settings)
-    path = layout.trigger("recycle")
-    lost = layout.tasks_dir.is_dir() and not layout.board.exists()
-    if not path.exists() or ((settings.recycle_force or lost) and not dryrun):
-        atomic_write_text(path, f"{time.time_ns()}\n")
-    return path

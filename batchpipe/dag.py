@@ -1,0 +1,163 @@
+"""What the Snakefile reads to build its DAG: read-only, like a sample sheet (no file written, no network).
+
+The plan is made by a job (`checkpoint plan`), into `results/plan/{key}/s{stage}r{round}/`: `plan.json` and
+one spec per new chunk. The key names the state of the files the plan is made from (issues, the ledger,
+the downloads and results, the config): while that state is the one the last run settled in
+(`results/plan/settled.json`, written by the run's last job), the key is the settled plan's, whose files all
+exist, and Snakemake has nothing to do. Any change (an edited, added or deleted issue, a deleted result or
+marker, `batchpipe collect`/`retry`/`cancel`, another selection) gives a new key: the plan is made again
+and only what it lacks is made. A plan that is volatile by nature (batches in flight that a `wait: false`
+run must look at, chunks waiting for a person or a budget) is made again on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .chain import stage_numbers
+from .config import Settings
+from .files import canonical_json, sha256_hex
+from .layout import Layout
+from .plan import build_plan
+
+__all__ = ["PlanView", "current_key", "find_spec", "issue_files", "plan_view", "preview", "stages", "state_digest"]
+
+
+def stages(settings: Settings) -> list[list[str]]:
+    """The processors of each stage (0: from issues; n: from stage n-1's results)."""
+    numbers = stage_numbers(settings.processors)
+    return [[p for p, n in numbers.items() if n == k] for k in range(max(numbers.values(), default=0) + 1)]
+
+
+def issue_files(settings: Settings) -> list[str]:
+    """The issue files the first plan reads (its declared inputs)."""
+    folder = Layout(settings).issues_dir
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        str(folder / e.name) for e in entries if e.name.endswith((".json", ".jsonl")) and not e.name.startswith(".")
+    )
+
+
+def find_spec(settings: Settings, processor: str, chunk: str) -> Path | None:
+    """The spec a plan wrote for a new chunk (any plan's: a chunk id is the hash of its requests)."""
+    layout = Layout(settings)
+    found = sorted(layout.plan_root.glob(f"*/s*r*/chunks/{processor}/{chunk}.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False) -> Iterator[str]:
+    """`name size [mtime]` of the files directly in `folder` (with one of `suffixes`), sorted."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name.startswith(".") or (suffixes and not entry.name.endswith(suffixes)):
+            continue
+        try:
+            if not entry.is_file():
+                continue
+            st = entry.stat()
+        except OSError:
+            continue
+        yield f"{entry.name} {st.st_size} {st.st_mtime_ns}" if mtimes else f"{entry.name} {st.st_size}"
+
+
+def state_digest(settings: Settings) -> str:
+    """A name for the state a plan is made from: the config, the issue files (names, sizes, mtimes), the
+    ledger, the markers, downloads and manifests, the result files and the task board (names and sizes)."""
+    layout = Layout(settings)
+    parts: list[str] = [canonical_json(settings.values)]
+    parts += ["issues", *_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True)]
+    parts += ["ledger", *_listing(layout.ledger_dir, (".jsonl",))]
+    for processor in settings.processor_names:
+        parts += [f"batches/{processor}", *_listing(layout.batches_dir / processor)]
+    parts += ["results", *_listing(layout.results_dir, (".json",))]
+    parts += ["board", str(layout.board.exists())]
+    return sha256_hex("\n".join(parts))[:20]
+
+
+def current_key(settings: Settings) -> str:
+    """The plan key of this run (read-only): the settled plan's while nothing changed since, else a new one."""
+    layout = Layout(settings)
+    digest = state_digest(settings)
+    try:
+        settled = json.loads(layout.settled.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settled = {}
+    key = settled.get("key") if isinstance(settled, dict) else None
+    if key and settled.get("digest") == digest and not settled.get("volatile") and (layout.plan_dir(key)).is_dir():
+        return str(key)
+    if isinstance(settled, dict) and settled.get("volatile") and settled.get("digest") == digest:
+        # the same files, but the provider's side may have moved on: look again (a fresh key per run)
+        return f"{digest}-{time.time_ns():x}"
+    return digest
+
+
+def preview(settings: Settings, key: str) -> str:
+    """What a run would plan now (a dry run's lines), from the files alone: no file written, no network.
+    Batches in flight are shown as the ledger last saw them (the run's plan job asks the provider)."""
+    layout = Layout(settings)
+    if layout.plan_dir(key).is_dir():
+        first = layout.plan_folder(key, 0, 0) / "plan.json"
+        try:
+            return f"batchpipe: nothing changed since the last run (plan {key})\n" + str(
+                json.loads(first.read_text(encoding="utf-8")).get("describe", "")
+            )
+        except (OSError, ValueError, AttributeError):
+            pass
+    return build_plan(settings, write_cache=False).describe()
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """What the DAG needs of one plan (`plan.json`): the chunks whose files this run must have."""
+
+    key: str
+    stage: int
+    round: int
+    collect: dict[str, list[str]] = field(default_factory=dict)  # processor -> chunks whose manifest is needed
+    submit: dict[str, list[str]] = field(default_factory=dict)  # processor -> chunks whose marker is needed
+    new: dict[str, list[str]] = field(default_factory=dict)  # processor -> chunks to write and send
+    continues: bool = False  # another round follows once these new chunks are collected
+    describe: str = ""
+
+    def chunk_files(self, layout: Layout) -> list[Path]:
+        """The manifests and markers the run needs from this plan."""
+        out = [layout.manifest(p, c) for p, chunks in self.collect.items() for c in chunks]
+        out += [layout.marker(p, c) for p, chunks in self.submit.items() for c in chunks]
+        return out
+
+    def is_new(self, processor: str, chunk: str) -> bool:
+        return chunk in self.new.get(processor, [])
+
+
+@lru_cache(maxsize=64)
+def _read_view(path: str, stamp: int) -> PlanView:
+    data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    return PlanView(
+        key=data["key"],
+        stage=int(data["stage"]),
+        round=int(data["round"]),
+        collect=data.get("collect", {}),
+        submit=data.get("submit", {}),
+        new=data.get("new", {}),
+        continues=bool(data.get("continues")),
+        describe=data.get("describe", ""),
+    )
+
+
+def plan_view(folder: str | Path) -> PlanView:
+    """The DAG's view of the plan in `folder` (read once per change of the file)."""
+    path = Path(folder) / "plan.json"
+    return _read_view(str(path), path.stat().st_mtime_ns)

@@ -1,0 +1,102 @@
+"""Freshness by construction: after `batchpipe collect`, `retry`, `cancel` or another selection, the next
+plain run brings the results, the summary and the task board up to date, with no batch where none is needed.
+(`cancel`: tests/test_operations.py; an edited, added or deleted issue, a deleted result, marker or
+download: tests/test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import yaml
+
+from batchpipe.config import load_settings
+from batchpipe.plan import build_plan
+from batchpipe.request import custom_id_for
+
+from conftest import REPO, Workspace, make_workspace
+
+ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))
+
+
+def small(tmp_path, count: int = 5, **local) -> Workspace:
+    ws = make_workspace(tmp_path / "ws", ISSUES[:count])
+    ws.config(processors=["product-labeling"])
+    cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
+    cfg["local"].update(local)
+    (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return ws
+
+
+def summary(ws: Workspace) -> dict:
+    return json.loads((ws.root / "results" / "summary.json").read_text())
+
+
+def board_results(ws: Workspace) -> set[str]:
+    """The results the task board holds tasks of (a task file per result)."""
+    return {p.name.removesuffix(".tasks.json") for p in ws.files("data/tasks/*.tasks.json")}
+
+
+def until(check, deadline_s: float = 60):
+    """Poll `check()` (which acts, e.g. a command) until it is truthy; the batch ends on the service's clock."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+    raise AssertionError("timed out")
+
+
+@pytest.mark.workflow
+def test_collect_by_hand_then_a_plain_run_updates_summary_and_board(tmp_path):
+    ws = small(tmp_path, delays={"validating": 0, "in_progress": 1.0, "finalizing": 0})
+    ws.snakemake("--cores", "4", "results/all", "--config", "wait=false")
+    assert summary(ws)["totals"]["waiting"] == 5 and not ws.results()
+    (batch,) = ws.local_batches()
+    until(lambda: ws.cli("collect", batch["id"]).returncode == 0)
+    assert len(ws.results()) == 5
+    run = ws.snakemake("--cores", "4", "results/all", "--config", "wait=false")
+    assert "Nothing to be done" not in run.output
+    totals = summary(ws)["totals"]
+    assert totals["results"] == 5 and totals["waiting"] == 0
+    assert len(board_results(ws)) == 5  # the board saw the collected results
+    assert len(ws.local_batches()) == 1
+    assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all", "--config", "wait=false").output
+
+
+@pytest.mark.workflow
+def test_retry_by_hand_then_a_plain_run_counts_the_new_answer(tmp_path):
+    ws = small(tmp_path)
+    settings = load_settings(yaml.safe_load((ws.root / "config.yaml").read_text()), ws.root)
+    plan = build_plan(settings, write_cache=False)
+    first = custom_id_for(plan.issues[plan.selected[0]].hashes["product-labeling"], 1)
+    cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
+    cfg["local"]["faults"] = {"requests": [{"match": first, "kind": "error", "status": 400}]}  # attempt 1 only
+    (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    ws.snakemake("--cores", "4", "results/all", code=3)  # invalid request: failed for good, not sent again
+    assert len(ws.results()) == 4 and len(ws.local_batches()) == 1
+    (batch,) = ws.local_batches()
+    retry = ws.cli("retry", batch["id"], "--failed-only")
+    assert retry.returncode == 0 and "1 of them retried" in retry.stdout, retry.output
+    ws.snakemake("--cores", "4", "results/all")  # exit 0: the retried request has its result
+    totals = summary(ws)["totals"]
+    assert totals["results"] == 5 and not summary(ws)["processors"]["product-labeling"]["failed"]
+    assert len(board_results(ws)) == 5
+    assert len(ws.local_batches()) == 2
+
+
+@pytest.mark.workflow
+def test_selection_missing_summary_counts_the_selection_then_a_plain_run_counts_all(tmp_path):
+    ws = small(tmp_path)
+    ws.snakemake("--cores", "4", "results/all")
+    shutil.copy2(ISSUES[5], ws.issues / ISSUES[5].name)
+    ws.snakemake("--cores", "4", "results/all", "--config", "selection=missing")
+    first = summary(ws)
+    assert first["issues_selected"] == 1 and first["totals"]["results"] == 1
+    assert len(ws.results()) == 6 and len(ws.local_batches()) == 2
+    ws.snakemake("--cores", "4", "results/all")
+    second = summary(ws)
+    assert second["issues_selected"] == 6 and second["totals"]["results"] == 6
+    assert len(ws.local_batches()) == 2
