@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import yaml
@@ -158,7 +158,7 @@ class Settings:
     recycle_force: bool
     commit_results: bool
     report: ReportLimits
-    chunk_size: int
+    chunk_size: int | Literal["auto"]
     max_attempts: int
     wait: bool
     poll_interval: float

@@ -17,7 +17,7 @@
 reports/ and tasks/ beside the results folder          Markdown reports; the task board
 results/all, results/summary.json                      the run summary
 results/plan/{key}/s{stage}r{round}/                    the plans of a run (a checkpoint each)
-.snakemake/batchpipe/                                  the scan cache and trigger files
+.snakemake/batchpipe/                                  the scan cache, where the last run settled
 ```
 """
 
@@ -97,7 +97,7 @@ class Layout:
 
     @property
     def work_dir(self) -> Path:
-        """`.snakemake/batchpipe/`: the scan cache and trigger files (nothing that money depends on)."""
+        """`.snakemake/batchpipe/`: the scan cache and where the last run settled (nothing money depends on)."""
         return self.root / ".snakemake" / "batchpipe"
 
     # --- a chunk's files -----------------------------------------------------------------------
@@ -222,8 +222,9 @@ class Layout:
 
     @property
     def settled(self) -> Path:
-        """Where the last run settled: the plan key and the state it left the files in."""
-        return self.plan_root / "settled.json"
+        """Where the last run settled: the plan key and the state it left the files in. Bookkeeping of the
+        workflow like Snakemake's own metadata beside it (not a view: losing it only means planning again)."""
+        return self.work_dir / "settled.json"
 
     @property
     def scan_cache(self) -> Path:

@@ -29,9 +29,10 @@ from .issues import load_issue
 from .layout import Layout
 from .ledger import ChunkHistory, read_chunks
 from .manifest import read_outcomes
+from .providers import wire_for
 from .render import Rendered, render_request
 from .request import custom_id_for
-from .scan import IssueEntry, scan_issues, select_issues
+from .scan import LINE_OVERHEAD, IssueEntry, scan_issues, select_issues
 from .selection import Selection, selected_keys
 from .state import Attempt, Done, Failed, Pending, RequestState, Waiting, reprocess_due, request_state
 
@@ -46,6 +47,9 @@ __all__ = [
     "render_chunk",
     "tokens_in_flight",
 ]
+
+AUTO_BYTES_MARGIN = 0.9  # `chunk_size: auto` fills a batch to 90% of the provider's byte limit (sizes are estimates)
+CHAINED_BYTES_PER_TOKEN = 6  # a chained request's size, from its token estimate (its text is rendered later)
 
 
 @dataclass
@@ -243,6 +247,7 @@ class _Unit:
     key: str
     request_hash: str | None
     tokens: int
+    size: int  # bytes of its request line (about)
     paths: list[str]
     result_file: Path
     waiting: str = ""
@@ -287,8 +292,18 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
                 if item.request_hash is not None and not processor.aggregate_by:
                     plan.issues[item.key].hashes[processor.name] = item.request_hash  # collect and the next stage
                 paths = [plan.issues[k].path for k in item.issues]
+                size = CHAINED_BYTES_PER_TOKEN * item.tokens + LINE_OVERHEAD  # rendered later, from earlier results
                 units.append(
-                    _Unit(item.key, item.request_hash, item.tokens, paths, item.result_file, item.waiting, item.failed)
+                    _Unit(
+                        item.key,
+                        item.request_hash,
+                        item.tokens,
+                        size,
+                        paths,
+                        item.result_file,
+                        item.waiting,
+                        item.failed,
+                    )
                 )
             force: dict[str, str] = {}
         else:
@@ -298,6 +313,7 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
                     e.key,
                     e.hashes[processor.name],
                     e.tokens.get(processor.name, 0),
+                    e.sizes.get(processor.name, 0),
                     [e.path],
                     layout.result(e.key, processor.name),
                 )
@@ -327,6 +343,7 @@ def _plan_units(
     needed: list[str] = []
     pending: dict[str, ChunkMember] = {}
     tokens: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for unit in units:
         if unit.failed is not None:
             pp.failed[unit.key] = unit.failed
@@ -344,18 +361,50 @@ def _plan_units(
             cid = custom_id_for(rhash, state.attempt)
             pending.setdefault(cid, ChunkMember(cid, rhash)).paths.extend(unit.paths)
             tokens[rhash] = unit.tokens
+            sizes[rhash] = unit.size
     # Everything paid for gets collected, selected or not.
     needed.extend(c.chunk for c in chunks.values() if not c.collected)
     members = list(pending.values())
-    size = settings.chunk_size
-    for start in range(0, len(members), size):
-        part = members[start : start + size]
+    for part in _split(settings, settings.model_of(processor), members, tokens, sizes):
         chunk_id = chunk_id_for([(m.custom_id, m.request_hash) for m in part])
         pp.new[chunk_id] = NewChunk(chunk_id, processor.name, part, sum(tokens[m.request_hash] for m in part))
     if not settings.wait:
         _defer_over_budget(settings, settings.model_of(processor), pp, existing)
     needed.extend(pp.new)
     pp.chunks = list(dict.fromkeys(needed))
+
+
+def _split(
+    settings: Settings, model: str, members: list[ChunkMember], tokens: dict[str, int], sizes: dict[str, int]
+) -> list[list[ChunkMember]]:
+    """The new chunks, in file order: `chunk_size` requests each, or with `chunk_size: auto` as many as fit
+    the provider's documented limits (requests, bytes, with a margin) and the model's enqueued-token budget
+    (a batch over it would be refused whole). A request alone over a limit makes a chunk of its own."""
+    wire = wire_for(settings.provider)
+    if settings.chunk_size != "auto":
+        size = min(int(settings.chunk_size), wire.max_requests)
+        return [members[i : i + size] for i in range(0, len(members), size)]
+    max_bytes = int(wire.max_bytes * AUTO_BYTES_MARGIN)
+    max_tokens = settings.token_limit(model) or 0
+    parts: list[list[ChunkMember]] = []
+    part: list[ChunkMember] = []
+    used_bytes = used_tokens = 0
+    for member in members:
+        b, t = sizes.get(member.request_hash, 0), tokens.get(member.request_hash, 0)
+        full = (
+            len(part) >= wire.max_requests
+            or used_bytes + b > max_bytes
+            or (max_tokens and used_tokens + t > max_tokens)
+        )
+        if part and full:
+            parts.append(part)
+            part, used_bytes, used_tokens = [], 0, 0
+        part.append(member)
+        used_bytes += b
+        used_tokens += t
+    if part:
+        parts.append(part)
+    return parts
 
 
 def _record_state(pp: ProcessorPlan, key: str, state: RequestState, needed: list[str], result_file: Path) -> bool:

@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import store
+from .errors import CommandError
 from .layout import Layout
 from .ledger import Created, Prepared, append, ledger_chunks
 from .plan import Plan, chunk_id_for
 from .providers import BatchStatus, Provider
 from .request import IssueRef, RequestRecord, attempt_of
 
-__all__ = ["adopt_remote_batches"]
+__all__ = ["adopt_ended_batch", "adopt_remote_batches"]
 
 RECENT = 30 * 86400  # the provider keeps a batch's files for 30 days: older batches cannot be read
 
@@ -106,6 +108,47 @@ def adopt_remote_batches(plan: Plan, provider: Provider, log: Callable[[str], No
         if not wanted:
             break
     return adopted
+
+
+def adopt_ended_batch(plan: Plan, provider: Provider, batch_id: str, log: Callable[[str], None]) -> tuple[str, str]:
+    """Record an ended batch this checkout's ledger does not know (`batchpipe collect BATCH_ID` on another
+    machine: Anthropic's `--retrieve-batch ID`), verified by its results: it is adopted only for the requests
+    of this project's issues it answers (their custom_ids are content-derived), never for others. Its
+    answers go to the store at once. Returns (processor, chunk)."""
+    status = provider.retrieve(batch_id)
+    if not status.ended:
+        raise CommandError(
+            f"batch {batch_id} is still {status.status}: its results (which show whose requests it holds) "
+            "can be read once it has ended; collect it then"
+        )
+    output, errors = provider.download(status)
+    ids = {o.custom_id for o in provider.parse_results(output, errors)}
+    wanted = _never_sent(plan)
+    table: dict[str, RequestRecord] = {}
+    for cid in sorted(ids):
+        found = wanted.get(cid[1:33])
+        if found is not None:
+            table[cid] = RequestRecord(found.request_hash, attempt_of(cid), found.issues, {}, found.est_tokens)
+    if not table:
+        raise CommandError(
+            f"batch {batch_id} answers none of this project's unsent requests ({len(ids)} custom_id(s)); not "
+            "adopted (another project's batch, or one this checkout already knows: see `batchpipe list`)"
+        )
+    processors = {wanted[cid[1:33]].processor for cid in table}
+    if len(processors) > 1:
+        raise CommandError(f"batch {batch_id} answers requests of several processors ({sorted(processors)})")
+    name = processors.pop()
+    layout = plan.layout
+    chunk = chunk_id_for([(cid, r.request_hash) for cid, r in table.items()])
+    store.put(layout, batch_id, output, errors)  # paid answers first
+    if chunk not in set(ledger_chunks(layout)):
+        _record(layout, chunk, name, provider.name, status, table, None)
+    left = len(ids) - len(table)
+    log(
+        f"{name}/{chunk}: batch {batch_id} answers {len(table)} of this project's request(s): adopted"
+        + (f" ({left} other custom_id(s) in it are not this project's and are ignored)" if left else "")
+    )
+    return name, chunk
 
 
 def _record(

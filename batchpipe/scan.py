@@ -17,12 +17,12 @@ from .errors import IssueFileError
 from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .issues import load_issue
 from .layout import Layout
-from .render import render_request
+from .render import Rendered, render_request
 from .selection import Selection, selected_keys
 
-__all__ = ["IssueEntry", "scan_issues", "select_issues"]
+__all__ = ["LINE_OVERHEAD", "IssueEntry", "line_bytes", "scan_issues", "select_issues"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -37,6 +37,16 @@ class IssueEntry:
     state: str
     hashes: dict[str, str]  # processor -> request hash
     tokens: dict[str, int] = field(default_factory=dict)  # processor -> estimated tokens (prompt + max_tokens)
+    sizes: dict[str, int] = field(default_factory=dict)  # processor -> bytes of its request line (chunk_size: auto)
+
+
+LINE_OVERHEAD = 256  # a wire format's envelope around the request: custom_id, method, url, params keys
+
+
+def line_bytes(rendered: Rendered) -> int:
+    """About the bytes a request takes in either provider's request file (its content, UTF-8, plus the
+    envelope); `chunk_size: auto` keeps a margin under the provider's limit."""
+    return len(canonical_json(rendered.neutral.to_json()).encode("utf-8")) + LINE_OVERHEAD
 
 
 def _render_fingerprint(settings: Settings) -> str:
@@ -101,7 +111,7 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
             rendered = {
                 p.name: render_request(issue, p, settings, path) for p in settings.processors if not p.input_processor
             }
-            requests = {processor: [r.request_hash, r.est_tokens] for processor, r in rendered.items()}
+            requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
             row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state, requests]
         fresh[name] = row
         _, key, org, repo, number, state, requests = row
@@ -119,8 +129,9 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
                 repo,
                 number,
                 state,
-                {p: h for p, (h, _) in requests.items()},
-                {p: t for p, (_, t) in requests.items()},
+                {p: h for p, (h, _, _) in requests.items()},
+                {p: t for p, (_, t, _) in requests.items()},
+                {p: b for p, (_, _, b) in requests.items()},
             )
         )
     if fresh != cached and write_cache:

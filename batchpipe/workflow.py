@@ -162,6 +162,11 @@ def _tidy(layout: Layout, key: str) -> None:
 def run_write_requests(config: dict[str, Any], processor: str, chunk: str, spec: str, log: str) -> None:
     """A new chunk's request file and custom_id table, from the spec its plan wrote."""
     settings = settings_of(config)
+    if not spec:
+        raise BatchpipeError(
+            f"{Layout(settings).request_file(processor, chunk)} is missing and no plan of this run made the chunk "
+            "(the ledger knows it): restore the file from git or a backup (the ledger holds its content hash)"
+        )
     data = read_json(spec)
     write_requests(settings, processor, chunk, render_spec(settings, data), data.get("group"), JobLog(log, False))
 
@@ -316,7 +321,7 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
         commit_results(settings, log=job_log)
 
 
-def run_complete(config: dict[str, Any], summary_path: str, table_path: str, settled_path: str, log: str) -> None:
+def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log: str) -> None:
     """results/all: the run summary's table, printed on the console; then where the run settled (the state
     of the files and its plan key), so that the next run has nothing to do until something changes."""
     settings = settings_of(config)
@@ -328,7 +333,7 @@ def run_complete(config: dict[str, Any], summary_path: str, table_path: str, set
         "digest": dag.state_digest(settings),
         "volatile": bool(summary.get("volatile")),
     }
-    atomic_write_json(settled_path, settled)
+    atomic_write_json(Layout(settings).settled, settled)  # bookkeeping beside Snakemake's own (.snakemake/)
     JobLog(log, echo=False)(f"wrote {table_path}")
     print(table, flush=True)
 

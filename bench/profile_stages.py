@@ -4,8 +4,8 @@
     .venv/bin/python bench/profile_stages.py 10000 [--no-fsync] [--cprofile bench/out/stages.prof]
 
 Makes a fresh workspace like run_bench.py, then calls what the rules call, chunk by chunk, in order:
-load_plan (parse time), submit (which writes the request file), download (+ collect), recycle tasks,
-summarize; prints the time of
+the plan (the checkpoint job; at parse time before 84b381f), write_requests, submit, download (+ collect),
+recycle tasks, summarize; prints the time of
 each stage. The difference between the sum and run_bench.py's cold run is Snakemake's overhead (DAG,
 scheduler, job bookkeeping). --no-fsync replaces os.fsync with a no-op, to show what durability costs.
 """
@@ -41,6 +41,72 @@ def _write_no_fsync(path, data: bytes) -> None:
         handle.write(data)
     os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
+
+
+def _plan_as_a_job(config, bp, stage) -> list:
+    """What the rules call since the plan is a job: plan, write_requests, submit, download (+ collect),
+    recycle, summarize; then the parse-time key of a no-op run."""
+    import batchpipe.dag as dag
+
+    os.environ["BATCHPIPE_WORKERS"] = "0"  # downloads in this thread, like the profile's other stages
+    settings = bp.settings_of(config)
+    key = stage("plan key (parse time)", lambda: dag.current_key(settings))
+    folder = f"results/plan/{key}/s0r0"
+    stage("plan (checkpoint job)", lambda: bp.run_plan(config, key, 0, 0, folder, "logs/plan.log"))
+    view = dag.plan_view(folder)
+    chunks = [(name, c) for name, cs in view.new.items() for c in cs]
+    for name, c in chunks:
+        spec = f"{folder}/chunks/{name}/{c}.json"
+        stage("write_requests", lambda n=name, c=c, spec=spec: bp.run_write_requests(config, n, c, spec, "logs/w.log"))
+    for name, c in chunks:
+        stage("submit_batch", lambda n=name, c=c: bp.run_submit(config, n, c, "logs/s.log"))
+    for name, c in chunks:
+        stage("download_batch (+ collect)", lambda n=name, c=c: bp.run_download(config, n, c, "logs/d.log"))
+    from batchpipe.config import load_settings
+    from batchpipe.tasks import recycle
+
+    stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
+    stage("summarize_run", lambda: bp.run_summarize(config, [folder], "results/summary.json", "logs/sum.log"))
+    stage("complete_run", lambda: bp.run_complete(config, "results/summary.json", "results/all", "logs/c.log"))
+    stage("plan key (no-op parse)", lambda: dag.current_key(settings))
+    return chunks
+
+
+def _plan_at_parse_time(config, bp, stage, inspect, write_summary) -> list:
+    """What the rules called while the plan was made at parse time (trees before 84b381f)."""
+    plan = stage("load_plan (cold)", lambda: bp.load_plan(config, root=".", verbose=False))
+    chunks = [(name, c) for name, pp in plan.processors.items() for c in pp.chunks]
+    if hasattr(bp, "run_write_requests"):  # trees before submit_batch wrote the request file itself
+        for name, c in chunks:
+            stage("write_requests", lambda n=name, c=c: bp.run_write_requests(plan, n, c, f"logs/w/{n}/{c}.log"))
+    for name, c in chunks:
+        stage("submit_batch", lambda n=name, c=c: bp.run_submit(plan, n, c, f"logs/s/{n}/{c}.log"))
+    # download_batch downloads and collects (one job since 4946779); older trees collect in write_results
+    fused = hasattr(bp, "download_and_collect") or "collect_chunk" in inspect.getsource(bp.run_download)
+    for name, c in chunks:
+        stage(
+            "download_batch (+ collect)" if fused else "download_batch",
+            lambda n=name, c=c: bp.run_download(plan, n, c, f"logs/d/{n}/{c}.log"),
+        )
+    if not fused:
+        for name, c in chunks:
+            stage("write_results", lambda n=name, c=c: bp.run_collect(plan, n, c, f"logs/c/{n}/{c}.log"))
+    try:
+        from batchpipe.config import load_settings
+        from batchpipe.tasks import recycle
+    except ImportError:
+        recycle = None
+    if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, parallel to the summary)
+        stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
+    plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
+    paths = (
+        ("results/summary.json",)
+        if len(inspect.signature(write_summary).parameters) == 2
+        else ("results/all", "results/summary.json")
+    )
+    stage("write_summary", lambda: write_summary(plan2, *paths))
+    stage("load_plan (no-op)", lambda: bp.load_plan(config, root=".", verbose=False))
+    return chunks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,38 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
     config = yaml.safe_load(open("config.yaml"))
     stage("validate config (common.smk)", lambda: validate(config, schema))
-    plan = stage("load_plan (cold)", lambda: bp.load_plan(config, root=".", verbose=False))
-    chunks = [(name, c) for name, pp in plan.processors.items() for c in pp.chunks]
-    if hasattr(bp, "run_write_requests"):  # trees before submit_batch wrote the request file itself
-        for name, c in chunks:
-            stage("write_requests", lambda n=name, c=c: bp.run_write_requests(plan, n, c, f"logs/w/{n}/{c}.log"))
-    for name, c in chunks:
-        stage("submit_batch", lambda n=name, c=c: bp.run_submit(plan, n, c, f"logs/s/{n}/{c}.log"))
-    # download_batch downloads and collects (one job since 4946779); older trees collect in write_results
-    fused = hasattr(bp, "download_and_collect") or "collect_chunk" in inspect.getsource(bp.run_download)
-    for name, c in chunks:
-        stage(
-            "download_batch (+ collect)" if fused else "download_batch",
-            lambda n=name, c=c: bp.run_download(plan, n, c, f"logs/d/{n}/{c}.log"),
-        )
-    if not fused:
-        for name, c in chunks:
-            stage("write_results", lambda n=name, c=c: bp.run_collect(plan, n, c, f"logs/c/{n}/{c}.log"))
-    try:
-        from batchpipe.config import load_settings
-        from batchpipe.tasks import recycle
-    except ImportError:
-        recycle = None
-    if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, parallel to the summary)
-        stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
-    plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
-    paths = (
-        ("results/summary.json",)
-        if len(inspect.signature(write_summary).parameters) == 2
-        else ("results/all", "results/summary.json")
-    )
-    stage("write_summary", lambda: write_summary(plan2, *paths))
-    stage("load_plan (no-op)", lambda: bp.load_plan(config, root=".", verbose=False))
+    if hasattr(bp, "run_plan"):  # the plan is a job (checkpoint plan) since 84b381f
+        chunks = _plan_as_a_job(config, bp, stage)
+    else:
+        chunks = _plan_at_parse_time(config, bp, stage, inspect, write_summary)
     if prof:
         prof.disable()
         prof.dump_stats(str(args.cprofile))

@@ -7,7 +7,7 @@
 
 rule write_requests:
     input:
-        spec=ancient(get_spec),
+        unpack(get_spec),
     output:
         request=REQUEST,
         index=INDEX,
@@ -15,12 +15,14 @@ rule write_requests:
         "logs/write_requests/{processor}/{chunk}.log",
     localrule: True
     run:
-        bp.run_write_requests(config, wildcards.processor, wildcards.chunk, input.spec, log[0])
+        bp.run_write_requests(config, wildcards.processor, wildcards.chunk, input.get("spec", ""), log[0])
 
 
+# Its inputs are ancient: a request file written again (same content) never sends a chunk again.
 rule submit_batch:
     input:
-        unpack(get_submit_inputs),
+        request=ancient(REQUEST),
+        index=ancient(INDEX),
     output:
         marker=MARKER,
     log:

@@ -22,7 +22,6 @@ KEY = bp_dag.current_key(SETTINGS)
 # File patterns of the rules, from the one Layout (its root is the working directory).
 PLAN = str(LAYOUT.plan_folder("{key}", "{stage}", "{round}"))
 FIRST_PLAN = str(LAYOUT.plan_folder(KEY, 0, 0))
-SETTLED = str(LAYOUT.settled)
 REQUEST = str(LAYOUT.request_file("{processor}", "{chunk}"))
 INDEX = str(LAYOUT.index_file("{processor}", "{chunk}"))
 MARKER = str(LAYOUT.marker("{processor}", "{chunk}"))
@@ -108,14 +107,7 @@ def get_run_inputs(wildcards):
 
 
 def get_spec(wildcards):
-    """The spec a plan wrote for a new chunk (its request file is written from it)."""
+    """The spec a plan wrote for a new chunk (its request file is written from it), and that plan (the
+    checkpoint's output, so that the DAG links them)."""
     spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk)
-    return str(spec) if spec else []
-
-
-def get_submit_inputs(wildcards):
-    """A chunk's request file and index, while the ledger does not know the chunk; once it does, the
-    ledger is the chunk's truth (its content hash guards the request file) and nothing is remade."""
-    if LAYOUT.ledger(wildcards.chunk).exists():
-        return {}
-    return {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
+    return {"plan": ancient(str(spec.parents[2])), "spec": ancient(str(spec))} if spec else {}

@@ -1,4 +1,4 @@
-# The run summary, and results/all (its table, once the tasks are recycled too), with where the run settled.
+# The run summary, and results/all (its table, once the tasks are recycled too).
 
 
 rule summarize_run:
@@ -14,10 +14,11 @@ rule summarize_run:
 
 
 # results/all waits for the summary and the recycled tasks, which run side by side (neither uses the other).
-# settled.json names the state the run left the files in: until one changes, the next run has nothing to do.
-# The plan key is its parameter: a new key (a changed file) reruns it by Snakemake's `params` trigger (the
-# profile), and its input, the run's first plan, is then made, so the run is brought up to date although
-# every older file exists (Snakemake does not rerun a job for a missing intermediate file).
+# It also records where the run settled (.snakemake/batchpipe/settled.json, bookkeeping like Snakemake's
+# metadata beside it): until a file changes, the next run has the same plan key and nothing to do. The key is
+# its parameter: a new key reruns it by Snakemake's `params` trigger (the profile; `results/all` is its only
+# output so that its metadata is whole), and its input, the run's first plan, is then made, so the run is
+# brought up to date although every older file exists (Snakemake does not rerun for a missing intermediate).
 rule complete_run:
     input:
         plan=FIRST_PLAN,
@@ -26,11 +27,10 @@ rule complete_run:
         tasks=RECYCLE_SUMMARY,
     output:
         table=report(SUMMARY_TABLE, caption="../report/summary.rst", category="Run summary"),
-        settled=SETTLED,
     log:
         "logs/complete_run.log",
     localrule: True
     params:
         key=KEY,
     run:
-        bp.run_complete(config, input.summary, output.table, output.settled, log[0])
+        bp.run_complete(config, input.summary, output.table, log[0])

@@ -104,7 +104,7 @@ def test_run_files(layout, root):
     assert layout.summary_json == root / "results" / "summary.json"
     assert layout.summary_table == root / "results" / "all"
     assert layout.plan_folder("k1", 2, 0) == root / "results" / "plan" / "k1" / "s2r0"
-    assert layout.settled == root / "results" / "plan" / "settled.json"
+    assert layout.settled == root / ".snakemake" / "batchpipe" / "settled.json"
     assert layout.scan_cache == root / ".snakemake" / "batchpipe" / "scan-cache.json"
     assert layout.trigger("plan") == root / ".snakemake" / "batchpipe" / "plan.trigger"
     assert layout.command_log("archive") == root / "logs" / "batchpipe" / "archive.log"

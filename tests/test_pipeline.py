@@ -155,8 +155,37 @@ def test_dry_run_writes_nothing_and_opens_no_socket(small_workspace):
     run = ws.snakemake("-n", "results/all", env={"PYTHONPATH": str(guard)})
     assert "NETWORK USED" not in run.output
     assert "new chunk product-labeling/" in run.output and "5 request(s)" in run.output
+    for args in (["--lint"], ["results/all", "--rulegraph"]):
+        parsed = ws.snakemake(*args, env={"PYTHONPATH": str(guard)})
+        assert "NETWORK USED" not in parsed.output
     after = {p for p in ws.root.rglob("*") if ".snakemake" not in p.parts}
     assert after == before
+
+
+def rule_edges(dot: str) -> set[tuple[str, str]]:
+    """(from rule, to rule) of `snakemake --rulegraph` output."""
+    import re
+
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    return {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)}
+
+
+@pytest.mark.workflow
+def test_the_rulegraph_is_the_data_flow(small_workspace):
+    ws = small_workspace
+    ws.snakemake("--cores", "4", "results/all")
+    edges = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
+    flow = [
+        ("plan", "write_requests"),
+        ("write_requests", "submit_batch"),
+        ("submit_batch", "download_batch"),
+        ("download_batch", "summarize_run"),
+        ("download_batch", "recycle_tasks"),
+        ("summarize_run", "complete_run"),
+        ("recycle_tasks", "complete_run"),
+        ("plan", "complete_run"),
+    ]
+    assert set(flow) <= edges, edges
 
 
 @pytest.mark.workflow

@@ -332,3 +332,54 @@ def test_a_permanent_failure_is_not_sent_again(ws5):
     sent = {path for c in pp.new.values() for m in c.members for path in m.paths}
     assert plan.issues[keys[1]].path not in sent
     assert sum(len(c.members) for c in pp.new.values()) == 3
+
+
+# --- chunk_size: auto -----------------------------------------------------------------------------------
+
+
+def big_issues(folder: Path, count: int, seed: int = 7) -> None:
+    """Issues with large bodies of varied sizes (multi-byte text too), from one sample's shape."""
+    import random
+
+    rng = random.Random(seed)
+    data = json.loads(SAMPLES[0].read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, count + 1):
+        doc = json.loads(json.dumps(data))
+        doc["issue"]["number"] = n
+        doc["issue"]["title"] = f"Synthetic issue {n}"
+        doc["issue"]["body"] = ("naïve café ✓ " if n % 3 == 0 else "plain text ") * rng.randint(200, 1800)
+        (folder / f"acme_big_issue_{n}.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_auto_chunks_fill_each_batch_to_the_providers_limits_and_the_token_budget(tmp_path, monkeypatch, provider):
+    from batchpipe.joblog import JobLog
+    from batchpipe.providers import wire_for
+    from batchpipe.submit import write_request_file
+
+    ws = make_workspace(tmp_path / "ws", [])
+    big_issues(ws.issues, 60)
+    wire = wire_for(provider)
+    monkeypatch.setattr(wire, "max_bytes", 300_000)  # the real limits (200 MB / 256 MB) scaled down
+    monkeypatch.setattr(wire, "max_requests", 25)
+    settings = settings_of(
+        ws, provider=provider, chunk_size="auto", processors=["issue-summary"], truncation={"body_chars": 30000}
+    )
+    plan = build_plan(settings)
+    chunks = list(plan.processors["issue-summary"].new.values())
+    assert sum(len(c.members) for c in chunks) == 60 and len(chunks) > 2
+    for i, chunk in enumerate(chunks):
+        write_request_file(plan, "issue-summary", chunk.chunk, JobLog(None, echo=False))
+        size = Layout(settings).request_file("issue-summary", chunk.chunk).stat().st_size
+        assert size <= wire.max_bytes and len(chunk.members) <= wire.max_requests  # what the provider allows
+        if i < len(chunks) - 1:
+            assert size > wire.max_bytes * 0.6 or len(chunk.members) == wire.max_requests  # and filled
+
+    budget = max(c.est_tokens for c in chunks) // 2  # the enqueued-token budget now binds
+    limited = build_plan(dataclasses.replace(settings, enqueued_token_limit=budget))
+    parts = list(limited.processors["issue-summary"].new.values())
+    assert len(parts) > len(chunks) and sum(len(c.members) for c in parts) == 60
+    assert all(c.est_tokens <= budget for c in parts if len(c.members) > 1)
+    fixed = build_plan(settings_of(ws, provider=provider, chunk_size=30, processors=["issue-summary"]))
+    assert [len(c.members) for c in fixed.processors["issue-summary"].new.values()] == [25, 25, 10]  # capped

@@ -103,7 +103,7 @@ def test_scan_writes_its_cache(ws):
         stamp, key, org, repo, number, state, requests = cache["files"][path.name]
         assert stamp == [path.stat().st_size, path.stat().st_mtime_ns]
         assert (key, org, repo, number, state) == (entry.key, entry.org, entry.repo, entry.number, entry.state)
-        assert requests == {p: [entry.hashes[p], entry.tokens[p]] for p in PROCESSORS}
+        assert requests == {p: [entry.hashes[p], entry.tokens[p], entry.sizes[p]] for p in PROCESSORS}
 
 
 def test_second_scan_reads_the_cache_not_the_files(ws, monkeypatch):

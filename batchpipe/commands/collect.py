@@ -1,5 +1,6 @@
 """`batchpipe collect ID`: download a finished batch again into its usual places and rewrite its results,
-with no new batch; works with only the marker (another machine: the ledger is rebuilt from it)."""
+with no new batch; works with only the marker (another machine: the ledger is rebuilt from it), and with
+only a batch id this checkout never recorded (adopted when its results answer this project's requests)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ..joblog import JobLog
 from ..layout import Layout
 from ..ledger import ChunkHistory, Unarchived, append, read_events, read_marker, write_marker
 from ..manifest import Manifest
+from ..plan import build_plan
 from ..providers import Provider
+from ..remote import adopt_ended_batch
 from .batchviews import BatchView, load_views, open_provider, rel, resolve, same_provider, settings_of
 
 
@@ -61,10 +64,20 @@ def collect_one(settings: Settings, provider: Provider, view: BatchView, log: Jo
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    target = resolve(load_views(settings), args.id)
+    log = JobLog(Layout(settings).command_log("collect"), echo=False)
+    try:
+        target = resolve(load_views(settings), args.id)
+    except CommandError:
+        if not looks_like_batch_id(args.id):
+            raise
+        # a batch this checkout has never recorded (sent from another machine): adopted only if it answers
+        # this project's requests, then collected like any other
+        with open_provider(settings) as provider:
+            processor, chunk = adopt_ended_batch(build_plan(settings), provider, args.id.strip(), JobLog(log.path))
+        print(f"batch {args.id.strip()}: adopted as {processor}/{chunk} (it answers this project's requests)")
+        target = resolve(load_views(settings), chunk)
     for view in target.batches:
         same_provider(settings, view)
-    log = JobLog(Layout(settings).command_log("collect"), echo=False)
     with open_provider(settings) as provider:
         for view in target.batches:
             if not view.batch_id:
@@ -76,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
                 f"{manifest.failed} failed; outputs, manifest and results written"
             )
     return 0
+
+
+def looks_like_batch_id(ident: str) -> bool:
+    """A whole provider batch id (`batch_...`, `msgbatch_...`), not a prefix of a chunk or group id."""
+    return ident.strip().startswith(("batch_", "msgbatch_"))
 
 
 def add_parser(subparsers: Any) -> None:

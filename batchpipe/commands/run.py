@@ -83,18 +83,39 @@ def run(args: argparse.Namespace) -> int:
         handle.close()
 
 
+def _term_with_parent() -> None:
+    """In the workflow's process, before it starts: SIGTERM when `batchpipe run` dies, even by `kill -9`
+    (Linux `prctl(PR_SET_PDEATHSIG)`), so that no run outlives the command that started it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the workflow then ends on its own
+
+
 def _run_workflow(root: Path, extra: list[str]) -> int:
     started = time.time()
-    child = subprocess.Popen([sys.executable, "-m", "snakemake", *extra], cwd=root)
     stopping: list[float] = []
+    children: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
         stopping.append(time.monotonic())
 
+    # the handlers first: a signal that arrives while the workflow starts is passed on, never lost
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", *extra],
+            cwd=root,
+            preexec_fn=_term_with_parent,  # noqa: PLW1509
+        )
+        children.append(child)
+        if stopping:
+            child.send_signal(signal.SIGTERM)  # stopped before it started
         while True:
             try:
                 code = child.wait(timeout=0.5)

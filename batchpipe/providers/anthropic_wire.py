@@ -17,6 +17,8 @@ TOOL_NAME = "record_answer"
 
 class AnthropicWire(Wire):
     name = "anthropic"
+    max_requests = 100_000  # per batch; the whole create request at most 256 MB (batch-api-facts.md 2.1, 2.4)
+    max_bytes = 256_000_000
 
     @staticmethod
     def request_line(custom_id: str, request: NeutralRequest) -> dict[str, Any]:

@@ -26,6 +26,8 @@ def _usage(usage: dict[str, Any]) -> dict[str, int]:
 
 class OpenAIWire(Wire):
     name = "openai"
+    max_requests = 50_000  # per batch; the input file at most 200 MB (../shared/reference/batch-api-facts.md 1.7)
+    max_bytes = 200_000_000
 
     @staticmethod
     def request_line(custom_id: str, request: NeutralRequest) -> dict[str, Any]:

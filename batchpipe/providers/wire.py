@@ -70,9 +70,11 @@ def retry_after_of(line: dict[str, Any]) -> float | None:
 
 
 class Wire:
-    """A provider's request and result format."""
+    """A provider's request and result format, and its documented limits per batch."""
 
     name: ClassVar[str]
+    max_requests: ClassVar[int]  # requests per batch
+    max_bytes: ClassVar[int]  # bytes of the batch's requests (OpenAI: the input file; Anthropic: the body)
 
     @staticmethod
     def request_line(custom_id: str, request: NeutralRequest) -> dict[str, Any]:
