@@ -27,7 +27,17 @@ from .files import canonical_json, sha256_hex
 from .layout import Layout
 from .plan import build_plan
 
-__all__ = ["PlanView", "current_key", "find_spec", "issue_files", "plan_view", "preview", "stages", "state_digest"]
+__all__ = [
+    "PlanView",
+    "current_key",
+    "find_spec",
+    "issue_files",
+    "plan_view",
+    "preview",
+    "running_key",
+    "stages",
+    "state_digest",
+]
 
 
 def stages(settings: Settings) -> list[list[str]]:
@@ -117,6 +127,18 @@ def preview(settings: Settings, key: str) -> str:
         except (OSError, ValueError, AttributeError):
             pass
     return build_plan(settings, write_cache=False).describe()
+
+
+def running_key(settings: Settings) -> str:
+    """The key of the run in progress, for a job's own process (a `run:` job without threads, a cluster
+    job): the newest plan folder, which the run's first job made. The files have changed since the run
+    began, so computing the key again would name another plan."""
+    root = Layout(settings).plan_root
+    try:
+        folders = [e for e in os.scandir(root) if e.is_dir()]
+    except FileNotFoundError:
+        return "none"
+    return max(folders, key=lambda e: e.stat().st_mtime_ns).name if folders else "none"
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ rule write_requests:
 # Its inputs are ancient: a request file written again (same content) never sends a chunk again.
 rule submit_batch:
     input:
-        request=ancient(REQUEST),
-        index=ancient(INDEX),
+        unpack(get_submit_inputs),
     output:
         marker=MARKER,
     log:

@@ -1,5 +1,6 @@
 # Config validation, file patterns and the input functions. Reading this file is read-only, like reading a
 # sample sheet: no file written, no network. The plan itself is made by a job (checkpoint plan).
+import os
 import sys
 
 from snakemake.utils import validate
@@ -16,8 +17,9 @@ validate(config, str(SCHEMA_PATH))
 SETTINGS = bp.settings_of(config)
 LAYOUT = Layout(SETTINGS)
 STAGES = bp_dag.stages(SETTINGS)  # the processors of each stage: 0 reads issues, n reads stage n-1's results
-# The plan key: the settled plan's while no file it was made from changed since the last run, else new.
-KEY = bp_dag.current_key(SETTINGS)
+# The plan key: the settled plan's while no file it was made from changed since the last run, else new;
+# in a job's own process (no threads, a cluster), the key of the run that started it.
+KEY = bp_dag.current_key(SETTINGS) if workflow.is_main_process else bp_dag.running_key(SETTINGS)
 
 # File patterns of the rules, from the one Layout (its root is the working directory).
 PLAN = str(LAYOUT.plan_folder("{key}", "{stage}", "{round}"))
@@ -104,6 +106,15 @@ def get_run_inputs(wildcards):
     """Every plan of the run and every chunk file they need, stage by stage and round by round."""
     preview()
     return list(dict.fromkeys(path for stage in range(len(STAGES)) for path in plan_files(stage_plans(stage))))
+
+
+def get_submit_inputs(wildcards):
+    """A chunk's request file and index (ancient). Once the ledger knows the chunk, only those that exist:
+    the ledger is then its truth, and a batch adopted from another checkout has none here."""
+    files = {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
+    if LAYOUT.ledger(wildcards.chunk).exists():
+        files = {name: path for name, path in files.items() if os.path.exists(path)}
+    return {name: ancient(path) for name, path in files.items()}
 
 
 def get_spec(wildcards):

@@ -1,0 +1,88 @@
+"""Jobs are functions of their declared inputs, the config and the ledger: the same run made with every job in
+its own process (no `force-use-threads`) and on Snakemake's `cluster-generic` executor (a local submit
+command) gives the same request files byte for byte, the same results, manifests, summary and task files
+(batch ids aside), and exactly one batch per chunk."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import REPO, Workspace, make_workspace
+
+ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))[:7]
+BATCH_ID = re.compile(r'"batch_[0-9a-f]+"|"g\d{8}-\d{6}-[0-9a-f]{4}"')  # batch ids, group (run) ids
+# the profile's settings, but threads: every `run:` job in a new interpreter
+PER_PROCESS = [
+    "--workflow-profile", "none", "--cores", "4", "--rerun-triggers", "mtime", "params", "--rerun-incomplete",
+    "--keep-going", "--resources", "api_calls=4",
+]  # fmt: skip
+
+
+def workspace(path) -> Workspace:
+    ws = make_workspace(path, ISSUES)
+    ws.config(processors=["product-labeling"], chunk_size=3)
+    return ws
+
+
+def normalized(ws: Workspace) -> dict[str, str]:
+    """The run's views, batch ids (and what hashes them: the task files' result digests) aside."""
+    out = {}
+    for pattern in ("batch_requests/*/*", "batch_results/*/*.results.json", "data/results/*.json", "data/tasks/*.json"):
+        for path in ws.files(pattern):
+            text = BATCH_ID.sub('"BATCH"', path.read_text())
+            if path.name.endswith(".tasks.json"):
+                doc = json.loads(text)
+                doc.pop("result_sha256", None)
+                text = json.dumps(doc, sort_keys=True)
+            out[str(path.relative_to(ws.root))] = text
+    summary = json.loads(BATCH_ID.sub('"BATCH"', (ws.root / "results" / "summary.json").read_text()))
+    for key in ("generated_at", "started_at", "key", "elapsed_s"):
+        summary.pop(key, None)
+    out["results/summary.json"] = json.dumps(summary, sort_keys=True)
+    return out
+
+
+def one_batch_per_chunk(ws: Workspace) -> None:
+    created = [
+        json.loads(line)["batch_id"]
+        for path in ws.files("batch_results/ledger/*.jsonl")
+        for line in path.read_text().splitlines()
+        if '"created"' in line
+    ]
+    assert len(created) == len(set(created)) == len(ws.files("batch_results/ledger/*.jsonl"))
+    assert sorted(b["id"] for b in ws.local_batches()) == sorted(created)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, str]:
+    ws = workspace(tmp_path_factory.mktemp("reference") / "ws")
+    ws.snakemake("--cores", "4", "results/all")
+    one_batch_per_chunk(ws)
+    return normalized(ws)
+
+
+@pytest.mark.workflow
+def test_every_job_in_its_own_process_gives_the_same_files(tmp_path, reference):
+    ws = workspace(tmp_path / "ws")
+    run = ws.snakemake("results/all", *PER_PROCESS)
+    assert "force-use-threads" not in run.output
+    one_batch_per_chunk(ws)
+    assert normalized(ws) == reference
+    assert "Nothing to be done" in ws.snakemake("results/all", *PER_PROCESS).output
+
+
+@pytest.mark.workflow
+def test_the_cluster_generic_executor_gives_the_same_files(tmp_path, reference):
+    ws = workspace(tmp_path / "ws")
+    submit = ws.root / "submit.sh"  # a "cluster": the job script runs in the background, its pid is the job id
+    submit.write_text('#!/bin/bash\nnohup bash "$@" > /dev/null 2>&1 &\necho $!\n')
+    submit.chmod(0o755)
+    args = ["--executor", "cluster-generic", "--cluster-generic-submit-cmd", str(submit), "--jobs", "4"]
+    run = ws.snakemake("results/all", *args)
+    assert "Submitted job" in run.output  # recycle_tasks ran on the "cluster"; the localrules here
+    one_batch_per_chunk(ws)
+    assert normalized(ws) == reference
+    assert "Nothing to be done" in ws.snakemake("results/all", *args).output
