@@ -85,7 +85,12 @@ class SubmissionBlocked(BatchpipeError):
 
 class ChunkWaits(BatchpipeError):
     """A chunk cannot go on now and is not a failure: a batch that may be its own must end before it can
-    be verified, or the token budget is full while not waiting. The next run looks again."""
+    be verified (`kind` "verify"), or the token budget is full while not waiting ("budget"). The next run
+    looks again."""
+
+    def __init__(self, message: str, kind: str = "verify"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class PlanOutdated(BatchpipeError):

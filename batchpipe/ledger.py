@@ -57,6 +57,8 @@ __all__ = [
     "append",
     "read_chunks",
     "read_events",
+    "read_waiting",
+    "write_waiting_marker",
 ]
 
 
@@ -595,6 +597,26 @@ class Marker:
 def read_marker(path: Path) -> Marker:
     """The marker at `path`; OSError, ValueError or KeyError when missing or unreadable."""
     return Marker.from_json(read_json(path))
+
+
+def write_waiting_marker(layout: Layout, processor: str, chunk: str, kind: str, reason: str) -> Path:
+    """The marker of a chunk whose submission waits (`kind`: "verify", a batch that may be its own must
+    end first; "person", `batchpipe adopt`; "budget", the token budget is full): the job is done, the run
+    goes on, the summary names it, and the next run's plan removes it and tries again."""
+    path = layout.marker(processor, chunk)
+    atomic_write_json(path, {"chunk": chunk, "processor": processor, "waiting": kind, "reason": reason})
+    return path
+
+
+def read_waiting(path: Path) -> tuple[str, str] | None:
+    """(kind, reason) of a waiting marker, else None."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("waiting"):
+        return str(data["waiting"]), str(data.get("reason", ""))
+    return None
 
 
 def write_marker(layout: Layout, history: ChunkHistory) -> Path:

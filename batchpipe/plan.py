@@ -131,9 +131,11 @@ class Plan:
 
     def collectable(self, pp: ProcessorPlan, chunk: str) -> bool:
         """Whether this run should wait for / collect the chunk (always, unless wait is false)."""
+        existing = pp.existing.get(chunk)
+        if existing is not None and existing.batch_id is None:
+            return False  # its submission must be resolved first (its job may end waiting); a later round collects
         if self.settings.wait:
             return True
-        existing = pp.existing.get(chunk)
         if existing is None and self.settings.mode == "realtime":
             return True  # answered while it is sent
         return existing is not None and (existing.collected or existing.known_ended)
@@ -160,8 +162,8 @@ class Plan:
             return True
         if any(pp.deferred for pp in self.processors.values()):
             return True
-        if any(c.open_create is not None for pp in self.processors.values() for c in pp.existing.values()):
-            return True
+        if any(c.batch_id is None for pp in self.processors.values() for c in pp.existing.values()):
+            return True  # a submission to resolve, or one that waited (budget, a person)
         return not self.settings.wait and bool(self.in_flight())
 
     def describe(self, processors: Iterable[str] | None = None) -> str:
@@ -510,7 +512,11 @@ def write_plan_folder(
             atomic_write_json(specs / name / f"{chunk}.json", chunk_spec(plan, name, chunk, group))
         collect[name], submit[name] = plan.needs(name)
         new[name] = list(plan.processors[name].new)
-    more = plan.settings.wait and any(new.values()) and round_ + 1 < plan.settings.max_attempts  # attempts left
+    resolving = any(c.batch_id is None for n in processors for c in plan.processors[n].existing.values())
+    # another round: to send retries (attempts left), or to collect batches whose submission this one resolves
+    more = plan.settings.wait and (
+        (any(new.values()) and round_ + 1 < plan.settings.max_attempts) or (resolving and round_ == 0)
+    )
     doc = {
         "key": key,
         "stage": stage,

@@ -279,7 +279,7 @@ def _create(settings: Settings, provider: Provider, sub: _Chunk, file_id: str | 
             # The provider refused for now (enqueued tokens): nothing was created; submit again later.
             sub.record(CreateAbandoned(chunk=chunk, reason="token_limit"))
             if not settings.wait:
-                raise ChunkWaits(f"{processor}/{chunk}: {exc}; the next run submits it again") from None
+                raise ChunkWaits(f"{processor}/{chunk}: {exc}; the next run submits it again", "budget") from None
             log(f"{processor}/{chunk}: {exc}; submitting again in {delay:.0f}s")
             interrupt.sleep(delay)
             delay = min(delay * 1.5, settings.max_poll_interval)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_json, atomic_write_text, read_json
+from .ledger import read_waiting
 from .manifest import read_manifest
 from .plan import Plan
 from .pricing import cost_of
@@ -142,9 +143,13 @@ def blocked_chunks(plan: Plan) -> dict[str, str]:
     """Chunks whose submission is unresolved (an interrupted create the provider could not confirm yet),
     by `processor/chunk`: they wait for a batch to be verified, or for a person (`batchpipe adopt`)."""
     out = {}
+    layout = plan.layout
     for name, pp in plan.processors.items():
         for chunk, history in sorted(pp.existing.items()):
-            if history.open_create is not None:
+            waiting = read_waiting(layout.marker(name, chunk)) if history.batch_id is None else None
+            if waiting is not None and waiting[0] != "budget":  # budget: work left, like a batch in flight
+                out[f"{name}/{chunk}"] = waiting[1]
+            elif history.open_create is not None:
                 out[f"{name}/{chunk}"] = (
                     "a create was interrupted and its batch is not verified yet; the next run checks again "
                     f"(or `batchpipe adopt {chunk} BATCH_ID` / `--none`)"

@@ -32,12 +32,12 @@ from . import dag, exitcodes, interrupt
 from .collect import collect_chunk
 from .config import Settings, coerce_command_line, load_settings
 from .download import download_chunk, download_realtime, refresh_statuses, store_earlier_downloads
-from .errors import BatchpipeError, BatchRefused, ConfigError
+from .errors import BatchpipeError, BatchRefused, ChunkWaits, ConfigError, SubmissionBlocked
 from .files import atomic_write_json, atomic_write_text, canonical_json, read_json
 from .gitcommit import commit_results
 from .joblog import JobLog
 from .layout import Layout
-from .ledger import read_history, read_marker, write_marker
+from .ledger import read_history, read_marker, read_waiting, write_marker, write_waiting_marker
 from .plan import Plan, build_plan, render_spec, write_plan_folder
 from .providers import Provider, make_provider
 from .remote import adopt_remote_batches
@@ -180,7 +180,15 @@ def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> 
     if history is not None and history.created is not None and not history.refused:
         write_marker(layout, history)
         return
-    send(settings, provider_for(settings), processor, chunk, JobLog(log))
+    job_log = JobLog(log)
+    try:
+        send(settings, provider_for(settings), processor, chunk, job_log)
+    except ChunkWaits as exc:  # a finished job with a waiting state: the rest of the run goes on
+        write_waiting_marker(layout, processor, chunk, exc.kind, str(exc))
+        job_log(f"{processor}/{chunk} waits: {exc}")
+    except SubmissionBlocked as exc:
+        write_waiting_marker(layout, processor, chunk, "person", str(exc))
+        job_log(f"{processor}/{chunk} waits for a person: {exc}")
 
 
 def run_download(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
@@ -194,6 +202,9 @@ def run_download(config: dict[str, Any], processor: str, chunk: str, log: str) -
 def download_and_collect(settings: Settings, processor: str, chunk: str, log: str) -> None:
     job_log = JobLog(log)
     layout = Layout(settings)
+    waiting = read_waiting(layout.marker(processor, chunk))
+    if waiting is not None:
+        raise ChunkWaits(f"{processor}/{chunk} has no batch to download: it waits ({waiting[1]})", waiting[0])
     if read_marker(layout.marker(processor, chunk)).mode == "realtime":
         download_realtime(settings, processor, chunk, job_log)  # from the journal, no provider call
     else:
@@ -359,11 +370,10 @@ def on_end(config: dict[str, Any], success: bool) -> None:
     if interrupt.STOP.is_set():
         raise SystemExit(exitcodes.INTERRUPTED)
     settings = settings_of(config)
-    if not success:
-        blocked = blocked_chunks(build_plan(settings))
-        for chunk, why in blocked.items():
+    if not success:  # a job failed (a chunk that waits is a finished job: its wait is in the summary)
+        for chunk, why in blocked_chunks(build_plan(settings)).items():
             print(f"batchpipe: {chunk} waits: {why}", file=sys.stderr)
-        raise SystemExit(exitcodes.WAITING if blocked else exitcodes.ERROR)
+        raise SystemExit(exitcodes.ERROR)
     path = Layout(settings).summary_json
     try:
         if _STARTED and path.stat().st_mtime < _STARTED[0] - 1:

@@ -101,3 +101,24 @@ def test_a_foreign_running_anthropic_batch_of_the_same_size_is_never_adopted_or_
     assert ours[0] in ledger and foreign not in ledger
     cancels = [r for r in emulator.requests_seen() if r["method"] == "POST" and r["path"].endswith("/cancel")]
     assert cancels == []
+
+
+@pytest.mark.workflow
+def test_a_chunk_that_waits_for_a_person_is_a_finished_job_and_the_rest_goes_on(tmp_path):
+    ws = make_workspace(tmp_path / "ws", ISSUES[:5])
+    ws.config(processors=["product-labeling"], chunk_size=2)
+    killed = ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "before_upload"}, check=False)
+    assert killed.returncode != 0
+    (ledger,) = ws.files("batch_results/ledger/*.jsonl")  # prepared, then the crash
+    request = next(ws.root.glob(f"batch_requests/*/{ledger.stem}.jsonl"))
+    original = request.read_bytes()
+    request.write_bytes(original + b"\n")  # edited by hand: it is no longer what the ledger recorded
+    ws.snakemake("--unlock")
+    run = ws.snakemake("--cores", "4", "results/all", code=4)  # 4: a chunk waits for a person
+    assert "differs from what the ledger recorded" in run.output
+    summary = json.loads((ws.root / "results" / "summary.json").read_text())
+    assert list(summary["blocked"]) == [f"product-labeling/{ledger.stem}"]
+    assert len(ws.results()) == 3 and len(ws.local_batches()) == 2  # the other chunks went on
+    request.write_bytes(original)  # the person restores it
+    ws.snakemake("--cores", "4", "results/all")
+    assert len(ws.results()) == 5 and len(ws.local_batches()) == 3
