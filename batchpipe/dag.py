@@ -117,15 +117,8 @@ def current_key(settings: Settings) -> str:
 def preview(settings: Settings, key: str) -> str:
     """What a run would plan now (a dry run's lines), from the files alone: no file written, no network.
     Batches in flight are shown as the ledger last saw them (the run's plan job asks the provider)."""
-    layout = Layout(settings)
-    if layout.plan_dir(key).is_dir():
-        first = layout.plan_folder(key, 0, 0) / "plan.json"
-        try:
-            return f"batchpipe: nothing changed since the last run (plan {key})\n" + str(
-                json.loads(first.read_text(encoding="utf-8")).get("describe", "")
-            )
-        except (OSError, ValueError, AttributeError):
-            pass
+    if Layout(settings).plan_dir(key).is_dir():  # the settled plan's own lines are what it planned back then
+        return f"batchpipe: nothing changed since the last run (plan {key}): nothing to plan, nothing to send"
     return build_plan(settings, write_cache=False).describe()
 
 

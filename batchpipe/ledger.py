@@ -55,6 +55,7 @@ __all__ = [
     "UploadIntent",
     "Uploaded",
     "append",
+    "is_sent",
     "read_chunks",
     "read_events",
     "read_waiting",
@@ -341,6 +342,11 @@ class ChunkHistory:
         return last(self.events, Created)
 
     @property
+    def sent(self) -> bool:
+        """Its batch is created (or adopted) and not refused: never sent again."""
+        return self.created is not None and not self.refused
+
+    @property
     def batch_id(self) -> str | None:
         created = self.created
         return created.batch_id if created else None
@@ -421,6 +427,13 @@ def read_history(layout: Layout, chunk: str) -> ChunkHistory | None:
     """One chunk's history (None when it has no ledger)."""
     events = read_events(layout, chunk)
     return ChunkHistory.of(chunk, events) if events else None
+
+
+def is_sent(layout: Layout, chunk: str) -> bool:
+    """The ledger knows the chunk's batch (created or adopted, not refused): its marker is written from the
+    ledger, and its request file is no longer needed."""
+    history = read_history(layout, chunk)
+    return history is not None and history.sent
 
 
 def iter_all_events(layout: Layout) -> Iterator[Event]:

@@ -18,7 +18,7 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutcome:
     """What became of one request of a collected chunk."""
 

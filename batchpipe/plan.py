@@ -535,6 +535,23 @@ def write_plan_folder(
     return doc
 
 
+def write_settled_round(folder: Path, before: dict[str, Any], round_: int) -> dict[str, Any]:
+    """The plan of a round whose round before got every answer: nothing to send, and no further round."""
+    doc = {
+        **{k: before[k] for k in ("key", "stage", "group", "processors", "volatile")},
+        "round": round_,
+        "issues": {},
+        "collect": {},
+        "submit": {},
+        "new": {},
+        "continues": False,
+        "describe": f"batchpipe plan: round {round_}: every request of round {round_ - 1} has its answer; "
+        "nothing to send again",
+    }
+    atomic_write_json(folder / "plan.json", doc)
+    return doc
+
+
 def _render_chained(plan: Plan, proc: Processor, new: NewChunk) -> list[tuple[str, Rendered]]:
     settings = plan.settings
     pp = plan.processors[proc.name]

@@ -97,7 +97,7 @@ def attempt_of(custom_id: str) -> int:
     return int(custom_id.rsplit("a", 1)[1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IssueRef:
     """How a chunk's request table names an issue of a request (its index entry)."""
 
@@ -184,7 +184,7 @@ class GroupInfo:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestRecord:
     """One request of a chunk's table (the index file, the ledger's `prepared` event, the marker)."""
 

@@ -25,7 +25,7 @@ __all__ = ["LINE_OVERHEAD", "IssueEntry", "line_bytes", "scan_issues", "select_i
 CACHE_VERSION = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class IssueEntry:
     """An issue file as the plan sees it: where it is, who it is, and its request hash per processor."""
 

@@ -16,6 +16,9 @@ and the ledger's locks of the submitting host. The others may run on any executo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
+import gc
 import json
 import multiprocessing
 import os
@@ -38,7 +41,8 @@ from .gitcommit import commit_results
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import read_history, read_marker, read_waiting, write_marker, write_waiting_marker
-from .plan import Plan, build_plan, render_spec, write_plan_folder
+from .manifest import read_outcomes
+from .plan import Plan, build_plan, render_spec, write_plan_folder, write_settled_round
 from .providers import Provider, make_provider
 from .remote import adopt_remote_batches
 from .repair import repair_views
@@ -126,11 +130,37 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
     else:
         first = read_json(layout.plan_folder(key, 0, 0) / "plan.json")
         group = first["group"]
+        if round_ > 0 and (before := read_json(layout.plan_folder(key, stage, round_ - 1) / "plan.json")):
+            if _all_succeeded(layout, before):  # nothing to send again: no need to read every issue
+                doc = write_settled_round(Path(folder), before, round_)
+                job_log(doc["describe"])
+                print(doc["describe"], file=sys.stderr)
+                return
         plan = build_plan(settings, chosen=first["issues"])
     plan.run_id = group
     doc = write_plan_folder(plan, Path(folder), key, stage, round_, stages[stage], group)
     job_log(doc["describe"])
     print(doc["describe"], file=sys.stderr)
+    del plan
+    _give_back_memory()
+
+
+def _give_back_memory() -> None:
+    """A plan or summary job runs in the Snakemake process and reads every issue: what it freed goes back
+    to the system (glibc's malloc_trim; elsewhere nothing), so that the process does not keep its peak."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _all_succeeded(layout: Layout, before: dict[str, Any]) -> bool:
+    """Every request of the round before (its new chunks; no chunk left waiting) has its answer."""
+    chunks = [(p, c) for key in ("new", "submit") for p, names in before.get(key, {}).items() for c in names]
+    for processor, chunk in chunks:
+        outcomes = read_outcomes(layout.manifest(processor, chunk))
+        if outcomes is None or any(o.status != "succeeded" for o in outcomes.values()):
+            return False
+    return True
 
 
 def _needs_provider(plan: Plan) -> bool:
@@ -177,7 +207,7 @@ def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> 
     settings = settings_of(config)
     layout = Layout(settings)
     history = read_history(layout, chunk)
-    if history is not None and history.created is not None and not history.refused:
+    if history is not None and history.sent:
         write_marker(layout, history)
         return
     job_log = JobLog(log)
@@ -328,6 +358,8 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     plan = build_plan(settings, chosen=first["issues"])
     summary = write_summary(plan, summary_path, volatile=plan.volatile, key=first["key"])
     job_log("\n" + summary_table(summary))
+    del plan
+    _give_back_memory()
     if settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(settings, log=job_log)
 

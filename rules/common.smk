@@ -6,6 +6,7 @@ import sys
 from snakemake.utils import validate
 
 import batchpipe.dag as bp_dag
+import batchpipe.ledger as bp_ledger
 import batchpipe.workflow as bp
 from batchpipe.config import SCHEMA_PATH
 from batchpipe.layout import Layout
@@ -109,8 +110,11 @@ def get_run_inputs(wildcards):
 
 
 def get_submit_inputs(wildcards):
-    """A chunk's request file and index (ancient). Once the ledger knows the chunk, only those that exist:
-    the ledger is then its truth, and a batch adopted from another checkout has none here."""
+    """A chunk's request file and index (ancient), which its submission reads. A chunk the ledger knows as
+    sent needs neither (its marker is written from the ledger: no write_requests job, and a batch adopted
+    from another checkout has no request file here); one it knows as prepared needs those that exist."""
+    if bp_ledger.is_sent(LAYOUT, wildcards.chunk):
+        return {}
     files = {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
     if LAYOUT.ledger(wildcards.chunk).exists():
         files = {name: path for name, path in files.items() if os.path.exists(path)}

@@ -204,7 +204,8 @@ class _InProcess(concurrent.futures.Executor):
 def _executor(n_files: int, workers: int | None) -> Iterator[concurrent.futures.Executor]:
     """A process pool for many files (fork, where the platform has it), else `_InProcess`. Reading and
     extracting are CPU work and creating the task files is kernel work: both spread over the cores."""
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    # one core stays with the Snakemake process and the summary made beside the recycling
+    workers = workers if workers is not None else min((os.cpu_count() or 1) - 1, 4)
     if workers < 2 or n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
         yield _InProcess()
         return
@@ -226,7 +227,7 @@ def recycle(
     board, rewrite each such result's task file, ACTIVE_TASKS.md and the summary.
 
     A pipeline over slices of the files: `workers` processes read and extract a slice (default: one per
-    core, at most 4, from `PARALLEL_MIN_FILES` files on), this process updates the board with it (one
+    core but one, at most 4, from `PARALLEL_MIN_FILES` files on), this process updates the board with it (one
     transaction for the whole recycling), then the workers write its task files. Only a few slices are
     held at a time."""
     layout = Layout(settings)
