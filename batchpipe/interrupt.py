@@ -46,10 +46,12 @@ def stop() -> None:
             pass
 
 
-def die_with_parent(interval: float = 0.5) -> None:
-    """In a worker process: exit as soon as the process that started it is gone (a `kill -9` of the run
-    leaves no worker polling or writing behind). A daemon thread watches the parent's pid."""
-    parent = os.getppid()
+def die_with_parent(parent: int, interval: float = 0.5) -> None:
+    """In a worker process: exit as soon as `parent`, the process that started it, is gone (a `kill -9` of
+    the run leaves no worker polling or writing behind). A daemon thread watches the parent's pid. The pid
+    comes from the parent: a worker still starting when its parent died already has another one."""
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:

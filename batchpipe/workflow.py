@@ -289,7 +289,7 @@ class DownloadWorkers:
                     workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_worker,
-                    initargs=(settings,),
+                    initargs=(settings, os.getpid()),
                 )
                 self._settings = settings.fingerprint
             pool = self._pool
@@ -325,9 +325,9 @@ DOWNLOADS = DownloadWorkers()
 _WORKER_SETTINGS: Settings | None = None
 
 
-def _start_worker(settings: Settings) -> None:
+def _start_worker(settings: Settings, parent: int) -> None:
     global _WORKER_SETTINGS
-    interrupt.die_with_parent()
+    interrupt.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's own process decides; it ends the workers
     _WORKER_SETTINGS = settings
 

@@ -210,7 +210,10 @@ def _executor(n_files: int, workers: int | None) -> Iterator[concurrent.futures.
         yield _InProcess()
         return
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
     ) as pool:
         yield pool
 
