@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -105,8 +106,15 @@ class TreeRss:
 
 
 def parse_job_stats(text: str) -> dict[str, int]:
-    """The last "Job stats:" table of a Snakemake log: rule -> count (with "total")."""
-    stats: dict[str, int] = {}
+    """Jobs run per rule (with "total"), from the "Finished jobid: N (Rule: X)" lines of a Snakemake log:
+    a checkpoint's later jobs are not in its first "Job stats:" table. Without such lines (a dry run), the
+    last "Job stats:" table."""
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", text)
+    if finished:
+        stats = dict(sorted(Counter(finished).items()))
+        stats["total"] = len(finished)
+        return stats
+    stats = {}
     blocks = text.split("Job stats:")
     if len(blocks) < 2:
         return stats
