@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 T = TypeVar("T")
 
@@ -57,12 +57,20 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> N
 
     durable=False skips the fsync (the rename stays atomic for readers): only for files derived from
     durable ones and rebuilt when missing, such as per-issue results."""
+    with atomic_writer(path, durable) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file written piece by piece, then renamed into place (fsynced first when `durable`): readers see
+    the old file or the whole new one; an exception leaves no trace."""
     path = Path(path)
     fd, tmp = making_folder(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -16,7 +16,7 @@ an issue or a group of issues (`chain`), made from its input processor's plan.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,8 +458,12 @@ def render_chunk(plan: Plan, processor: str, chunk: str) -> list[tuple[str, Rend
 
 def render_members(settings: Settings, processor: str, members: list[ChunkMember]) -> list[tuple[str, Rendered]]:
     """The requests of an issue processor's chunk members, rendered from their issue files."""
+    return list(iter_members(settings, processor, members))
+
+
+def iter_members(settings: Settings, processor: str, members: list[ChunkMember]) -> Iterator[tuple[str, Rendered]]:
+    """`render_members`, one request at a time (a request file is written as they come)."""
     proc = settings.processor(processor)
-    out = []
     for member in members:
         renders = []
         for path in member.paths:
@@ -468,8 +472,7 @@ def render_members(settings: Settings, processor: str, members: list[ChunkMember
                 raise PlanOutdated(f"{path}: changed since the run was planned; run snakemake again")
             renders.append(request)
         last = renders[-1]
-        out.append((member.custom_id, dataclasses.replace(last, issues=[i for r in renders for i in r.issues])))
-    return out
+        yield member.custom_id, dataclasses.replace(last, issues=[i for r in renders for i in r.issues])
 
 
 # --- the plan as files ---------------------------------------------------------------------------
@@ -490,12 +493,12 @@ def chunk_spec(plan: Plan, processor: str, chunk: str, group: str | None) -> dic
     return spec
 
 
-def render_spec(settings: Settings, spec: dict[str, Any]) -> list[tuple[str, Rendered]]:
-    """A chunk spec's requests as they are sent."""
+def render_spec(settings: Settings, spec: dict[str, Any]) -> Iterator[tuple[str, Rendered]]:
+    """A chunk spec's requests as they are sent, one at a time."""
     if "rendered" in spec:
-        return [(cid, Rendered.from_json(r)) for cid, r in spec["rendered"].items()]
+        return ((cid, Rendered.from_json(r)) for cid, r in spec["rendered"].items())
     members = [ChunkMember(m["custom_id"], m["request_hash"], list(m["paths"])) for m in spec["members"]]
-    return render_members(settings, spec["processor"], members)
+    return iter_members(settings, spec["processor"], members)
 
 
 def write_plan_folder(

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,13 @@ from .config import Settings
 from .crash import crash_point
 from .download import record_status
 from .errors import ChunkWaits, ProviderError, SubmissionBlocked, TokenLimitReached, Unverifiable
-from .files import atomic_write_bytes, atomic_write_json, file_lock, jsonl_bytes, sha256_hex
+from .files import (
+    atomic_write_json,
+    atomic_writer,
+    canonical_json,
+    file_lock,
+    sha256_hex,
+)
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import (
@@ -46,7 +52,7 @@ from .plan import Plan, read_sent_chunks, render_chunk, tokens_in_flight
 from .providers import BatchMatch, BatchStatus, Provider, wire_for
 from .realtime import Backoff, Gate, batch_id_for, read_journal, send_all
 from .render import Rendered
-from .request import ChunkIndex, attempt_of, read_index
+from .request import ChunkIndex, RequestRecord, attempt_of, read_index
 
 __all__ = [
     "resubmit",
@@ -72,28 +78,25 @@ def write_requests(
     settings: Settings,
     processor: str,
     chunk: str,
-    rendered: list[tuple[str, Rendered]],
+    rendered: Iterable[tuple[str, Rendered]],
     group: str | None,
     log: Callable[[str], None],
 ) -> ChunkIndex:
-    """The one writer of request files: a chunk's rendered requests in the provider's wire format, and its
-    custom_id table (the index)."""
+    """The one writer of request files: a chunk's rendered requests in the provider's wire format, line by
+    line as they come (a chunk may hold tens of thousands: none is kept), then its custom_id table."""
     layout = Layout(settings)
     wire = wire_for(settings.provider)
-    lines = [wire.request_line(cid, r.neutral) for cid, r in rendered]
-    index = ChunkIndex(
-        chunk=chunk,
-        processor=processor,
-        provider=settings.provider,
-        model=rendered[-1][1].neutral.model if rendered else None,
-        request_count=len(lines),
-        est_tokens=sum(r.est_tokens for _, r in rendered),
-        requests={cid: r.record(attempt_of(cid)) for cid, r in rendered},
-        group=group,
-    )
+    records: dict[str, RequestRecord] = {}
+    est_tokens, model = 0, None
+    with atomic_writer(layout.request_file(processor, chunk)) as out:
+        for cid, request in rendered:
+            out.write((canonical_json(wire.request_line(cid, request.neutral)) + "\n").encode("utf-8"))
+            records[cid] = request.record(attempt_of(cid))
+            est_tokens += request.est_tokens
+            model = request.neutral.model
+    index = ChunkIndex(chunk, processor, settings.provider, model, len(records), est_tokens, records, group)
     atomic_write_json(layout.index_file(processor, chunk), index.to_json())
-    atomic_write_bytes(layout.request_file(processor, chunk), jsonl_bytes(lines))
-    log(f"wrote {layout.request_file(processor, chunk)}: {len(lines)} request(s), about {index.est_tokens} tokens")
+    log(f"wrote {layout.request_file(processor, chunk)}: {len(records)} request(s), about {est_tokens} tokens")
     return index
 
 
