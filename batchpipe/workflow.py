@@ -154,8 +154,8 @@ def _give_back_memory() -> None:
 
 
 def _all_succeeded(layout: Layout, before: dict[str, Any]) -> bool:
-    """Every request of the round before (its new chunks; no chunk left waiting) has its answer."""
-    chunks = [(p, c) for key in ("new", "submit") for p, names in before.get(key, {}).items() for c in names]
+    """Every request of every chunk the round before collected or sent has its answer (no chunk waits)."""
+    chunks = [(p, c) for key in ("collect", "submit") for p, names in before.get(key, {}).items() for c in names]
     for processor, chunk in chunks:
         outcomes = read_outcomes(layout.manifest(processor, chunk))
         if outcomes is None or any(o.status != "succeeded" for o in outcomes.values()):
