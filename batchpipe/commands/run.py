@@ -25,7 +25,7 @@ from ..errors import CommandError
 from ..files import making_folder
 from ..layout import SUMMARY_TABLE
 
-STOP_GRACE = 10.0  # seconds the workflow has to stop after SIGINT/SIGTERM before it is killed
+STOP_GRACE = 7.0  # seconds the workflow has to stop after SIGINT/SIGTERM before it is killed (all gone within 10 s)
 
 
 def snakemake_alive(root: Path) -> list[int]:
