@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/plan.smk"
 include: "rules/batches.smk"
 include: "rules/tasks.smk"
+include: "rules/report.smk"
 include: "rules/results.smk"
 
 

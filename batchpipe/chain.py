@@ -27,7 +27,7 @@ from typing import Any
 from .config import Processor, Settings
 from .errors import IssueFileError
 from .files import read_json
-from .issues import load_issue
+from .issues import load_item
 from .layout import Layout
 from .render import CUT_NOTE, Rendered, estimate_tokens, neutral_request, render_request
 from .request import GroupInfo, IssueRef
@@ -139,7 +139,7 @@ def issue_item(
         item.waiting = why
         return item, None
     try:
-        issue = load_issue(entry.path)
+        issue = load_item(entry.path)
     except IssueFileError as exc:
         item.waiting = f"issue file unreadable now: {exc}"
         return item, None

@@ -18,6 +18,8 @@ import jsonschema
 
 from .config import Processor, Settings
 from .files import atomic_write_bytes, atomic_write_text, pretty_json
+from .issues import item_kind
+from .joblog import JobLog
 from .layout import Layout
 from .ledger import CancelRequested, Marker, read_history, read_marker
 from .manifest import FAILED, SUCCEEDED, Manifest, RequestOutcome
@@ -86,12 +88,14 @@ def result_document(
             "updated_at": issue.updated_at,
             "ref": issue.ref,
             "source_file": issue.path,
+            "kind": item_kind(issue.org, issue.repo, issue.number, issue.key).value,
         },
         "processor": {"name": processor.name, "version": processor.version, "format": processor.format},
         "provider": marker.provider,
         "model": model,
         "requested_model": marker.model,
         "mode": mode,
+        **({"simulated": True} if outcome.simulated else {}),  # a placeholder answer: no tasks are taken from it
         "batch_id": marker.batch_id,
         "chunk": marker.chunk,
         "custom_id": outcome.custom_id,
@@ -165,11 +169,14 @@ def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Call
     history = read_history(layout, chunk)
     cancelled = history is not None and any(isinstance(e, CancelRequested) for e in history.events)
     written = 0
+    unwritten: list[str] = []
     for cid, record in requests.items():
         outcome = outcomes.get(cid) or Outcome(
             cid, False, error_type="missing", error_message="no line for this request in the batch output"
         )
         result = RequestOutcome(FAILED, record.issue_keys, outcome.usage, outcome.model)
+        cost = cost_of(settings, outcome.model or marker.model, outcome.usage, marker.mode)
+        result.cost_usd = cost.as_dict() if cost else None  # the price when collected: what `batchpipe cost` sums
         if outcome.ok:
             answer = parse_answer(outcome, processor, validator)
             if answer.ok:
@@ -186,7 +193,11 @@ def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Call
                         doc = result_document(
                             settings, processor, issue, record, marker, outcome, answer.value, mode=marker.mode
                         )
-                        manifest.results[path.name] = write_result(path, doc)
+                        try:
+                            manifest.results[path.name] = write_result(path, doc)
+                        except OSError as exc:  # one result that cannot be written stops no other
+                            unwritten.append(f"{path.name!r} ({exc.strerror or exc})")
+                            continue
                         written += 1
             else:
                 result.error, result.error_type, result.retryable = (
@@ -205,13 +216,24 @@ def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Call
         manifest.requests[cid] = result
     manifest.write(layout.manifest(processor_name, chunk))
     failed = [cid for cid, r in manifest.requests.items() if not r.ok]
+    # each failure in the job's log file only; on the console one line for the chunk, with counts by kind
+    detail = log.quiet() if isinstance(log, JobLog) else log
+    kinds: dict[str, int] = {}
     for cid in failed:
         r = manifest.requests[cid]
-        log(f"{processor_name}/{chunk}: {cid} ({', '.join(r.issues)}) failed: {r.error}")
+        detail(f"{processor_name}/{chunk}: {cid} ({', '.join(r.issues)}) failed: {r.error}")
+        kind = r.error_type or "failed"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    why = f"; failed: {', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}" if kinds else ""
     log(
         f"{processor_name}/{chunk}: {manifest.succeeded} succeeded, {len(failed)} failed, "
-        f"{written} result file(s) written"
+        f"{written} result file(s) written{why}"
     )
+    if unwritten:
+        log(
+            f"{processor_name}/{chunk}: {len(unwritten)} result file(s) could not be written, e.g. {unwritten[0]}; "
+            "the answers are kept in the store: fix the cause and run again"
+        )
     return manifest
 
 

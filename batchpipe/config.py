@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,8 +29,10 @@ PROVIDERS = ("local", "openai", "anthropic")
 SELECTION_MODES = ("all", "missing", "reprocess", "sql")
 
 __all__ = [
+    "MIN_CACHE_TOKENS",
     "PROVIDERS",
     "SCHEMA_PATH",
+    "CacheConfig",
     "LocalConfig",
     "Price",
     "Processor",
@@ -40,6 +43,7 @@ __all__ = [
     "coerce_command_line",
     "load_settings",
     "load_settings_file",
+    "merge_config",
     "read_config",
     "resolve_processors",
     "validate_config",
@@ -125,6 +129,43 @@ class Price:
     input: float
     output: float
     cached_input: float
+    cache_write: float = 0.0  # a prompt-cache write (Anthropic bills it above input); the input price when not given
+
+
+# The shortest prefix each model caches, in tokens (Anthropic's prompt-caching guide); longest name first wins.
+MIN_CACHE_TOKENS: dict[str, int] = {
+    "default": 1024,
+    "claude-haiku-4-5": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-opus-4-6": 4096,
+    "claude-sonnet-4-6": 2048,
+    "claude-sonnet-4-5": 1024,
+    "claude-sonnet-4": 1024,
+    "claude-opus-4-1": 1024,
+    "claude-opus-4": 1024,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Prompt caching: whether Anthropic prefixes are marked, whether a processor's first chunk warms the
+    batch cache alone, and the shortest prefix each model caches."""
+
+    enabled: bool = True
+    warm_first: bool = True
+    min_tokens: dict[str, int] = field(default_factory=lambda: dict(MIN_CACHE_TOKENS))
+
+    def min_tokens_for(self, model: str) -> int:
+        """The model's minimum cacheable prefix; a dated snapshot falls back to its family."""
+        table = self.min_tokens
+        if model in table:
+            return table[model]
+        for name in sorted(table, key=len, reverse=True):
+            if name != "default" and model.startswith(name):
+                return table[name]
+        return table.get("default", MIN_CACHE_TOKENS["default"])
 
 
 @dataclass(frozen=True)
@@ -166,6 +207,11 @@ class Settings:
     truncation: Truncation
     batch_discount: float
     prices: dict[str, Price]
+    refresh: frozenset[str] = frozenset()  # processors whose outdated results a person asked to send again
+    max_cost_usd: float | None = None  # what one run may submit, by the forecast's ceiling
+    max_cost_usd_per_day: float | None = None  # what the last 24 hours may have submitted, from the ledger
+    include_pull_requests: bool = False  # pull requests in the issue files are selected too
+    cache: CacheConfig = field(default_factory=CacheConfig)  # prompt caching
 
     @cached_property
     def fingerprint(self) -> str:
@@ -224,23 +270,62 @@ _WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "o
 
 
 def coerce_command_line(values: dict[str, Any]) -> dict[str, Any]:
-    """Top-level strings from `--config key=value` turned into the booleans, nulls or numbers the schema expects.
+    """Strings from `--config key=value` turned into the booleans, nulls or numbers the schema expects, at
+    any depth.
 
-    Snakemake passes `wait=false` as the string "false"; this reads it as YAML would, by the key's type."""
-    properties = _schema()["properties"]
+    Snakemake passes `wait=false` as the string "false", and every scalar inside a mapping
+    (`local={delays: {in_progress: 40}}`) as a string; this reads each as YAML would, by its key's type."""
     for key, value in list(values.items()):
-        if not isinstance(value, str) or key not in properties:
-            continue
-        types = properties[key].get("type", [])
-        types = [types] if isinstance(types, str) else types
-        word = value.strip().lower()
-        if "boolean" in types and word in _WORDS:
-            values[key] = _WORDS[word]
-        elif "null" in types and word in ("null", "none", "~", ""):
-            values[key] = None
-        elif "integer" in types and word.lstrip("-").isdigit():
-            values[key] = int(word)
+        sub = _schema()["properties"].get(key)
+        if isinstance(sub, dict):
+            values[key] = _coerce(value, sub)
     return values
+
+
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def _schema_types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a (sub)schema allows, its `oneOf`/`anyOf` branches included."""
+    types = schema.get("type", [])
+    out = {types} if isinstance(types, str) else set(types)
+    for branch in schema.get("oneOf", []) + schema.get("anyOf", []):
+        if isinstance(branch, dict):
+            out |= _schema_types(branch)
+    return out
+
+
+def _coerce(value: Any, schema: dict[str, Any]) -> Any:
+    """`value` with its strings read as the scalar type `schema` asks for (mappings and lists walked)."""
+    if isinstance(value, str):
+        types = _schema_types(schema)
+        word = value.strip()
+        if "string" in types and not ({"boolean", "null", "integer", "number"} & types):
+            return value
+        if "boolean" in types and word.lower() in _WORDS:
+            return _WORDS[word.lower()]
+        if "null" in types and word.lower() in ("null", "none", "~", ""):
+            return None
+        if ("integer" in types or "number" in types) and _INTEGER.fullmatch(word):
+            return int(word)
+        if "number" in types and _NUMBER.fullmatch(word):
+            return float(word)
+        return value
+    if isinstance(value, dict):
+        branches = [schema, *(b for b in schema.get("oneOf", []) + schema.get("anyOf", []) if isinstance(b, dict))]
+        for key, item in list(value.items()):
+            for branch in branches:
+                sub = branch.get("properties", {}).get(key)
+                extra = branch.get("additionalProperties")
+                sub = sub if isinstance(sub, dict) else extra if isinstance(extra, dict) else None
+                if sub is not None:
+                    value[key] = _coerce(item, sub)
+                    break
+        return value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(item, schema["items"]) for item in value]
+    return value
 
 
 def validate_config(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
@@ -254,9 +339,17 @@ def validate_config(values: dict[str, Any], source: str = "config") -> dict[str,
     return values
 
 
-def read_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, merge top-level overrides."""
-    path = Path(path)
+def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base` key by key, nested mappings merged, as Snakemake's `update_config` does (in place)."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_config(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _read_one(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle) or {}
@@ -266,8 +359,18 @@ def read_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config file is a mapping of keys to values")
-    values.update(overrides or {})
     return values
+
+
+def read_config(path: str | Path | Sequence[str | Path], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read one YAML config file, or several laid over each other in order, then the overrides on top: later
+    values replace earlier ones key by key and nested mappings merge, as `snakemake --configfile a b
+    --config ...` does."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    values: dict[str, Any] = {}
+    for one in paths:
+        merge_config(values, _read_one(one))
+    return merge_config(values, overrides or {})
 
 
 # --- processors -----------------------------------------------------------------------------------
@@ -412,8 +515,15 @@ def _local(values: dict[str, Any]) -> LocalConfig:
 
 
 def _prices(values: dict[str, Any]) -> dict[str, Price]:
+    """The price table; a missing `cache_write` is what the provider bills for the cache the requests ask
+    for: twice the input price for Claude (the 1-hour cache), the input price elsewhere."""
     return {
-        model: Price(float(p["input"]), float(p["output"]), float(p.get("cached_input", p["input"])))
+        model: Price(
+            float(p["input"]),
+            float(p["output"]),
+            float(p.get("cached_input", p["input"])),
+            float(p.get("cache_write", p["input"] * (2 if model.startswith("claude") else 1))),
+        )
         for model, p in values.items()
     }
 
@@ -478,9 +588,43 @@ def load_settings(values: dict[str, Any], root: str | Path = ".", source: str = 
         truncation=Truncation(**values["truncation"]),
         batch_discount=float(values["batch_discount"]),
         prices=_prices(values["prices"]),
+        refresh=_refresh(values["refresh"], [p.name for p in processors], source),
+        max_cost_usd=_float_or_none(values["max_cost_usd"]),
+        max_cost_usd_per_day=_float_or_none(values["max_cost_usd_per_day"]),
+        include_pull_requests=bool(values["include_pull_requests"]),
+        cache=CacheConfig(
+            bool(values["cache"]["enabled"]),
+            bool(values["cache"]["warm_first"]),
+            {**MIN_CACHE_TOKENS, **{k: int(v) for k, v in values["cache"]["min_tokens"].items()}},
+        ),
     )
 
 
-def load_settings_file(path: str | Path = "config.yaml", overrides: dict[str, Any] | None = None) -> Settings:
-    path = Path(path)
-    return load_settings(read_config(path, overrides), root=path.resolve().parent, source=str(path))
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _refresh(value: str | None, names: list[str], source: str) -> frozenset[str]:
+    """`refresh: outdated` (every processor) or `outdated:NAME[,NAME]`: whose outdated results are sent."""
+    if not value:
+        return frozenset()
+    head, _, tail = value.partition(":")
+    if head != "outdated":
+        raise ConfigError(f"{source}: refresh: {value!r}; write outdated or outdated:PROCESSOR[,PROCESSOR]")
+    wanted = [n.strip() for n in tail.split(",") if n.strip()] or names
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ConfigError(f"{source}: refresh: {unknown[0]!r} is not a processor of this run; run: {', '.join(names)}")
+    return frozenset(wanted)
+
+
+def load_settings_file(
+    path: str | Path | Sequence[str | Path] = "config.yaml", overrides: dict[str, Any] | None = None
+) -> Settings:
+    """The settings of a config file (or of several, laid over each other in order); relative folders
+    resolve against the first file's folder."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        raise ConfigError("no config file given")
+    source = " + ".join(str(p) for p in paths)
+    return load_settings(read_config(paths, overrides), root=paths[0].resolve().parent, source=source)

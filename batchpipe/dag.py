@@ -24,8 +24,9 @@ from typing import Any
 from .chain import stage_numbers
 from .config import Settings
 from .files import canonical_json, sha256_hex
+from .issues import list_inputs
 from .layout import Layout
-from .plan import build_plan
+from .plan import build_plan, hold_over_caps
 
 __all__ = [
     "PlanView",
@@ -50,12 +51,10 @@ def issue_files(settings: Settings) -> list[str]:
     """The issue files the first plan reads (its declared inputs)."""
     folder = Layout(settings).issues_dir
     try:
-        entries = list(os.scandir(folder))
+        names, _ = list_inputs(folder)  # never a FIFO, a folder or a dangling symlink (Snakemake would stop)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(
-        str(folder / e.name) for e in entries if e.name.endswith((".json", ".jsonl")) and not e.name.startswith(".")
-    )
+    return [str(folder / name) for name in names]
 
 
 def find_spec(settings: Settings, processor: str, chunk: str) -> Path | None:
@@ -63,6 +62,25 @@ def find_spec(settings: Settings, processor: str, chunk: str) -> Path | None:
     layout = Layout(settings)
     found = sorted(layout.plan_root.glob(f"*/s*r*/chunks/{processor}/{chunk}.json"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def warm_chunk(settings: Settings, processor: str, chunk: str) -> str | None:
+    """The chunk a new chunk is sent after (its spec's `after`: the one warming the prompt cache), if any;
+    looked up only where a plan can make one (a waiting run on anthropic with `cache.warm_first`)."""
+    cache = settings.cache
+    if not (
+        settings.provider == "anthropic"
+        and settings.wait
+        and settings.mode == "batch"
+        and cache.enabled
+        and cache.warm_first
+    ):
+        return None
+    spec = find_spec(settings, processor, chunk)
+    if spec is None:
+        return None
+    after = json.loads(spec.read_text(encoding="utf-8")).get("after")
+    return after if isinstance(after, str) else None
 
 
 def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False) -> Iterator[str]:
@@ -119,7 +137,9 @@ def preview(settings: Settings, key: str) -> str:
     Batches in flight are shown as the ledger last saw them (the run's plan job asks the provider)."""
     if Layout(settings).plan_dir(key).is_dir():  # the settled plan's own lines are what it planned back then
         return f"batchpipe: nothing changed since the last run (plan {key}): nothing to plan, nothing to send"
-    return build_plan(settings, write_cache=False).describe()
+    plan = build_plan(settings, write_cache=False)
+    hold_over_caps(plan, None)
+    return plan.describe()
 
 
 def running_key(settings: Settings) -> str:

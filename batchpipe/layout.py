@@ -1,7 +1,7 @@
 """Where every file of the project lives: the one place that builds a path.
 
 ```
-{issues_dir}/*.json                                   input issues
+{issues_dir}/*.json, *.jsonl                           input issues (one, a page, or one a line)
 {requests_dir}/{processor}/{chunk}.jsonl               a chunk's requests in the provider's format
 {requests_dir}/{processor}/{chunk}.index.json          its custom_id table
 {batches_dir}/{processor}/{chunk}.submitted.json       submission marker (rebuilt from the ledger)
@@ -12,7 +12,7 @@
 {batches_dir}/store/{batch_id}.output.jsonl, ...       paid answers (write-once; no rule declares them)
 {batches_dir}/realtime/{chunk}.jsonl                   realtime answer journal
 {batches_dir}/archive/...                              `batchpipe archive`
-{results_dir}/{org}_{repo}_issue_{n}_{processor}.json  per-issue results
+{results_dir}/{org}_{repo}_issue_{n}_{processor}.json  per-issue results (`_pull_{n}`: pull requests)
 {results_dir}/{group}_{processor}[_part{k}].json       aggregate results
 reports/ and tasks/ beside the results folder          Markdown reports; the task board
 results/all, results/summary.json                      the run summary

@@ -129,6 +129,7 @@ class Prepared(Event):
     requests: dict[str, RequestRecord] = field(default_factory=dict)
     mode: str | None = _opt()  # realtime; batch when absent
     rebuilt_from: str | None = _opt()
+    ceiling_usd: float | None = _opt()  # what it costs at most (the plan's forecast): the cost caps count it
 
 
 @dataclass(kw_only=True)

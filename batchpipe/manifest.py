@@ -30,6 +30,7 @@ class RequestOutcome:
     error_type: str | None = None
     retryable: bool = True
     counts_as_attempt: bool = True
+    cost_usd: dict[str, float] | None = None  # what it cost when collected: batch, realtime, charged (its mode's)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +43,8 @@ class RequestOutcome:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "issues": self.issues, "usage": self.usage, "model": self.model}
+        if self.cost_usd is not None:
+            out["cost_usd"] = self.cost_usd
         if self.status != SUCCEEDED:
             out.update(error=self.error, error_type=self.error_type, retryable=self.retryable)
             if not self.counts_as_attempt:
@@ -59,6 +62,7 @@ class RequestOutcome:
             error_type=data.get("error_type"),
             retryable=bool(data.get("retryable", True)),
             counts_as_attempt=bool(data.get("counts_as_attempt", True)),
+            cost_usd=dict(data["cost_usd"]) if isinstance(data.get("cost_usd"), dict) else None,
         )
 
 

@@ -16,6 +16,7 @@ an issue or a group of issues (`chain`), made from its input processor's plan.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +26,16 @@ from .chain import ChainedItem, EarlierStage, chained_items, issue_item, render_
 from .config import Processor, Settings
 from .errors import IssueFileError, PlanOutdated
 from .files import atomic_write_json, canonical_json, sha256_hex
-from .issues import load_issue
+from .forecast import EXPECTED_OUTPUT_SHARE, Forecast, Tally, ceiling_usd, describe_forecasts, forecast
+from .issues import load_item
 from .layout import Layout
 from .ledger import ChunkHistory, read_chunks
 from .manifest import read_outcomes
+from .pricing import cost_of, price_for
 from .providers import wire_for
-from .render import Rendered, render_request
-from .request import custom_id_for
-from .scan import LINE_OVERHEAD, IssueEntry, scan_issues, select_issues
+from .render import Rendered, cacheable_prefix, label_list, render_request
+from .request import RequestRecord, custom_id_for
+from .scan import LINE_OVERHEAD, IssueEntry, explain_selection, line_bytes, scan_issues, select_issues
 from .selection import Selection, selected_keys
 from .state import Attempt, Done, Failed, Pending, RequestState, Waiting, reprocess_due, request_state
 
@@ -43,13 +46,15 @@ __all__ = [
     "ProcessorPlan",
     "build_plan",
     "chunk_id_for",
+    "hold_over_caps",
     "read_sent_chunks",
     "render_chunk",
     "tokens_in_flight",
 ]
 
+DAY_S = 86400  # the window of max_cost_usd_per_day
 AUTO_BYTES_MARGIN = 0.9  # `chunk_size: auto` fills a batch to 90% of the provider's byte limit (sizes are estimates)
-CHAINED_BYTES_PER_TOKEN = 6  # a chained request's size, from its token estimate (its text is rendered later)
+CACHE_TTL_S = 3600  # the prompt cache's TTL the requests ask for (anthropic_wire.CACHE_CONTROL)
 
 
 @dataclass
@@ -67,6 +72,8 @@ class NewChunk:
     processor: str
     members: list[ChunkMember]
     est_tokens: int = 0
+    tally: Tally = field(default_factory=Tally)  # its tokens, expected and at most (the forecast, the caps)
+    ceiling_usd: float = 0.0  # what it costs at most, at the run's price
 
 
 @dataclass
@@ -81,12 +88,25 @@ class ProcessorPlan:
     failed: dict[str, Failed] = field(default_factory=dict)
     missing_results: list[str] = field(default_factory=list)  # keys whose result file is gone
     deferred: dict[str, NewChunk] = field(default_factory=dict)  # new chunks held back by the token budget
+    held: dict[str, NewChunk] = field(default_factory=dict)  # new chunks held by a cost cap (`hold_over_caps`)
     items: dict[str, ChainedItem] = field(default_factory=dict)  # chained processors: key -> its unit of work
     result_files: dict[str, Path] = field(default_factory=dict)  # key -> result file, when not Layout.result
     issues: list[str] = field(default_factory=list)  # the issue keys it is about (its selection)
+    outdated: dict[str, str] = field(default_factory=dict)  # key -> request hash of its answer, made before a
+    # processor change and kept (the issue itself did not change; `refresh: outdated` sends it again)
+    prompt_unchanged: list[str] = field(default_factory=list)  # keys whose issue changed, its request did not
+    warm: str | None = None  # the new chunk of one request sent first to warm the prompt cache (`_warms_cache`)
 
     def result_file(self, layout: Layout, key: str) -> Path:
         return self.result_files.get(key) or layout.result(key, self.processor)
+
+    def answer_hash(self, key: str) -> str | None:
+        """The request hash of the answer a key's result holds (an outdated one included)."""
+        source = self.sources.get(key)
+        if source is None:
+            return None
+        record = self.existing[source[0]].requests.get(source[1])
+        return record.request_hash if record is not None else None
 
 
 @dataclass
@@ -97,6 +117,20 @@ class Plan:
     skipped: list[IssueFileError]
     processors: dict[str, ProcessorPlan]
     run_id: str | None = None  # the group id of the chunks this run submits
+    notes: list[str] = field(default_factory=list)  # about the selection (pull requests left out, why empty)
+    empty_error: str = ""  # nothing selected where something was asked for (`scan.explain_selection`)
+    held_because: str = ""  # the cost cap that holds new chunks, and what it holds (`hold_over_caps`)
+
+    def forecasts(self) -> list[Forecast]:
+        """What the new chunks this run sends are expected to cost, and at most: per processor and model."""
+        out = []
+        for name, pp in self.processors.items():
+            model = self.settings.model_of(self.settings.processor(name))
+            tally = Tally()
+            for chunk in pp.new.values():
+                tally.add(chunk.tally)
+            out.append(forecast(self.settings, name, model, tally))
+        return out
 
     @property
     def layout(self) -> Layout:
@@ -120,7 +154,7 @@ class Plan:
             failed=source.failed,
             selected=frozenset(source.selected),
             result_file=lambda key: source.result_file(layout, key),
-            current_hash=lambda key: self.current_hash(key, name),
+            current_hash=lambda key: source.answer_hash(key) or self.current_hash(key, name),
         )
 
     def in_flight(self) -> list[ChunkHistory]:
@@ -160,7 +194,7 @@ class Plan:
         `recycle_force` (each run that sets it extracts every task again)."""
         if self.settings.recycle_force:
             return True
-        if any(pp.deferred for pp in self.processors.values()):
+        if any(pp.deferred or pp.held for pp in self.processors.values()):
             return True
         if any(c.batch_id is None for pp in self.processors.values() for c in pp.existing.values()):
             return True  # a submission to resolve, or one that waited (budget, a person)
@@ -190,15 +224,34 @@ class Plan:
                 if i == 20:
                     lines.append(f"  ... and {len(pp.new) - 20} more new chunk(s)")
                     break
+                warm = " (sent first, alone, to warm the prompt cache)" if chunk.chunk == pp.warm else ""
                 lines.append(
                     f"  new chunk {name}/{chunk.chunk}: {len(chunk.members)} request(s), ~{chunk.est_tokens} tokens"
+                    + warm
                 )
             if pp.deferred:
                 lines.append(
                     f"  {len(pp.deferred)} chunk(s) held back by enqueued_token_limit until batches in flight end"
                 )
+            if pp.outdated:
+                lines.append(
+                    f"  {len(pp.outdated)} result(s) outdated by a change to {name} (kept, not sent again; "
+                    f"--config refresh=outdated:{name} sends them)"
+                )
+            if pp.prompt_unchanged:
+                shown = ", ".join(pp.prompt_unchanged[:10]) + (" ..." if len(pp.prompt_unchanged) > 10 else "")
+                lines.append(
+                    f"  {len(pp.prompt_unchanged)} issue(s) changed since answered, but not their request (past "
+                    f"the truncation point, or in fields the prompt leaves out), so not sent again: {shown}"
+                )
+        lines.extend(f"batchpipe plan: {note}" for note in self.notes)
+        if self.held_because:
+            lines.append(f"batchpipe plan: {self.held_because}")
+        lines.extend(describe_forecasts(self.forecasts(), self.settings.mode))
         if self.skipped:
-            lines.append(f"batchpipe plan: {len(self.skipped)} issue file(s) skipped (see messages above)")
+            lines.append(f"batchpipe plan: {len(self.skipped)} issue file(s) or item(s) skipped (see messages above)")
+        if self.empty_error:
+            lines.append(f"batchpipe plan: {self.empty_error}")
         return "\n".join(lines)
 
 
@@ -254,6 +307,8 @@ class _Unit:
     result_file: Path
     waiting: str = ""
     failed: Failed | None = None
+    digest: str = ""  # the issue's content (`issue_digest`); chained items: their inputs
+    updated_at: str = ""
 
 
 def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, write_cache: bool = True) -> Plan:
@@ -274,6 +329,8 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
         selected = select_issues(settings, entries, selection)
     existing = read_sent_chunks(layout)
     plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
+    if chosen is None:
+        plan.notes, plan.empty_error = explain_selection(settings, entries, selected, len(skipped))
     for processor in settings.processors:  # earlier stages first
         mine = selected
         if chosen is not None:
@@ -286,7 +343,7 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
             pp = ProcessorPlan(processor.name, existing=chunks)
             units = []
             stage = plan.earlier_stage(processor)
-            for item, _ in chained_items(settings, processor, stage, plan.issues, [e.key for e in mine]):
+            for item, rendered in chained_items(settings, processor, stage, plan.issues, [e.key for e in mine]):
                 pp.selected.append(item.key)
                 pp.items[item.key] = item
                 if item.result_file != layout.result(item.key, processor.name):
@@ -294,7 +351,8 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
                 if item.request_hash is not None and not processor.aggregate_by:
                     plan.issues[item.key].hashes[processor.name] = item.request_hash  # collect and the next stage
                 paths = [plan.issues[k].path for k in item.issues]
-                size = CHAINED_BYTES_PER_TOKEN * item.tokens + LINE_OVERHEAD  # rendered later, from earlier results
+                # its bytes: it is rendered already (from the earlier results) to be hashed
+                size = line_bytes(rendered) if rendered is not None else LINE_OVERHEAD
                 units.append(
                     _Unit(
                         item.key,
@@ -305,6 +363,7 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
                         item.result_file,
                         item.waiting,
                         item.failed,
+                        digest=canonical_json(rendered.inputs or {}) if rendered is not None else "",
                     )
                 )
             force: dict[str, str] = {}
@@ -318,6 +377,8 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
                     e.sizes.get(processor.name, 0),
                     [e.path],
                     layout.result(e.key, processor.name),
+                    digest=e.digest,
+                    updated_at=e.updated_at,
                 )
                 for e in mine
             ]
@@ -339,9 +400,12 @@ def _plan_units(
     """Each unit's request state, then the new chunks of the pending ones."""
     chunks = pp.existing
     attempts: dict[str, list[Attempt]] = {}  # request hash -> its attempts
+    answered: dict[str, set[str]] = {}  # key -> request hashes sent for it
     for chunk in chunks.values():
         for cid, record in chunk.requests.items():
             attempts.setdefault(record.request_hash, []).append(Attempt(chunk.chunk, cid, record))
+            for key in [record.group.key] if record.group is not None else record.issue_keys:
+                answered.setdefault(key, set()).add(record.request_hash)
     needed: list[str] = []
     pending: dict[str, ChunkMember] = {}
     tokens: dict[str, int] = {}
@@ -356,7 +420,15 @@ def _plan_units(
         rhash = unit.request_hash
         sent = sorted(attempts.get(rhash, []), key=lambda a: a.record.attempt)
         state: RequestState = request_state(sent, chunks, settings.max_attempts)
-        if isinstance(state, Done) and reprocess_due(state, force.get(unit.key)):
+        if not sent and processor.name not in settings.refresh:
+            earlier = _earlier_answer(unit, rhash, answered.get(unit.key, set()), attempts, chunks, settings)
+            if earlier is not None and not (isinstance(earlier, Done) and reprocess_due(earlier, force.get(unit.key))):
+                state = earlier
+                if isinstance(earlier, Done):
+                    pp.outdated[unit.key] = _answer_hash(earlier, chunks)
+        elif isinstance(state, Done) and _changed_within(unit, state, chunks):
+            pp.prompt_unchanged.append(unit.key)
+        if isinstance(state, Done) and reprocess_due(state, force.get(unit.key)) and unit.key not in pp.outdated:
             state = Pending(state.last_attempt + 1)
         if _record_state(pp, unit.key, state, needed, unit.result_file):
             assert isinstance(state, Pending)
@@ -367,13 +439,105 @@ def _plan_units(
     # Everything paid for gets collected, selected or not.
     needed.extend(c.chunk for c in chunks.values() if not c.collected)
     members = list(pending.values())
-    for part in _split(settings, settings.model_of(processor), members, tokens, sizes):
+    model = settings.model_of(processor)
+    max_out = processor.max_tokens or 0
+    expected_out = _expected_output(chunks, max_out)
+    parts = _split(settings, model, members, tokens, sizes)
+    warm = len(parts) > 1 and _warms_cache(settings, processor, chunks)
+    if warm:  # the first request alone, the others after it
+        parts = [members[:1], *_split(settings, model, members[1:], tokens, sizes)]
+    for part in parts:
         chunk_id = chunk_id_for([(m.custom_id, m.request_hash) for m in part])
-        pp.new[chunk_id] = NewChunk(chunk_id, processor.name, part, sum(tokens[m.request_hash] for m in part))
+        if warm and pp.warm is None:
+            pp.warm = chunk_id
+        est = sum(tokens[m.request_hash] for m in part)
+        tally = Tally(
+            requests=len(part),
+            input_tokens=max(est - max_out * len(part), 0),
+            output_tokens=expected_out * len(part),
+            max_input_tokens=sum(sizes[m.request_hash] for m in part),
+            max_output_tokens=max_out * len(part),
+        )
+        pp.new[chunk_id] = NewChunk(chunk_id, processor.name, part, est, tally, ceiling_usd(settings, model, tally))
     if not settings.wait:
         _defer_over_budget(settings, settings.model_of(processor), pp, existing)
     needed.extend(pp.new)
     pp.chunks = list(dict.fromkeys(needed))
+
+
+def _earlier_answer(
+    unit: _Unit,
+    rhash: str,
+    hashes: set[str],
+    attempts: dict[str, list[Attempt]],
+    chunks: dict[str, ChunkHistory],
+    settings: Settings,
+) -> Done | Waiting | None:
+    """A request never sent whose unit has an answer (or one in flight) of an earlier request made from the
+    same issue (chained: the same earlier results): that is, only the processor changed. Its latest such
+    answer stands, outdated, so a processor change moves no money by itself."""
+    found: list[tuple[float, Done | Waiting]] = []
+    for other in hashes - {rhash}:
+        sent = sorted(attempts[other], key=lambda a: a.record.attempt)
+        state = request_state(sent, chunks, settings.max_attempts)
+        if isinstance(state, (Done, Waiting)) and _same_input(unit, sent[-1].record):
+            found.append((chunks[state.chunk].prepared.time, state))
+    return max(found, key=lambda f: f[0])[1] if found else None
+
+
+def _same_input(unit: _Unit, record: RequestRecord) -> bool:
+    """Whether a request was made from what `unit` is made from now: the same issue content (its digest;
+    `updated_at` for tables made before digests were kept), or for a chained item the same earlier results."""
+    if record.inputs is not None or record.group is not None:
+        return canonical_json(record.inputs or {}) == unit.digest
+    ref = next((i for i in record.issues if i.key == unit.key), None)
+    if ref is None:
+        return False
+    if ref.digest and unit.digest:
+        return ref.digest == unit.digest
+    return ref.updated_at == unit.updated_at
+
+
+def _changed_within(unit: _Unit, state: Done, chunks: dict[str, ChunkHistory]) -> bool:
+    """Whether an answered issue changed since, where its request did not (past the truncation point, or
+    in a field the prompt leaves out): it is not sent again, and the plan says so."""
+    record = chunks[state.chunk].requests.get(state.custom_id)
+    if record is None or record.inputs is not None or not unit.digest:
+        return False
+    ref = next((i for i in record.issues if i.key == unit.key), None)
+    return ref is not None and bool(ref.digest) and ref.digest != unit.digest
+
+
+def _answer_hash(state: Done, chunks: dict[str, ChunkHistory]) -> str:
+    """The request hash of a done state's answer."""
+    return chunks[state.chunk].requests[state.custom_id].request_hash
+
+
+def _expected_output(chunks: dict[str, ChunkHistory], max_tokens: int) -> int:
+    """An answer's expected output tokens: the mean of the processor's answers so far, or a share of
+    `max_tokens` before the first."""
+    total = count = 0
+    for chunk in chunks.values():
+        for outcome in (chunk.outcomes or {}).values():
+            if outcome.ok and outcome.usage:
+                total += int(outcome.usage.get("output_tokens", 0) or 0)
+                count += 1
+    return round(total / count) if count else round(max_tokens * EXPECTED_OUTPUT_SHARE)
+
+
+def _warms_cache(settings: Settings, processor: Processor, chunks: dict[str, ChunkHistory]) -> bool:
+    """Whether the processor's first new chunk is one request, sent alone to write the batch prompt cache
+    that its other new chunks then read (they wait for it to be collected): in a waiting batch run whose
+    requests mark a cacheable prefix (the system prompt with its label list, as `render.cacheable_prefix`
+    sees it, the repository names aside), when no batch of the processor was created within the cache's
+    TTL. Not waiting (`wait: false`), nothing waits for it, and no chunk is sent alone."""
+    if not (settings.cache.warm_first and settings.wait and settings.mode == "batch"):
+        return False
+    system = processor.render(processor.system_template, {"label_list": label_list(processor)}).strip()
+    if not cacheable_prefix(settings, settings.model_of(processor), system, processor.schema):
+        return False
+    since = time.time() - CACHE_TTL_S
+    return not any(c.created is not None and c.created.time >= since for c in chunks.values())
 
 
 def _split(
@@ -441,6 +605,81 @@ def _defer_over_budget(
             used += chunk.est_tokens
 
 
+def hold_over_caps(plan: Plan, group: str | None, now: float | None = None) -> None:
+    """Hold the new chunks the cost caps leave no room for, by their ceilings, in plan order (once one is
+    held, the later ones wait too, so chunks are still sent in file order). Held is not failed: nothing
+    is recorded, and the next run plans them again. A model with no price cannot be counted: under a cap
+    its chunks are held until it has one. `group`: this run's id (its chunks count against
+    `max_cost_usd`); None in a preview, which counts only what the ledger shows sent in the last 24 hours."""
+    settings = plan.settings
+    if settings.max_cost_usd is None and settings.max_cost_usd_per_day is None:
+        return
+    now = time.time() if now is None else now
+    histories = [c for chunks in read_sent_chunks(plan.layout).values() for c in chunks.values()]  # every processor
+    caps: list[tuple[str, float, float, str]] = []  # (key, cap, spent, over what)
+    if settings.max_cost_usd is not None:
+        spent = sum(_ceiling_of(settings, c) for c in histories if group and c.prepared.group == group)
+        caps.append(("max_cost_usd", settings.max_cost_usd, spent, "this run"))
+    if settings.max_cost_usd_per_day is not None:
+        spent = sum(_spent(settings, c) for c in histories if c.prepared.time >= now - DAY_S)
+        caps.append(("max_cost_usd_per_day", settings.max_cost_usd_per_day, spent, "the last 24 hours"))
+    key, cap, spent, over = min(caps, key=lambda c: c[1] - c[2])
+    room = cap - spent
+    held: list[NewChunk] = []
+    unpriced: set[str] = set()
+    for name, pp in plan.processors.items():
+        model = settings.model_of(settings.processor(name))
+        priced = price_for(settings, model) is not None
+        for chunk_id, chunk in list(pp.new.items()):
+            if not priced:
+                unpriced.add(model)
+            if held or not priced or chunk.ceiling_usd > room + 1e-9:
+                held.append(chunk)
+                pp.held[chunk_id] = pp.new.pop(chunk_id)
+                pp.chunks.remove(chunk_id)
+            else:
+                room -= chunk.ceiling_usd
+    if held:
+        requests = sum(len(c.members) for c in held)
+        why = f"{key} ${cap:,.4f}: {over} submitted up to ${spent:,.4f}"
+        if unpriced:
+            why += f"; no price for {', '.join(sorted(unpriced))} (add it under prices: a cap counts prices)"
+        plan.held_because = (
+            f"{why}; {len(held)} new chunk(s) with {requests} request(s) (at most "
+            f"${sum(c.ceiling_usd for c in held):,.4f} where priced) held, not sent; the next run sends them when "
+            f"there is room (raise {key} to send them now)"
+        )
+
+
+def _ceiling_of(settings: Settings, chunk: ChunkHistory) -> float:
+    """What a sent chunk costs at most: its recorded ceiling; for a chunk sent before ceilings were
+    recorded, a bound from its token estimate (4 bytes a token in, max_tokens out, both over)."""
+    prepared = chunk.prepared
+    if prepared.ceiling_usd is not None:
+        return prepared.ceiling_usd
+    tally = Tally(
+        requests=prepared.request_count,
+        max_input_tokens=4 * prepared.est_tokens,
+        max_output_tokens=prepared.est_tokens,
+    )
+    return ceiling_usd(settings, prepared.model or "", tally)
+
+
+def _spent(settings: Settings, chunk: ChunkHistory) -> float:
+    """What a chunk cost: collected, what its answers cost (as recorded when collected); else at most its
+    ceiling."""
+    if chunk.outcomes is None:
+        return _ceiling_of(settings, chunk)
+    total = 0.0
+    for outcome in chunk.outcomes.values():
+        if outcome.cost_usd is not None:
+            total += float(outcome.cost_usd.get("charged") or 0.0)
+            continue
+        cost = cost_of(settings, outcome.model or chunk.prepared.model, outcome.usage or {}, chunk.mode)
+        total += cost.charged if cost else 0.0
+    return total
+
+
 # --- a new chunk's requests ------------------------------------------------------------------------
 
 
@@ -467,7 +706,7 @@ def iter_members(settings: Settings, processor: str, members: list[ChunkMember])
     for member in members:
         renders = []
         for path in member.paths:
-            request = render_request(load_issue(path), proc, settings, path)
+            request = render_request(load_item(path), proc, settings, path)
             if request.request_hash != member.request_hash:
                 raise PlanOutdated(f"{path}: changed since the run was planned; run snakemake again")
             renders.append(request)
@@ -486,8 +725,12 @@ def chunk_spec(plan: Plan, processor: str, chunk: str, group: str | None) -> dic
         "chunk": chunk,
         "processor": processor,
         "group": group,
+        "ceiling_usd": new.ceiling_usd,
         "members": [{"custom_id": m.custom_id, "request_hash": m.request_hash, "paths": m.paths} for m in new.members],
     }
+    warm = plan.processors[processor].warm
+    if warm is not None and warm != chunk:  # sent once the chunk warming the prompt cache is collected
+        spec["after"] = warm
     if plan.settings.processor(processor).input_processor:
         spec["rendered"] = {cid: r.to_json() for cid, r in render_chunk(plan, processor, chunk)}
     return spec
@@ -532,6 +775,7 @@ def write_plan_folder(
         "new": new,
         "continues": more,
         "volatile": plan.volatile,
+        "held": plan.held_because,
         "describe": plan.describe(processors),
     }
     atomic_write_json(folder / "plan.json", doc)
@@ -548,6 +792,7 @@ def write_settled_round(folder: Path, before: dict[str, Any], round_: int) -> di
         "submit": {},
         "new": {},
         "continues": False,
+        "held": before.get("held", ""),  # still held: this run's cap has no more room than the round before
         "describe": f"batchpipe plan: round {round_}: every request of round {round_ - 1} has its answer; "
         "nothing to send again",
     }

@@ -15,15 +15,18 @@ from typing import Any
 
 from .config import Processor, Settings
 from .files import canonical_json, sha256_hex
-from .issues import Issue
+from .issues import Issue, ItemKind
 from .request import GroupInfo, IssueRef, NeutralRequest, RequestRecord
 
 __all__ = [
     "CUT_NOTE",
     "Rendered",
+    "cacheable_prefix",
     "estimate_tokens",
+    "issue_digest",
     "issue_ref",
     "issue_values",
+    "label_list",
     "neutral_request",
     "render_request",
 ]
@@ -32,8 +35,10 @@ CUT_NOTE = "\n[... cut by batchpipe ...]"
 
 
 def estimate_tokens(request: NeutralRequest) -> int:
-    """The planner's rough upper bound of a request's tokens: prompt at 4 characters a token, plus max_tokens."""
-    return (len(request.system) + len(request.user)) // 4 + (request.max_tokens or 0)
+    """The planner's estimate of a request's tokens: the prompt and its schema (which the providers count
+    as input too) at 4 characters a token, plus max_tokens."""
+    schema = len(canonical_json(request.schema)) if request.schema is not None else 0
+    return (len(request.system) + len(request.user) + schema) // 4 + (request.max_tokens or 0)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,11 @@ class Rendered:
         )
 
 
+def issue_digest(issue: Issue) -> str:
+    """What an issue says, as a hash (`Issue.digest`, computed once per loaded issue)."""
+    return issue.digest
+
+
 def issue_ref(issue: Issue, path: str | Path, root: Path) -> IssueRef:
     """How a chunk's table names an issue (its path relative to the workflow root)."""
     return IssueRef(
@@ -102,7 +112,13 @@ def issue_ref(issue: Issue, path: str | Path, root: Path) -> IssueRef:
         title=issue.title,
         url=issue.url,
         updated_at=issue.updated_at,
+        digest=issue_digest(issue),
     )
+
+
+def label_list(processor: Processor) -> str:
+    """The `$label_list` of a processor's templates: one `- name: meaning` line per label."""
+    return "\n".join(f"- {name}: {meaning}" for name, meaning in processor.labels.items())
 
 
 def _cut(text: str, budget: int) -> tuple[str, int]:
@@ -125,11 +141,16 @@ def issue_values(issue: Issue, settings: Settings, processor: Processor) -> tupl
         text, cut = _cut(comment.body or "", budget.comment_chars)
         cut_comments += bool(cut)
         comment_blocks.append(f"--- {comment.author} at {comment.created_at}:\n{text}")
-    comments_text = "\n\n".join(comment_blocks) or "(no comments)"
+    missing = issue.comments_not_included
+    comments_text = "\n\n".join(comment_blocks) or (
+        f"({missing} comment(s), not included in the issue file)" if missing else "(no comments)"
+    )
     labels = ", ".join(issue.labels) or "(none)"
+    count = f"{len(issue.comments) + missing}, not included" if missing else f"{len(issue.comments)}"
+    kind = "Pull request" if issue.kind is ItemKind.PULL_REQUEST else "Issue"
     issue_block = (
-        f"Issue: {issue.ref}\nTitle: {issue.title}\nState: {issue.state}\nLabels: {labels}\n"
-        f"Author: {issue.author}\n\nBody:\n{body or '(empty)'}\n\nComments ({len(issue.comments)}):\n{comments_text}"
+        f"{kind}: {issue.ref}\nTitle: {issue.title}\nState: {issue.state}\nLabels: {labels}\n"
+        f"Author: {issue.author}\n\nBody:\n{body or '(empty)'}\n\nComments ({count}):\n{comments_text}"
     )
     values = {
         "org": issue.org,
@@ -143,7 +164,7 @@ def issue_values(issue: Issue, settings: Settings, processor: Processor) -> tupl
         "body": body,
         "comments": comments_text,
         "issue": issue_block,
-        "label_list": "\n".join(f"- {name}: {meaning}" for name, meaning in processor.labels.items()),
+        "label_list": label_list(processor),
     }
     truncation = {}
     if body_cut:
@@ -152,21 +173,37 @@ def issue_values(issue: Issue, settings: Settings, processor: Processor) -> tupl
         truncation["comments_dropped"] = dropped
     if cut_comments:
         truncation["comments_cut"] = cut_comments
+    if missing:
+        truncation["comments_not_in_file"] = missing  # counted by the file, never seen by the model
     return values, truncation
+
+
+def cacheable_prefix(settings: Settings, model: str, system: str, schema: dict[str, Any] | None) -> bool:
+    """Whether an Anthropic request marks its shared prefix (the answer tool, the system prompt) for caching:
+    caching is on and the prefix, at 4 characters a token, reaches the model's minimum."""
+    if settings.provider != "anthropic" or not settings.cache.enabled or not (system or schema):
+        return False
+    chars = len(system) + (len(canonical_json(schema)) if schema is not None else 0)
+    return chars // 4 >= settings.cache.min_tokens_for(model)
 
 
 def neutral_request(processor: Processor, settings: Settings, values: dict[str, str]) -> tuple[NeutralRequest, str]:
     """The request a processor's templates make with these values, and its hash (the identity of what is sent)."""
+    model = settings.model_of(processor)
+    system = processor.render(processor.system_template, values).strip()
     neutral = NeutralRequest.ask(
-        model=settings.model_of(processor),
-        system=processor.render(processor.system_template, values).strip(),
+        model=model,
+        system=system,
         user=processor.render(processor.prompt_template, values).strip(),
         max_tokens=processor.max_tokens,
         schema=processor.schema,
         schema_name=re.sub(r"[^a-zA-Z0-9_-]", "_", processor.name)[:64],
+        cache_prefix=cacheable_prefix(settings, model, system, processor.schema),
     )
-    request_hash = sha256_hex(canonical_json({"provider": settings.provider, "request": neutral.identity()}))
-    return neutral, request_hash
+    identity: dict[str, Any] = {"provider": settings.provider, "request": neutral.identity()}
+    if processor.version != "1.0":  # the first version is left out, so hashes made before versions counted stay
+        identity["version"] = processor.version
+    return neutral, sha256_hex(canonical_json(identity))
 
 
 def render_request(

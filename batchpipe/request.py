@@ -40,12 +40,21 @@ class NeutralRequest:
     schema: dict[str, Any] | None = None  # JSON Schema the answer must satisfy (None: free text)
     schema_name: str | None = None  # the name of that schema (OpenAI json_schema, Anthropic forced tool)
     temperature: float | None = None
+    cache_prefix: bool = False  # mark the shared prefix (schema, system) for prompt caching; not in identity()
 
     @classmethod
     def ask(
-        cls, model: str, system: str, user: str, max_tokens: int, schema: dict[str, Any] | None, schema_name: str
+        cls,
+        model: str,
+        system: str,
+        user: str,
+        max_tokens: int,
+        schema: dict[str, Any] | None,
+        schema_name: str,
+        cache_prefix: bool = False,
     ) -> NeutralRequest:
-        return cls(model, [{"role": "user", "content": user}], system, max_tokens, schema, schema_name)
+        messages = [{"role": "user", "content": user}]
+        return cls(model, messages, system, max_tokens, schema, schema_name, cache_prefix=cache_prefix)
 
     @property
     def user(self) -> str:
@@ -53,7 +62,7 @@ class NeutralRequest:
         return next((m["content"] for m in self.messages if m["role"] == "user"), "")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.model,
             "messages": self.messages,
             "system": self.system,
@@ -62,6 +71,9 @@ class NeutralRequest:
             "schema_name": self.schema_name,
             "temperature": self.temperature,
         }
+        if self.cache_prefix:  # only when set: a request without it reads and sizes as before
+            out["cache_prefix"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NeutralRequest:
@@ -73,10 +85,12 @@ class NeutralRequest:
             schema=data.get("schema"),
             schema_name=data.get("schema_name"),
             temperature=data.get("temperature"),
+            cache_prefix=bool(data.get("cache_prefix")),
         )
 
     def identity(self) -> dict[str, Any]:
-        """What the request hash covers (the same keys since the first release: hashes never change)."""
+        """What the request hash covers (the same keys since the first release: hashes never change). Not
+        `cache_prefix`: marking a prefix for caching changes what is billed, not what is asked."""
         return {
             "model": self.model,
             "system": self.system,
@@ -110,9 +124,10 @@ class IssueRef:
     title: str
     url: str
     updated_at: str
+    digest: str = ""  # the issue's content when sent (`issue_digest`); "" in tables made before it was kept
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "key": self.key,
             "ref": self.ref,
             "path": self.path,
@@ -123,6 +138,9 @@ class IssueRef:
             "url": self.url,
             "updated_at": self.updated_at,
         }
+        if self.digest:
+            out["digest"] = self.digest
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IssueRef:
@@ -136,6 +154,7 @@ class IssueRef:
             title=data.get("title", ""),
             url=data.get("url", ""),
             updated_at=data.get("updated_at", ""),
+            digest=data.get("digest", ""),
         )
 
 
@@ -253,9 +272,10 @@ class ChunkIndex:
     est_tokens: int
     requests: dict[str, RequestRecord]
     group: str | None = None  # the run that planned it
+    ceiling_usd: float | None = None  # what it costs at most (the plan's forecast)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "chunk": self.chunk,
             "processor": self.processor,
             "provider": self.provider,
@@ -266,6 +286,8 @@ class ChunkIndex:
         }
         if self.group is not None:
             out["group"] = self.group
+        if self.ceiling_usd is not None:
+            out["ceiling_usd"] = self.ceiling_usd
         return out
 
     @classmethod
@@ -279,6 +301,7 @@ class ChunkIndex:
             est_tokens=int(data.get("est_tokens") or 0),
             requests=table_from_json(data["requests"]),
             group=data.get("group"),
+            ceiling_usd=data.get("ceiling_usd"),
         )
 
 

@@ -8,21 +8,21 @@ not read again. The cache is only a speed-up; without it (or with a stale one) t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .errors import IssueFileError
 from .files import atomic_write_text, canonical_json, read_json, sha256_hex
-from .issues import load_issue
+from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
-from .render import Rendered, render_request
+from .render import Rendered, issue_digest, render_request
 from .selection import Selection, selected_keys
 
-__all__ = ["LINE_OVERHEAD", "IssueEntry", "line_bytes", "scan_issues", "select_issues"]
+__all__ = ["LINE_OVERHEAD", "IssueEntry", "explain_selection", "line_bytes", "scan_issues", "select_issues"]
 
-CACHE_VERSION = 3
+CACHE_VERSION = 5
 
 
 @dataclass(slots=True)
@@ -38,6 +38,10 @@ class IssueEntry:
     hashes: dict[str, str]  # processor -> request hash
     tokens: dict[str, int] = field(default_factory=dict)  # processor -> estimated tokens (prompt + max_tokens)
     sizes: dict[str, int] = field(default_factory=dict)  # processor -> bytes of its request line (chunk_size: auto)
+    digest: str = ""  # what the issue says (`render.issue_digest`): a new one means the issue itself changed
+    updated_at: str = ""
+    kind: ItemKind = ItemKind.ISSUE  # pull requests are selected only with `include_pull_requests`
+    note: str = ""  # what loading cleaned in it (half an emoji), one line naming the file and item
 
 
 LINE_OVERHEAD = 256  # a wire format's envelope around the request: custom_id, method, url, params keys
@@ -63,9 +67,48 @@ def _render_fingerprint(settings: Settings) -> str:
     )
 
 
+def _row(issue: Issue, settings: Settings, note: str) -> list[Any]:
+    """An item's cache row: who it is and its request per processor (hash, tokens, bytes)."""
+    rendered = {
+        p.name: render_request(issue, p, settings, issue.source) for p in settings.processors if not p.input_processor
+    }
+    requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
+    number = split_locator(issue.source)[1] or 0
+    return [
+        number,
+        issue.key,
+        issue.org,
+        issue.repo,
+        issue.number,
+        issue.state,
+        requests,
+        issue_digest(issue),
+        issue.updated_at,
+        issue.kind.value,
+        note,
+    ]
+
+
+def _read(path: Path, settings: Settings) -> tuple[list[list[Any]], list[list[str]]]:
+    """A file's items as cache rows, and its bad items as (file, reason); raises IssueFileError when the
+    file as a whole is unusable (not cached: read again next time)."""
+    items = load_file(path)
+    notes = {note.locator: str(note) for note in items.notes}
+    rows = [_row(issue, settings, notes.get(issue.source, "")) for issue in items.issues]
+    return rows, [[e.path, e.reason] for e in items.errors]
+
+
+def _too_long(key: str, settings: Settings) -> str:
+    """Why an item's result files would have names over 255 bytes ("" when they fit), counting the 14 bytes
+    an atomic write's temporary name adds (`.{name}.XXXXXXXX.tmp`)."""
+    longest = max((len(f"{key}_{name}.tasks.json".encode()) for name in settings.processor_names), default=0)
+    return f"its result file names would be {longest} bytes long (at most 241)" if longest > 241 else ""
+
+
 def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[IssueEntry], list[IssueFileError]]:
-    """Every issue file with its request hashes, in file-name order, using the cache (kept up to date
-    unless `write_cache` is false: a preview writes nothing).
+    """Every issue (and pull request) of the issue files, with its request hashes, in file-name order
+    (then item order), using the cache (kept up to date unless `write_cache` is false: a preview writes
+    nothing). Entries of the folder that are no issue files are errors (`NotAnIssueFile`), never opened.
 
     Chained processors' requests need the earlier stage's results: they are planned in `chain`."""
     layout = Layout(settings)
@@ -88,52 +131,63 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
     errors: list[IssueFileError] = []
     seen: dict[str, str] = {}
     try:
-        names = sorted(
-            e.name
-            for e in os.scandir(folder)
-            if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
-        )
-    except FileNotFoundError:
-        names = []
+        names, others = list_inputs(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        names, others = [], []
+    errors.extend(others)
     for name in names:
         path = folder / name
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            errors.append(IssueFileError(shown(str(path)), f"cannot read the file: {exc.strerror or exc}"))
+            continue
         stamp = [st.st_size, st.st_mtime_ns]
         hit = cached.get(name)
         if hit and hit[0] == stamp:
-            row = hit
+            record = hit
         else:
             try:
-                issue = load_issue(path)
+                rows, problems = _read(path, settings)
             except IssueFileError as exc:
                 errors.append(exc)
                 continue
-            rendered = {
-                p.name: render_request(issue, p, settings, path) for p in settings.processors if not p.input_processor
-            }
-            requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
-            row = [stamp, issue.key, issue.org, issue.repo, issue.number, issue.state, requests]
-        fresh[name] = row
-        _, key, org, repo, number, state, requests = row
-        if key in seen:
-            errors.append(
-                IssueFileError(str(path), f"issue {org}/{repo}#{number} is also in {seen[key]}; keep one file")
+            record = [stamp, rows, problems]
+        fresh[name] = record
+        _, rows, problems = record
+        errors.extend(IssueFileError(where, reason) for where, reason in problems)
+        for row in rows:
+            number, key, org, repo, number_, state, requests, digest, updated_at, kind, note = row
+            locator = f"{path}#{number}" if number else str(path)
+            kind = ItemKind(kind)
+            if why := _too_long(key, settings):
+                errors.append(IssueFileError(shown(locator), f"{org}/{repo}#{number_}: {why}"))
+                continue
+            if key in seen:
+                errors.append(
+                    IssueFileError(
+                        shown(locator), f"{kind.word} {org}/{repo}#{number_} is also in {shown(seen[key])}; keep one"
+                    )
+                )
+                continue
+            seen[key] = f"{name}#{number}" if number else name
+            entries.append(
+                IssueEntry(
+                    locator,
+                    key,
+                    org,
+                    repo,
+                    number_,
+                    state,
+                    {p: h for p, (h, _, _) in requests.items()},
+                    {p: t for p, (_, t, _) in requests.items()},
+                    {p: b for p, (_, _, b) in requests.items()},
+                    digest,
+                    updated_at,
+                    kind,
+                    note,
+                )
             )
-            continue
-        seen[key] = name
-        entries.append(
-            IssueEntry(
-                str(path),
-                key,
-                org,
-                repo,
-                number,
-                state,
-                {p: h for p, (h, _, _) in requests.items()},
-                {p: t for p, (_, t, _) in requests.items()},
-                {p: b for p, (_, _, b) in requests.items()},
-            )
-        )
     if fresh != cached and write_cache:
         try:
             atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
@@ -145,12 +199,14 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
 def select_issues(
     settings: Settings, entries: list[IssueEntry], selection: Selection | None = None
 ) -> list[IssueEntry]:
-    """The issues this run is about: config filters org, repo, issue_number, the `selection` key
-    (computed here unless given; `all` never loads DuckDB), then limit."""
+    """The issues this run is about: pull requests only with `include_pull_requests`, config filters org,
+    repo, issue_number, the `selection` key (computed here unless given; `all` never loads DuckDB), then
+    limit."""
     chosen = [
         e
         for e in entries
-        if (settings.org is None or e.org == settings.org)
+        if (settings.include_pull_requests or e.kind is ItemKind.ISSUE)
+        and (settings.org is None or e.org == settings.org)
         and (settings.repo is None or e.repo == settings.repo)
         and (settings.issue_number is None or e.number == settings.issue_number)
     ]
@@ -161,3 +217,61 @@ def select_issues(
     if settings.limit is not None:
         chosen = chosen[: settings.limit]
     return chosen
+
+
+def _some(values: list[str], most: int = 10) -> str:
+    shown_values = [shown(v) for v in values[:most]]
+    return ", ".join(shown_values) + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def explain_selection(
+    settings: Settings, entries: list[IssueEntry], selected: list[IssueEntry], skipped: int
+) -> tuple[list[str], str]:
+    """What a run is told about its selection: the pull requests left out, and when nothing is selected,
+    why. Returns (lines, error): the error ("" when none) is for an empty selection the run must not call
+    a success: no issues folder, no issue in it, or a filter given explicitly (org, repo, issue_number,
+    selection sql) that matches nothing. `selection: missing` or `reprocess` with nothing to do is no error."""
+    lines: list[str] = []
+    pulls = sum(1 for e in entries if e.kind is ItemKind.PULL_REQUEST)
+    if pulls and not settings.include_pull_requests:
+        lines.append(f"{pulls} pull request(s) left out (include_pull_requests: true selects them)")
+    if selected:
+        return lines, ""
+    folder = Layout(settings).issues_dir
+    if not folder.is_dir():
+        return lines, (
+            f"issues_dir {shown(str(settings.issues_dir))!r}: no such folder ({shown(str(folder))}); "
+            "set issues_dir to the folder of your issue files"
+        )
+    if not entries:
+        what = f"{skipped} file(s) or item(s) skipped (see above)" if skipped else "no *.json or *.jsonl file"
+        return lines, f"no issue in {shown(str(folder))}: {what}"
+    pool = [e for e in entries if settings.include_pull_requests or e.kind is ItemKind.ISSUE]
+    if not pool:
+        lines.append(f"0 issue(s) selected: the {pulls} item(s) are all pull requests")
+        return lines, ""
+    filters: list[tuple[str, object, Any]] = [
+        ("org", settings.org, lambda e: e.org),
+        ("repo", settings.repo, lambda e: e.repo),
+        ("issue_number", settings.issue_number, lambda e: e.number),
+    ]
+    for name, value, field_of in filters:
+        if value is None:
+            continue
+        narrowed = [e for e in pool if field_of(e) == value]
+        if not narrowed:
+            present = sorted({field_of(e) for e in pool})
+            listing = (
+                f"numbers {present[0]} to {present[-1]}"
+                if name == "issue_number"
+                else f"{name}s present: {_some([str(v) for v in present])}"
+            )
+            return lines, (
+                f"{name} {shown(str(value))!r} matches none of the {len(pool)} issue(s) left by the filters "
+                f"before it ({listing})"
+            )
+        pool = narrowed
+    if settings.selection == "sql":
+        return lines, f"selection sql matches none of the {len(pool)} issue(s) the other filters leave"
+    lines.append(f"selection {settings.selection}: nothing to do for the {len(pool)} issue(s) the filters leave")
+    return lines, ""

@@ -26,6 +26,15 @@ class Keyed(Protocol):
     @property
     def key(self) -> str: ...
 
+    @property
+    def org(self) -> str: ...
+
+    @property
+    def repo(self) -> str: ...
+
+    @property
+    def number(self) -> int: ...
+
 
 @dataclass
 class Selection:
@@ -72,12 +81,14 @@ def selected_keys(settings: Settings, entries: Sequence[Keyed]) -> Selection:
         by = {name: set(force[name]) for name in names}
         return Selection(set().union(*by.values()) if by else set(), by, force)
     if mode == "sql" and settings.selection_sql is not None:
-        chosen = _keys_from_sql(settings, settings.selection_sql) & set(keys)
+        chosen = _keys_from_sql(settings, settings.selection_sql, entries) & set(keys)
         return Selection(chosen, {name: chosen for name in names})
     raise ConfigError(f"selection {mode!r}: expected all, missing, reprocess or {{sql: ...}}")
 
 
-def _keys_from_sql(settings: Settings, sql: str) -> set[str]:
+def _keys_from_sql(settings: Settings, sql: str, entries: Sequence[Keyed]) -> set[str]:
+    """The keys a query's rows name: a `key` column, or `org`, `repo` and `number` (an issue's or a pull
+    request's: their keys differ, so rows are matched to the scanned items)."""
     try:
         result = run_query(settings, sql)
     except QueryError as exc:
@@ -88,7 +99,12 @@ def _keys_from_sql(settings: Settings, sql: str) -> set[str]:
         return {str(row[i]) for row in result.rows if row[i] is not None}
     if all(c in cols for c in ("org", "repo", "number")):
         o, r, n = (cols.index(c) for c in ("org", "repo", "number"))
-        return {f"{row[o]}_{row[r]}_issue_{int(row[n])}" for row in result.rows if None not in (row[o], row[r], row[n])}
+        by_ref = {(e.org, e.repo, e.number): e.key for e in entries}
+        return {
+            by_ref[ref]
+            for row in result.rows
+            if None not in (row[o], row[r], row[n]) and (ref := (str(row[o]), str(row[r]), int(row[n]))) in by_ref
+        }
     raise ConfigError(
         f"selection sql: the query must return a `key` column, or `org`, `repo` and `number` "
         f"(it returned {', '.join(result.columns) or 'no columns'})"

@@ -71,7 +71,9 @@ __all__ = [
 
 def write_request_file(plan: Plan, processor: str, chunk: str, log: Callable[[str], None]) -> ChunkIndex:
     """Render a new chunk of a plan into the provider's request file and its custom_id table."""
-    return write_requests(plan.settings, processor, chunk, render_chunk(plan, processor, chunk), plan.run_id, log)
+    new = plan.processors[processor].new[chunk]
+    rendered = render_chunk(plan, processor, chunk)
+    return write_requests(plan.settings, processor, chunk, rendered, plan.run_id, log, new.ceiling_usd)
 
 
 def write_requests(
@@ -81,6 +83,7 @@ def write_requests(
     rendered: Iterable[tuple[str, Rendered]],
     group: str | None,
     log: Callable[[str], None],
+    ceiling_usd: float | None = None,
 ) -> ChunkIndex:
     """The one writer of request files: a chunk's rendered requests in the provider's wire format, line by
     line as they come (a chunk may hold tens of thousands: none is kept), then its custom_id table."""
@@ -94,7 +97,9 @@ def write_requests(
             records[cid] = request.record(attempt_of(cid))
             est_tokens += request.est_tokens
             model = request.neutral.model
-    index = ChunkIndex(chunk, processor, settings.provider, model, len(records), est_tokens, records, group)
+    index = ChunkIndex(
+        chunk, processor, settings.provider, model, len(records), est_tokens, records, group, ceiling_usd
+    )
     atomic_write_json(layout.index_file(processor, chunk), index.to_json())
     log(f"wrote {layout.request_file(processor, chunk)}: {len(records)} request(s), about {est_tokens} tokens")
     return index
@@ -109,7 +114,9 @@ def send_chunk(
     never rewritten, the ledger's content hash guards its file."""
     layout = plan.layout
     if chunk in plan.processors[processor].new and not layout.ledger(chunk).exists():
-        write_requests(plan.settings, processor, chunk, render_chunk(plan, processor, chunk), group, log.quiet())
+        rendered = render_chunk(plan, processor, chunk)
+        ceiling = plan.processors[processor].new[chunk].ceiling_usd
+        write_requests(plan.settings, processor, chunk, rendered, group, log.quiet(), ceiling)
     return send(plan.settings, provider, processor, chunk, log, group)
 
 
@@ -181,6 +188,7 @@ def _prepare(
                 group=group or index.group,
                 requests=index.requests,
                 mode="realtime" if mode == "realtime" else None,
+                ceiling_usd=index.ceiling_usd,
             )
         )
     elif prepared.content_hash != sub.content_hash:

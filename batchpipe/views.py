@@ -1,11 +1,14 @@
-"""SQL over the pipeline's own files: DuckDB views `issues`, `results` and `batches` (no second store).
+"""SQL over the pipeline's own files: DuckDB views `issues`, `results`, `batches` and `tasks` (no second store).
 
 Every query reads the JSON files as they are on disk:
 
-* `issues`: `data/issues/*.json` in any of the three input shapes (see `issues.py`), one row an issue;
+* `issues`: `data/issues/*.json` and `*.jsonl` in any of the three input shapes (see `issues.py`), one
+  row an issue or pull request (an item of a page or a JSONL line is `file` `{path}#{n}`);
 * `results`: `data/results/*.json`, one row a per-issue result;
 * `batches`: the submission ledger (`batch_results/ledger/*.jsonl`), markers and chunk manifests,
-  one row a chunk.
+  one row a chunk;
+* `tasks`: the task board (`data/tasks/tasks.sqlite`), one row a task, read into memory only for a
+  statement that names it.
 
 `batchpipe query` runs SQL over them, and the `selection` config key uses them (`selection.py`).
 DuckDB is imported lazily: `selection: all` never loads it.
@@ -15,12 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .errors import QueryError
+from .issues import ISSUE_SUFFIXES, MAX_NUMBER, MAX_ORG, MAX_REPO, list_inputs
 from .layout import Layout
 from .ledger import events_sql
 
@@ -41,6 +47,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "comments",
         "url",
         "shape",
+        "kind",
         "file",
     ),
     "results": (
@@ -84,6 +91,23 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "archived",
         "marker",
         "file",
+    ),
+    # the task board's columns (`tasks.board.BOARD_COLUMNS` is this): id is a BIGINT, every other column text
+    "tasks": (
+        "id",
+        "task_hash",
+        "title",
+        "details",
+        "type",
+        "priority",
+        "status",
+        "parent",
+        "processor",
+        "batch_id",
+        "custom_id",
+        "result_file",
+        "created_at",
+        "updated_at",
     ),
 }
 
@@ -141,7 +165,8 @@ def _rel(root: Path, column: str) -> str:
 _ISSUE_FIELDS = (
     '"number": "JSON", "title": "JSON", "body": "VARCHAR", "state": "JSON", "closed_at": "JSON", '
     '"labels": "JSON", "user": "JSON", "created_at": "VARCHAR", "updated_at": "VARCHAR", '
-    '"html_url": "VARCHAR", "repository_url": "VARCHAR", "comments": "JSON"'
+    '"html_url": "VARCHAR", "repository_url": "VARCHAR", "comments": "JSON", "pull_request": "JSON", '
+    '"url": "VARCHAR"'
 )
 _FILE_STRUCTURE = (
     '{"type": "VARCHAR", "org": "JSON", "repo": "JSON", "events": [{"event": "VARCHAR"}], '
@@ -151,11 +176,61 @@ _REPO_FROM_API = r"'/repos/([^/]+)/([^/]+)'"
 _REPO_FROM_HTML = r"'://[^/]+/([^/]+)/([^/]+)/(issues|pull)/'"
 
 
-def issues_sql(settings: Settings) -> str:
-    """The `issues` view: the three input shapes (as `issues.py` detects them) normalised to one row per issue.
+_NO_DOCUMENTS = "(SELECT NULL::VARCHAR AS file, NULL::JSON AS j WHERE false)"
 
-    Files the planner would reject for a missing org, repo, number or title give no row."""
-    docs = _json_documents(Layout(settings).issues_dir.resolve() / "*.json")
+
+def _issue_items(settings: Settings) -> str:
+    """SQL relation (file, j JSON) of the issue items: each object file, each element of an array file (a
+    REST page) and each line of a ``.jsonl`` file, the latter two as `{file}#{n}` (n from 1).
+
+    The files are globbed while the folder holds nothing else under those names; otherwise (a FIFO, a
+    folder, a dangling or outward symlink named ``*.json``) they are listed one by one, as the scan lists
+    them, so that nothing is opened that the scan would not open (a FIFO would block)."""
+    folder = Layout(settings).issues_dir.resolve()
+    try:
+        names, others = list_inputs(folder)
+    except OSError:
+        names, others = [], []
+    listed = any(o.path.endswith(ISSUE_SUFFIXES) for o in others)
+
+    def files(suffix: str) -> list[Path]:
+        if not listed:
+            return [folder / f"*{suffix}"]
+        return [folder / n for n in names if n.endswith(suffix)]
+
+    json_files, jsonl_files = files(".json"), files(".jsonl")
+    docs = _json_documents(*json_files) if json_files else _NO_DOCUMENTS
+    if jsonl_files:
+        blobs = ", ".join(_lit(str(g)) for g in jsonl_files)
+        lines = f"""(
+            SELECT file || '#' || n AS file, CASE WHEN json_valid(line) THEN line::JSON END AS j
+            FROM (SELECT file, unnest(generate_series(1, len(ls))) AS n, unnest(ls) AS line
+                  FROM (SELECT filename AS file, string_split(ltrim(try(decode(content)), chr(65279)), chr(10)) AS ls
+                        FROM read_blob([{blobs}])
+                        WHERE NOT starts_with(parse_filename(filename), '.')))
+            WHERE trim(line) <> ''
+        )"""
+    else:
+        lines = _NO_DOCUMENTS
+    return f"""(
+        SELECT file, j FROM {docs} WHERE json_type(j) = 'OBJECT'
+        UNION ALL
+        SELECT file || '#' || n AS file, e AS j
+        FROM (SELECT file, unnest(generate_series(1, json_array_length(j)::BIGINT)) AS n,
+                     unnest(json_extract(j, '$[*]')) AS e
+              FROM {docs} WHERE json_type(j) = 'ARRAY')
+        UNION ALL
+        SELECT file, j FROM {lines}
+    )"""
+
+
+def issues_sql(settings: Settings) -> str:
+    """The `issues` view: the three input shapes (as `issues.py` detects them) normalised to one row per issue
+    or pull request (`kind`).
+
+    Items the planner would reject for a missing org, repo, number or title, or out of GitHub's ranges,
+    give no row."""
+    docs = _issue_items(settings)
     return f"""
     WITH parsed AS (
         SELECT file, j, json_transform(j, {_lit(_FILE_STRUCTURE)}) AS s FROM {docs} WHERE json_type(j) = 'OBJECT'
@@ -204,13 +279,19 @@ def issues_sql(settings: Settings) -> str:
             END::BIGINT AS comments,
             coalesce(i.html_url, '') AS url,
             shape,
+            CASE WHEN (i.pull_request IS NOT NULL AND json_type(i.pull_request) <> 'NULL')
+                      OR contains(coalesce(i.html_url, ''), '/pull/') OR contains(coalesce(i.url, ''), '/pull/')
+                      OR contains(coalesce(i.url, ''), '/pulls/')
+                 THEN 'pull_request' ELSE 'issue' END AS kind,
             {_rel(settings.root, "file")} AS file
         FROM picked
     )
-    SELECT org || '_' || repo || '_issue_' || number AS key, org, repo, number, title, body, state, labels, author,
-           created_at, updated_at, comments, url, shape, file
+    SELECT org || '_' || repo || CASE WHEN kind = 'pull_request' THEN '_pull_' ELSE '_issue_' END || number AS key,
+           org, repo, number, title, body, state, labels, author, created_at, updated_at, comments, url, shape, kind,
+           file
     FROM normal
-    WHERE org IS NOT NULL AND repo IS NOT NULL AND number > 0 AND title IS NOT NULL
+    WHERE org IS NOT NULL AND repo IS NOT NULL AND number > 0 AND number <= {MAX_NUMBER} AND title IS NOT NULL
+        AND length(org) <= {MAX_ORG} AND length(repo) <= {MAX_REPO}
     """
 
 
@@ -219,7 +300,8 @@ def results_sql(settings: Settings) -> str:
     docs = _json_documents(Layout(settings).results_dir.resolve() / "*.json")
     return f"""
     SELECT
-        (j->'issue_reference'->>'org') || '_' || (j->'issue_reference'->>'repo') || '_issue_'
+        (j->'issue_reference'->>'org') || '_' || (j->'issue_reference'->>'repo')
+            || CASE WHEN j->'issue_reference'->>'kind' = 'pull_request' THEN '_pull_' ELSE '_issue_' END
             || (j->'issue_reference'->>'number') AS key,
         j->'issue_reference'->>'org' AS org,
         j->'issue_reference'->>'repo' AS repo,
@@ -308,17 +390,52 @@ def batches_sql(settings: Settings) -> str:
     """
 
 
-def connect(settings: Settings) -> Any:
-    """An in-memory DuckDB connection with the views `issues`, `results` and `batches`."""
+def board_rows(settings: Settings) -> list[tuple[Any, ...]]:
+    """The task board's rows, read-only (sqlite3: DuckDB's SQLite reader is an extension it would download);
+    none when there is no board yet."""
+    board = Layout(settings).board
+    if not board.is_file():
+        return []
+    try:
+        conn = sqlite3.connect(board.resolve().as_uri() + "?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error:
+        return []
+    try:
+        return conn.execute(f"SELECT {', '.join(VIEW_COLUMNS['tasks'])} FROM tasks ORDER BY id").fetchall()
+    except sqlite3.Error:  # no tasks table yet
+        return []
+    finally:
+        conn.close()
+
+
+def _add_tasks(con: Any, settings: Settings) -> None:
+    """The `tasks` relation: the board's rows, passed to DuckDB a column at a time (one statement)."""
+    names = VIEW_COLUMNS["tasks"]
+    rows = board_rows(settings)
+    columns = [[row[i] for row in rows] for i in range(len(names))]
+    select = ", ".join(
+        f"unnest(${i + 1}::{'BIGINT' if name == 'id' else 'VARCHAR'}[]) AS {name}" for i, name in enumerate(names)
+    )
+    con.execute(f"CREATE TEMP TABLE tasks AS SELECT {select}", columns)
+
+
+_NAMES_TASKS = re.compile(r"\btasks\b", re.IGNORECASE)
+
+
+def connect(settings: Settings, sql: str | None = None) -> Any:
+    """An in-memory DuckDB connection with the views `issues`, `results`, `batches` and `tasks`; with `sql`,
+    `tasks` (the board, read into memory, not a view over files) only when the statement names it."""
     import duckdb
 
     con = duckdb.connect(":memory:")
-    for name, sql in (
+    for name, view_sql in (
         ("issues", issues_sql(settings)),
         ("results", results_sql(settings)),
         ("batches", batches_sql(settings)),
     ):
-        con.execute(f"CREATE VIEW {name} AS {sql}")
+        con.execute(f"CREATE VIEW {name} AS {view_sql}")
+    if sql is None or _NAMES_TASKS.search(sql):
+        _add_tasks(con, settings)
     return con
 
 
@@ -331,7 +448,7 @@ def run_query(settings: Settings, sql: str, params: list[Any] | None = None, con
     """Run one SQL statement over the views; DuckDB errors become QueryError (message + views)."""
     import duckdb
 
-    con = con or connect(settings)
+    con = con or connect(settings, sql)
     try:
         cursor = con.execute(sql, params or [])
         if cursor.description is None:

@@ -38,11 +38,12 @@ from .download import download_chunk, download_realtime, refresh_statuses, store
 from .errors import BatchpipeError, BatchRefused, ChunkWaits, ConfigError, SubmissionBlocked
 from .files import atomic_write_json, atomic_write_text, canonical_json, read_json
 from .gitcommit import commit_results
+from .issues import NotAnIssueFile
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import read_history, read_marker, read_waiting, write_marker, write_waiting_marker
 from .manifest import read_outcomes
-from .plan import Plan, build_plan, render_spec, write_plan_folder, write_settled_round
+from .plan import Plan, build_plan, hold_over_caps, render_spec, write_plan_folder, write_settled_round
 from .providers import Provider, make_provider
 from .remote import adopt_remote_batches
 from .repair import repair_views
@@ -50,6 +51,7 @@ from .submit import resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
 
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
+EMPTY_SELECTION = threading.Event()  # the plan found nothing where something was asked for: the run exits 2
 
 __all__ = [
     "DOWNLOADS",
@@ -111,9 +113,16 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
     if stage == 0 and round_ == 0:
         plan = build_plan(settings)
         for error in plan.skipped:
-            if settings.strict:
+            if settings.strict and not isinstance(error, NotAnIssueFile):
                 raise ConfigError(f"{error} (strict: true stops the run)")
             print(f"batchpipe: skipped {error}", file=sys.stderr)
+        for entry in plan.issues.values():
+            if entry.note:
+                print(f"batchpipe: cleaned {entry.note}", file=sys.stderr)
+        if plan.empty_error:  # nothing selected where something was asked for: exit 2, like a bad config value
+            print(f"batchpipe: {plan.empty_error}", file=sys.stderr)
+            EMPTY_SELECTION.set()
+            raise ConfigError(plan.empty_error)
         if repair_views(plan, _echo(job_log)):
             plan = build_plan(settings)
         if _needs_provider(plan):
@@ -138,6 +147,7 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
                 return
         plan = build_plan(settings, chosen=first["issues"])
     plan.run_id = group
+    hold_over_caps(plan, group)
     doc = write_plan_folder(plan, Path(folder), key, stage, round_, stages[stage], group)
     job_log(doc["describe"])
     print(doc["describe"], file=sys.stderr)
@@ -198,7 +208,15 @@ def run_write_requests(config: dict[str, Any], processor: str, chunk: str, spec:
             "(the ledger knows it): restore the file from git or a backup (the ledger holds its content hash)"
         )
     data = read_json(spec)
-    write_requests(settings, processor, chunk, render_spec(settings, data), data.get("group"), JobLog(log, False))
+    write_requests(
+        settings,
+        processor,
+        chunk,
+        render_spec(settings, data),
+        data.get("group"),
+        JobLog(log, False),
+        data.get("ceiling_usd"),
+    )
 
 
 def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
@@ -356,12 +374,24 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     job_log = JobLog(log, echo=False)
     first = read_json(Path(min(plan_files, key=lambda p: Path(p).name)) / "plan.json")  # s0r0 sorts first
     plan = build_plan(settings, chosen=first["issues"])
-    summary = write_summary(plan, summary_path, volatile=plan.volatile, key=first["key"])
+    last_round: dict[int, dict[str, Any]] = {}  # what a cap held: the last round of each stage says it
+    for doc in (read_json(Path(p) / "plan.json") for p in plan_files):
+        if doc["round"] >= last_round.get(doc["stage"], {"round": -1})["round"]:
+            last_round[doc["stage"]] = doc
+    held = [doc["held"] for _, doc in sorted(last_round.items()) if doc.get("held")]
+    summary = write_summary(plan, summary_path, volatile=plan.volatile or bool(held), key=first["key"], held=held)
     job_log("\n" + summary_table(summary))
     del plan
     _give_back_memory()
     if settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(settings, log=job_log)
+
+
+def run_report(config: dict[str, Any], summary_path: str, outputs: dict[str, str], log: str) -> None:
+    """The pages of `snakemake --report` (`charts`): the summary as a table, the charts, the results table."""
+    from .charts import report_job  # matplotlib is loaded by this job only, not by every read of the Snakefile
+
+    report_job(settings_of(config), summary_path, outputs, log)
 
 
 def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log: str) -> None:
@@ -403,6 +433,8 @@ def on_end(config: dict[str, Any], success: bool) -> None:
         raise SystemExit(exitcodes.INTERRUPTED)
     settings = settings_of(config)
     if not success:  # a job failed (a chunk that waits is a finished job: its wait is in the summary)
+        if EMPTY_SELECTION.is_set():
+            raise SystemExit(exitcodes.USAGE)
         for chunk, why in blocked_chunks(build_plan(settings)).items():
             print(f"batchpipe: {chunk} waits: {why}", file=sys.stderr)
         raise SystemExit(exitcodes.ERROR)

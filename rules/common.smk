@@ -110,14 +110,18 @@ def get_run_inputs(wildcards):
 
 
 def get_submit_inputs(wildcards):
-    """A chunk's request file and index (ancient), which its submission reads. A chunk the ledger knows as
-    sent needs neither (its marker is written from the ledger: no write_requests job, and a batch adopted
-    from another checkout has no request file here); one it knows as prepared needs those that exist."""
+    """A chunk's request file and index (ancient), which its submission reads, and the manifest of the chunk
+    warming the prompt cache when it is sent after one. A chunk the ledger knows as sent needs neither (its
+    marker is written from the ledger: no write_requests job, and a batch adopted from another checkout has
+    no request file here); one it knows as prepared needs those that exist."""
     if bp_ledger.is_sent(LAYOUT, wildcards.chunk):
         return {}
     files = {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
     if LAYOUT.ledger(wildcards.chunk).exists():
         files = {name: path for name, path in files.items() if os.path.exists(path)}
+    warm = bp_dag.warm_chunk(SETTINGS, wildcards.processor, wildcards.chunk)
+    if warm is not None:  # sent once the chunk warming the prompt cache is collected
+        files["warm"] = str(LAYOUT.manifest(wildcards.processor, warm))
     return {name: ancient(path) for name, path in files.items()}
 
 

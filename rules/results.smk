@@ -25,8 +25,9 @@ rule complete_run:
         summary=SUMMARY_JSON,
         active=ACTIVE_TASKS,
         tasks=RECYCLE_SUMMARY,
+        report=REPORT_FILES,
     output:
-        table=report(SUMMARY_TABLE, caption="../report/summary.rst", category="Run summary"),
+        table=SUMMARY_TABLE,
     log:
         "logs/complete_run.log",
     localrule: True

@@ -33,6 +33,7 @@ RESULT_KEYS = {
     "model",
     "requested_model",
     "mode",
+    "simulated",  # the offline responder's answers (test_task_board.py)
     "batch_id",
     "chunk",
     "custom_id",
@@ -43,7 +44,7 @@ RESULT_KEYS = {
     "truncation",
     "analysis",
 }
-PRICES = {"batchpipe-offline": {"input": 2.0, "cached_input": 1.0, "output": 8.0}}
+PRICES = {"offline": {"input": 2.0, "cached_input": 1.0, "output": 8.0}}
 
 
 class Downloaded:
@@ -99,10 +100,11 @@ def test_collect_writes_one_result_per_issue_and_the_manifest(tmp_path):
             "updated_at": issue.updated_at,
             "ref": f"bitcoin-core/gui#{issue.number}",
             "source_file": issue.path,
+            "kind": "issue",
         }
         assert doc["processor"] == {"name": PROC, "version": "1.0", "format": "json"}
         assert (doc["provider"], doc["requested_model"], doc["mode"]) == ("local", "offline", "batch")
-        assert doc["model"] == "batchpipe-offline"  # what answered, from the output line
+        assert doc["model"] == "offline"  # what answered, from the output line: the model asked for
         assert (doc["batch_id"], doc["chunk"]) == (run.marker.batch_id, run.chunk)
         assert (doc["custom_id"], doc["request_hash"], doc["attempt"]) == (cid, record.request_hash, 1)
         assert set(doc["usage"]) == {"input_tokens", "output_tokens", "cached_input_tokens"}
@@ -125,7 +127,7 @@ def test_collect_writes_one_result_per_issue_and_the_manifest(tmp_path):
     assert list(written.requests) == list(run.index.requests)
     for cid, outcome in written.requests.items():
         assert outcome.ok and outcome.issues == run.index.requests[cid].issue_keys
-        assert outcome.model == "batchpipe-offline" and outcome.usage["input_tokens"] > 0
+        assert outcome.model == "offline" and outcome.usage["input_tokens"] > 0
     raw = json.loads(run.layout.manifest(PROC, run.chunk).read_text())
     assert "error" not in raw["requests"][run.cid_of(1)]  # a success carries no error fields
 
@@ -309,3 +311,21 @@ def test_write_result_leaves_identical_bytes_alone(tmp_path):
 
     write_result(path, {**doc, "attempt": 2})
     assert json.loads(path.read_bytes())["attempt"] == 2 and path.stat().st_mtime_ns != past
+
+
+def test_a_result_that_cannot_be_written_stops_no_other(tmp_path):
+    run = Downloaded(tmp_path)
+    blocked = run.result_path(10)
+    blocked.mkdir(parents=True)  # a folder where the result file goes: the write fails
+    lines: list[str] = []
+
+    manifest = collect(run.plan.settings, PROC, run.chunk, lines.append)
+
+    assert run.result_path(1).is_file() and run.result_path(103).is_file()
+    assert manifest.succeeded == 3  # paid and answered: the answer stays, only its view is missing
+    assert blocked.name not in manifest.results and run.result_path(1).name in manifest.results
+    [line] = [x for x in lines if "could not be written" in x]
+    assert f"1 result file(s) could not be written, e.g. '{blocked.name}'" in line
+    blocked.rmdir()
+    collect(run.plan.settings, PROC, run.chunk, lines.append)  # fixed: written on the next collection
+    assert run.result_path(10).is_file()

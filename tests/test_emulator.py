@@ -733,3 +733,24 @@ def test_engine_realtime_faults_and_expiry(tmp_path):
     assert output["expires_at"] == output["created_at"] + 4000
     with pytest.raises(InvalidRequest):
         engine.create_batch(request_format="openai", input_file_id=meta["id"], output_expires_after=True)
+
+
+def test_simulated_answers_carry_their_mark_through_the_sdks(emu):
+    """The offline answers are marked as real providers never mark theirs (OpenAI `system_fingerprint`,
+    Anthropic's message id), and the mark survives the SDKs' models, as the realtime providers keep them."""
+    from batchpipe.providers.anthropic_wire import AnthropicWire
+    from batchpipe.providers.openai_wire import OpenAIWire
+
+    completion = openai_client(emu, max_retries=1).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Title: Crash"}]
+    )
+    assert completion.system_fingerprint == "batchpipe-simulated"
+    body = completion.model_dump(mode="json", exclude_unset=True)
+    assert OpenAIWire.parse_line({"custom_id": "c", "response": {"status_code": 200, "body": body}}).simulated
+
+    message = anthropic_client(emu, max_retries=1).messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "Title: Crash"}]
+    )
+    assert message.id.startswith("msg_batchpipe_simulated_")
+    line = {"custom_id": "c", "result": {"type": "succeeded", "message": message.model_dump(mode="json")}}
+    assert AnthropicWire.parse_line(line).simulated

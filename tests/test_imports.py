@@ -15,13 +15,25 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchpipe"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes"),  # leaves
     ("config", "issues", "request", "joblog"),
-    ("layout", "pricing", "render", "manifest"),
+    ("layout", "pricing", "forecast", "render", "manifest"),
     ("ledger", "views", "state", "store"),
     ("selection", "scan", "service.*"),  # the simulated batch service
     ("providers", "providers.*"),  # providers: leaves, request types, the service (local)
     ("chain",),
     ("plan", "dag"),  # the plan; what the Snakefile reads of it
-    ("realtime", "submit", "download", "collect", "summary", "gitcommit", "tasks", "tasks.*", "repair", "remote"),
+    (
+        "realtime",
+        "submit",
+        "download",
+        "collect",
+        "summary",
+        "charts",
+        "gitcommit",
+        "tasks",
+        "tasks.*",
+        "repair",
+        "remote",
+    ),
     ("workflow",),  # the glue the Snakemake rules call
     ("commands", "commands.*"),  # one `batchpipe` subcommand each
     ("cli", "__main__", "__init__"),

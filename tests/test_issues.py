@@ -404,8 +404,10 @@ def test_load_issues_collects_errors(tmp_path: Path) -> None:
     write_json(tmp_path / "sub" / "nested.json", rest_issue(number=99))
     issues, errors = load_issues(tmp_path)
     assert [Path(i.source).name for i in issues] == ["a_good.json", "b_good.json"]
-    assert [Path(e.path).name for e in errors] == ["c_bad.json", "d_empty.json", "e_dup.json"]
+    # every entry that is no issue file is named too (never opened); hidden files are not
+    assert [Path(e.path).name for e in errors] == ["c_bad.json", "d_empty.json", "e_dup.json", "notes.txt", "sub"]
     assert "bitcoin-core/gui#12" in str(errors[2]) and "b_good.json" in str(errors[2])
+    assert "end in .json or .jsonl" in errors[3].reason and "a folder" in errors[4].reason
     assert all("\n" not in str(e) for e in errors)
 
 

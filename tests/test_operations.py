@@ -21,7 +21,7 @@ from batchpipe.submit import submit_batch, write_request_file
 from conftest import REPO, Run, Workspace, make_workspace
 
 ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))
-PRICES = "prices={batchpipe-offline: {input: 1.0, cached_input: 0.5, output: 2.0}}"
+PRICES = "prices={offline: {input: 1.0, cached_input: 0.5, output: 2.0}}"
 
 
 def bp(ws: Workspace, *args: str) -> Run:
@@ -142,7 +142,9 @@ def test_list_batches_groups_and_remote(done):
 
 @pytest.mark.workflow
 def test_cost_from_manifest_usage_at_batch_and_realtime_price(done):
-    data = as_json(bp(done, "--config", PRICES, "--configfile", "config.yaml", "cost", "--json"))
+    recorded = as_json(bp(done, "--config", PRICES, "cost", "--json"))  # priced at 0 when collected
+    assert recorded["source"] == "recorded" and recorded["total"]["cost_usd"] == 0 and recorded["total"]["priced"]
+    data = as_json(bp(done, "--config", PRICES, "--configfile", "config.yaml", "cost", "--reprice", "--json"))
     usage = [
         rec["usage"]
         for p in done.files("batch_results/*/*.results.json")

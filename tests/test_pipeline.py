@@ -35,7 +35,7 @@ def test_full_offline_run_writes_a_valid_result_for_every_issue(workspace):
         labeling = results[f"{stem}_product-labeling.json"]
         summary = results[f"{stem}_issue-summary.json"]
         assert labeling["issue_reference"]["number"] == int(stem.rsplit("_", 1)[1])
-        assert labeling["provider"] == "local" and labeling["model"] == "batchpipe-offline"
+        assert labeling["provider"] == "local" and labeling["model"] == "offline"
         assert labeling["batch_id"] and labeling["custom_id"].startswith("r")
         labels = yaml.safe_load((workspace.root / "config.yaml").read_text())["processor_definitions"][
             "product-labeling"

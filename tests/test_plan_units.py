@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchpipe.config import Settings, load_settings, load_settings_file, read_config
+from batchpipe.forecast import describe_forecasts
 from batchpipe.issues import load_issue
 from batchpipe.layout import Layout
 from batchpipe.ledger import Created, Prepared, append
@@ -186,8 +187,10 @@ def test_describe(ws31):
         for chunk_id, chunk in pp.new.items():
             tokens = sum(entries[m.paths[0]].tokens[name] for m in chunk.members)
             expected.append(f"  new chunk {name}/{chunk_id}: {len(chunk.members)} request(s), ~{tokens} tokens")
-    expected.append("batchpipe plan: 1 issue file(s) skipped (see messages above)")
+    expected += describe_forecasts(plan.forecasts(), "batch")  # tests/test_forecast.py
+    expected.append("batchpipe plan: 1 issue file(s) or item(s) skipped (see messages above)")
     assert lines == expected
+    assert lines[-5].startswith("batchpipe forecast")
 
 
 def test_describe_lists_at_most_20_new_chunks(ws31):
@@ -196,7 +199,7 @@ def test_describe_lists_at_most_20_new_chunks(ws31):
     assert lines[0].startswith(
         "batchpipe plan: issue-summary: 31 issue(s) selected, 0 with results, 31 new chunk(s) (31 x 1)"
     )
-    assert len(lines) == 1 + 20 + 1
+    assert len(lines) == 1 + 20 + 1 + 3  # and the forecast: a head, the processor, the total
     assert all(line.startswith("  new chunk issue-summary/") for line in lines[1:21])
     assert lines[21] == "  ... and 11 more new chunk(s)"
 

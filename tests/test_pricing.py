@@ -30,8 +30,10 @@ def test_cached_tokens_are_charged_the_cached_price(settings):
     assert cost.as_dict() == {"batch": 0.09, "realtime": 0.18, "charged": 0.09}
 
 
-def test_without_a_cached_price_cached_tokens_cost_the_input_price(settings):
-    assert settings.prices["no-cache-price"] == Price(input=4.0, output=8.0, cached_input=4.0)
+def test_without_cache_prices_cached_tokens_and_cache_writes_cost_the_input_price(settings):
+    assert settings.prices["no-cache-price"] == Price(
+        input=4.0, output=8.0, cached_input=4.0, cache_write=4.0
+    )  # both default to input
     usage = {"input_tokens": 500_000, "cached_input_tokens": 250_000, "output_tokens": 0}
     assert cost_of(settings, "no-cache-price", usage).realtime == pytest.approx(2.0)
 

@@ -186,3 +186,45 @@ def test_selection_all_plans_without_loading_duckdb(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ws.root, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["3", "False"]
+
+
+def test_tasks_view_is_the_board_and_joins_the_results(tmp_path):
+    from batchpipe.config import load_settings_file
+    from batchpipe.tasks import read_board, recycle
+    from batchpipe.tasks.board import BOARD_COLUMNS
+    from batchpipe.views import VIEW_COLUMNS, run_query
+
+    assert VIEW_COLUMNS["tasks"] == BOARD_COLUMNS
+    ws = make_workspace(tmp_path / "ws", [])
+    settings = load_settings_file(ws.root / "config.yaml")
+    results = ws.root / "data" / "results"
+    results.mkdir(parents=True)
+    for number in (1, 2):
+        doc = {
+            "issue_reference": {"org": "acme", "repo": "widgets", "number": number, "ref": f"acme/widgets#{number}"},
+            "processor": {"name": "issue-summary", "version": "1.0", "format": "text"},
+            "model": "gpt-4o-mini",
+            "analysis": {"text": f"TODO: fix widget {number}\n1. Write a test for widget {number}\n"},
+        }
+        (results / f"acme_widgets_issue_{number}_issue-summary.json").write_text(json.dumps(doc))
+    recycle(settings)
+    board = read_board(ws.root / "data" / "tasks" / "tasks.sqlite")
+    assert len(board) == 4
+    assert ws.cli("tasks", "set", str(board[0]["id"]), "done").returncode == 0
+
+    counts = run_query(settings, "SELECT status, count(*) AS n FROM tasks GROUP BY 1 ORDER BY 1").rows
+    assert counts == [("done", 1), ("queued", 3)]
+    every = run_query(settings, "SELECT * FROM tasks ORDER BY id")
+    assert every.columns == list(BOARD_COLUMNS) and every.types[0] == "BIGINT"
+    assert every.records() == sorted(read_board(ws.root / "data" / "tasks" / "tasks.sqlite"), key=lambda r: r["id"])
+    joined = ws.cli(
+        "query",
+        "SELECT t.parent, r.model, count(*) AS n FROM tasks t JOIN results r ON r.file = t.result_file "
+        "WHERE t.type = 'todo' GROUP BY ALL ORDER BY 1",
+        "--json",
+    )
+    assert joined.returncode == 0, joined.output
+    assert json.loads(joined.stdout) == [
+        {"parent": "acme/widgets#1", "model": "gpt-4o-mini", "n": 1},
+        {"parent": "acme/widgets#2", "model": "gpt-4o-mini", "n": 1},
+    ]

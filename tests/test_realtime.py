@@ -12,7 +12,7 @@ from batchpipe.providers.openai_wire import OpenAIWire
 from conftest import REPO, make_workspace
 
 ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))
-PRICES = {"batchpipe-offline": {"input": 1.0, "cached_input": 0.5, "output": 4.0}}
+PRICES = {"offline": {"input": 1.0, "cached_input": 0.5, "output": 4.0}}
 
 
 def realtime_calls(ws) -> list[str]:

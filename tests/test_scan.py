@@ -14,7 +14,7 @@ import pytest
 import batchpipe.scan
 from batchpipe.config import Settings, load_settings_file
 from batchpipe.errors import IssueFileError
-from batchpipe.issues import load_issue
+from batchpipe.issues import NotAnIssueFile, load_file, load_issue
 from batchpipe.layout import Layout
 from batchpipe.render import render_request
 from batchpipe.scan import IssueEntry, scan_issues, select_issues
@@ -57,9 +57,9 @@ def counting(monkeypatch) -> list[str]:
 
     def load(path):
         calls.append(Path(path).name)
-        return load_issue(path)
+        return load_file(path)
 
-    monkeypatch.setattr(batchpipe.scan, "load_issue", load)
+    monkeypatch.setattr(batchpipe.scan, "load_file", load)
     return calls
 
 
@@ -100,9 +100,13 @@ def test_scan_writes_its_cache(ws):
     assert sorted(cache["files"]) == [Path(e.path).name for e in entries]
     for entry in entries:
         path = Path(entry.path)
-        stamp, key, org, repo, number, state, requests = cache["files"][path.name]
+        stamp, rows, problems = cache["files"][path.name]
         assert stamp == [path.stat().st_size, path.stat().st_mtime_ns]
+        assert problems == []
+        [[item, key, org, repo, number, state, requests, digest, updated_at, kind, note]] = rows  # one issue a file
+        assert item == 0  # the whole file (items of a page or a JSONL file count from 1)
         assert (key, org, repo, number, state) == (entry.key, entry.org, entry.repo, entry.number, entry.state)
+        assert (digest, updated_at, kind, note) == (entry.digest, entry.updated_at, "issue", "")
         assert requests == {p: [entry.hashes[p], entry.tokens[p], entry.sizes[p]] for p in PROCESSORS}
 
 
@@ -112,7 +116,7 @@ def test_second_scan_reads_the_cache_not_the_files(ws, monkeypatch):
     cache = Layout(settings).scan_cache.read_bytes()
     # no issue file is opened: the loader fails if called, and (unless root, whom modes do not stop) the
     # files cannot be read at all (chmod keeps size and mtime, which is what the cache compares)
-    monkeypatch.setattr(batchpipe.scan, "load_issue", no_reading)
+    monkeypatch.setattr(batchpipe.scan, "load_file", no_reading)
     for entry in first:
         os.chmod(entry.path, 0)
     again, errors = scan_issues(settings)
@@ -144,7 +148,7 @@ def test_an_edited_file_is_read_again(ws, monkeypatch):
         else:
             assert after == before
     # the cache now holds the edit
-    monkeypatch.setattr(batchpipe.scan, "load_issue", no_reading)
+    monkeypatch.setattr(batchpipe.scan, "load_file", no_reading)
     assert scan_issues(settings)[0] == second
 
 
@@ -159,22 +163,24 @@ def test_a_changed_setting_reads_every_file_again(ws, monkeypatch):
 def test_a_bad_file_is_an_error_and_the_rest_proceeds(ws):
     (ws.issues / "broken.json").write_text('{"org": "o", ')
     (ws.issues / "not_an_issue.json").write_text(json.dumps({"hello": "world"}))
-    (ws.issues / ".hidden.json").write_text("ignored")  # hidden files and other names are not issues
-    (ws.issues / "notes.txt").write_text("ignored")
+    (ws.issues / ".hidden.json").write_text("ignored")  # hidden files are not looked at
+    (ws.issues / "notes.txt").write_text("named")  # other names and folders are named and skipped
     (ws.issues / "folder.json").mkdir()
     settings = settings_of(ws)
     entries, errors = scan_issues(settings)
     assert len(entries) == 6
     assert all(isinstance(e, IssueFileError) for e in errors)
-    assert [Path(e.path).name for e in errors] == ["broken.json", "not_an_issue.json"]
-    assert "broken.json" in str(errors[0])
+    others = ["folder.json", "notes.txt"]
+    assert [Path(e.path).name for e in errors] == [*others, "broken.json", "not_an_issue.json"]
+    assert all(isinstance(e, NotAnIssueFile) for e in errors[:2])
+    assert "broken.json" in str(errors[2])
     # not cached: still an error next time, and fixing the file makes it an issue
     entries, errors = scan_issues(settings)
-    assert [Path(e.path).name for e in errors] == ["broken.json", "not_an_issue.json"]
+    assert [Path(e.path).name for e in errors] == [*others, "broken.json", "not_an_issue.json"]
     fixed = json.loads(SAMPLES[10].read_text())
     (ws.issues / "broken.json").write_text(json.dumps(fixed))
     entries, errors = scan_issues(settings)
-    assert [Path(e.path).name for e in errors] == ["not_an_issue.json"]
+    assert [Path(e.path).name for e in errors] == [*others, "not_an_issue.json"]
     assert "broken.json" in [Path(e.path).name for e in entries]
 
 
@@ -191,7 +197,7 @@ def test_two_files_of_one_issue_make_the_second_an_error(ws, monkeypatch):
         assert Path(error.path).name == "zz_copy.json"
         assert f"is also in {original.name}" in error.reason
         assert next(e.path for e in entries if e.key == original.stem) == str(original)
-        monkeypatch.setattr(batchpipe.scan, "load_issue", no_reading)
+        monkeypatch.setattr(batchpipe.scan, "load_file", no_reading)
 
 
 # --- select_issues ------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from conftest import REPO, make_workspace
 
 PROC = "product-labeling"
 ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))[:5]  # issues 1, 10, 103, 112, 117
-# The offline responder answers as batchpipe-offline, an injected fault as the requested model (offline).
-PRICES = {name: {"input": 2.0, "cached_input": 1.0, "output": 8.0} for name in ("batchpipe-offline", "offline")}
+# Offline answers and injected faults both answer as the requested model (offline).
+PRICES = {"offline": {"input": 2.0, "cached_input": 1.0, "output": 8.0}}
 
 
 def key(number: int) -> str:
@@ -76,14 +76,15 @@ def test_summarize_counts_results_failed_waiting_and_pending(run):
     assert p["batches"] == [{"chunk": a, "batch_id": manifest.batch_id, "succeeded": 1, "failed": 1}]
 
     usages = [r.usage for r in manifest.requests.values()]  # the invalid answer was paid for too
-    for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
-        assert p["tokens"][name] == sum(u[name] for u in usages)
-    costs = [cost_of(settings, "batchpipe-offline", u) for u in usages]  # both models have this price
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens"):
+        assert p["tokens"][name] == sum(u.get(name, 0) for u in usages)
+    costs = [cost_of(settings, "offline", u) for u in usages]
     batch, realtime = sum(x.batch for x in costs), sum(x.realtime for x in costs)
     assert batch > 0
     assert p["cost_usd"] == {
         "batch": round(batch, 6),
         "realtime": round(realtime, 6),
+        "charged": round(batch, 6),  # every request in batch mode: charged at batch price
         "saved": round(realtime - batch, 6),
     }
 
@@ -110,6 +111,9 @@ def test_summary_table_lists_totals_and_every_failed_pending_and_skipped_item(ru
         "batches",
         "in",
         "tok",
+        "cached",
+        "cache",
+        "wr",
         "out",
         "tok",
         "batch",
@@ -121,6 +125,8 @@ def test_summary_table_lists_totals_and_every_failed_pending_and_skipped_item(ru
     assert lines[4].split()[:6] == [PROC, "1", "1", "1", "2", "1"]
     assert lines[4].split()[6:] == [
         str(p["tokens"]["input_tokens"]),
+        str(p["tokens"]["cached_input_tokens"]),
+        str(p["tokens"]["cache_write_tokens"]),
         str(p["tokens"]["output_tokens"]),
         f"{p['cost_usd']['batch']:.4f}",
         f"{p['cost_usd']['realtime']:.4f}",
@@ -167,3 +173,26 @@ def test_a_clean_run_has_no_failed_pending_or_skipped_lines(tmp_path):
     assert len(table.splitlines()) == 7 and not any(
         line.startswith(("FAILED", "PENDING", "SKIPPED")) for line in table.splitlines()
     )
+
+
+def test_thousands_of_failures_are_twenty_lines_and_a_count():
+    """A cancelled batch of thousands: the table names the first 20 per processor and counts the rest."""
+    failed = {f"o_r_issue_{n}": {"reason": "cancelled by a person", "attempts": 1} for n in range(1, 2501)}
+    totals = dict.fromkeys(("results", "failed", "waiting", "batches", "input_tokens", "output_tokens"), 0) | {
+        "cost_batch_usd": 0.0,
+        "cost_realtime_usd": 0.0,
+    }
+    proc = {
+        "results": 0,
+        "failed": failed,
+        "pending": {},
+        "waiting": {},
+        "batches": [],
+        "tokens": {"input_tokens": 0, "output_tokens": 0},
+        "cost_usd": {"batch": 0.0, "realtime": 0.0},
+    }
+    summary = {"provider": "local", "issues_selected": 2500, "skipped_inputs": [], "processors": {PROC: proc}}
+    lines = summary_table(summary | {"totals": totals}).splitlines()
+    listed = [line for line in lines if line.startswith(f"FAILED {PROC} o_r_issue_")]
+    assert len(listed) == 20
+    assert f"FAILED {PROC}: ... and 2480 more (results/summary.json lists every one under failed)" in lines

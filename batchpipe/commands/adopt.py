@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import CommandError
 from ..layout import Layout
 from ..ledger import CreateAbandoned, Created, CreateIntent, Uploaded, append, last
-from .batchviews import load_views, open_provider, same_provider, settings_of
+from .batchviews import Providers, load_views, settings_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,12 +39,11 @@ def run(args: argparse.Namespace) -> int:
             f"{view.chunk}: recorded that its interrupted submission made no batch; the next snakemake run creates it"
         )
         return 0
-    same_provider(settings, view)
     if any(v.batch_id == args.batch_id for v in views):
         other = next(v for v in views if v.batch_id == args.batch_id)
         raise CommandError(f"batch {args.batch_id} already belongs to chunk {other.chunk}")
-    with open_provider(settings) as provider:
-        status = provider.retrieve(args.batch_id)
+    with Providers(settings) as providers:  # the provider the chunk was prepared for
+        status = providers.of(view).retrieve(args.batch_id)
     content_hash = (status.metadata or {}).get("batchpipe_chunk_hash")
     if content_hash and content_hash != c.prepared.content_hash:
         raise CommandError(

@@ -55,10 +55,8 @@ def archive_blockers(plan: Plan, processor: str, c: ChunkHistory, now: float, ol
         rhash = found.request_hash if found else None
         if outcome.ok:
             for issue in found.issues if found else []:
-                if (
-                    plan.current_hash(issue.key, processor) == rhash
-                    and not layout.result(issue.key, processor).exists()
-                ):
+                answers = {plan.current_hash(issue.key, processor), plan.processors[processor].answer_hash(issue.key)}
+                if rhash in answers and not layout.result(issue.key, processor).exists():  # outdated ones too
                     missing.append(issue.key)
         elif rhash in current and rhash is not None:
             sent = sorted(attempts.get(rhash, []), key=lambda a: a.record.attempt)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -33,12 +34,12 @@ from ..ledger import (
 from ..lifecycle import ENDED, STARTED
 from ..manifest import read_outcomes
 from ..plan import read_sent_chunks
-from ..pricing import cost_of
 from ..providers import BatchStatus, Provider, make_provider
 
 __all__ = [
     "BatchView",
     "GroupView",
+    "Providers",
     "Target",
     "fmt_age",
     "fmt_cost",
@@ -48,10 +49,11 @@ __all__ = [
     "open_provider",
     "print_json",
     "record_status",
+    "recorded_cost",
     "refresh",
     "rel",
     "resolve",
-    "same_provider",
+    "settings_for",
     "settings_of",
 ]
 
@@ -250,16 +252,45 @@ def view_of(settings: Settings, c: ChunkHistory, in_ledger: bool = True) -> Batc
     )
 
 
+def recorded_cost(layout: Layout, c: ChunkHistory, cid: str) -> dict[str, float] | None:
+    """What a collected request cost as recorded when it was collected: in the chunk's manifest, or (a
+    manifest written before it recorded costs) in a result file this request wrote; None when neither says."""
+    outcome = (c.outcomes or {}).get(cid)
+    if outcome is not None and outcome.cost_usd is not None:
+        return outcome.cost_usd
+    record = c.requests.get(cid)
+    if outcome is None or not outcome.ok or record is None:
+        return None
+    group = record.group
+    if group is not None:
+        paths = [layout.group_result(c.processor, group.key, group.part if group.parts > 1 else None)]
+    else:
+        paths = [layout.result(issue.key, c.processor) for issue in record.issues]
+    for path in paths:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict):
+            continue  # not a result (named, when it matters, by the run's repairs)
+        cost = doc.get("cost_usd")
+        if doc.get("chunk") == c.chunk and doc.get("custom_id") == cid and isinstance(cost, dict):
+            return {k: float(cost.get(k) or 0.0) for k in ("batch", "realtime", "charged")}
+    return None
+
+
 def chunk_cost(settings: Settings, c: ChunkHistory) -> dict[str, float] | None:
-    """Batch and real-time cost of a collected chunk, from the usage in its manifest."""
+    """What a collected chunk cost (charged) and would have cost at real-time price, as recorded when it
+    was collected (not re-priced from the current price table)."""
     if c.outcomes is None:
         return None
+    layout = Layout(settings)
     total = {"charged": 0.0, "realtime": 0.0}
-    for rec in c.outcomes.values():
-        cost = cost_of(settings, rec.model or c.prepared.model, rec.usage or {}, c.mode)
+    for cid, rec in c.outcomes.items():
+        cost = recorded_cost(layout, c, cid) if rec.usage else None
         if cost:
-            total["charged"] += cost.charged
-            total["realtime"] += cost.realtime
+            total["charged"] += float(cost.get("charged", 0.0))
+            total["realtime"] += float(cost.get("realtime", 0.0))
     return {k: round(v, 8) for k, v in total.items()}
 
 
@@ -320,6 +351,14 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return load_settings_file(args.configfile, getattr(args, "overrides", None) or {})
 
 
+def settings_for(settings: Settings, provider: str | None) -> Settings:
+    """The settings with `provider` as the provider (a batch made with another provider is operated with
+    the one that made it); the `model` override names the configured provider's model, so it is dropped."""
+    if not provider or provider == settings.provider:
+        return settings
+    return dataclasses.replace(settings, provider=provider, model_override=None)
+
+
 @contextlib.contextmanager
 def open_provider(settings: Settings) -> Iterator[Provider]:
     """The configured provider, checked ready (a missing key is one line), closed afterwards."""
@@ -331,12 +370,40 @@ def open_provider(settings: Settings) -> Iterator[Provider]:
         provider.close()
 
 
-def same_provider(settings: Settings, view: BatchView) -> None:
-    if view.provider and view.provider != settings.provider:
-        raise CommandError(
-            f"batch {view.label} was made with provider {view.provider}, but the config says "
-            f"{settings.provider}; pass --config provider={view.provider}"
-        )
+class Providers:
+    """One provider per name the batches need, each made from the settings (base URL and key as
+    configured) when first asked for, checked ready, and closed at the end."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.made: dict[str, Provider] = {}
+        self.unready: dict[str, ProviderError] = {}  # a provider that is not ready (no key) fails each use alike
+
+    def named(self, name: str | None) -> Provider:
+        """The provider called `name` (the configured one when None)."""
+        name = name or self.settings.provider
+        if name in self.unready:
+            raise self.unready[name]
+        if name not in self.made:
+            provider = make_provider(settings_for(self.settings, name))
+            self.made[name] = provider
+            try:
+                provider.check_ready()
+            except ProviderError as exc:
+                self.unready[name] = exc
+                raise
+        return self.made[name]
+
+    def of(self, view: BatchView) -> Provider:
+        """The provider that made this batch (its marker and ledger record it)."""
+        return self.named(view.provider)
+
+    def __enter__(self) -> Providers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for provider in self.made.values():
+            provider.close()
 
 
 def rel(settings: Settings, path: Path) -> str:
@@ -387,17 +454,16 @@ def record_status(settings: Settings, view: BatchView, status: BatchStatus, alwa
 
 
 def refresh(settings: Settings, views: list[BatchView]) -> list[BatchView]:
-    """Ask the provider about every batch not known ended; record what changed; return fresh views."""
+    """Ask the provider that made each batch not known ended; record what changed; return fresh views."""
     todo = [v for v in views if v.batch_id and v.phase != "ended" and v.in_ledger]
     if not todo:
         return views
-    with open_provider(settings) as provider:
+    with Providers(settings) as providers:
         for view in todo:
-            if view.provider and view.provider != settings.provider:
-                print(f"batchpipe: {view.label}: made with provider {view.provider}; not refreshed", file=sys.stderr)
-                continue
+            if (view.provider or settings.provider) in providers.unready:
+                continue  # said once already
             try:
-                status = provider.retrieve(view.batch_id or "")
+                status = providers.of(view).retrieve(view.batch_id or "")
             except ProviderError as exc:
                 print(f"batchpipe: {view.label}: {exc}", file=sys.stderr)
                 continue

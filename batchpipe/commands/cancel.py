@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import CommandError, ProviderError
 from ..layout import Layout
 from ..ledger import CancelRequested, append
-from .batchviews import load_views, open_provider, record_status, resolve, same_provider, settings_of
+from .batchviews import Providers, load_views, record_status, resolve, settings_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,12 +25,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{v.label}: already ended ({v.status}); nothing to cancel")
     if not todo:
         return 0
-    for v in todo:
-        same_provider(settings, v)
-    with open_provider(settings) as provider:
+    with Providers(settings) as providers:  # each batch with the provider that made it
         for v in todo:
             batch_id = v.batch_id or ""
             try:
+                provider = providers.of(v)
                 status = provider.retrieve(batch_id)
                 if status.ended:
                     record_status(settings, v, status)

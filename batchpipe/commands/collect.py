@@ -19,16 +19,17 @@ from ..manifest import Manifest
 from ..plan import build_plan
 from ..providers import Provider
 from ..remote import adopt_ended_batch
-from .batchviews import BatchView, load_views, open_provider, rel, resolve, same_provider, settings_of
+from .batchviews import BatchView, Providers, load_views, open_provider, rel, resolve, settings_for, settings_of
 
 
 def collect_one(settings: Settings, provider: Provider, view: BatchView, log: JobLog) -> Manifest:
-    """Download a finished batch again into its usual places and write its results (no new batch)."""
+    """Download a finished batch again into its usual places and write its results (no new batch);
+    `provider` is the one that made the batch."""
+    settings = settings_for(settings, view.provider)
     layout = Layout(settings)
     processor, chunk = view.processor, view.chunk
     if not view.batch_id:
         raise CommandError(f"chunk {chunk} was never submitted; nothing to collect")
-    same_provider(settings, view)
     settings.processor(processor)  # an unconfigured processor is a one-line ConfigError
     marker = layout.marker(processor, chunk)
     events = read_events(layout, chunk)
@@ -76,14 +77,12 @@ def run(args: argparse.Namespace) -> int:
             processor, chunk = adopt_ended_batch(build_plan(settings), provider, args.id.strip(), JobLog(log.path))
         print(f"batch {args.id.strip()}: adopted as {processor}/{chunk} (it answers this project's requests)")
         target = resolve(load_views(settings), chunk)
-    for view in target.batches:
-        same_provider(settings, view)
-    with open_provider(settings) as provider:
+    with Providers(settings) as providers:  # each batch with the provider that made it
         for view in target.batches:
             if not view.batch_id:
                 print(f"{view.label}: never submitted; skipped")
                 continue
-            manifest = collect_one(settings, provider, view, log)
+            manifest = collect_one(settings, providers.of(view), view, log)
             print(
                 f"collected batch {view.batch_id} ({view.processor}/{view.chunk}): {manifest.succeeded} succeeded, "
                 f"{manifest.failed} failed; outputs, manifest and results written"

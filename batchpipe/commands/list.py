@@ -7,14 +7,14 @@ import time
 from typing import Any
 
 from ..config import Settings
-from .batchviews import fmt_cost, fmt_time, group_views, load_views, open_provider, print_json, settings_of
+from .batchviews import Providers, fmt_cost, fmt_time, group_views, load_views, print_json, settings_of
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     now = time.time()
     if args.remote:
-        return list_remote(settings, args.json)
+        return list_remote(settings, args.json, chosen="provider" in (args.overrides or {}))
     views = load_views(settings)
     if args.groups:
         groups = group_views(views)
@@ -52,17 +52,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_remote(settings: Settings, as_json: bool) -> int:
-    """The provider's batches, newest first, marked with the chunk the ledger knows them as."""
+def list_remote(settings: Settings, as_json: bool, chosen: bool = False) -> int:
+    """The batches of each provider the ledger's batches were made with (the configured one when there are
+    none, or when `chosen` on the command line), newest first, marked with the chunk the ledger knows them as."""
     views = load_views(settings, require=False)
     known = {v.batch_id: v for v in views if v.batch_id}
+    names = sorted({v.provider for v in views if v.provider}) if not chosen else []
     rows: list[dict[str, Any]] = []
-    with open_provider(settings) as provider:
-        for status in provider.list_batches():
+    with Providers(settings) as providers:
+        statuses = [(name, s) for name in names or [settings.provider] for s in providers.named(name).list_batches()]
+        for name, status in sorted(statuses, key=lambda pair: pair[1].created_at or 0, reverse=True):
             view = known.get(status.batch_id)
             meta = status.metadata or {}
             rows.append(
                 {
+                    "provider": name,
                     "batch_id": status.batch_id,
                     "status": status.status,
                     "ended": status.ended,
@@ -79,9 +83,9 @@ def list_remote(settings: Settings, as_json: bool) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print(f"no batches at provider {settings.provider}")
+        print(f"no batches at provider {', '.join(names or [settings.provider])}")
         return 0
-    print(f"{'CREATED':<19}  {'BATCH':<38} {'STATUS':<12} {'OK':>5} {'FAIL':>5} {'TOTAL':>5}  LEDGER")
+    print(f"{'CREATED':<19}  {'PROVIDER':<9} {'BATCH':<38} {'STATUS':<12} {'OK':>5} {'FAIL':>5} {'TOTAL':>5}  LEDGER")
     for r in rows:
         if r["known"]:
             where = f"chunk {r['chunk']} ({r['processor']})"
@@ -93,8 +97,8 @@ def list_remote(settings: Settings, as_json: bool) -> int:
         else:
             where = "NOT IN LEDGER (not made by batchpipe?)"
         print(
-            f"{fmt_time(r['created_at']):<19}  {r['batch_id']:<38} {r['status']:<12} {r['succeeded']:>5} "
-            f"{r['failed']:>5} {r['total']:>5}  {where}"
+            f"{fmt_time(r['created_at']):<19}  {r['provider']:<9} {r['batch_id']:<38} {r['status']:<12} "
+            f"{r['succeeded']:>5} {r['failed']:>5} {r['total']:>5}  {where}"
         )
     return 0
 

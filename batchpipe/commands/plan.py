@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..plan import Plan, build_plan
+from .. import exitcodes
+from ..plan import Plan, build_plan, hold_over_caps
 from .batchviews import print_json, settings_of
 
 
@@ -31,21 +32,29 @@ def plan_document(plan: Plan) -> dict[str, Any]:
             "held_back": [
                 {"chunk": c.chunk, "requests": len(c.members), "est_tokens": c.est_tokens} for c in pp.deferred.values()
             ],
+            "held_by_cap": [
+                {"chunk": c.chunk, "requests": len(c.members), "ceiling_usd": c.ceiling_usd} for c in pp.held.values()
+            ],
+            "outdated": len(pp.outdated),
             "collect": collect,
             "submit_only": submit,
         }
     out["processors"] = processors
+    out["selection_notes"] = [*plan.notes, *([plan.empty_error] if plan.empty_error else [])]
     out["new_requests"] = sum(r["requests"] for p in processors.values() for r in p["new_chunks"])
+    out["forecast"] = [f.to_json() for f in plan.forecasts() if f.tally.requests]
+    out["held_by_cap"] = plan.held_because
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     plan = build_plan(settings_of(args), write_cache=False)
+    hold_over_caps(plan, None)
     if args.json:
         print_json(plan_document(plan))
     else:
         print(plan.describe())
-    return 0
+    return exitcodes.USAGE if plan.empty_error else 0  # nothing selected where something was asked for
 
 
 def add_parser(subparsers: Any) -> None:

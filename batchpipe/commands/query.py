@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "query",
-        help="run SQL over the issues, results and batches (DuckDB views over the files)",
+        help="run SQL over the issues, results, batches and tasks (DuckDB views over the files and the board)",
         description="Run one SQL statement over DuckDB views of the files themselves:\n" + describe_views(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -6,16 +6,19 @@ failure; the chunks that carry them are submitted at once, in a new group."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from ..config import Settings
 from ..errors import CommandError, SubmissionBlocked
 from ..joblog import JobLog
 from ..layout import Layout
 from ..ledger import Created, RetryRequested, append, last, read_events
-from ..plan import build_plan
+from ..plan import build_plan, hold_over_caps
+from ..providers import Provider
 from ..submit import send_chunk
 from ..workflow import new_run_id
-from .batchviews import BatchView, Target, load_views, open_provider, resolve, settings_of
+from .batchviews import BatchView, Providers, Target, load_views, resolve, settings_for, settings_of
 
 
 def failed_to_retry(views: list[BatchView], target: Target) -> tuple[dict[str, list[str]], list[str]]:
@@ -63,44 +66,73 @@ def run(args: argparse.Namespace) -> int:
     if not chosen:
         print(f"{target.ident}: no failed request to retry")
         return 0
-    with open_provider(settings) as provider:  # a missing key stops before anything is recorded
-        wanted: set[tuple[str, str]] = set()
-        by_chunk = {v.chunk: v for v in target.batches}
-        for chunk, cids in chosen.items():
-            append(layout, RetryRequested(chunk=chunk, custom_ids=cids))
-            view = by_chunk[chunk]
-            wanted |= {(view.processor, view.source.requests[cid].request_hash) for cid in cids}
+    by_chunk = {v.chunk: v for v in target.batches}
+    made_with = {chunk: by_chunk[chunk].provider or settings.provider for chunk in chosen}
+    providers_needed = sorted(set(made_with.values()))
+    group = new_run_id()
+    log = JobLog(layout.command_log("retry"), echo=False)
+    sent_any, left = False, 0
+    with Providers(settings) as providers:
+        for name in providers_needed:  # a missing key stops before anything is recorded
+            providers.named(name)
         print(f"{target.ident}: {sum(len(c) for c in chosen.values())} failed request(s) marked for retry")
-        plan = build_plan(settings)
-        todo = [
-            (name, new.chunk, sum(1 for m in new.members if (name, m.request_hash) in wanted))
-            for name, pp in plan.processors.items()
-            for new in pp.new.values()
-            if any((name, m.request_hash) in wanted for m in new.members)
-        ]
-        sent = {(name, m.request_hash) for name, chunk, _ in todo for m in plan.processors[name].new[chunk].members}
-        left = wanted - sent
-        group = new_run_id()
-        log = JobLog(layout.command_log("retry"), echo=False)
-        for name, chunk, retried in todo:
-            try:
-                send_chunk(plan, provider, name, chunk, log, group=group)  # a new chunk: the config's mode
-            except SubmissionBlocked as exc:
-                raise CommandError(str(exc)) from None
-            created = last(read_events(layout, chunk), Created)
-            size = len(plan.processors[name].new[chunk].members)
-            print(
-                f"submitted {name}/{chunk} as batch {created.batch_id if created else None} in group {group}: "
-                f"{size} request(s), {retried} of them retried"
-            )
-    if todo:
+        for name in providers_needed:  # each failed request again with the provider that made its batch
+            mine = {chunk: cids for chunk, cids in chosen.items() if made_with[chunk] == name}
+            sent, missed = resend(settings_for(settings, name), providers.named(name), by_chunk, mine, group, log)
+            sent_any = sent_any or sent
+            left += missed
+    if sent_any:
         print("the next snakemake run collects them")
     if left:
         print(
-            f"{len(left)} request(s) not sent now (issue not in the current selection, changed since, or held "
+            f"{left} request(s) not sent now (issue not in the current selection, changed since, or held "
             "back by enqueued_token_limit); the next snakemake run decides"
         )
     return 0
+
+
+def resend(
+    settings: Settings,
+    provider: Provider,
+    by_chunk: dict[str, BatchView],
+    chosen: dict[str, list[str]],
+    group: str,
+    log: JobLog,
+) -> tuple[bool, int]:
+    """Mark the chosen requests for retry and submit the new chunks that carry them, with `settings`' provider;
+    returns whether a chunk was sent and how many of the requests were not."""
+    layout = Layout(settings)
+    wanted: set[tuple[str, str]] = set()
+    keys: dict[str, list[str]] = {}
+    for chunk, cids in chosen.items():
+        append(layout, RetryRequested(chunk=chunk, custom_ids=cids))
+        view = by_chunk[chunk]
+        wanted |= {(view.processor, view.source.requests[cid].request_hash) for cid in cids}
+        for cid in cids:
+            keys.setdefault(view.processor, []).extend(view.source.requests[cid].issue_keys)
+    plan = build_plan(settings, chosen=keys)  # only the retried requests' issues: nothing else rides along
+    hold_over_caps(plan, group)  # the cost caps hold here too
+    if plan.held_because:
+        print(f"batchpipe: {plan.held_because}", file=sys.stderr)
+    todo = [
+        (name, new.chunk, sum(1 for m in new.members if (name, m.request_hash) in wanted))
+        for name, pp in plan.processors.items()
+        for new in pp.new.values()
+        if any((name, m.request_hash) in wanted for m in new.members)
+    ]
+    sent = {(name, m.request_hash) for name, chunk, _ in todo for m in plan.processors[name].new[chunk].members}
+    for name, chunk, retried in todo:
+        try:
+            send_chunk(plan, provider, name, chunk, log, group=group)  # a new chunk: the config's mode
+        except SubmissionBlocked as exc:
+            raise CommandError(str(exc)) from None
+        created = last(read_events(layout, chunk), Created)
+        size = len(plan.processors[name].new[chunk].members)
+        print(
+            f"submitted {name}/{chunk} as batch {created.batch_id if created else None} in group {group} "
+            f"({settings.provider}): {size} request(s), {retried} of them retried"
+        )
+    return bool(todo), len(wanted - sent)
 
 
 def add_parser(subparsers: Any) -> None:

@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
         handle.flush()
         clear_stale_lock(root)
         extra = [a for a in args.snakemake_args or [] if a != "--"]
-        if args.configfile != "config.yaml":
-            extra = ["--configfile", args.configfile, *extra]
+        # after the targets and the user's own options: `--configfile` and `--config` take every word that follows
+        if args.configfiles:  # snakemake reads config.yaml first by itself (the Snakefile's configfile)
+            extra += ["--configfile", *args.configfiles]
         if args.config:
-            extra = ["--config", *args.config, *extra]
+            extra += ["--config", *args.config]
         return _run_workflow(root, extra)
     finally:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,6 +1,9 @@
 """Anthropic's wire format: Message Batches requests `{custom_id, params}` and result lines.
 
-A JSON answer is asked for as a forced tool whose input schema is the processor's schema."""
+A JSON answer is asked for as a forced tool whose input schema is the processor's schema. A request whose
+shared prefix is long enough to cache (`NeutralRequest.cache_prefix`) marks its last block (the system
+prompt, else the tool) with `CACHE_CONTROL`: a 1-hour TTL, as a batch can take longer than 5 minutes.
+Anthropic's usage counts `input_tokens` without the cache reads and writes; ours counts them all."""
 
 from __future__ import annotations
 
@@ -8,11 +11,28 @@ import json
 from typing import Any
 
 from ..request import NeutralRequest
+from ..service.responders import SIMULATED_MESSAGE_ID
 from .wire import RETRY_TYPES, Outcome, Wire, retry_after_of, retryable
 
-__all__ = ["TOOL_NAME", "AnthropicWire", "split_results"]
+__all__ = ["CACHE_CONTROL", "TOOL_NAME", "AnthropicWire", "normalise_usage", "split_results"]
 
 TOOL_NAME = "record_answer"
+CACHE_CONTROL = {"type": "ephemeral", "ttl": "1h"}
+
+
+def normalise_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """Our usage from Anthropic's: `input_tokens` is every input token (Anthropic's excludes the cache reads
+    and writes), with `cached_input_tokens` (reads) and `cache_write_tokens` (writes) among them."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    write = int(usage.get("cache_creation_input_tokens") or 0)
+    out = {
+        "input_tokens": int(usage.get("input_tokens") or 0) + read + write,
+        "output_tokens": int(usage.get("output_tokens") or 0),
+        "cached_input_tokens": read,
+    }
+    if write:
+        out["cache_write_tokens"] = write
+    return out
 
 
 class AnthropicWire(Wire):
@@ -27,11 +47,17 @@ class AnthropicWire(Wire):
             "max_tokens": request.max_tokens,
             "messages": list(request.messages),
         }
+        tool: dict[str, Any] | None = None
+        if request.schema is not None:
+            tool = {"name": TOOL_NAME, "description": "Record the answer.", "input_schema": request.schema}
+            params["tools"] = [tool]
+            params["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
         if request.system:
             params["system"] = request.system
-        if request.schema is not None:
-            params["tools"] = [{"name": TOOL_NAME, "description": "Record the answer.", "input_schema": request.schema}]
-            params["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+            if request.cache_prefix:  # tools, then system: the mark on the system block caches both
+                params["system"] = [{"type": "text", "text": request.system, "cache_control": dict(CACHE_CONTROL)}]
+        elif request.cache_prefix and tool is not None:
+            tool["cache_control"] = dict(CACHE_CONTROL)
         return {"custom_id": custom_id, "params": params}
 
     @staticmethod
@@ -41,20 +67,21 @@ class AnthropicWire(Wire):
         kind = result.get("type")
         if kind == "succeeded":
             message = result.get("message") or {}
-            usage = message.get("usage") or {}
-            usage_out = {
-                "input_tokens": int(usage.get("input_tokens") or 0) + int(usage.get("cache_read_input_tokens") or 0),
-                "output_tokens": int(usage.get("output_tokens") or 0),
-                "cached_input_tokens": int(usage.get("cache_read_input_tokens") or 0),
-            }
+            usage_out = normalise_usage(message.get("usage") or {})
             blocks = message.get("content") or []
+            simulated = str(message.get("id") or "").startswith(SIMULATED_MESSAGE_ID)
             for block in blocks:
                 if block.get("type") == "tool_use":
                     return Outcome(
-                        custom_id, True, data=block.get("input"), model=message.get("model"), usage=usage_out
+                        custom_id,
+                        True,
+                        data=block.get("input"),
+                        model=message.get("model"),
+                        usage=usage_out,
+                        simulated=simulated,
                     )
             text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
-            return Outcome(custom_id, True, text=text, model=message.get("model"), usage=usage_out)
+            return Outcome(custom_id, True, text=text, model=message.get("model"), usage=usage_out, simulated=simulated)
         if kind == "errored":
             err = ((result.get("error") or {}).get("error")) or {}
             return Outcome(

@@ -7,21 +7,29 @@ from typing import Any
 
 from ..lifecycle import OPENAI_ENDED
 from ..request import NeutralRequest
+from ..service.responders import SIMULATED_FINGERPRINT
 from .base import BatchStatus
 from .wire import RETRY_STATUS, RETRY_TYPES, Outcome, Wire, retry_after_of, retryable
 
-__all__ = ["OPENAI_ENDPOINT", "OpenAIWire", "custom_ids_of", "status_from_openai"]
+__all__ = ["OPENAI_ENDPOINT", "OpenAIWire", "custom_ids_of", "normalise_usage", "status_from_openai"]
 
 OPENAI_ENDPOINT = "/v1/chat/completions"
 
 
-def _usage(usage: dict[str, Any]) -> dict[str, int]:
+def normalise_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """Our usage from a chat completion's: `prompt_tokens` counts every input token, the cached ones
+    (`prompt_tokens_details.cached_tokens`) among them, and the cache writes where a model reports them
+    (`cache_write_tokens`, in the details or beside them)."""
     details = usage.get("prompt_tokens_details") or {}
-    return {
+    out = {
         "input_tokens": int(usage.get("prompt_tokens") or 0),
         "output_tokens": int(usage.get("completion_tokens") or 0),
         "cached_input_tokens": int(details.get("cached_tokens") or 0),
     }
+    write = int(details.get("cache_write_tokens") or usage.get("cache_write_tokens") or 0)
+    if write:
+        out["cache_write_tokens"] = write
+    return out
 
 
 class OpenAIWire(Wire):
@@ -53,7 +61,7 @@ class OpenAIWire(Wire):
         response = line.get("response")
         if response and 200 <= int(response.get("status_code", 0)) < 300:
             body = response.get("body") or {}
-            usage = _usage(body.get("usage") or {})
+            usage = normalise_usage(body.get("usage") or {})
             message = (body.get("choices") or [{}])[0].get("message") or {}
             if message.get("refusal"):
                 return Outcome(
@@ -64,7 +72,14 @@ class OpenAIWire(Wire):
                     error_type="refusal",
                     error_message=str(message["refusal"])[:300],
                 )
-            return Outcome(custom_id, True, text=message.get("content") or "", model=body.get("model"), usage=usage)
+            return Outcome(
+                custom_id,
+                True,
+                text=message.get("content") or "",
+                model=body.get("model"),
+                usage=usage,
+                simulated=body.get("system_fingerprint") == SIMULATED_FINGERPRINT,
+            )
         if response:
             err = (response.get("body") or {}).get("error") or {}
             code = int(response.get("status_code", 0))

@@ -38,10 +38,12 @@ class Outcome:
     text: str | None = None
     data: Any = None
     model: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)  # input_tokens, output_tokens, cached_input_tokens
+    # input_tokens (every input token), cached_input_tokens and cache_write_tokens (among them), output_tokens
+    usage: dict[str, int] = field(default_factory=dict)
     error_type: str | None = None
     error_message: str | None = None
     retryable: bool = True
+    simulated: bool = False  # a placeholder of the offline responder (its wire mark), not a model's answer
 
 
 def retryable(status_code: int | None, error_type: str | None) -> bool:

@@ -18,6 +18,12 @@ Layout of `state_dir`:
     batches/<batch_id>/lock           per-batch lock
     fault-counts.json, fault-counts.lock   how often each `times`-limited fault rule has applied
     realtime.jsonl, realtime.lock          one usage line per `complete_line` answer
+    prompt-cache.json, prompt-cache.lock   the simulated prompt cache: prefix key -> when it expires
+
+Prompt caching is simulated for Anthropic requests that mark their prefix with `cache_control`: the first
+request with a given prefix (model, schema, system) writes it, later ones (in this batch or another one
+within the TTL, 1 hour or 5 minutes as marked; a read renews it) read it. Every marked prefix is cached,
+whatever its length (the real service caches only prefixes over the model's minimum).
 """
 
 from __future__ import annotations
@@ -39,11 +45,15 @@ from ..errors import Conflict, InvalidRequest, NotFound, RateLimited
 from ..files import atomic_write_bytes, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
 from ..request import NeutralRequest
 from .responders import (
+    SIMULATED_FINGERPRINT,
+    SIMULATED_MESSAGE_ID,
     NeutralAnswer,
     NeutralError,
     OfflineResponder,
-    estimate_tokens,
-    prompt_text,
+    count_tokens,
+    input_tokens,
+    output_tokens,
+    prefix_text,
     status_error_type,
 )
 
@@ -479,7 +489,7 @@ class BatchEngine:
             created_at=now,
             expires_at=now,
         )
-        (req,), (answer,) = self._answers(fmt, self.faults["requests"], [native])
+        (req,), (answer,) = self._answers(fmt, self.faults["requests"], [native], now)
         status = answer.error.status if answer.error is not None else 200
         return status, fmt.outcome(rec, native["custom_id"], req, answer, now)
 
@@ -652,17 +662,17 @@ class BatchEngine:
 
     def _answer(self, rec: BatchRecord, natives: list[dict[str, Any]], at: float) -> list[dict[str, Any]]:
         fmt = FORMATS[rec.request_format]
-        reqs, answers = self._answers(fmt, rec.request_faults, natives)
+        reqs, answers = self._answers(fmt, rec.request_faults, natives, at)
         return [
             fmt.outcome(rec, native["custom_id"], req, answer, at)
             for native, req, answer in zip(natives, reqs, answers, strict=True)
         ]
 
     def _answers(
-        self, fmt: type[NativeFormat], faults: list[dict[str, Any]], natives: list[dict[str, Any]]
+        self, fmt: type[NativeFormat], faults: list[dict[str, Any]], natives: list[dict[str, Any]], at: float
     ) -> tuple[list[NeutralRequest | NeutralError], list[NeutralAnswer]]:
         """The neutral requests (or why a native one is invalid) and their answers: the error for an invalid
-        request, else a fault rule's answer, else the responder's."""
+        request, else a fault rule's answer, else the responder's; the prompt cache read or written."""
         reqs = [fmt.to_neutral(native) for native in natives]
         candidates = [
             matching_rules(faults, native) if isinstance(req, NeutralRequest) else []
@@ -680,7 +690,38 @@ class BatchEngine:
                 todo.append((index, req))
         for (index, _), answer in zip(todo, self._respond([req for _, req in todo]), strict=True):
             answers[index] = answer
-        return reqs, [answers[index] for index in range(len(reqs))]
+        out = [answers[index] for index in range(len(reqs))]
+        self._use_cache(natives, reqs, out, at)
+        return reqs, out
+
+    def _use_cache(
+        self,
+        natives: list[dict[str, Any]],
+        reqs: list[NeutralRequest | NeutralError],
+        answers: list[NeutralAnswer],
+        at: float,
+    ) -> None:
+        """The simulated prompt cache: a marked prefix is written by its first answered request, read by the
+        later ones while it lives (a read renews it); its tokens are split out of the answer's input tokens."""
+        marked = [
+            (native, req, answer)
+            for native, req, answer in zip(natives, reqs, answers, strict=True)
+            if isinstance(req, NeutralRequest) and req.cache_prefix and answer.error is None
+        ]
+        if not marked:
+            return
+        with file_lock(self.state_dir / "prompt-cache.lock"):
+            path = self.state_dir / "prompt-cache.json"
+            live = {k: v for k, v in (read_json(path) if path.exists() else {}).items() if v > at}
+            for native, req, answer in marked:
+                key = sha256_hex(canonical_json([req.model, req.schema, req.system]))[:32]
+                tokens = min(count_tokens(prefix_text(req)), answer.input_tokens)
+                if key in live:
+                    answer.cache_read_tokens = tokens
+                else:
+                    answer.cache_write_tokens = tokens
+                live[key] = at + cache_ttl_s(native)
+            atomic_write_bytes(path, canonical_json(live).encode("utf-8"))
 
     def _respond(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
         if not reqs:
@@ -853,6 +894,7 @@ class OpenAIFormat:
                 "object": "chat.completion",
                 "created": int(at),
                 "model": answer.model or req.model,
+                **({"system_fingerprint": SIMULATED_FINGERPRINT} if answer.simulated else {}),
                 "choices": [
                     {
                         "index": 0,
@@ -931,6 +973,7 @@ class AnthropicFormat:
             schema=schema,
             schema_name=tool_name,
             temperature=params.get("temperature"),
+            cache_prefix=cache_control_of(params) is not None,
         )
 
     @staticmethod
@@ -959,18 +1002,18 @@ class AnthropicFormat:
         else:  # free text, or a forced tool the answer could not fill (invalid JSON)
             content = [{"type": "text", "text": answer.as_text()}]
         message = {
-            "id": derived_id("msg_", rec.id, custom_id),
+            "id": derived_id(SIMULATED_MESSAGE_ID if answer.simulated else "msg_", rec.id, custom_id),
             "type": "message",
             "role": "assistant",
             "model": answer.model or req.model,
             "content": content,
             "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn",
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": tokens_in,
+            "usage": {  # Anthropic's input_tokens leave out the cache reads and writes
+                "input_tokens": tokens_in - answer.cache_read_tokens - answer.cache_write_tokens,
                 "output_tokens": tokens_out,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": answer.cache_write_tokens,
+                "cache_read_input_tokens": answer.cache_read_tokens,
             },
         }
         line = {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
@@ -1152,8 +1195,8 @@ def fault_answer(rule: dict[str, Any], req: NeutralRequest) -> NeutralAnswer:
         breaks_empty_object = bool(schema.get("required")) or schema.get("type") not in (None, "object")
         answer = NeutralAnswer(data={} if breaks_empty_object or not schema else [])
     answer.model = req.model
-    answer.input_tokens = estimate_tokens(prompt_text(req))
-    answer.output_tokens = estimate_tokens(answer.as_text())
+    answer.input_tokens = input_tokens(req)
+    answer.output_tokens = output_tokens(req, answer.as_text())
     return answer
 
 
@@ -1213,9 +1256,25 @@ def answer_json(answer: NeutralAnswer) -> Any:
 
 def token_counts(req: NeutralRequest, answer: NeutralAnswer) -> tuple[int, int]:
     return (
-        answer.input_tokens or estimate_tokens(prompt_text(req)),
-        answer.output_tokens or estimate_tokens(answer.as_text()),
+        answer.input_tokens or input_tokens(req),
+        answer.output_tokens or output_tokens(req, answer.as_text()),
     )
+
+
+def cache_control_of(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The `cache_control` mark of an Anthropic request's prefix (on a system block or a tool), if any."""
+    system = params.get("system")
+    blocks = [*(params.get("tools") or []), *(system if isinstance(system, list) else [])]
+    for block in blocks:
+        if isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
+            return dict(block["cache_control"])
+    return None
+
+
+def cache_ttl_s(native: dict[str, Any]) -> float:
+    """How long a prefix written by this request lives: 1 hour when marked so, else 5 minutes."""
+    mark = cache_control_of(native.get("params") or {}) or {}
+    return 3600.0 if mark.get("ttl") == "1h" else 300.0
 
 
 def shuffled(items: list[T], seed: str) -> list[T]:

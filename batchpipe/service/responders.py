@@ -1,7 +1,9 @@
 """Responders: answer one provider-neutral request. The batch engine converts native requests to these.
 
 - `OfflineResponder`: no network, deterministic placeholder answers (they satisfy the requested JSON
-  Schema, but analyse nothing).
+  Schema, but analyse nothing), in the name of the model asked for, with tokens counted by the service
+  itself (`count_tokens`: words and punctuation marks, not the planner's 4 characters a token), so that
+  forecasts, caps and spend meet the price table on every path without a key.
 - `OpenAICompatibleResponder`: forwards each request to a chat-completions server (vLLM, Ollama,
   llama.cpp server, ...) through the official `openai` SDK, with bounded concurrency.
 """
@@ -27,7 +29,10 @@ if TYPE_CHECKING:
 
     from ..config import LocalConfig
 
-OFFLINE_MODEL = "batchpipe-offline"
+# How a simulated answer is marked on the wire, never by its model name (a model name may be the one asked
+# for): OpenAI's `system_fingerprint`, and the prefix of Anthropic's message id. Real providers send neither.
+SIMULATED_FINGERPRINT = "batchpipe-simulated"
+SIMULATED_MESSAGE_ID = "msg_batchpipe_simulated_"
 
 
 @dataclass
@@ -51,6 +56,9 @@ class NeutralAnswer:
     output_tokens: int = 0
     model: str | None = None
     error: NeutralError | None = None
+    simulated: bool = False  # a placeholder, not a model's answer: marked on the wire
+    cache_read_tokens: int = 0  # of input_tokens: the prompt-cache reads and writes (the engine's simulation)
+    cache_write_tokens: int = 0
 
     def as_text(self) -> str:
         if self.text is not None:
@@ -68,13 +76,35 @@ class Responder:
         return [self.respond(req) for req in reqs]
 
 
-def estimate_tokens(text: str) -> int:
-    """About four characters per token, at least one."""
-    return max(1, (len(text) + 3) // 4)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """The service's token count: words and punctuation marks. Each is at least one character, so a
+    request's count never exceeds its bytes (the forecast's ceiling), and it is not the planner's estimate."""
+    return len(_TOKEN.findall(text))
+
+
+def prefix_text(req: NeutralRequest) -> str:
+    """The part of a request shared by a processor's requests, as it is sent first: the answer's schema (the
+    tool or response format), then the system prompt."""
+    schema = canonical_json(req.schema) if req.schema is not None else ""
+    return "\n".join(part for part in (schema, req.system) if part)
 
 
 def prompt_text(req: NeutralRequest) -> str:
-    return "\n".join([req.system, *(m["content"] for m in req.messages)])
+    """Everything the model reads: the shared prefix, then the messages."""
+    return "\n".join([prefix_text(req), *(m["content"] for m in req.messages)])
+
+
+def input_tokens(req: NeutralRequest) -> int:
+    return count_tokens(prompt_text(req))
+
+
+def output_tokens(req: NeutralRequest, text: str) -> int:
+    """An answer's tokens, at most the request's max_tokens (a model stops there)."""
+    count = count_tokens(text)
+    return min(count, req.max_tokens) if req.max_tokens else count
 
 
 # --- offline answers ---------------------------------------------------------------------------
@@ -96,9 +126,10 @@ class OfflineResponder(Responder):
             answer = NeutralAnswer(data=data, text=json.dumps(data, ensure_ascii=False))
         else:
             answer = NeutralAnswer(text=offline_markdown(find_title(req), rng))
-        answer.model = OFFLINE_MODEL
-        answer.input_tokens = estimate_tokens(prompt_text(req))
-        answer.output_tokens = estimate_tokens(answer.as_text())
+        answer.model = req.model  # the model asked for: its price applies (the wire marks the answer simulated)
+        answer.simulated = True
+        answer.input_tokens = input_tokens(req)
+        answer.output_tokens = output_tokens(req, answer.as_text())
         return answer
 
 
@@ -391,8 +422,8 @@ class OpenAICompatibleResponder(Responder):
         return NeutralAnswer(
             text=text,
             model=completion.model or kwargs["model"],
-            input_tokens=usage.prompt_tokens if usage else estimate_tokens(prompt_text(req)),
-            output_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+            input_tokens=usage.prompt_tokens if usage else input_tokens(req),
+            output_tokens=usage.completion_tokens if usage else output_tokens(req, text),
         )
 
     def respond_many(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:

@@ -1,7 +1,9 @@
 """The task board: an SQLite table of every task found, and ACTIVE_TASKS.md rendered from it.
 
 A task's row is keyed by its identity hash: a rerun updates what the answer says (title, details, source)
-and never the `status`, which is a person's to set (`UPDATE tasks SET status='done' WHERE id=N`).
+and never the `status`, which is a person's to set (`batchpipe tasks set ID STATUS`). One exception: when
+the answer of an issue and processor changes, its tasks the new answer no longer holds become `superseded`
+(kept, not deleted), and a superseded task the answer holds again is `queued` again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..views import VIEW_COLUMNS
 from .extract import PRIORITIES
 
 if TYPE_CHECKING:
@@ -20,17 +23,30 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOARD_COLUMNS",
+    "CLOSED_STATUSES",
     "DONE_STATUS",
+    "QUEUED_STATUS",
     "SCHEMA_SQL",
+    "STATUSES",
+    "SUPERSEDED_STATUS",
     "UPSERT_SQL",
     "open_board",
     "read_board",
     "render_active",
+    "set_status",
+    "supersede_missing",
     "timestamp",
     "upsert_tasks",
 ]
 
+QUEUED_STATUS = "queued"
 DONE_STATUS = "done"
+SUPERSEDED_STATUS = "superseded"
+# The statuses `batchpipe tasks set` accepts: queued (new), in_progress, done, wontfix (a person's), and
+# superseded (the answer changed and no longer holds the task).
+STATUSES = (QUEUED_STATUS, "in_progress", DONE_STATUS, "wontfix", SUPERSEDED_STATUS)
+# Not active: left out of ACTIVE_TASKS.md's tables, and never superseded (a person closed them).
+CLOSED_STATUSES = (DONE_STATUS, "wontfix", SUPERSEDED_STATUS)
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -50,6 +66,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_status_priority ON tasks (status, priority);
+CREATE INDEX IF NOT EXISTS tasks_parent_processor ON tasks (parent, processor);
 CREATE TABLE IF NOT EXISTS recycled_results (
     result_file TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -65,25 +82,12 @@ UPSERT_SQL = (
     "result_file, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT(task_hash) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED)
+    + f", status = CASE tasks.status WHEN '{SUPERSEDED_STATUS}' THEN '{QUEUED_STATUS}' ELSE tasks.status END"
     + ", updated_at = excluded.updated_at WHERE "
     + " OR ".join(f"tasks.{c} IS NOT excluded.{c}" for c in _UPDATED)
+    + f" OR tasks.status = '{SUPERSEDED_STATUS}'"
 )
-BOARD_COLUMNS = (
-    "id",
-    "task_hash",
-    "title",
-    "details",
-    "type",
-    "priority",
-    "status",
-    "parent",
-    "processor",
-    "batch_id",
-    "custom_id",
-    "result_file",
-    "created_at",
-    "updated_at",
-)
+BOARD_COLUMNS = VIEW_COLUMNS["tasks"]  # the `tasks` view of `batchpipe query` is the board, column for column
 
 
 def timestamp() -> str:
@@ -104,7 +108,8 @@ def open_board(path: str | Path) -> sqlite3.Connection:
 
 
 def upsert_tasks(conn: sqlite3.Connection, tasks: Iterable[Task], now: str | None = None) -> tuple[int, int]:
-    """Insert new tasks, update changed ones (never their status): (new, updated)."""
+    """Insert new tasks, update changed ones (never their status, but a superseded task found again is
+    queued again): (new, updated)."""
     now = now or timestamp()
     new = updated = 0
     for task in tasks:
@@ -136,7 +141,8 @@ def upsert_tasks(conn: sqlite3.Connection, tasks: Iterable[Task], now: str | Non
 def read_board(
     path: str | Path, status: str | None = None, priority: str | None = None, active_only: bool = False
 ) -> list[dict[str, Any]]:
-    """Tasks of the board (all columns), by priority then id; [] when the board is missing or empty."""
+    """Tasks of the board (all columns), by priority then id; [] when the board is missing or empty.
+    `active_only`: not done, wontfix nor superseded."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -155,8 +161,8 @@ def read_board(
             where.append("priority = ?")
             params.append(priority)
         if active_only:
-            where.append("status IS NOT ?")
-            params.append(DONE_STATUS)
+            where.append(f"status NOT IN ({', '.join('?' * len(CLOSED_STATUSES))})")
+            params.extend(CLOSED_STATUSES)
         sql = (
             f"SELECT {', '.join(BOARD_COLUMNS)} FROM tasks"
             + (f" WHERE {' AND '.join(where)}" if where else "")
@@ -170,12 +176,40 @@ def read_board(
         conn.close()
 
 
+def supersede_missing(conn: sqlite3.Connection, issue: str, processor: str, kept: set[str], now: str) -> int:
+    """Mark `superseded` the open tasks of `issue` and `processor` whose hash is not in `kept` (the tasks of
+    its new answer); done and wontfix tasks stay as a person left them. Returns how many were marked."""
+    rows = conn.execute(
+        f"SELECT task_hash FROM tasks WHERE parent = ? AND processor = ? "
+        f"AND status NOT IN ({', '.join('?' * len(CLOSED_STATUSES))})",
+        (issue, processor, *CLOSED_STATUSES),
+    ).fetchall()
+    gone = [(SUPERSEDED_STATUS, now, row[0]) for row in rows if row[0] not in kept]
+    conn.executemany("UPDATE tasks SET status = ?, updated_at = ? WHERE task_hash = ?", gone)
+    return len(gone)
+
+
+def set_status(conn: sqlite3.Connection, task_id: int, status: str, now: str | None = None) -> sqlite3.Row | None:
+    """Set one task's status (a person's; it survives reruns); its row as it now is, or None for no such id."""
+    conn.execute(
+        "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ? AND status IS NOT ?",
+        (status, now or timestamp(), task_id, status),
+    )
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {', '.join(BOARD_COLUMNS)} FROM tasks WHERE id = ?", (task_id,)
+    ).fetchone()
+    return row
+
+
 def _cell(value: Any) -> str:
     return str(value if value is not None else "").replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def render_active(rows: list[dict[str, Any]], board_name: str = "tasks.sqlite") -> str:
-    """ACTIVE_TASKS.md: tasks not done, one Markdown table per priority (high, medium, low)."""
+def render_active(
+    rows: list[dict[str, Any]], board_name: str = "tasks.sqlite", superseded: list[dict[str, Any]] | None = None
+) -> str:
+    """ACTIVE_TASKS.md: open tasks, one Markdown table per priority (high, medium, low), then the superseded
+    ones (their answer changed and no longer holds them), when there are any."""
     groups: dict[str, list[dict[str, Any]]] = {p: [] for p in PRIORITIES}
     for row in rows:
         groups.setdefault(row["priority"] if row["priority"] in groups else "medium", []).append(row)
@@ -183,20 +217,29 @@ def render_active(rows: list[dict[str, Any]], board_name: str = "tasks.sqlite") 
     lines = [
         "# Active tasks",
         "",
-        f"{len(rows)} task(s) not done, from recycled batch answers ({counts}). Generated from `{board_name}`;",
-        "edit the board, not this file: `UPDATE tasks SET status='done' WHERE id=N` (a status survives reruns).",
+        f"{len(rows)} open task(s), from recycled batch answers ({counts}). Generated from `{board_name}`;",
+        "edit the board, not this file: `batchpipe tasks set ID done` (a status survives reruns).",
     ]
+    header = ["| id | title | type | source issue | processor | status |", "|---:|---|---|---|---|---|"]
     for priority in PRIORITIES:
         lines += ["", f"## {priority.capitalize()} priority ({len(groups[priority])})", ""]
         if not groups[priority]:
             lines.append("_No tasks._")
             continue
-        lines.append("| id | title | type | source issue | processor | status |")
-        lines.append("|---:|---|---|---|---|---|")
-        for row in groups[priority]:
-            lines.append(
-                "| "
-                + " | ".join(_cell(row[c]) for c in ("id", "title", "type", "parent", "processor", "status"))
-                + " |"
-            )
+        lines += header
+        lines += [_row(row) for row in groups[priority]]
+    if superseded:
+        lines += [
+            "",
+            f"## Superseded ({len(superseded)})",
+            "",
+            "The answer of their issue changed and no longer holds them (`batchpipe tasks --status superseded`).",
+            "",
+            *header,
+            *(_row(row) for row in superseded),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _row(row: dict[str, Any]) -> str:
+    return "| " + " | ".join(_cell(row[c]) for c in ("id", "title", "type", "parent", "processor", "status")) + " |"

@@ -14,6 +14,9 @@ From each per-issue result (`data/results/{org}_{repo}_issue_{n}_{processor}.jso
 Each line gives at most one item (todo > required_implementation > implementation_step > major_section),
 and an item's identity is a hash of its issue, processor and normalised text, so overlapping patterns,
 reruns and reprocessed issues with the same answer never make a second task. Fenced code blocks are skipped.
+
+A simulated answer (the offline responder's placeholder, marked `"simulated": true` in its result) gives
+no task: it analyses nothing.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ __all__ = [
     "clean_markdown",
     "extract_items",
     "extract_text",
+    "is_simulated",
     "issue_of",
     "normalise",
     "normalise_priority",
     "processor_of",
     "short_title",
+    "source_of",
     "task_hash",
     "tasks_from_result",
 ]
@@ -49,6 +54,9 @@ DEFAULT_PRIORITY = "medium"
 TITLE_MAX = 80
 DETAILS_MAX = 2000
 MAX_DEPTH = 32  # nesting of JSON answers that is walked
+# The offline responder's model name: marks a simulated answer only in results collected before the
+# explicit `"simulated": true` existed (they carry no `simulated` key at all).
+LEGACY_OFFLINE_MODEL = "batchpipe-offline"
 
 # keys of JSON answers that hold a task list (compared lowercased, with '-' and ' ' as '_')
 TASK_LIST_KEYS = frozenset(
@@ -128,7 +136,7 @@ _NORM_PREFIX = re.compile(
     re.IGNORECASE,
 )
 _NON_WORD = re.compile(r"[^\w\s]+")
-_ISSUE_FILE = re.compile(r"^(?P<stem>.+_issue_\d+)_(?P<processor>[^/]+)\.json$")
+_ISSUE_FILE = re.compile(r"^(?P<stem>.+_(?:issue|pull)_\d+)_(?P<processor>[^/]+)\.json$")  # issues, pull requests
 
 
 # ---- data ----------------------------------------------------------------------------------------------
@@ -525,7 +533,20 @@ def _fewer_than_two(items: list[Item]) -> bool:
     return True
 
 
-def _source_of(result: dict[str, Any], result_file: str) -> Source | None:
+def is_simulated(result: Any) -> bool:
+    """Whether a result holds a simulated answer (a placeholder analysing nothing): `"simulated": true`,
+    or, in a result collected before that key existed, the offline responder's model name."""
+    if not isinstance(result, dict):
+        return False
+    if "simulated" in result:
+        return result["simulated"] is True
+    return result.get("model") == LEGACY_OFFLINE_MODEL
+
+
+def source_of(result: Any, result_file: str) -> Source | None:
+    """The issue and processor a result is for (its fields, else its file name); None when it names neither."""
+    if not isinstance(result, dict):
+        return None
     ref = result.get("issue_reference")
     issue = None
     if isinstance(ref, dict):
@@ -553,10 +574,11 @@ def _source_of(result: dict[str, Any], result_file: str) -> Source | None:
 
 
 def tasks_from_result(result: Any, result_file: str) -> list[Task]:
-    """The tasks of one result (its `analysis`), deduplicated by identity; [] for anything malformed."""
-    if not isinstance(result, dict):
+    """The tasks of one result (its `analysis`), deduplicated by identity; [] for anything malformed and for
+    a simulated answer."""
+    if not isinstance(result, dict) or is_simulated(result):
         return []
-    source = _source_of(result, result_file)
+    source = source_of(result, result_file)
     if source is None:
         return []
     rank = {p: i for i, p in enumerate(PRIORITIES)}

@@ -3,7 +3,10 @@
 Outputs, under `tasks/` beside the results folder (`data/tasks/`): one `{result stem}.tasks.json` per
 result, the board `tasks.sqlite` (a person's `status` survives reruns), `ACTIVE_TASKS.md` and the
 summary `recycle.json`. A result whose size, mtime and inode are those recorded on the board is not read
-again; one rewritten with the same bytes is read but gives nothing new.
+again; one rewritten with the same bytes is read but gives nothing new. A result holding a simulated answer
+gives no task; a result whose answer changed supersedes the tasks the new answer no longer holds.
+`recycle_file` does the same for one result, `preview` says what it would do, `set_task_status` is a
+person's `batchpipe tasks set`.
 """
 
 from __future__ import annotations
@@ -18,19 +21,41 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TextIO, TypeAlias, TypeVar
 
+from ..errors import CommandError
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock, pretty_json, sha256_hex
 from ..interrupt import die_with_parent
 from ..layout import Layout
-from .board import open_board, read_board, render_active, timestamp, upsert_tasks
-from .extract import issue_of, processor_of, tasks_from_result
+from .board import (
+    CLOSED_STATUSES,
+    STATUSES,
+    SUPERSEDED_STATUS,
+    open_board,
+    read_board,
+    render_active,
+    set_status,
+    supersede_missing,
+    timestamp,
+    upsert_tasks,
+)
+from .extract import is_simulated, issue_of, processor_of, source_of, tasks_from_result
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Callable, Iterable, Iterator
 
     from ..config import Settings
-    from .extract import Task
+    from .extract import Source, Task
 
-__all__ = ["PARALLEL_MIN_FILES", "RecycleSummary", "display_path", "recycle"]
+__all__ = [
+    "PARALLEL_MIN_FILES",
+    "Preview",
+    "RecycleSummary",
+    "display_path",
+    "preview",
+    "recycle",
+    "recycle_file",
+    "set_task_status",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,9 +74,11 @@ class RecycleSummary:
     results_read: int = 0
     results_unchanged: int = 0
     results_unreadable: int = 0
+    results_simulated: int = 0  # read, and holding a simulated answer: no tasks taken from them
     tasks_found: int = 0
     tasks_new: int = 0
     tasks_updated: int = 0
+    tasks_superseded: int = 0
     tasks_total: int = 0
     tasks_active: int = 0
     force: bool = False
@@ -91,6 +118,8 @@ class _Read:
     issue: str | None
     processor: str | None
     stamp: str  # `_stamp` of the file read
+    source: Source | None = None  # the issue and processor whose earlier tasks the answer supersedes
+    simulated: bool = False
 
 
 def _read_results(batch: list[_Work]) -> tuple[list[_Read], list[tuple[str, str]], list[str], int]:
@@ -122,20 +151,25 @@ def _read_results(batch: list[_Work]) -> tuple[list[_Read], list[tuple[str, str]
             result = None
             unreadable += 1
             messages.append(f"recycle: {name}: not valid JSON, no tasks")
-        tasks = tasks_from_result(result, name)
-        read.append(
-            _Read(
-                path,
-                name,
-                task_file,
-                digest,
-                tasks,
-                None if tasks else issue_of(result),
-                None if tasks else processor_of(result, path),
-                stamp,
-            )
-        )
+        read.append(_read_one(path, name, task_file, digest, stamp, result))
     return read, unchanged, messages, unreadable
+
+
+def _read_one(path: Path, name: str, task_file: Path, digest: str, stamp: str, result: Any) -> _Read:
+    """What one parsed result gives (`result` None when it is not JSON: it supersedes nothing)."""
+    tasks = tasks_from_result(result, name)
+    return _Read(
+        path,
+        name,
+        task_file,
+        digest,
+        tasks,
+        None if tasks else issue_of(result),
+        None if tasks else processor_of(result, path),
+        stamp,
+        source_of(result, name),
+        is_simulated(result),
+    )
 
 
 def _write_task_files(batch: list[tuple[_Read, dict[str, _Row]]]) -> int:
@@ -150,6 +184,7 @@ def _write_task_files(batch: list[tuple[_Read, dict[str, _Row]]]) -> int:
                     "result_sha256": item.digest,
                     "issue": item.tasks[0].source.issue if item.tasks else item.issue,
                     "processor": item.tasks[0].source.processor if item.tasks else item.processor,
+                    **({"simulated": True} if item.simulated else {}),
                     "tasks": [
                         {"id": ids[t.task_hash][0], "status": ids[t.task_hash][1], **t.as_dict()} for t in item.tasks
                     ],
@@ -171,7 +206,7 @@ def _result_files(folder: Path) -> list[tuple[Path, str]]:
         return []
     found: list[tuple[Path, str]] = []
     for entry in os.scandir(folder):
-        if fnmatch.fnmatchcase(entry.name, "*_issue_*_*.json"):
+        if fnmatch.fnmatchcase(entry.name, "*_issue_*_*.json") or fnmatch.fnmatchcase(entry.name, "*_pull_*_*.json"):
             try:
                 st = entry.stat()
             except FileNotFoundError:
@@ -277,31 +312,7 @@ def recycle(
                         "UPDATE recycled_results SET stamp = ? WHERE result_file = ?",
                         [(stamp, name) for name, stamp in unchanged],
                     )
-                    writes: list[tuple[_Read, dict[str, _Row]]] = []
-                    for item in read:
-                        summary.results_read += 1
-                        summary.tasks_found += len(item.tasks)
-                        new, updated = upsert_tasks(conn, item.tasks, now)
-                        if saved:  # the board was rebuilt: people's statuses come back from the task files
-                            conn.executemany(
-                                "UPDATE tasks SET status = ? WHERE task_hash = ?",
-                                [(saved[t.task_hash], t.task_hash) for t in item.tasks if t.task_hash in saved],
-                            )
-                        summary.tasks_new += new
-                        summary.tasks_updated += updated
-                        conn.execute(
-                            "INSERT INTO recycled_results (result_file, sha256, tasks, recycled_at, stamp) "
-                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(result_file) DO UPDATE SET sha256 = excluded.sha256, "
-                            "tasks = excluded.tasks, recycled_at = excluded.recycled_at, stamp = excluded.stamp",
-                            (item.name, item.digest, len(item.tasks), now, item.stamp),
-                        )
-                        ids: dict[str, _Row] = {}
-                        for task in item.tasks:
-                            row = conn.execute(
-                                "SELECT id, status FROM tasks WHERE task_hash = ?", (task.task_hash,)
-                            ).fetchone()
-                            ids[task.task_hash] = (row["id"], row["status"]) if row else (None, None)
-                        writes.append((item, ids))
+                    writes = [(item, _apply(conn, item, now, saved, summary)) for item in read]
                     if writes:
                         written.append(executor.submit(_write_task_files, writes))
                 for future in written:
@@ -309,16 +320,76 @@ def recycle(
             summary.tasks_total = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
         finally:
             conn.close()
-        rows = read_board(layout.board, active_only=True)
-        summary.tasks_active = len(rows)
-        atomic_write_text(active, render_active(rows, layout.board.name))
+        summary.tasks_active = _write_active(layout, active)
         atomic_write_json(summary_file, summary.as_dict())
+    _report(summary, log)
+    return summary
+
+
+def _apply(
+    conn: sqlite3.Connection, item: _Read, now: str, saved: dict[str, str], summary: RecycleSummary
+) -> dict[str, _Row]:
+    """One result read onto the board: its tasks added or updated, the tasks of its issue and processor it
+    no longer holds superseded, the file recorded. Returns each task's (id, status) for its task file."""
+    summary.results_read += 1
+    summary.results_simulated += item.simulated
+    summary.tasks_found += len(item.tasks)
+    new, updated = upsert_tasks(conn, item.tasks, now)
+    if saved:  # the board was rebuilt: people's statuses come back from the task files
+        conn.executemany(
+            "UPDATE tasks SET status = ? WHERE task_hash = ?",
+            [(saved[t.task_hash], t.task_hash) for t in item.tasks if t.task_hash in saved],
+        )
+    if item.source is not None:
+        kept = {t.task_hash for t in item.tasks}
+        summary.tasks_superseded += supersede_missing(conn, item.source.issue, item.source.processor, kept, now)
+    summary.tasks_new += new
+    summary.tasks_updated += updated
+    conn.execute(
+        "INSERT INTO recycled_results (result_file, sha256, tasks, recycled_at, stamp) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(result_file) DO UPDATE SET sha256 = excluded.sha256, "
+        "tasks = excluded.tasks, recycled_at = excluded.recycled_at, stamp = excluded.stamp",
+        (item.name, item.digest, len(item.tasks), now, item.stamp),
+    )
+    ids: dict[str, _Row] = {}
+    for task in item.tasks:
+        row = conn.execute("SELECT id, status FROM tasks WHERE task_hash = ?", (task.task_hash,)).fetchone()
+        ids[task.task_hash] = (row["id"], row["status"]) if row else (None, None)
+    return ids
+
+
+def _write_active(layout: Layout, active: Path | None = None, keep_mtime: bool = False) -> int:
+    """ACTIVE_TASKS.md from the board as it is now; returns the count of open tasks.
+
+    `keep_mtime` (a command, not the workflow's rule, rewrites it): the file keeps its modification time,
+    so that Snakemake, for which it is an output of `recycle_tasks`, does not see a newer input of
+    `complete_run` and rerun it."""
+    path = active or layout.active_tasks
+    rows = read_board(layout.board, active_only=True)
+    superseded = read_board(layout.board, status=SUPERSEDED_STATUS)
+    try:
+        before = path.stat() if keep_mtime else None
+    except FileNotFoundError:
+        before = None
+    atomic_write_text(path, render_active(rows, layout.board.name, superseded))
+    if before is not None:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return len(rows)
+
+
+def _report(summary: RecycleSummary, log: TextIO | None) -> None:
+    if summary.results_simulated:
+        _say(
+            log,
+            f'recycle: {summary.results_simulated} result(s) hold simulated answers ("simulated": true, the '
+            "offline responder's placeholders): no tasks taken from them",
+        )
     _say(
         log,
         f"recycle: {summary.results_read} result(s) read ({summary.results_unchanged} unchanged), "
-        f"{summary.tasks_new} new task(s), {summary.tasks_total} on the board, {summary.tasks_active} active",
+        f"{summary.tasks_new} new task(s), {summary.tasks_superseded} superseded, {summary.tasks_total} on the "
+        f"board, {summary.tasks_active} active",
     )
-    return summary
 
 
 def _statuses_of_a_lost_board(layout: Layout, log: TextIO | None) -> dict[str, str]:
@@ -343,3 +414,129 @@ def _statuses_of_a_lost_board(layout: Layout, log: TextIO | None) -> dict[str, s
             f"{len(saved)} status(es) people set kept in the task files",
         )
     return saved
+
+
+def _read_result(path: Path, name: str) -> tuple[bytes, os.stat_result, Any]:
+    """A result file's bytes, stamp and parsed JSON; one line naming the file when it cannot be used."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            data = handle.read()
+    except OSError as exc:
+        raise CommandError(f"{name}: cannot read ({exc.strerror})") from None
+    try:
+        result = json.loads(data)
+    except (ValueError, RecursionError):
+        raise CommandError(f"{name}: not valid JSON, so no tasks (collect its batch again)") from None
+    if source_of(result, name) is None:
+        raise CommandError(f"{name}: not a per-issue result (no issue_reference and processor), so no tasks")
+    return data, st, result
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What recycling one result would do: its tasks, each with its board row when it is there already,
+    and the open tasks of the same issue and processor it would supersede."""
+
+    result_file: str
+    simulated: bool
+    tasks: list[tuple[Task, int | None, str | None]]  # (task, board id, board status); id None: a new task
+    superseded: list[dict[str, Any]]  # board rows
+
+
+def preview(settings: Settings, path: str | Path) -> Preview:
+    """What `recycle_file` would do with `path` (any per-issue result file); reads the board, writes nothing."""
+    layout = Layout(settings)
+    path = Path(path)
+    name = display_path(path, settings.root)
+    _, _, result = _read_result(path, name)
+    source = source_of(result, name)
+    assert source is not None
+    tasks = tasks_from_result(result, name)
+    board = {row["task_hash"]: row for row in read_board(layout.board)}
+    kept = {t.task_hash for t in tasks}
+    on_board = [
+        (t, board[t.task_hash]["id"], board[t.task_hash]["status"]) if t.task_hash in board else (t, None, None)
+        for t in tasks
+    ]
+    superseded = [
+        row
+        for row in board.values()
+        if row["parent"] == source.issue
+        and row["processor"] == source.processor
+        and row["status"] not in CLOSED_STATUSES
+        and row["task_hash"] not in kept
+    ]
+    return Preview(name, is_simulated(result), on_board, superseded)
+
+
+def recycle_file(settings: Settings, path: str | Path, log: TextIO | None = None) -> RecycleSummary:
+    """Recycle one result file of the results folder now, whatever the board recorded: its tasks onto the
+    board, its task file, ACTIVE_TASKS.md (`recycle.json` stays the last recycling's)."""
+    layout = Layout(settings)
+    path = Path(path)
+    name = display_path(path, settings.root)
+    folder = layout.results_dir.resolve()
+    if path.resolve().parent != folder:
+        raise CommandError(
+            f"{name}: not in the results folder {display_path(folder, settings.root)}; "
+            "`--dry-run` shows what any result file would give"
+        )
+    data, st, result = _read_result(path, name)
+    results_shown = display_path(layout.results_dir, settings.root)
+    name = path.name if results_shown == "." else f"{results_shown}/{path.name}"  # as `recycle` records it
+    item = _read_one(path, name, layout.task_file(path), sha256_hex(data), _stamp(st), result)
+    summary = RecycleSummary(
+        board=display_path(layout.board, settings.root),
+        active_file=display_path(layout.active_tasks, settings.root),
+    )
+    summary.results_seen = 1
+    with file_lock(layout.recycle_lock):
+        saved = _statuses_of_a_lost_board(layout, log)
+        conn = open_board(layout.board)
+        try:
+            with conn:
+                _write_task_files([(item, _apply(conn, item, timestamp(), saved, summary))])
+            summary.tasks_total = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+        finally:
+            conn.close()
+        summary.tasks_active = _write_active(layout, keep_mtime=True)
+    _report(summary, log)
+    return summary
+
+
+def set_task_status(settings: Settings, task_id: int, status: str) -> dict[str, Any]:
+    """A person's status for one task, on the board, in its task file (the statuses a rebuilt board takes
+    back) and in ACTIVE_TASKS.md. Returns the task's row."""
+    layout = Layout(settings)
+    where = display_path(layout.board, settings.root)
+    if status not in STATUSES:
+        raise CommandError(f"status {status!r}: not one of {', '.join(STATUSES)}")
+    if not layout.board.is_file():
+        raise CommandError(f"no task {task_id}: the board {where} does not exist yet (run the workflow first)")
+    with file_lock(layout.recycle_lock):
+        conn = open_board(layout.board)
+        try:
+            with conn:
+                row = set_status(conn, task_id, status)
+        finally:
+            conn.close()
+        if row is None:
+            raise CommandError(f"no task {task_id} on the board {where} (`batchpipe tasks` lists the ids)")
+        task = dict(row)
+        _set_in_task_file(layout.task_file(Path(task["result_file"] or "")), task["task_hash"], status)
+        _write_active(layout, keep_mtime=True)
+    return task
+
+
+def _set_in_task_file(task_file: Path, task_hash: str, status: str) -> None:
+    """The task's status in its result's task file, when the file lists it (a superseded task is in none)."""
+    try:
+        doc = json.loads(task_file.read_bytes())
+        entries = [t for t in doc["tasks"] if t.get("task_hash") == task_hash]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # missing or damaged: the next recycling writes it again from the board
+    if entries and any(t.get("status") != status for t in entries):
+        for entry in entries:
+            entry["status"] = status
+        atomic_write_bytes(task_file, pretty_json(doc).encode("utf-8"))

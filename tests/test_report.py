@@ -1,0 +1,282 @@
+"""The report people look at: the run summary as an HTML table, charts (SVG) and a table of results
+(`batchpipe/charts.py`, `rules/report.smk`), read back from `snakemake --report`'s HTML, not eyeballed."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from batchpipe import charts
+from batchpipe.config import Settings, load_settings_file
+
+from conftest import make_workspace
+
+
+class Tables(HTMLParser):
+    """The tables of a page: id -> rows of cell texts (header row first); and the page's links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.links: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            self._table = a.get("id") or f"table{len(self.tables)}"
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table:
+            self._cell = []
+        elif tag == "a" and a.get("href"):
+            self.links.append(str(a["href"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables_of(page: str) -> Tables:
+    parser = Tables()
+    parser.feed(page)
+    return parser
+
+
+def settings_in(root: Path) -> Settings:
+    """The project's config, its folders in `root`."""
+    return dataclasses.replace(load_settings_file(Path(__file__).resolve().parents[1] / "config.yaml"), root=root)
+
+
+def is_svg(data: bytes) -> bool:
+    return ET.fromstring(data).tag == "{http://www.w3.org/2000/svg}svg"
+
+
+SUMMARY = {
+    "provider": "local",
+    "issues_selected": 3,
+    "skipped_inputs": [{"file": "data/issues/bad.json", "reason": "not JSON <b>"}],
+    "blocked": {},
+    "processors": {
+        "product-labeling": {
+            "results": 2,
+            "failed": {"o_r_issue_3": {"reason": "<script>alert(1)</script>", "attempts": 3}},
+            "pending": {},
+            "waiting": {},
+            "outdated": [],
+            "batches": [{"chunk": "c", "batch_id": "b", "succeeded": 2, "failed": 1}],
+            "tokens": {"input_tokens": 1000, "cached_input_tokens": 0, "output_tokens": 200},
+            "cost_usd": {"batch": 0.5, "realtime": 1.0, "charged": 0.5, "saved": 0.5},
+        }
+    },
+    "totals": {"results": 2, "failed": 1, "saved_usd": 0.5},
+}
+
+
+def test_summary_page_is_a_table_with_every_processor_and_the_total():
+    page = charts.summary_page(SUMMARY)
+    rows = tables_of(page).tables["summary"]
+    assert rows[0][:3] == ["processor", "results", "failed"]
+    assert rows[1][:3] == ["product-labeling", "2", "1"]
+    assert rows[-1][0] == "total" and rows[-1][-3:] == ["$0.5000", "$1.0000", "$0.5000"]
+    # what a file or an answer says is escaped, never markup
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "not JSON &lt;b&gt;" in page
+
+
+def _result(root: Path, number: int, processor: str, confidence: float, labels: list[str] | None) -> None:
+    analysis: dict = {"summary": f"summary {number}", "recommendation_confidence": confidence}
+    if labels is not None:
+        analysis["recommended_labels"] = [{"label": name, "confidence": 0.5} for name in labels]
+    data = {
+        "issue_reference": {
+            "org": "o",
+            "repo": "r",
+            "number": number,
+            "kind": "issue",
+            "source_file": f"data/issues/o_r_issue_{number}.json",
+        },
+        "processor": {"name": processor},
+        "analysis": analysis,
+    }
+    (root / "data" / "results" / f"o_r_issue_{number}_{processor}.json").write_text(json.dumps(data))
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Three results of two issues (one file is not JSON) and the issues' labels; no ledger."""
+    root = tmp_path / "ws"
+    (root / "data" / "results").mkdir(parents=True)
+    (root / "data" / "issues").mkdir(parents=True)
+    for n, labels in ((1, ["Bug"]), (2, ["UX", "Bug"])):
+        issue = {"number": n, "title": "t", "labels": [{"name": x} for x in labels]}
+        (root / "data" / "issues" / f"o_r_issue_{n}.json").write_text(json.dumps(issue))
+    _result(root, 1, "product-labeling", 0.9, ["Bug"])
+    _result(root, 2, "product-labeling", 0.3, ["Wallet"])
+    _result(root, 2, "other", 0.31, None)
+    (root / "data" / "results" / "o_r_issue_9_broken.json").write_bytes(b"\xff not json")
+    summary = root / "results" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text(json.dumps(SUMMARY))
+    return root
+
+
+def test_pages_from_the_files(tiny):
+    settings = settings_in(tiny)
+    out = charts.ReportFiles.in_folder(tiny / "results" / "report")
+    charts.write_report(settings, tiny / "results" / "summary.json", out)
+    for name in charts.CHARTS:
+        assert is_svg(getattr(out, name).read_bytes()), name
+    parsed = tables_of(out.table.read_text())
+    rows = parsed.tables["results"][1:]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("o_r_issue_1", "product-labeling", "Bug", "0.90"),
+        ("o_r_issue_2", "other", "UX, Bug", "0.31"),
+        ("o_r_issue_2", "product-labeling", "UX, Bug", "0.30"),
+    ]
+    # each row links to its result file, relative to the page
+    assert parsed.links[0] == "../../data/results/o_r_issue_1_product-labeling.json"
+    assert (out.table.parent / parsed.links[0]).is_file()
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(charts.results_sql(settings))
+    con.execute(charts.labels_sql(settings))
+    assert {c.label: (c.both, c.recommended_only, c.current_only) for c in charts.label_counts(con)} == {
+        "Bug": (1, 0, 1),
+        "Wallet": (0, 1, 0),
+        "UX": (0, 0, 1),
+    }
+    bins = charts.confidence_bins(con)
+    assert bins["product-labeling"][18] == 1 and bins["product-labeling"][6] == 1 and bins["other"][6] == 1
+
+
+def test_above_the_row_limit_the_table_is_a_sample(tiny, monkeypatch):
+    monkeypatch.setattr(charts, "TABLE_ROWS", 2)
+    settings = settings_in(tiny)
+    out = charts.ReportFiles.in_folder(tiny / "results" / "report")
+    lines = charts.write_report(settings, tiny / "results" / "summary.json", out)
+    assert any(line.endswith("2 of 3 result(s)") for line in lines)
+    page = out.table.read_text()
+    assert len(tables_of(page).tables["results"]) == 3 and "a sample of 2" in page
+    charts.write_report(settings, tiny / "results" / "summary.json", out)
+    assert out.table.read_text() == page  # the same sample while the files are the same
+
+
+def test_empty_workspace_gives_every_page(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "summary.json").write_text(json.dumps({"processors": {}, "totals": {}}))
+    settings = settings_in(tmp_path)
+    out = charts.ReportFiles.in_folder(tmp_path / "results" / "report")
+    charts.write_report(settings, tmp_path / "results" / "summary.json", out)
+    assert all(is_svg(getattr(out, name).read_bytes()) for name in charts.CHARTS)
+    assert tables_of(out.table.read_text()).tables["results"][1:] == []
+
+
+# --- snakemake --report ------------------------------------------------------------------------------
+
+
+def report_results(page: str) -> tuple[dict, dict]:
+    """What Snakemake's report embeds: `var results = {...}` (each file a base64 data URI) and
+    `var categories = {...}`."""
+
+    def var(name: str) -> dict:
+        found = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', page, re.S)
+        assert found, f"no {name} in the report"
+        return json.loads(found.group(1))
+
+    return var("results"), var("categories")
+
+
+def decode(data_uri: str) -> bytes:
+    head, _, data = data_uri.partition(",")
+    return base64.b64decode(data) if head.endswith(";base64") else urllib.parse.unquote_to_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory) -> Path:
+    """The 40-issue sample run with the default `local` provider, then `snakemake --report report.html`."""
+    ws = make_workspace(tmp_path_factory.mktemp("report") / "ws")
+    ws.snakemake("--cores", "2", "results/all")
+    ws.snakemake("--report", "report.html")
+    return ws.root / "report.html"
+
+
+@pytest.mark.workflow
+def test_report_holds_the_summary_table_and_the_charts(sample_report):
+    results, categories = report_results(sample_report.read_text())
+    by_name = {entry["name"]: (path, entry) for path, entry in results.items()}
+    # the first category (the menu sorts them) holds the run summary as an HTML table
+    first = sorted(categories)[0]
+    assert first == "Run summary"
+    path, entry = by_name["Summary.html"]
+    assert path in [p for paths in categories[first].values() for p in paths]
+    assert entry["mime_type"] == "text/html"
+    rows = tables_of(decode(entry["data_uri"]).decode()).tables["summary"]
+    assert {r[0]: r[1] for r in rows[1:]} == {"issue-summary": "40", "product-labeling": "40", "total": "80"}
+    # the charts, as SVG images
+    for name in charts.CHARTS:
+        _, entry = by_name[f"{name}.svg"]
+        assert entry["mime_type"] == "image/svg+xml"
+        assert is_svg(decode(entry["data_uri"])), name
+    # the per-issue table: every result, its labels and its link
+    _, entry = by_name["results.html"]
+    table = tables_of(decode(entry["data_uri"]).decode()).tables["results"]
+    assert len(table) == 81 and {r[1] for r in table[1:]} == {"issue-summary", "product-labeling"}
+    assert all(r[5].endswith(".json") for r in table[1:])
+    assert any(r[3] for r in table[1:] if r[1] == "product-labeling")  # confidence shown
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.workflow
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
+def test_report_opens_in_headless_chromium(sample_report, tmp_path):
+    """The page renders offline: the report's menu lists the categories once its scripts ran."""
+    assert CHROMIUM is not None
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [*args, "--dump-dom", sample_report.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    rendered = re.sub(r"<script.*?</script>", "", dom, flags=re.S)  # what the scripts drew, not their data
+    for category in ("Run summary", "Spend and results", "Table of results"):
+        assert category in rendered
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*args, "--window-size=1200,800", f"--screenshot={shot}", sample_report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
