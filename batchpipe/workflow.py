@@ -387,13 +387,6 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
         commit_results(settings, log=job_log)
 
 
-def run_report(config: dict[str, Any], summary_path: str, outputs: dict[str, str], log: str) -> None:
-    """The pages of `snakemake --report` (`charts`): the summary as a table, the charts, the results table."""
-    from .charts import report_job  # matplotlib is loaded by this job only, not by every read of the Snakefile
-
-    report_job(settings_of(config), summary_path, outputs, log)
-
-
 def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log: str) -> None:
     """results/all: the run summary's table, printed on the console; then where the run settled (the state
     of the files and its plan key), so that the next run has nothing to do until something changes."""

@@ -2,7 +2,7 @@
 # made from the summary and the files the summary is made from (the chunks' manifests, which list the
 # results), the ledger and the issues' labels, read with DuckDB; no provider is called. A report shows
 # files that exist, so they are made in the run, after the summary, and again only when the summary
-# changes (a run with nothing to do makes nothing). Any executor may run it.
+# changes (a run with nothing to do makes nothing). A script job (its own process); any executor may run it.
 import batchpipe.charts as bp_charts
 
 REPORT = bp_charts.ReportFiles.in_folder(os.path.join(os.path.dirname(SUMMARY_JSON), "report"))
@@ -25,5 +25,7 @@ rule report_charts:
         table=report(str(REPORT.table), caption="../report/report-results.rst", category="Table of results"),
     log:
         "logs/report_charts.log",
-    run:
-        bp.run_report(config, input.summary, dict(output.items()), log[0])
+    conda:
+        "../envs/batchpipe.yaml"
+    script:
+        "../scripts/report_charts.py"
