@@ -26,7 +26,7 @@ from .config import Settings
 from .files import canonical_json, sha256_hex
 from .issues import list_inputs
 from .layout import Layout
-from .plan import build_plan, hold_over_caps
+from .plan import build_plan, hold_over_caps, warm_up_possible
 
 __all__ = [
     "PlanView",
@@ -67,14 +67,7 @@ def find_spec(settings: Settings, processor: str, chunk: str) -> Path | None:
 def warm_chunk(settings: Settings, processor: str, chunk: str) -> str | None:
     """The chunk a new chunk is sent after (its spec's `after`: the one warming the prompt cache), if any;
     looked up only where a plan can make one (a waiting run on anthropic with `cache.warm_first`)."""
-    cache = settings.cache
-    if not (
-        settings.provider == "anthropic"
-        and settings.wait
-        and settings.mode == "batch"
-        and cache.enabled
-        and cache.warm_first
-    ):
+    if not warm_up_possible(settings):
         return None
     spec = find_spec(settings, processor, chunk)
     if spec is None:

@@ -47,6 +47,7 @@ __all__ = [
     "build_plan",
     "chunk_id_for",
     "hold_over_caps",
+    "warm_up_possible",
     "read_sent_chunks",
     "render_chunk",
     "tokens_in_flight",
@@ -307,7 +308,7 @@ class _Unit:
     result_file: Path
     waiting: str = ""
     failed: Failed | None = None
-    digest: str = ""  # the issue's content (`issue_digest`); chained items: their inputs
+    digest: str = ""  # the issue's content (`Issue.digest`); chained items: their inputs
     updated_at: str = ""
 
 
@@ -525,13 +526,26 @@ def _expected_output(chunks: dict[str, ChunkHistory], max_tokens: int) -> int:
     return round(total / count) if count else round(max_tokens * EXPECTED_OUTPUT_SHARE)
 
 
+def warm_up_possible(settings: Settings) -> bool:
+    """Whether a plan may send a chunk first to warm the prompt cache: a waiting batch run on Anthropic with
+    caching and `cache.warm_first` on (the plan then checks the prefix and the cache's age)."""
+    cache = settings.cache
+    return (
+        settings.provider == "anthropic"
+        and cache.enabled
+        and cache.warm_first
+        and settings.wait
+        and settings.mode == "batch"
+    )
+
+
 def _warms_cache(settings: Settings, processor: Processor, chunks: dict[str, ChunkHistory]) -> bool:
     """Whether the processor's first new chunk is one request, sent alone to write the batch prompt cache
     that its other new chunks then read (they wait for it to be collected): in a waiting batch run whose
     requests mark a cacheable prefix (the system prompt with its label list, as `render.cacheable_prefix`
     sees it, the repository names aside), when no batch of the processor was created within the cache's
     TTL. Not waiting (`wait: false`), nothing waits for it, and no chunk is sent alone."""
-    if not (settings.cache.warm_first and settings.wait and settings.mode == "batch"):
+    if not warm_up_possible(settings):
         return False
     system = processor.render(processor.system_template, {"label_list": label_list(processor)}).strip()
     if not cacheable_prefix(settings, settings.model_of(processor), system, processor.schema):

@@ -23,7 +23,6 @@ __all__ = [
     "Rendered",
     "cacheable_prefix",
     "estimate_tokens",
-    "issue_digest",
     "issue_ref",
     "issue_values",
     "label_list",
@@ -95,11 +94,6 @@ class Rendered:
         )
 
 
-def issue_digest(issue: Issue) -> str:
-    """What an issue says, as a hash (`Issue.digest`, computed once per loaded issue)."""
-    return issue.digest
-
-
 def issue_ref(issue: Issue, path: str | Path, root: Path) -> IssueRef:
     """How a chunk's table names an issue (its path relative to the workflow root)."""
     return IssueRef(
@@ -112,7 +106,7 @@ def issue_ref(issue: Issue, path: str | Path, root: Path) -> IssueRef:
         title=issue.title,
         url=issue.url,
         updated_at=issue.updated_at,
-        digest=issue_digest(issue),
+        digest=issue.digest,
     )
 
 

@@ -124,7 +124,7 @@ class IssueRef:
     title: str
     url: str
     updated_at: str
-    digest: str = ""  # the issue's content when sent (`issue_digest`); "" in tables made before it was kept
+    digest: str = ""  # the issue's content when sent (`Issue.digest`); "" in tables made before it was kept
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -17,7 +17,7 @@ from .errors import IssueFileError
 from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
-from .render import Rendered, issue_digest, render_request
+from .render import Rendered, render_request
 from .selection import Selection, selected_keys
 
 __all__ = ["LINE_OVERHEAD", "IssueEntry", "explain_selection", "line_bytes", "scan_issues", "select_issues"]
@@ -38,7 +38,7 @@ class IssueEntry:
     hashes: dict[str, str]  # processor -> request hash
     tokens: dict[str, int] = field(default_factory=dict)  # processor -> estimated tokens (prompt + max_tokens)
     sizes: dict[str, int] = field(default_factory=dict)  # processor -> bytes of its request line (chunk_size: auto)
-    digest: str = ""  # what the issue says (`render.issue_digest`): a new one means the issue itself changed
+    digest: str = ""  # what the issue says (`Issue.digest`): a new one means the issue itself changed
     updated_at: str = ""
     kind: ItemKind = ItemKind.ISSUE  # pull requests are selected only with `include_pull_requests`
     note: str = ""  # what loading cleaned in it (half an emoji), one line naming the file and item
@@ -82,7 +82,7 @@ def _row(issue: Issue, settings: Settings, note: str) -> list[Any]:
         issue.number,
         issue.state,
         requests,
-        issue_digest(issue),
+        issue.digest,
         issue.updated_at,
         issue.kind.value,
         note,

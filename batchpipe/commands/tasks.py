@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import load_settings_file
 from ..errors import CommandError
+from ..issues import shown as escape
 from ..layout import Layout
 from ..tasks import PRIORITIES, STATUSES, display_path, preview, read_board, recycle_file, set_task_status
 
@@ -44,11 +45,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _shown(value: Any) -> str:
-    """A value for the console: control and other unprintable characters escaped (`\\x1b`, `\\n`)."""
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    """A board value for the console (`issues.shown`: nothing a file holds steers the terminal)."""
+    return escape("" if value is None else str(value))
 
 
 def _json(value: Any) -> str:
