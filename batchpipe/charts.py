@@ -1,34 +1,33 @@
 """The pages of `snakemake --report`: the run summary as an HTML table, charts, and a table of results.
 
-Written by `rules/report.smk` into `results/report/` from `results/summary.json` and the files (results, the
-ledger's events, the issues' labels), read with DuckDB (`views.py`): nothing is held as a dict a result, so a
-workspace of 100,000 results stays light. The charts are static SVG drawn by matplotlib (the Agg renderer,
-text as paths): no font, script or network is needed to look at them, and the same files give the same bytes.
-Above `TABLE_ROWS` results, the table holds a sample spread over the processors (every result stays queryable
-with `batchpipe query`).
+Written by `rules/report.smk` into `results/report/` from `results/summary.json` and the files: the per-issue
+results, the ledger's events, the issues' current labels. Each file is read and parsed once and only what the
+pages show is kept (counts, and the table's rows), so a workspace of 100,000 results stays light. The charts
+are static SVG (`svg.py`): nothing to fetch or install to look at them, and the same files give the same bytes.
+Above `TABLE_ROWS` results, the table holds a sample spread over the processors (every result stays
+queryable with `batchpipe query`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import html
-import io
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from . import svg
 from .config import Settings
-from .files import atomic_write_bytes, atomic_write_text, read_json
+from .files import atomic_write_text, read_json
 from .joblog import JobLog
 from .layout import Layout
-from .ledger import events_sql
+from .ledger import Created, Downloaded, Prepared, StatusSeen, ledger_chunks
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-__all__ = ["CHARTS", "TABLE_ROWS", "ReportFiles", "write_report"]
+__all__ = ["CHARTS", "TABLE_ROWS", "ReportData", "ReportFiles", "read_report_data", "write_report"]
 
 TABLE_ROWS = 10_000  # results in the browsable table; above it, a sample (the page stays light)
 GANTT_BATCHES = 300  # batches drawn one bar each over time; above it, a histogram of their durations
@@ -39,7 +38,7 @@ SUMMARY_CHARS = 300  # of an answer's summary in the table
 CHARTS = ("cost", "outcomes", "batches", "confidence", "labels")
 # A batch has ended when the ledger saw it so (the provider's word) or downloaded it.
 _ENDED = ("completed", "ended", "failed", "expired", "cancelled", "canceled")
-_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+_COLOURS = svg.COLOURS
 
 
 @dataclass(frozen=True)
@@ -73,163 +72,44 @@ def write_report(settings: Settings, summary_path: str | Path, out: ReportFiles)
     summary = read_json(summary_path)
     lines = [f"{out.summary}: the run summary ({len(summary.get('processors', {}))} processor(s))"]
     atomic_write_text(out.summary, summary_page(summary))
-    _svg(out.cost, cost_chart(summary))
-    _svg(out.outcomes, outcomes_chart(summary))
-    import duckdb
-
-    con = duckdb.connect(":memory:")
-    try:
-        # in any order: kept in file order, DuckDB holds every file read until the last (gigabytes at 100,000)
-        con.execute("SET preserve_insertion_order = false")
-        con.execute(results_sql(settings))
-        con.execute(labels_sql(settings))
-        batches = batch_spans(con, settings)
-        _svg(out.batches, batches_chart(batches))
-        _svg(out.confidence, confidence_chart(confidence_bins(con)))
-        _svg(out.labels, labels_chart(label_counts(con)))
-        total, rows = table_rows(con)
-    finally:
-        con.close()
-    atomic_write_text(out.table, table_page(rows, total, out.table.parent, settings.root))
-    lines.append(f"{out.batches}: {len(batches)} batch(es)")
-    lines.append(f"{out.table}: {len(rows)} of {total} result(s)")
+    atomic_write_text(out.cost, cost_chart(summary))
+    atomic_write_text(out.outcomes, outcomes_chart(summary))
+    spans = batch_spans(Layout(settings))
+    atomic_write_text(out.batches, batches_chart(spans))
+    data = read_report_data(settings)
+    atomic_write_text(out.confidence, confidence_chart(data.bins))
+    atomic_write_text(out.labels, labels_chart(data.label_counts()))
+    rows = data.table_rows()
+    atomic_write_text(out.table, table_page(rows, data.total, out.table.parent, settings.root))
+    lines.append(f"{out.batches}: {len(spans)} batch(es)")
+    lines.append(f"{out.table}: {len(rows)} of {data.total} result(s)")
     return lines
 
 
 # --- data ----------------------------------------------------------------------------------------------
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _json_file(path: str) -> Any:
+    """A file's JSON (a UTF-8 BOM dropped); None when it cannot be read or is not JSON, as the views of
+    `batchpipe query` leave such a file out."""
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8-sig"))
+    except (OSError, ValueError):
+        return None
 
 
-def _documents(pattern: Path) -> str:
-    """SQL relation (file, t) of the JSON files matching `pattern`: a file that is not JSON (or not UTF-8) is
-    left out, as the views of `batchpipe query` leave it out; a UTF-8 BOM is dropped."""
-    return f"""(SELECT file, t FROM (
-        SELECT filename AS file, ltrim(try(decode(content)), chr(65279)) AS t FROM read_blob({_lit(str(pattern))})
-        WHERE NOT starts_with(parse_filename(filename), '.')) WHERE json_valid(t))"""
-
-
-# What the pages show of a result, each file parsed once (its analysis is not kept).
-_RESULT_PATHS = (
-    "$.issue_reference",
-    "$.issue_reference.org",
-    "$.issue_reference.repo",
-    "$.issue_reference.kind",
-    "$.issue_reference.number",
-    "$.issue_reference.source_file",
-    "$.processor.name",
-    "$.analysis.recommendation_confidence",
-    "$.analysis.recommended_labels",
-    "$.analysis.summary",
-    "$.analysis.text",
-    "$.analysis.reasoning",
-)
-
-
-def results_sql(settings: Settings) -> str:
-    """The table `r`: one row a per-issue result (`data/results/*.json`), keyed like the `results` view."""
-    layout = Layout(settings)
-    root = str(settings.root.resolve()) + os.sep
-    paths = ", ".join(_lit(p) for p in _RESULT_PATHS)
-    return f"""
-    CREATE TEMP TABLE r AS
-    SELECT (v[2]->>'$') || '_' || (v[3]->>'$') || CASE WHEN v[4]->>'$' = 'pull_request' THEN '_pull_' ELSE '_issue_' END
-            || (v[5]->>'$') AS key,
-        CASE WHEN starts_with(v[6]->>'$', '/') THEN v[6]->>'$' ELSE {_lit(root)} || (v[6]->>'$') END AS source,
-        v[7]->>'$' AS processor,
-        try_cast(v[8]->>'$' AS DOUBLE) AS confidence,
-        CASE WHEN json_type(v[9]) = 'ARRAY'
-             THEN list_transform(json_extract(v[9], '$[*]'), lambda x: coalesce(x->>'label', x->>'$'))
-        END AS recommended,
-        left(coalesce(v[10]->>'$', v[11]->>'$', v[12]->>'$', ''), {SUMMARY_CHARS}) AS summary,
-        file
-    FROM (SELECT file, json_extract(t, [{paths}]) AS v FROM {_documents(layout.results_dir.resolve() / "*.json")})
-    WHERE json_type(v[1]) = 'OBJECT'
-    """
-
-
-def labels_sql(settings: Settings) -> str:
-    """The table `il`: the current labels of each issue file a result was made from (an item of a page or of a
-    JSONL file has none here)."""
-    pattern = Layout(settings).issues_dir.resolve() / "*.json"
-    return f"""
-    CREATE TEMP TABLE il AS
-    SELECT file AS source,
-        CASE WHEN json_type(coalesce(l[2], l[1])) = 'ARRAY'
-             THEN list_transform(json_extract(coalesce(l[2], l[1]), '$[*]'), lambda x: coalesce(x->>'name', x->>'$'))
-             ELSE []::VARCHAR[] END AS labels
-    FROM (SELECT file, json_extract(t, ['$.labels', '$.issue.labels']) AS l FROM {_documents(pattern)})
-    WHERE file IN (SELECT source FROM r)
-    """
-
-
-@dataclass(frozen=True)
-class BatchSpan:
-    """A batch from its creation to its end, as the ledger saw them (seconds since the epoch)."""
-
-    processor: str
-    created: float
-    ended: float
-
-
-def batch_spans(con: Any, settings: Settings) -> list[BatchSpan]:
-    """The batches that ended, from the ledger's events (a real-time chunk is no batch)."""
-    ended = ", ".join(f"'{s}'" for s in _ENDED)
-    rows = con.execute(f"""
-        WITH ev AS (SELECT parse_filename(file, true) AS chunk, * EXCLUDE (chunk)
-                    FROM {events_sql(Layout(settings))} WHERE event IS NOT NULL),
-        c AS (SELECT chunk,
-                  arg_max(processor, time) FILTER (WHERE event = 'prepared') AS processor,
-                  coalesce(arg_max(mode, time) FILTER (WHERE event = 'prepared'), 'batch') AS mode,
-                  max(time) FILTER (WHERE event = 'created') AS created
-              FROM ev GROUP BY chunk)
-        SELECT c.processor, c.created, min(e.time) AS ended
-        FROM c JOIN ev e ON e.chunk = c.chunk AND e.time >= c.created
-            AND (e.event = 'downloaded' OR (e.event = 'status' AND lower(e.status) IN ({ended})))
-        WHERE c.mode = 'batch' AND c.processor IS NOT NULL
-        GROUP BY ALL ORDER BY c.created, c.processor
-    """).fetchall()
-    return [BatchSpan(str(p), float(c), float(e)) for p, c, e in rows]
-
-
-def confidence_bins(con: Any) -> dict[str, list[int]]:
-    """`recommendation_confidence` by processor, counted in 20 bins of 0.05 (1.0 in the last)."""
-    rows = con.execute("""
-        SELECT processor, least(greatest(floor(confidence * 20), 0), 19)::INTEGER AS bin, count(*)
-        FROM r WHERE confidence IS NOT NULL AND isfinite(confidence) GROUP BY ALL ORDER BY processor, bin
-    """).fetchall()
-    out: dict[str, list[int]] = {}
-    for processor, b, n in rows:
-        out.setdefault(str(processor), [0] * 20)[b] += int(n)
-    return out
-
-
-@dataclass(frozen=True)
-class LabelCount:
-    """How often a label was recommended and set on the issue, recommended only, or set only."""
-
-    label: str
-    both: int
-    recommended_only: int
-    current_only: int
-
-
-def label_counts(con: Any) -> list[LabelCount]:
-    """Recommended labels against the issues' current labels (results that recommend labels), the most
-    frequent first."""
-    rows = con.execute(f"""
-        WITH j AS (SELECT r.recommended AS rec, coalesce(il.labels, []::VARCHAR[]) AS cur
-                   FROM r LEFT JOIN il USING (source) WHERE r.recommended IS NOT NULL),
-        u AS (SELECT unnest(list_distinct(list_concat(rec, cur))) AS label, rec, cur FROM j)
-        SELECT label,
-            count(*) FILTER (WHERE list_contains(rec, label) AND list_contains(cur, label)) AS both,
-            count(*) FILTER (WHERE list_contains(rec, label) AND NOT list_contains(cur, label)) AS rec_only,
-            count(*) FILTER (WHERE NOT list_contains(rec, label) AND list_contains(cur, label)) AS cur_only
-        FROM u WHERE label IS NOT NULL GROUP BY label ORDER BY count(*) DESC, label LIMIT {TOP_LABELS}
-    """).fetchall()
-    return [LabelCount(str(label), int(b), int(r), int(c)) for label, b, r, c in rows]
+def _label_names(value: Any, key: str) -> tuple[str, ...] | None:
+    """Label names of a JSON array (objects by `key`, or strings); None when it is not an array."""
+    if not isinstance(value, list):
+        return None
+    names = []
+    for item in value:
+        name = item.get(key) if isinstance(item, dict) else item
+        if name is None:
+            continue
+        names.append(name if isinstance(name, str) else json.dumps(name))
+    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -242,19 +122,155 @@ class TableRow:
     file: str
 
 
-def table_rows(con: Any) -> tuple[int, list[TableRow]]:
-    """The number of results and the rows of the table: all of them up to `TABLE_ROWS`, else a sample
-    (the same one while the files are the same), each processor in its share."""
-    total = int(con.execute("SELECT count(*) FROM r").fetchone()[0])
-    rows = con.execute(f"""
-        SELECT s.key, s.processor, coalesce(il.labels, []::VARCHAR[]), s.confidence, s.summary, s.file
-        FROM (SELECT * FROM r ORDER BY md5(parse_filename(file)) LIMIT {TABLE_ROWS}) s LEFT JOIN il USING (source)
-        ORDER BY s.key, s.processor
-    """).fetchall()
-    return total, [
-        TableRow(str(k), str(p or ""), tuple(str(x) for x in labels or ()), c, str(s or ""), str(f))
-        for k, p, labels, c, s, f in rows
-    ]
+@dataclass(frozen=True)
+class LabelCount:
+    """How often a label was recommended and set on the issue, recommended only, or set only."""
+
+    label: str
+    both: int
+    recommended_only: int
+    current_only: int
+
+
+@dataclass
+class ReportData:
+    """What the charts and the table show of the per-issue results, read one file at a time: the number
+    of results, the confidence histogram, the label counts and a sample of at most `TABLE_ROWS` rows."""
+
+    total: int = 0
+    bins: dict[str, list[int]] = field(default_factory=dict)  # processor -> 20 bins of 0.05
+    labels: dict[str, list[int]] = field(default_factory=dict)  # label -> [both, recommended only, set only]
+    sample: list[tuple[bytes, TableRow]] = field(default_factory=list)  # a heap: the largest digest first
+
+    def add(self, row: TableRow, recommended: tuple[str, ...] | None) -> None:
+        self.total += 1
+        c = row.confidence
+        if c is not None and math.isfinite(c):
+            self.bins.setdefault(row.processor, [0] * 20)[min(max(math.floor(c * 20), 0), 19)] += 1
+        if recommended is not None:
+            rec, cur = set(recommended), set(row.labels)
+            for label in dict.fromkeys(recommended + row.labels):
+                counts = self.labels.setdefault(label, [0, 0, 0])
+                counts[0 if label in rec and label in cur else 1 if label in rec else 2] += 1
+        # the sample: the rows whose file names have the smallest digests (the same while the files are)
+        digest = bytes(255 - b for b in hashlib.md5(os.path.basename(row.file).encode()).digest())
+        if len(self.sample) < TABLE_ROWS:
+            heapq.heappush(self.sample, (digest, row))
+        elif digest > self.sample[0][0]:
+            heapq.heapreplace(self.sample, (digest, row))
+
+    def label_counts(self) -> list[LabelCount]:
+        """Recommended labels against the issues' current labels (results that recommend labels), the most
+        frequent first."""
+        ranked = sorted(self.labels.items(), key=lambda item: (-sum(item[1]), item[0]))[:TOP_LABELS]
+        return [LabelCount(label, b, r, c) for label, (b, r, c) in ranked]
+
+    def table_rows(self) -> list[TableRow]:
+        return sorted((row for _, row in self.sample), key=lambda r: (r.key, r.processor))
+
+
+def read_report_data(settings: Settings) -> ReportData:
+    """Every per-issue result (`data/results/*.json`; group results and files that are not JSON are left
+    out), with the current labels of the issue file it was made from (an item of a page or of a JSONL file
+    has none here)."""
+    layout = Layout(settings)
+    root = str(settings.root.resolve())
+    results = str(layout.results_dir.resolve())
+    issues = str(layout.issues_dir.resolve())
+    current: dict[str, tuple[str, ...]] = {}  # issue file -> its labels, each file read once
+
+    def labels_of(source: str) -> tuple[str, ...]:
+        if source not in current:
+            labels: tuple[str, ...] | None = None
+            if os.path.dirname(source) == issues and source.endswith(".json"):
+                doc = _json_file(source)
+                if isinstance(doc, dict):
+                    issue = doc.get("issue")
+                    nested = issue.get("labels") if isinstance(issue, dict) else None
+                    labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
+            current[source] = labels or ()
+        return current[source]
+
+    data = ReportData()
+    try:
+        names = sorted(e.name for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith("."))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(results, name)
+        doc = _json_file(path)
+        ref = doc.get("issue_reference") if isinstance(doc, dict) else None
+        if not isinstance(ref, dict):
+            continue
+        assert isinstance(doc, dict)
+        kind = "_pull_" if ref.get("kind") == "pull_request" else "_issue_"
+        key = f"{ref.get('org')}_{ref.get('repo')}{kind}{ref.get('number')}"
+        source = str(ref.get("source_file") or "")
+        source = os.path.normpath(source if os.path.isabs(source) else os.path.join(root, source))
+        processor = doc.get("processor")
+        analysis = doc.get("analysis")
+        analysis = analysis if isinstance(analysis, dict) else {}
+        try:
+            confidence: float | None = float(analysis["recommendation_confidence"])
+        except (KeyError, TypeError, ValueError):
+            confidence = None
+        text = next((analysis[k] for k in ("summary", "text", "reasoning") if analysis.get(k) is not None), "")
+        row = TableRow(
+            key=key,
+            processor=str(processor.get("name") or "") if isinstance(processor, dict) else "",
+            labels=labels_of(source),
+            confidence=confidence,
+            summary=str(text)[:SUMMARY_CHARS],
+            file=path,
+        )
+        data.add(row, _label_names(analysis.get("recommended_labels"), "label"))
+    return data
+
+
+@dataclass(frozen=True)
+class BatchSpan:
+    """A batch from its creation to its end, as the ledger saw them (seconds since the epoch)."""
+
+    processor: str
+    created: float
+    ended: float
+
+
+def batch_spans(layout: Layout) -> list[BatchSpan]:
+    """The batches that ended, from the ledger's events (a real-time chunk is no batch). Each line is parsed
+    for the few fields the chart needs; a line that is not a whole event is left out."""
+    spans = []
+    for chunk in ledger_chunks(layout):
+        try:
+            with open(layout.ledger(chunk), encoding="utf-8", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+                events.append((float(event["time"]), event))
+            except (ValueError, KeyError, TypeError):
+                continue
+        events.sort(key=lambda pair: pair[0])
+        prepared = [e for _, e in events if e.get("event") == Prepared.kind]
+        created = [t for t, e in events if e.get("event") == Created.kind]
+        if not prepared or not created or (prepared[-1].get("mode") or "batch") != "batch":
+            continue
+        start = max(created)
+        ends = [
+            t
+            for t, e in events
+            if t >= start
+            and (
+                e.get("event") == Downloaded.kind
+                or (e.get("event") == StatusSeen.kind and str(e.get("status") or "").lower() in _ENDED)
+            )
+        ]
+        if ends and prepared[-1].get("processor"):
+            spans.append(BatchSpan(str(prepared[-1]["processor"]), start, min(ends)))
+    return sorted(spans, key=lambda s: (s.created, s.processor))
 
 
 # --- pages ---------------------------------------------------------------------------------------------
@@ -438,89 +454,44 @@ def table_page(rows: list[TableRow], total: int, folder: Path, root: Path) -> st
 # --- charts --------------------------------------------------------------------------------------------
 
 
-def _figure(height: float = 3.6, width: float = 8.0) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _svg(path: Path, fig: Figure) -> None:
-    """An SVG written atomically; the same figure gives the same bytes (no date, fixed ids, text as paths)."""
-    import matplotlib
-
-    buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.hashsalt": "batchpipe", "svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _legend(fig: Figure) -> None:
-    """The legend under the chart, where it hides no bar."""
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8, frameon=False)
-
-
-def _empty(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#666")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def cost_chart(summary: dict[str, Any]) -> Figure:
-    """Per processor: what its requests cost against the same requests at real-time price, and the saving."""
-    fig = _figure()
-    ax = fig.subplots()
-    names = list(summary.get("processors", {}))
-    costs = [_costs(p) for p in summary.get("processors", {}).values()]
-    ax.set_title("Cost per processor: charged against real-time price")
-    if not names or not any(c[1] or c[0] for c in costs):
-        _empty(ax, "no cost recorded (no priced request yet)")
-        return fig
-    y = range(len(names))
-    ax.barh([i + 0.2 for i in y], [c[1] for c in costs], height=0.4, color=_COLOURS[3], label="at real-time price")
-    ax.barh([i - 0.2 for i in y], [c[0] for c in costs], height=0.4, color=_COLOURS[0], label="charged")
-    for i, (charged, realtime, saved) in enumerate(costs):
-        ax.annotate(
-            f" saved ${saved:,.4f}",
-            (max(charged, realtime), i),
-            va="center",
-            fontsize=8,
-            color="#333",
+def cost_chart(summary: dict[str, Any]) -> str:
+    """Per processor: what its requests cost and what batching saved, together the real-time price."""
+    title = "Cost per processor: charged, and saved against real-time price"
+    procs = summary.get("processors", {})
+    costs = [_costs(p) for p in procs.values()]
+    if not procs or not any(c[1] or c[0] for c in costs):
+        return svg.notice(title, "no cost recorded (no priced request yet)")
+    rows = [
+        svg.Row(
+            name,
+            (svg.Segment(0, charged, _COLOURS[0]), svg.Segment(charged, max(saved, 0.0), _COLOURS[3])),
+            f"${charged:,.4f} charged, ${saved:,.4f} saved",
         )
-    ax.set_yticks(list(y), names)
-    ax.invert_yaxis()
-    ax.set_xlabel("USD")
-    ax.margins(x=0.25)
-    _legend(fig)
-    return fig
+        for name, (charged, _, saved) in zip(procs, costs, strict=True)
+    ]
+    legend = [("charged", _COLOURS[0]), ("saved by batching (to the real-time price)", _COLOURS[3])]
+    return svg.hbars(title, rows, legend, "USD")
 
 
-def outcomes_chart(summary: dict[str, Any]) -> Figure:
+def outcomes_chart(summary: dict[str, Any]) -> str:
     """Per processor: results, failures and requests still to come (pending or waiting)."""
-    fig = _figure()
-    ax = fig.subplots()
-    ax.set_title("Results and failures per processor")
+    title = "Results and failures per processor"
     procs = summary.get("processors", {})
     if not procs:
-        _empty(ax, "no processor in the run")
-        return fig
-    names = list(procs)
-    series = [
-        ("results", [int(p.get("results", 0)) for p in procs.values()], _COLOURS[2]),
-        ("failed", [len(p.get("failed", {})) for p in procs.values()], _COLOURS[3]),
-        ("pending or waiting", [len(p.get("pending", {})) + len(p.get("waiting", {})) for p in procs.values()], "#999"),
-    ]
-    left = [0] * len(names)
-    for label, values, colour in series:
-        ax.barh(names, values, left=left, color=colour, label=label)
-        left = [a + b for a, b in zip(left, values, strict=True)]
-    for i, p in enumerate(procs.values()):
-        ax.annotate(f" {p.get('results', 0):,} / {len(p.get('failed', {})):,} failed", (left[i], i), va="center")
-    ax.invert_yaxis()
-    ax.set_xlabel("requests")
-    ax.margins(x=0.3)
-    _legend(fig)
-    return fig
+        return svg.notice(title, "no processor in the run")
+    colours = (_COLOURS[2], _COLOURS[3], "#999")
+    rows = []
+    for name, p in procs.items():
+        values = (
+            int(p.get("results", 0)),
+            len(p.get("failed", {})),
+            len(p.get("pending", {})) + len(p.get("waiting", {})),
+        )
+        starts = (0, values[0], values[0] + values[1])
+        segments = tuple(svg.Segment(s, v, c) for s, v, c in zip(starts, values, colours, strict=True))
+        rows.append(svg.Row(name, segments, f"{values[0]:,} / {values[1]:,} failed"))
+    legend = list(zip(("results", "failed", "pending or waiting"), colours, strict=True))
+    return svg.hbars(title, rows, legend, "requests")
 
 
 def _unit(seconds: float) -> tuple[float, str]:
@@ -531,84 +502,71 @@ def _unit(seconds: float) -> tuple[float, str]:
     return 1.0, "seconds"
 
 
-def batches_chart(spans: list[BatchSpan]) -> Figure:
+def batches_chart(spans: list[BatchSpan]) -> str:
     """Each batch from its creation to its end over time (a histogram of durations when there are many)."""
-    fig = _figure(height=max(3.0, min(8.0, 1.2 + 0.12 * len(spans))) if len(spans) <= GANTT_BATCHES else 3.6)
-    ax = fig.subplots()
-    ax.set_title("Batches from creation to end")
     if not spans:
-        _empty(ax, "no batch has ended yet")
-        return fig
+        return svg.notice("Batches from creation to end", "no batch has ended yet")
     procs = sorted({s.processor for s in spans})
     colour = {p: _COLOURS[i % len(_COLOURS)] for i, p in enumerate(procs)}
-    start = min(s.created for s in spans)
+    legend = [(p, colour[p]) for p in procs]
     if len(spans) <= GANTT_BATCHES:
+        start = min(s.created for s in spans)
         scale, unit = _unit(max(s.ended for s in spans) - start)
-        for p in procs:
-            idx = [i for i, s in enumerate(spans) if s.processor == p]
-            ax.barh(
-                idx,
-                [max((spans[i].ended - spans[i].created) / scale, 1e-9) for i in idx],
-                left=[(spans[i].created - start) / scale for i in idx],
-                color=colour[p],
-                label=p,
+        rows = [
+            svg.Row(
+                f"{i + 1}",
+                (
+                    svg.Segment(
+                        (s.created - start) / scale, max((s.ended - s.created) / scale, 0.0), colour[s.processor]
+                    ),
+                ),
             )
-        ax.set_xlabel(f"{unit} since the first batch was created")
-        ax.set_ylabel("batch")
-        ax.invert_yaxis()
-    else:
-        durations = {p: [s.ended - s.created for s in spans if s.processor == p] for p in procs}
-        scale, unit = _unit(max(max(d) for d in durations.values()))
-        ax.hist([[d / scale for d in durations[p]] for p in procs], bins=30, stacked=True, label=procs)
-        ax.set_xlabel(f"duration ({unit})")
-        ax.set_ylabel("batches")
-        ax.set_title(f"Batch durations from creation to end ({len(spans):,} batches)")
-    _legend(fig)
-    return fig
+            for i, s in enumerate(spans)
+        ]
+        return svg.hbars(
+            "Batches from creation to end", rows, legend, f"{unit} since the first batch was created", "batch"
+        )
+    durations = {p: [s.ended - s.created for s in spans if s.processor == p] for p in procs}
+    scale, unit = _unit(max(max(d) for d in durations.values()))
+    high = max(max(d) for d in durations.values()) / scale or 1.0
+    edges = [high * i / 30 for i in range(31)]
+    series = []
+    for p in procs:
+        counts = [0.0] * 30
+        for d in durations[p]:
+            counts[min(int(d / scale / high * 30), 29)] += 1
+        series.append(svg.Series(p, tuple(counts), colour[p]))
+    return svg.columns(
+        f"Batch durations from creation to end ({len(spans):,} batches)", edges, series, f"duration ({unit})", "batches"
+    )
 
 
-def confidence_chart(bins: dict[str, list[int]]) -> Figure:
+def confidence_chart(bins: dict[str, list[int]]) -> str:
     """The distribution of `recommendation_confidence` (to choose a `reprocess` threshold)."""
-    fig = _figure()
-    ax = fig.subplots()
-    ax.set_title("recommendation_confidence")
     if not bins:
-        _empty(ax, "no result has a recommendation_confidence")
-        return fig
-    bottom = [0] * 20
-    x = [i * 0.05 for i in range(20)]
-    for i, (name, counts) in enumerate(sorted(bins.items())):
-        ax.bar(x, counts, width=0.05, align="edge", bottom=bottom, color=_COLOURS[i % len(_COLOURS)], label=name)
-        bottom = [a + b for a, b in zip(bottom, counts, strict=True)]
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("results")
-    _legend(fig)
-    return fig
-
-
-def labels_chart(counts: list[LabelCount]) -> Figure:
-    """Per label: recommended and already set, recommended only (a label to add), set only (not recommended)."""
-    fig = _figure(height=max(3.0, 1.2 + 0.3 * len(counts)))
-    ax = fig.subplots()
-    ax.set_title("Recommended labels against the issues' current labels")
-    if not counts:
-        _empty(ax, "no result recommends labels")
-        return fig
-    names = [c.label for c in counts]
+        return svg.notice("recommendation_confidence", "no result has a recommendation_confidence")
     series = [
-        ("recommended and set", [c.both for c in counts], _COLOURS[2]),
-        ("recommended, not set", [c.recommended_only for c in counts], _COLOURS[0]),
-        ("set, not recommended", [c.current_only for c in counts], _COLOURS[1]),
+        svg.Series(name, tuple(float(c) for c in counts), _COLOURS[i % len(_COLOURS)])
+        for i, (name, counts) in enumerate(sorted(bins.items()))
     ]
-    left = [0] * len(names)
-    for label, values, colour in series:
-        ax.barh(names, values, left=left, color=colour, label=label)
-        left = [a + b for a, b in zip(left, values, strict=True)]
-    ax.invert_yaxis()
-    ax.set_xlabel("issues")
-    _legend(fig)
-    return fig
+    return svg.columns("recommendation_confidence", [i * 0.05 for i in range(21)], series, "confidence", "results")
+
+
+def labels_chart(counts: list[LabelCount]) -> str:
+    """Per label: recommended and already set, recommended only (a label to add), set only (not recommended)."""
+    title = "Recommended labels against the issues' current labels"
+    if not counts:
+        return svg.notice(title, "no result recommends labels")
+    colours = (_COLOURS[2], _COLOURS[0], _COLOURS[1])
+    rows = []
+    for c in counts:
+        values = (c.both, c.recommended_only, c.current_only)
+        starts = (0, c.both, c.both + c.recommended_only)
+        rows.append(
+            svg.Row(c.label, tuple(svg.Segment(s, v, k) for s, v, k in zip(starts, values, colours, strict=True)))
+        )
+    legend = list(zip(("recommended and set", "recommended, not set", "set, not recommended"), colours, strict=True))
+    return svg.hbars(title, rows, legend, "issues")
 
 
 def report_job(settings: Settings, summary_path: str, outputs: dict[str, str], log: str) -> None:

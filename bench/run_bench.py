@@ -50,6 +50,17 @@ import generate_issues  # noqa: E402
 # --- measuring -----------------------------------------------------------------------------------
 
 
+def _label(pid: int) -> str:
+    """A short name for a process: its command line's last meaningful words."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = [w.decode(errors="replace") for w in handle.read().split(b"\0") if w]
+    except OSError:
+        return str(pid)
+    words = [os.path.basename(w) if "/" in w else w for w in words]
+    return " ".join(words)[:80]
+
+
 class TreeRss:
     """Polls /proc for the summed RSS of a process and all its descendants; keeps the peak."""
 
@@ -58,6 +69,11 @@ class TreeRss:
         self.interval = interval
         self.peak = 0
         self.peak_procs = 0
+        self.peak_breakdown: list[tuple[str, float]] = []  # (process, MB) at the peak sample
+        self.timeline: list[str] = []  # "seconds<TAB>total MB<TAB>process=MB ..." every quarter second
+        self._began = time.monotonic()
+        self._last = -1.0
+        self.labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -86,18 +102,29 @@ class TreeRss:
 
     def sample(self) -> None:
         kids = self._children()
-        todo, total, count = [self.root], 0, 0
+        todo, total, count, each = [self.root], 0, 0, []
         while todo:
             pid = todo.pop()
             todo.extend(kids.get(pid, ()))
             try:
                 with open(f"/proc/{pid}/statm", "rb") as handle:
-                    total += int(handle.read().split()[1]) * PAGE
-                    count += 1
+                    rss = int(handle.read().split()[1]) * PAGE
             except (OSError, IndexError, ValueError):
-                pass
+                continue
+            total += rss
+            count += 1
+            each.append((pid, rss))
         if total > self.peak:
             self.peak, self.peak_procs = total, count
+            self.peak_breakdown = [(_label(pid), round(rss / 2**20, 1)) for pid, rss in each]
+        now = time.monotonic() - self._began
+        if now - self._last >= 0.25:
+            self._last = now
+            for pid, _ in each:
+                if pid not in self.labels:
+                    self.labels[pid] = _label(pid)
+            parts = " ".join(f"{pid}={rss / 2**20:.0f}" for pid, rss in each)
+            self.timeline.append(f"{now:.2f}\t{total / 2**20:.0f}\t{parts}")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -218,6 +245,8 @@ def run_phase(
         wall = time.monotonic() - start
         busy = cpu_busy_seconds() - busy_before
         poller.stop()
+    heads = [f"# {pid} {label}" for pid, label in poller.labels.items()]
+    (outdir / f"{name}.rss.tsv").write_text("\n".join(heads + poller.timeline) + "\n")
     stderr = (outdir / f"{name}.stderr.txt").read_text(encoding="utf-8", errors="replace")
     ledgers_after = len(list(ledger.glob("*.jsonl"))) if ledger.is_dir() else 0
     result = {
@@ -226,6 +255,7 @@ def run_phase(
         "wall_s": round(wall, 2),
         "peak_tree_rss_mb": round(poller.peak / 2**20, 1),
         "peak_tree_procs": poller.peak_procs,
+        "peak_tree_breakdown": poller.peak_breakdown,
         "jobs": parse_job_stats(stderr),
         "nothing_to_do": "Nothing to be done" in stderr,
         "new_batches": ledgers_after - ledgers_before,

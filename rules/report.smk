@@ -1,8 +1,9 @@
 # The pages of `snakemake --report report.html`: the run summary as a table, charts and a table of results,
 # made from the summary and the files the summary is made from (the chunks' manifests, which list the
-# results), the ledger and the issues' labels, read with DuckDB; no provider is called. A report shows
+# results), the ledger and the issues' labels; no provider is called. A report shows
 # files that exist, so they are made in the run, after the summary, and again only when the summary
-# changes (a run with nothing to do makes nothing). A script job (its own process); any executor may run it.
+# changes (a run with nothing to do makes nothing). Each file is read once and only counts and the table's rows
+# are kept, so it is a short `run:` job like the per-chunk ones; it is no localrule: any executor may run it.
 import batchpipe.charts as bp_charts
 
 REPORT = bp_charts.ReportFiles.in_folder(os.path.join(os.path.dirname(SUMMARY_JSON), "report"))
@@ -25,7 +26,5 @@ rule report_charts:
         table=report(str(REPORT.table), caption="../report/report-results.rst", category="Table of results"),
     log:
         "logs/report_charts.log",
-    conda:
-        "../envs/batchpipe.yaml"
-    script:
-        "../scripts/report_charts.py"
+    run:
+        bp_charts.report_job(SETTINGS, input.summary, dict(output.items()), log[0])

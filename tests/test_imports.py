@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchpipe"
 
 # Lowest first. A module may import modules of its own layer or of lower layers, never higher ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes"),  # leaves
+    ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes", "svg"),  # leaves
     ("config", "issues", "request", "joblog"),
     ("layout", "pricing", "forecast", "render", "manifest"),
     ("ledger", "views", "state", "store"),
@@ -86,7 +86,8 @@ def imports_of(path: Path, known: set[str], root: Path = PACKAGE) -> set[str]:
                 base = package[: len(package) - (node.level - 1)]
                 stem = ".".join(base + ([node.module] if node.module else []))
                 for alias in node.names:
-                    add(f"{stem}.{alias.name}" if f"{stem}.{alias.name}".strip(".") in known else stem)
+                    full = f"{stem}.{alias.name}".strip(".")
+                    add(full if full in known else stem)
             elif node.module and node.module.startswith("batchpipe"):
                 stem = node.module.removeprefix("batchpipe").lstrip(".")
                 for alias in node.names:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batchpipe import charts
+from batchpipe import charts, svg
 from batchpipe.config import Settings, load_settings_file
 
 from conftest import make_workspace
@@ -92,6 +92,34 @@ SUMMARY = {
 }
 
 
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_nice_ticks_cover_the_highest_value_in_round_steps():
+    assert svg.nice_ticks(40) == [0, 10, 20, 30, 40]
+    assert svg.nice_ticks(0.52) == pytest.approx([0, 0.2, 0.4, 0.6])
+    assert svg.nice_ticks(7) == [0, 2, 4, 6, 8]
+    assert svg.nice_ticks(0) == [0, 1] and svg.nice_ticks(float("nan")) == [0, 1]
+
+
+def test_bars_are_drawn_to_scale_with_escaped_labels_and_the_same_bytes_each_time():
+    rows = [
+        svg.Row('<b>&"x"', (svg.Segment(0, 30, "#111"), svg.Segment(30, 10, "#222")), "30 / 10"),
+        svg.Row("y" * 60, (svg.Segment(0, 20, "#111"),)),
+    ]
+    text = svg.hbars("a <title>", rows, [("one", "#111"), ("two", "#222")], "requests")
+    assert text == svg.hbars("a <title>", rows, [("one", "#111"), ("two", "#222")], "requests")
+    root = ET.fromstring(text)
+    assert root.find(f"{SVG}title").text == "a <title>"
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert '<b>&"x"' in texts and "y" * 39 + "\u2026" in texts and "30 / 10" in texts
+    bars = [r for r in root.iter(f"{SVG}rect") if r.get("fill") in ("#111", "#222") and r.get("width") != "12"]
+    widths = [float(r.get("width")) for r in bars]
+    assert len(widths) == 3 and widths[0] == pytest.approx(3 * widths[1]) and widths[2] == pytest.approx(2 * widths[1])
+    hist = ET.fromstring(svg.columns("h", [0, 0.5, 1], [svg.Series("p", (2, 0), "#333")], "x", "n"))
+    assert len([r for r in hist.iter(f"{SVG}rect") if r.get("fill") == "#333" and r.get("width") != "12"]) == 1
+
+
 def test_summary_page_is_a_table_with_every_processor_and_the_total():
     page = charts.summary_page(SUMMARY)
     rows = tables_of(page).tables["summary"]
@@ -156,17 +184,13 @@ def test_pages_from_the_files(tiny):
     # each row links to its result file, relative to the page
     assert parsed.links[0] == "../../data/results/o_r_issue_1_product-labeling.json"
     assert (out.table.parent / parsed.links[0]).is_file()
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute(charts.results_sql(settings))
-    con.execute(charts.labels_sql(settings))
-    assert {c.label: (c.both, c.recommended_only, c.current_only) for c in charts.label_counts(con)} == {
+    data = charts.read_report_data(settings)
+    assert {c.label: (c.both, c.recommended_only, c.current_only) for c in data.label_counts()} == {
         "Bug": (1, 0, 1),
         "Wallet": (0, 1, 0),
         "UX": (0, 0, 1),
     }
-    bins = charts.confidence_bins(con)
+    bins = data.bins
     assert bins["product-labeling"][18] == 1 and bins["product-labeling"][6] == 1 and bins["other"][6] == 1
 
 
