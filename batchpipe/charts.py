@@ -10,6 +10,8 @@ queryable with `batchpipe query`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import heapq
 import html
@@ -22,7 +24,7 @@ from typing import Any
 
 from . import svg
 from .config import Settings
-from .files import atomic_write_text, read_json
+from .files import atomic_write_bytes, atomic_write_text, read_json
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import Created, Downloaded, Prepared, StatusSeen, ledger_chunks
@@ -67,8 +69,11 @@ class ReportFiles:
         )
 
 
-def write_report(settings: Settings, summary_path: str | Path, out: ReportFiles) -> list[str]:
-    """Write every page of the report; the lines say what each holds (for the job's log)."""
+def write_report(
+    settings: Settings, summary_path: str | Path, out: ReportFiles, cache: Path | None = None
+) -> list[str]:
+    """Write every page of the report; the lines say what each holds (for the job's log). `cache`: see
+    `read_report_data`."""
     summary = read_json(summary_path)
     lines = [f"{out.summary}: the run summary ({len(summary.get('processors', {}))} processor(s))"]
     atomic_write_text(out.summary, summary_page(summary))
@@ -76,7 +81,7 @@ def write_report(settings: Settings, summary_path: str | Path, out: ReportFiles)
     atomic_write_text(out.outcomes, outcomes_chart(summary))
     spans = batch_spans(Layout(settings))
     atomic_write_text(out.batches, batches_chart(spans))
-    data = read_report_data(settings)
+    data = read_report_data(settings, cache)
     atomic_write_text(out.confidence, confidence_chart(data.bins))
     atomic_write_text(out.labels, labels_chart(data.label_counts()))
     rows = data.table_rows()
@@ -169,61 +174,125 @@ class ReportData:
         return sorted((row for _, row in self.sample), key=lambda r: (r.key, r.processor))
 
 
-def read_report_data(settings: Settings) -> ReportData:
+# What the report keeps of a result file between runs (`Layout.report_cache`), keyed by its size and mtime:
+# [size, mtime_ns, key, processor, confidence, recommended labels or None, source, summary or None], or
+# [size, mtime_ns] for a file that is no per-issue result. The summary is kept only for the table's rows.
+# An issue file: [size, mtime_ns, labels].
+_CACHE_VERSION = 1
+
+
+def _read_cache(path: Path | None) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    try:
+        doc = json.loads(path.read_bytes()) if path is not None else None
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("version") != _CACHE_VERSION:
+        return {}, {}
+    results, issues = doc.get("results"), doc.get("issues")
+    return (results if isinstance(results, dict) else {}), (issues if isinstance(issues, dict) else {})
+
+
+def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any] | None:
+    """A result file's cache entry (with its summary); None for a group result or a file that is not JSON."""
+    doc = _json_file(path)
+    ref = doc.get("issue_reference") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(ref, dict):
+        return None
+    kind = "_pull_" if ref.get("kind") == "pull_request" else "_issue_"
+    source = str(ref.get("source_file") or "")
+    processor = doc.get("processor")
+    analysis = doc.get("analysis")
+    analysis = analysis if isinstance(analysis, dict) else {}
+    try:
+        confidence: float | None = float(analysis["recommendation_confidence"])
+    except (KeyError, TypeError, ValueError):
+        confidence = None
+    text = next((analysis[k] for k in ("summary", "text", "reasoning") if analysis.get(k) is not None), "")
+    recommended = _label_names(analysis.get("recommended_labels"), "label")
+    return [
+        size,
+        mtime,
+        f"{ref.get('org')}_{ref.get('repo')}{kind}{ref.get('number')}",
+        str(processor.get("name") or "") if isinstance(processor, dict) else "",
+        confidence if confidence is None or math.isfinite(confidence) else None,
+        list(recommended) if recommended is not None else None,
+        os.path.normpath(source if os.path.isabs(source) else os.path.join(root, source)),
+        str(text)[:SUMMARY_CHARS],
+    ]
+
+
+def read_report_data(settings: Settings, cache: Path | None = None) -> ReportData:
     """Every per-issue result (`data/results/*.json`; group results and files that are not JSON are left
     out), with the current labels of the issue file it was made from (an item of a page or of a JSONL file
-    has none here)."""
+    has none here). With `cache`, a file whose size and mtime are those of the last report is not read
+    again (the one-issue change reads two results, not all of them); the cache is then written anew."""
     layout = Layout(settings)
     root = str(settings.root.resolve())
     results = str(layout.results_dir.resolve())
     issues = str(layout.issues_dir.resolve())
-    current: dict[str, tuple[str, ...]] = {}  # issue file -> its labels, each file read once
+    old_results, old_issues = _read_cache(cache)
+    new_issues: dict[str, list[Any]] = {}
 
     def labels_of(source: str) -> tuple[str, ...]:
-        if source not in current:
-            labels: tuple[str, ...] | None = None
+        if source not in new_issues:
+            entry: list[Any] = [-1, -1, []]
             if os.path.dirname(source) == issues and source.endswith(".json"):
-                doc = _json_file(source)
-                if isinstance(doc, dict):
-                    issue = doc.get("issue")
-                    nested = issue.get("labels") if isinstance(issue, dict) else None
-                    labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
-            current[source] = labels or ()
-        return current[source]
+                try:
+                    st = os.stat(source)
+                except OSError:
+                    st = None
+                known = old_issues.get(source)
+                if st is not None and known and known[:2] == [st.st_size, st.st_mtime_ns]:
+                    entry = known
+                elif st is not None:
+                    doc = _json_file(source)
+                    labels: tuple[str, ...] | None = None
+                    if isinstance(doc, dict):
+                        issue = doc.get("issue")
+                        nested = issue.get("labels") if isinstance(issue, dict) else None
+                        labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
+                    entry = [st.st_size, st.st_mtime_ns, list(labels or ())]
+            new_issues[source] = entry
+        return tuple(new_issues[source][2])
 
     data = ReportData()
+    kept: dict[str, list[Any]] = {}
     try:
-        names = sorted(e.name for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith("."))
-    except OSError:
-        names = []
-    for name in names:
-        path = os.path.join(results, name)
-        doc = _json_file(path)
-        ref = doc.get("issue_reference") if isinstance(doc, dict) else None
-        if not isinstance(ref, dict):
-            continue
-        assert isinstance(doc, dict)
-        kind = "_pull_" if ref.get("kind") == "pull_request" else "_issue_"
-        key = f"{ref.get('org')}_{ref.get('repo')}{kind}{ref.get('number')}"
-        source = str(ref.get("source_file") or "")
-        source = os.path.normpath(source if os.path.isabs(source) else os.path.join(root, source))
-        processor = doc.get("processor")
-        analysis = doc.get("analysis")
-        analysis = analysis if isinstance(analysis, dict) else {}
-        try:
-            confidence: float | None = float(analysis["recommendation_confidence"])
-        except (KeyError, TypeError, ValueError):
-            confidence = None
-        text = next((analysis[k] for k in ("summary", "text", "reasoning") if analysis.get(k) is not None), "")
-        row = TableRow(
-            key=key,
-            processor=str(processor.get("name") or "") if isinstance(processor, dict) else "",
-            labels=labels_of(source),
-            confidence=confidence,
-            summary=str(text)[:SUMMARY_CHARS],
-            file=path,
+        entries = sorted(
+            (e for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith(".")),
+            key=lambda e: e.name,
         )
-        data.add(row, _label_names(analysis.get("recommended_labels"), "label"))
+    except OSError:
+        entries = []
+    for dirent in entries:
+        try:
+            st = dirent.stat()
+        except OSError:
+            continue
+        entry = old_results.get(dirent.name)
+        if not (isinstance(entry, list) and len(entry) in (2, 8) and entry[:2] == [st.st_size, st.st_mtime_ns]):
+            entry = _result_entry(dirent.path, st.st_size, st.st_mtime_ns, root) or [st.st_size, st.st_mtime_ns]
+        kept[dirent.name] = entry
+        if len(entry) == 2:  # no per-issue result (a group result, or not JSON), as the last report saw it
+            continue
+        _, _, key, processor, confidence, recommended, source, summary = entry
+        row = TableRow(key, processor, labels_of(source), confidence, summary or "", dirent.path)
+        data.add(row, tuple(recommended) if recommended is not None else None)
+    # rows of the table whose summary the cache did not keep: read once more
+    for i, (digest, row) in enumerate(data.sample):
+        name = os.path.basename(row.file)
+        if kept[name][7] is None:
+            fresh = _result_entry(row.file, kept[name][0], kept[name][1], root)
+            kept[name][7] = fresh[7] if fresh else ""
+            data.sample[i] = (digest, dataclasses.replace(row, summary=kept[name][7]))
+    if cache is not None:
+        sampled = {os.path.basename(row.file) for _, row in data.sample}
+        for name, entry in kept.items():
+            if name not in sampled and len(entry) == 8:
+                entry[7] = None
+        doc = {"version": _CACHE_VERSION, "results": kept, "issues": new_issues}
+        with contextlib.suppress(OSError):  # a memo: without it the next report reads every file again
+            atomic_write_bytes(cache, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
     return data
 
 
@@ -436,7 +505,7 @@ def table_page(rows: list[TableRow], total: int, folder: Path, root: Path) -> st
     up = Path(os.path.relpath(base, folder.resolve())).as_posix()
     prefixes = (f"{base.as_posix()}/", f"{root.as_posix()}/")
     for r in rows:
-        file = Path(r.file).as_posix()
+        file = r.file.replace(os.sep, "/")
         inside = next((file[len(p) :] for p in prefixes if file.startswith(p)), None)
         href = f"{up}/{inside}" if inside is not None else f"{up}/{file}" if not os.path.isabs(file) else file
         conf = "" if r.confidence is None or not math.isfinite(r.confidence) else f"{r.confidence:.2f}"
@@ -444,7 +513,7 @@ def table_page(rows: list[TableRow], total: int, folder: Path, root: Path) -> st
         body.append(
             f"<tr><td>{_e(r.key)}</td><td>{_e(r.processor)}</td><td>{_e(', '.join(r.labels))}</td>"
             f'<td class="n" data-v="{sort}">{conf}</td><td>{_e(r.summary)}</td>'
-            f'<td><a href="{_e(href)}">{_e(Path(r.file).name)}</a></td></tr>'
+            f'<td><a href="{_e(href)}">{_e(os.path.basename(r.file))}</a></td></tr>'
         )
     head = "".join(f"<th>{c}</th>" for c in ("issue", "processor", "labels", "confidence", "summary", "result"))
     table = f'<table id="results"><thead><tr>{head}</tr></thead><tbody>\n{chr(10).join(body)}\n</tbody></table>'
@@ -573,5 +642,5 @@ def report_job(settings: Settings, summary_path: str, outputs: dict[str, str], l
     """The `report_charts` job: every page, to the rule's declared outputs (named as `ReportFiles`' fields)."""
     files = ReportFiles(**{name: Path(path) for name, path in outputs.items()})
     job_log = JobLog(log, echo=False)
-    for line in write_report(settings, summary_path, files):
+    for line in write_report(settings, summary_path, files, Layout(settings).report_cache):
         job_log(line)

@@ -24,6 +24,7 @@ results/plan/{key}/s{stage}r{round}/                    the plans of a run (a ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .config import Settings
@@ -47,19 +48,19 @@ class Layout:
 
     # --- folders ---------------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def issues_dir(self) -> Path:
         return self.root / self.settings.issues_dir
 
-    @property
+    @cached_property
     def requests_dir(self) -> Path:
         return self.root / self.settings.requests_dir
 
-    @property
+    @cached_property
     def batches_dir(self) -> Path:
         return self.root / self.settings.batches_dir
 
-    @property
+    @cached_property
     def results_dir(self) -> Path:
         return self.root / self.settings.results_dir
 
@@ -229,6 +230,11 @@ class Layout:
     @property
     def scan_cache(self) -> Path:
         return self.work_dir / "scan-cache.json"
+
+    @property
+    def report_cache(self) -> Path:
+        """What the report read of each result and issue file, by size and mtime (`charts.read_report_data`)."""
+        return self.work_dir / "report-cache.json"
 
     def trigger(self, name: str) -> Path:
         """`.snakemake/batchpipe/{name}.trigger`: given new content to make a job out of date."""

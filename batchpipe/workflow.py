@@ -328,6 +328,8 @@ class DownloadWorkers:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
+            del pool
+            _end_resource_tracker()
 
     def kill(self) -> None:
         """End the worker processes now (the run is stopping); their chunks are downloaded again next run."""
@@ -337,6 +339,21 @@ class DownloadWorkers:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.kill()
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _end_resource_tracker() -> None:
+    """End multiprocessing's resource tracker, a process the spawned pool started, with the pool rather than
+    with the run (it sits beside the summary and the recycling, the run's largest moment; BENCHMARKS.md).
+    Once the pool is shut down and collected, none of its semaphores is left to track; a later pool starts
+    a tracker again. `_stop` is CPython's own (3.8+); without it nothing is done."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if stop is None:
+        return
+    gc.collect()  # the pool's queues and their semaphores, unregistered before the tracker ends
+    with contextlib.suppress(Exception):
+        stop()
 
 
 DOWNLOADS = DownloadWorkers()

@@ -194,6 +194,31 @@ def test_pages_from_the_files(tiny):
     assert bins["product-labeling"][18] == 1 and bins["product-labeling"][6] == 1 and bins["other"][6] == 1
 
 
+def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_pages(tiny, monkeypatch, tmp_path):
+    settings = settings_in(tiny)
+    cache = tmp_path / "report-cache.json"
+    first = charts.ReportFiles.in_folder(tmp_path / "first")
+    charts.write_report(settings, tiny / "results" / "summary.json", first, cache)
+    read = []
+    real = charts._json_file
+    monkeypatch.setattr(charts, "_json_file", lambda path: read.append(Path(path).name) or real(path))
+    again = charts.ReportFiles.in_folder(tmp_path / "again")
+    charts.write_report(settings, tiny / "results" / "summary.json", again, cache)
+    assert read == []
+    for name in ("confidence", "labels"):
+        assert getattr(again, name).read_bytes() == getattr(first, name).read_bytes()
+    assert tables_of(again.table.read_text()).tables == tables_of(first.table.read_text()).tables
+    # an answer that changed is read again, and only it
+    changed = tiny / "data" / "results" / "o_r_issue_1_product-labeling.json"
+    doc = json.loads(changed.read_text())
+    doc["analysis"]["recommendation_confidence"] = 0.1
+    changed.write_text(json.dumps(doc))
+    data = charts.read_report_data(settings, cache)
+    assert read == [changed.name] and data.bins["product-labeling"][2] == 1
+    cache.write_text("{torn")  # a damaged cache is a cold start, not an error
+    assert charts.read_report_data(settings, cache).total == 3
+
+
 def test_above_the_row_limit_the_table_is_a_sample(tiny, monkeypatch):
     monkeypatch.setattr(charts, "TABLE_ROWS", 2)
     settings = settings_in(tiny)
