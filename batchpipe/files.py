@@ -130,3 +130,20 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class FolderListing:
+    """Which files a folder holds, from one listing: for asking about thousands of files of one folder
+    without a stat each (a path elsewhere is asked of the file system)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        try:
+            self.names = set(os.listdir(folder))
+        except OSError:
+            self.names = set()
+
+    def exists(self, path: Path) -> bool:
+        if path.parent == self.folder:
+            return path.name in self.names
+        return path.exists()

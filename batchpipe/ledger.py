@@ -319,6 +319,7 @@ class ChunkHistory:
     requests: dict[str, RequestRecord]
     events: list[Event] = field(default_factory=list, repr=False)
     outcomes: dict[str, RequestOutcome] | None = None
+    result_sizes: dict[str, int] | None = None  # the manifest's result files and their sizes, with the outcomes
 
     @classmethod
     def of(cls, chunk: str, events: list[Event]) -> ChunkHistory:
@@ -432,9 +433,27 @@ def read_history(layout: Layout, chunk: str) -> ChunkHistory | None:
 
 def is_sent(layout: Layout, chunk: str) -> bool:
     """The ledger knows the chunk's batch (created or adopted, not refused): its marker is written from the
-    ledger, and its request file is no longer needed."""
-    history = read_history(layout, chunk)
-    return history is not None and history.sent
+    ledger, and its request file is no longer needed. `ChunkHistory.sent`, read without building the events
+    (the Snakefile asks it of every chunk in the DAG: their request tables are most of a ledger)."""
+    try:
+        with open(layout.ledger(chunk), encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return False
+    prepared, last_word = False, None
+    for line in lines:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue  # a line cut short: the plan job names it
+        if not isinstance(data, dict):
+            continue
+        kind = data.get("event")
+        if kind == Prepared.kind and "processor" in data:
+            prepared = True
+        elif (kind == Created.kind and "batch_id" in data) or kind == Refused.kind:
+            last_word = kind
+    return prepared and last_word == Created.kind
 
 
 def iter_all_events(layout: Layout) -> Iterator[Event]:
@@ -638,7 +657,10 @@ def write_marker(layout: Layout, history: ChunkHistory) -> Path:
     stderr); a marker that is the ledger's is never rewritten."""
     path = layout.marker(history.processor, history.chunk)
     expected = Marker.of(history)
+    doc = expected.to_json()
     try:
+        if json.loads(path.read_bytes()) == doc:  # the ledger's, as written (no dataclasses built)
+            return path
         found = read_marker(path)
         if found == expected:
             return path
@@ -649,5 +671,5 @@ def write_marker(layout: Layout, history: ChunkHistory) -> Path:
         pass
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         print(f"batchpipe: {path}: unreadable; rebuilt from the ledger", file=sys.stderr)
-    atomic_write_json(path, expected.to_json())
+    atomic_write_json(path, doc)
     return path

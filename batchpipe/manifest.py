@@ -12,7 +12,7 @@ from typing import Any
 
 from .files import atomic_write_json, read_json
 
-__all__ = ["Manifest", "RequestOutcome", "read_manifest"]
+__all__ = ["Manifest", "RequestOutcome", "read_manifest", "read_outcomes", "read_outcomes_and_results"]
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -119,8 +119,22 @@ def read_manifest(path: Path) -> Manifest:
 
 def read_outcomes(path: Path) -> dict[str, RequestOutcome] | None:
     """Only the outcomes of a manifest (None when it is missing or unreadable)."""
+    found = read_outcomes_and_results(path)
+    return found[0] if found is not None else None
+
+
+def read_outcomes_and_results(path: Path) -> tuple[dict[str, RequestOutcome], dict[str, int] | None] | None:
+    """The outcomes of a manifest and the result files it lists with their sizes (None when it is missing
+    or unreadable; the sizes None when the rest of it is not a whole manifest): one read for the planner
+    and the repairs."""
     try:
         data = read_json(path)
-        return {cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
+        outcomes = {cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    try:
+        whole = all(isinstance(data[k], str) for k in ("chunk", "processor", "batch_id", "provider"))
+        results = {str(name): int(size) for name, size in (data.get("results") or {}).items()} if whole else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        results = None
+    return outcomes, results

@@ -25,12 +25,12 @@ from typing import Any
 from .chain import ChainedItem, EarlierStage, chained_items, issue_item, render_group, stage_numbers
 from .config import Processor, Settings
 from .errors import IssueFileError, PlanOutdated
-from .files import atomic_write_json, canonical_json, sha256_hex
+from .files import FolderListing, atomic_write_json, canonical_json, sha256_hex
 from .forecast import EXPECTED_OUTPUT_SHARE, Forecast, Tally, ceiling_usd, describe_forecasts, forecast
 from .issues import load_item
 from .layout import Layout
 from .ledger import ChunkHistory, read_chunks
-from .manifest import read_outcomes
+from .manifest import read_outcomes_and_results
 from .pricing import cost_of, price_for
 from .providers import wire_for
 from .render import Rendered, cacheable_prefix, label_list, render_request
@@ -279,7 +279,9 @@ def read_sent_chunks(layout: Layout) -> dict[str, dict[str, ChunkHistory]]:
     for per_processor in chunks.values():
         for history in per_processor.values():
             manifest = layout.manifest(history.processor, history.chunk)
-            history.outcomes = read_outcomes(layout.archived(manifest) if history.archived else manifest)
+            found = read_outcomes_and_results(layout.archived(manifest) if history.archived else manifest)
+            if found is not None:
+                history.outcomes, history.result_sizes = found
     return chunks
 
 
@@ -411,6 +413,7 @@ def _plan_units(
     pending: dict[str, ChunkMember] = {}
     tokens: dict[str, int] = {}
     sizes: dict[str, int] = {}
+    results = FolderListing(Layout(settings).results_dir)  # one listing, not a stat per answered request
     for unit in units:
         if unit.failed is not None:
             pp.failed[unit.key] = unit.failed
@@ -431,7 +434,7 @@ def _plan_units(
             pp.prompt_unchanged.append(unit.key)
         if isinstance(state, Done) and reprocess_due(state, force.get(unit.key)) and unit.key not in pp.outdated:
             state = Pending(state.last_attempt + 1)
-        if _record_state(pp, unit.key, state, needed, unit.result_file):
+        if _record_state(pp, unit.key, state, needed, results.exists(unit.result_file)):
             assert isinstance(state, Pending)
             cid = custom_id_for(rhash, state.attempt)
             pending.setdefault(cid, ChunkMember(cid, rhash)).paths.extend(unit.paths)
@@ -587,13 +590,13 @@ def _split(
     return parts
 
 
-def _record_state(pp: ProcessorPlan, key: str, state: RequestState, needed: list[str], result_file: Path) -> bool:
+def _record_state(pp: ProcessorPlan, key: str, state: RequestState, needed: list[str], has_result: bool) -> bool:
     """Record one request's state in the processor's plan; True when it is to be sent (pending)."""
     if isinstance(state, Done):
         pp.sources[key] = (state.chunk, state.custom_id)
         if not pp.existing[state.chunk].archived:
             needed.append(state.chunk)
-            if not result_file.exists():
+            if not has_result:
                 pp.missing_results.append(key)
     elif isinstance(state, Waiting):
         pp.waiting[key] = state.chunk

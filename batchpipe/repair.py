@@ -41,7 +41,7 @@ def repair_views(plan: Plan, log: Callable[[str], None]) -> int:
                 marker.unlink()  # a chunk that waited: its submission is tried again
             if history.outcomes is None:
                 continue
-            damaged = _damaged(layout, name, chunk, pp.missing_results, pp.sources)
+            damaged = _damaged(layout, name, chunk, pp.missing_results, pp.sources, history.result_sizes)
             if damaged:
                 layout.manifest(name, chunk).unlink(missing_ok=True)
                 log(f"repair: {name}/{chunk}: {damaged}; collected again from the store")
@@ -53,18 +53,27 @@ def repair_views(plan: Plan, log: Callable[[str], None]) -> int:
     return repaired
 
 
-def _damaged(layout: Layout, name: str, chunk: str, missing: list[str], sources: dict[str, tuple[str, str]]) -> str:
-    """Why a collected chunk's views are not whole ("" when they are)."""
+def _damaged(
+    layout: Layout,
+    name: str,
+    chunk: str,
+    missing: list[str],
+    sources: dict[str, tuple[str, str]],
+    recorded: dict[str, int] | None = None,
+) -> str:
+    """Why a collected chunk's views are not whole ("" when they are). `recorded`: the manifest's result
+    files, as the plan read them (else the manifest is read here)."""
     for path in (layout.output(name, chunk), layout.errors(name, chunk)):
         if not path.exists():
             return f"{path.name} is missing"
     lost = [key for key in missing if sources.get(key, ("",))[0] == chunk]
     if lost:
         return f"the result of {lost[0]} is missing" + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else "")
-    try:
-        recorded = read_manifest(layout.manifest(name, chunk)).results
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "its manifest is unreadable"
+    if recorded is None:
+        try:
+            recorded = read_manifest(layout.manifest(name, chunk)).results
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "its manifest is unreadable"
     for file_name, size in recorded.items():
         path = layout.results_dir / file_name
         try:

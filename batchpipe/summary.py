@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_json, atomic_write_text, read_json
+from .files import FolderListing, atomic_write_json, atomic_write_text, read_json
 from .ledger import read_waiting
 from .manifest import read_manifest
 from .plan import Plan
@@ -44,6 +44,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
         },
     }
     totals = out["totals"]
+    in_results = FolderListing(layout.results_dir)  # one listing, not a stat per result
     for name, pp in plan.processors.items():
         batches: list[dict[str, Any]] = []
         # input_tokens counts every input token; the prompt-cache reads and writes are among them
@@ -97,7 +98,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
             again = plan.current_hash(key, name) in sent
             retries += again
             retrying[key] = "failed; sent again on the next run" if again else "not sent yet; sent on the next run"
-        present = sum(1 for key in pp.sources if pp.result_file(layout, key).exists())
+        present = sum(1 for key in pp.sources if in_results.exists(pp.result_file(layout, key)))
         out["processors"][name] = {
             "results": present,
             "outdated": sorted(pp.outdated),  # results made before a processor change, kept (not sent again)

@@ -364,6 +364,37 @@ def test_append_then_read_events_in_order(layout):
         assert line == canonical_json(expected)  # one canonical object a line: sorted keys, no spaces
 
 
+@pytest.mark.parametrize(
+    "events, sent",
+    [
+        ([], False),
+        ([prepared()], False),
+        ([prepared(), CreateIntent(chunk="c1")], False),
+        ([prepared(), Created(chunk="c1", batch_id="b1")], True),
+        ([prepared(), Created(chunk="c1", batch_id="b1"), ledger.Refused(chunk="c1", batch_id="b1")], False),
+        (
+            [
+                prepared(),
+                Created(chunk="c1", batch_id="b1"),
+                ledger.Refused(chunk="c1", batch_id="b1"),
+                Created(chunk="c1", batch_id="b2"),
+                StatusSeen(chunk="c1", batch_id="b2", status="completed"),
+            ],
+            True,
+        ),
+    ],
+)
+def test_is_sent_reads_the_ledger_as_the_history_does(layout, events, sent):
+    for event in events:
+        append(layout, event)
+    if events:
+        with open(layout.ledger("c1"), "a", encoding="utf-8") as handle:
+            handle.write('{"event": "created", "chunk": "c1", "tim')  # a torn last line is no batch
+    assert ledger.is_sent(layout, "c1") is sent
+    history = ledger.read_history(layout, "c1")
+    assert (history is not None and history.sent) is sent
+
+
 def test_append_makes_the_ledger_folder(layout):
     assert not layout.ledger_dir.exists()
     append(layout, UploadIntent(chunk="c7", time=1.0))
