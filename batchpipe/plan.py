@@ -272,16 +272,18 @@ def chunk_id_for(members: list[tuple[str, str]]) -> str:
 # --- the sent chunks -----------------------------------------------------------------------------------
 
 
-def read_sent_chunks(layout: Layout) -> dict[str, dict[str, ChunkHistory]]:
+def read_sent_chunks(layout: Layout, result_sizes: bool = False) -> dict[str, dict[str, ChunkHistory]]:
     """Chunks with a ledger, by processor and id, with their outcomes once collected (from the manifest,
-    or the archived manifest of an archived chunk)."""
+    or the archived manifest of an archived chunk); with `result_sizes`, also the manifest's result files
+    (what the repairs check)."""
     chunks = read_chunks(layout)
     for per_processor in chunks.values():
         for history in per_processor.values():
             manifest = layout.manifest(history.processor, history.chunk)
             found = read_outcomes_and_results(layout.archived(manifest) if history.archived else manifest)
             if found is not None:
-                history.outcomes, history.result_sizes = found
+                history.outcomes = found[0]
+                history.result_sizes = found[1] if result_sizes else None
     return chunks
 
 
@@ -314,12 +316,15 @@ class _Unit:
     updated_at: str = ""
 
 
-def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, write_cache: bool = True) -> Plan:
+def build_plan(
+    settings: Settings, chosen: dict[str, list[str]] | None = None, write_cache: bool = True, repairs: bool = False
+) -> Plan:
     """What this run has to do, from the files on disk.
 
     `chosen`: the issues each processor is about, as a plan of this run recorded them (later rounds,
     stages and the summary keep the run's selection, not what `selection: missing` would pick now).
-    `write_cache=False`: a preview, which writes no file (not even the scan cache)."""
+    `write_cache=False`: a preview, which writes no file (not even the scan cache). `repairs`: the plan is
+    checked by `repair_views` (it keeps what the repairs read of each manifest)."""
     layout = Layout(settings)
     entries, skipped = scan_issues(settings, write_cache)
     selection: Selection | None = None
@@ -330,7 +335,7 @@ def build_plan(settings: Settings, chosen: dict[str, list[str]] | None = None, w
         if settings.selection != "all":  # missing, reprocess or sql: per processor, maybe forcing a resend
             selection = selected_keys(settings, entries)
         selected = select_issues(settings, entries, selection)
-    existing = read_sent_chunks(layout)
+    existing = read_sent_chunks(layout, result_sizes=repairs)
     plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
     if chosen is None:
         plan.notes, plan.empty_error = explain_selection(settings, entries, selected, len(skipped))

@@ -111,7 +111,7 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
     job_log = JobLog(log, echo=False)
     stages = dag.stages(settings)
     if stage == 0 and round_ == 0:
-        plan = build_plan(settings)
+        plan = build_plan(settings, repairs=True)
         for error in plan.skipped:
             if settings.strict and not isinstance(error, NotAnIssueFile):
                 raise ConfigError(f"{error} (strict: true stops the run)")
@@ -387,6 +387,7 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     """The run summary, for the run's selection (recorded by its first plan), from the files the run wrote;
     then, with `commit_results`, the new result files are committed to git."""
     DOWNLOADS.stop()  # every download is done
+    _give_back_memory()  # what the chunks' jobs left is reused by the summary's plan, beside the recycling
     settings = settings_of(config)
     job_log = JobLog(log, echo=False)
     first = read_json(Path(min(plan_files, key=lambda p: Path(p).name)) / "plan.json")  # s0r0 sorts first
