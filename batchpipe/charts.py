@@ -1,30 +1,31 @@
 """The pages of `snakemake --report`: the run summary as an HTML table, charts, and a table of results.
 
 Written by `rules/report.smk` into `results/report/` from `results/summary.json` and the files: the per-issue
-results, the ledger's events, the issues' current labels. Each file is read and parsed once and only what the
-pages show is kept (counts, and the table's rows), so a workspace of 100,000 results stays light. The charts
-are static SVG (`svg.py`): nothing to fetch or install to look at them, and the same files give the same bytes.
-Above `TABLE_ROWS` results, the table holds a sample spread over the processors (every result stays
-queryable with `batchpipe query`).
+results, the ledger's events, the issues' current labels. Each file is read and parsed once (not at all
+when the report's memo says it has not changed) and only what the pages show is kept (counts, and the
+table's rows), so a workspace of 100,000 results stays light. The charts are static SVG (`svg.py`):
+nothing to fetch or install to look at them, and the same files give the same bytes. Above `TABLE_ROWS`
+results, the table holds a sample spread over the processors (every result stays queryable with
+`batchpipe query`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import heapq
 import html
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import svg
 from .config import Settings
-from .files import atomic_write_bytes, atomic_write_text, read_json
+from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import Created, Downloaded, Prepared, StatusSeen, ledger_chunks
@@ -69,10 +70,8 @@ class ReportFiles:
         )
 
 
-def write_report(
-    settings: Settings, summary_path: str | Path, out: ReportFiles, cache: Path | None = None
-) -> list[str]:
-    """Write every page of the report; the lines say what each holds (for the job's log). `cache`: see
+def write_report(settings: Settings, summary_path: str | Path, out: ReportFiles, memo: bool = False) -> list[str]:
+    """Write every page of the report; the lines say what each holds (for the job's log). `memo`: see
     `read_report_data`."""
     summary = read_json(summary_path)
     lines = [f"{out.summary}: the run summary ({len(summary.get('processors', {}))} processor(s))"]
@@ -81,7 +80,7 @@ def write_report(
     atomic_write_text(out.outcomes, outcomes_chart(summary))
     spans = batch_spans(Layout(settings))
     atomic_write_text(out.batches, batches_chart(spans))
-    data = read_report_data(settings, cache)
+    data = read_report_data(settings, memo)
     atomic_write_text(out.confidence, confidence_chart(data.bins))
     atomic_write_text(out.labels, labels_chart(data.label_counts()))
     rows = data.table_rows()
@@ -174,30 +173,50 @@ class ReportData:
         return sorted((row for _, row in self.sample), key=lambda r: (r.key, r.processor))
 
 
-# What the report keeps of a result file between runs (`Layout.report_cache`), keyed by its size and mtime:
-# [size, mtime_ns, key, processor, confidence, recommended labels or None, source, summary or None], or
-# [size, mtime_ns] for a file that is no per-issue result. The summary is kept only for the table's rows.
-# An issue file: [size, mtime_ns, labels].
-_CACHE_VERSION = 1
+# What the report keeps between runs (`Layout.report_cache`, a memo): a JSON Lines file, a header line,
+# then one line a result file in name order, `[name, [size, mtime_ns, key, processor, confidence,
+# recommended labels or None, source, summary]]` (or `[name, [size, mtime_ns]]` for a file that is no
+# per-issue result), read as a stream beside the folder's sorted listing, so memory does not grow with the
+# results; and `{"issues": {path: [size, mtime_ns, labels]}}` beside it (`Layout.report_labels`).
+_CACHE_HEADER = {"report-cache": 2}
 
 
-def _read_cache(path: Path | None) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+def _cached_results(path: Path | None) -> Iterator[tuple[str, list[Any]]]:
+    """The memo's result lines in name order; nothing when it is missing, of another version or torn
+    (from a torn line on, the files are read again)."""
+    if path is None:
+        return
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return
+    with handle:
+        try:
+            if json.loads(handle.readline()) != _CACHE_HEADER:
+                return
+            for line in handle:
+                name, entry = json.loads(line)
+                if isinstance(name, str) and isinstance(entry, list):
+                    yield name, entry
+        except ValueError:
+            return
+
+
+def _cached_labels(path: Path | None) -> dict[str, list[Any]]:
     try:
         doc = json.loads(path.read_bytes()) if path is not None else None
     except (OSError, ValueError):
         doc = None
-    if not isinstance(doc, dict) or doc.get("version") != _CACHE_VERSION:
-        return {}, {}
-    results, issues = doc.get("results"), doc.get("issues")
-    return (results if isinstance(results, dict) else {}), (issues if isinstance(issues, dict) else {})
+    issues = doc.get("issues") if isinstance(doc, dict) and doc.get("version") == _CACHE_HEADER else None
+    return issues if isinstance(issues, dict) else {}
 
 
-def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any] | None:
-    """A result file's cache entry (with its summary); None for a group result or a file that is not JSON."""
+def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any]:
+    """A result file's memo entry; `[size, mtime]` alone for a group result or a file that is not JSON."""
     doc = _json_file(path)
     ref = doc.get("issue_reference") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or not isinstance(ref, dict):
-        return None
+        return [size, mtime]
     kind = "_pull_" if ref.get("kind") == "pull_request" else "_issue_"
     source = str(ref.get("source_file") or "")
     processor = doc.get("processor")
@@ -221,27 +240,27 @@ def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any] | No
     ]
 
 
-def read_report_data(settings: Settings, cache: Path | None = None) -> ReportData:
+def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
     """Every per-issue result (`data/results/*.json`; group results and files that are not JSON are left
     out), with the current labels of the issue file it was made from (an item of a page or of a JSONL file
-    has none here). With `cache`, a file whose size and mtime are those of the last report is not read
-    again (the one-issue change reads two results, not all of them); the cache is then written anew."""
+    has none here). With `memo`, a file whose size and mtime are those the last report saw is not read
+    again (a one-issue change reads two results, not all of them), and the memo is written anew."""
     layout = Layout(settings)
     root = str(settings.root.resolve())
     results = str(layout.results_dir.resolve())
     issues = str(layout.issues_dir.resolve())
-    old_results, old_issues = _read_cache(cache)
-    new_issues: dict[str, list[Any]] = {}
+    old_labels = _cached_labels(layout.report_labels if memo else None)
+    new_labels: dict[str, list[Any]] = {}
 
     def labels_of(source: str) -> tuple[str, ...]:
-        if source not in new_issues:
+        if source not in new_labels:
             entry: list[Any] = [-1, -1, []]
             if os.path.dirname(source) == issues and source.endswith(".json"):
                 try:
                     st = os.stat(source)
                 except OSError:
                     st = None
-                known = old_issues.get(source)
+                known = old_labels.get(source)
                 if st is not None and known and known[:2] == [st.st_size, st.st_mtime_ns]:
                     entry = known
                 elif st is not None:
@@ -252,47 +271,42 @@ def read_report_data(settings: Settings, cache: Path | None = None) -> ReportDat
                         nested = issue.get("labels") if isinstance(issue, dict) else None
                         labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
                     entry = [st.st_size, st.st_mtime_ns, list(labels or ())]
-            new_issues[source] = entry
-        return tuple(new_issues[source][2])
+            new_labels[source] = entry
+        return tuple(new_labels[source][2])
 
     data = ReportData()
-    kept: dict[str, list[Any]] = {}
     try:
-        entries = sorted(
-            (e for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith(".")),
-            key=lambda e: e.name,
-        )
+        names = sorted(e.name for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith("."))
     except OSError:
-        entries = []
-    for dirent in entries:
-        try:
-            st = dirent.stat()
-        except OSError:
-            continue
-        entry = old_results.get(dirent.name)
-        if not (isinstance(entry, list) and len(entry) in (2, 8) and entry[:2] == [st.st_size, st.st_mtime_ns]):
-            entry = _result_entry(dirent.path, st.st_size, st.st_mtime_ns, root) or [st.st_size, st.st_mtime_ns]
-        kept[dirent.name] = entry
-        if len(entry) == 2:  # no per-issue result (a group result, or not JSON), as the last report saw it
-            continue
-        _, _, key, processor, confidence, recommended, source, summary = entry
-        row = TableRow(key, processor, labels_of(source), confidence, summary or "", dirent.path)
-        data.add(row, tuple(recommended) if recommended is not None else None)
-    # rows of the table whose summary the cache did not keep: read once more
-    for i, (digest, row) in enumerate(data.sample):
-        name = os.path.basename(row.file)
-        if kept[name][7] is None:
-            fresh = _result_entry(row.file, kept[name][0], kept[name][1], root)
-            kept[name][7] = fresh[7] if fresh else ""
-            data.sample[i] = (digest, dataclasses.replace(row, summary=kept[name][7]))
-    if cache is not None:
-        sampled = {os.path.basename(row.file) for _, row in data.sample}
-        for name, entry in kept.items():
-            if name not in sampled and len(entry) == 8:
-                entry[7] = None
-        doc = {"version": _CACHE_VERSION, "results": kept, "issues": new_issues}
-        with contextlib.suppress(OSError):  # a memo: without it the next report reads every file again
-            atomic_write_bytes(cache, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
+        names = []
+    cached = _cached_results(layout.report_cache if memo else None)
+    ahead = next(cached, None)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(atomic_writer(layout.report_cache, durable=False)) if memo else None
+        if out is not None:
+            out.write(json.dumps(_CACHE_HEADER).encode() + b"\n")
+        for name in names:
+            path = os.path.join(results, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            while ahead is not None and ahead[0] < name:  # the memo and the listing, both in name order
+                ahead = next(cached, None)
+            entry = ahead[1] if ahead is not None and ahead[0] == name else None
+            if not (entry is not None and len(entry) in (2, 8) and entry[:2] == [st.st_size, st.st_mtime_ns]):
+                entry = _result_entry(path, st.st_size, st.st_mtime_ns, root)
+            if out is not None:
+                out.write(json.dumps([name, entry], separators=(",", ":")).encode() + b"\n")
+            if len(entry) == 2:  # no per-issue result (a group result, or not JSON)
+                continue
+            _, _, key, processor, confidence, recommended, source, summary = entry
+            row = TableRow(key, processor, labels_of(source), confidence, summary, path)
+            data.add(row, tuple(recommended) if recommended is not None else None)
+    if memo:
+        doc = {"version": _CACHE_HEADER, "issues": new_labels}
+        with contextlib.suppress(OSError):  # a memo: without it the next report reads every issue again
+            atomic_write_bytes(layout.report_labels, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
     return data
 
 
@@ -642,5 +656,5 @@ def report_job(settings: Settings, summary_path: str, outputs: dict[str, str], l
     """The `report_charts` job: every page, to the rule's declared outputs (named as `ReportFiles`' fields)."""
     files = ReportFiles(**{name: Path(path) for name, path in outputs.items()})
     job_log = JobLog(log, echo=False)
-    for line in write_report(settings, summary_path, files, Layout(settings).report_cache):
+    for line in write_report(settings, summary_path, files, memo=True):
         job_log(line)

@@ -233,8 +233,13 @@ class Layout:
 
     @property
     def report_cache(self) -> Path:
-        """What the report read of each result and issue file, by size and mtime (`charts.read_report_data`)."""
-        return self.work_dir / "report-cache.json"
+        """What the report read of each result file, by size and mtime (`charts.read_report_data`)."""
+        return self.work_dir / "report-cache.jsonl"
+
+    @property
+    def report_labels(self) -> Path:
+        """The labels the report read of each issue file, by size and mtime."""
+        return self.work_dir / "report-labels.json"
 
     def trigger(self, name: str) -> Path:
         """`.snakemake/batchpipe/{name}.trigger`: given new content to make a job out of date."""

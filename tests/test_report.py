@@ -18,6 +18,7 @@ import pytest
 
 from batchpipe import charts, svg
 from batchpipe.config import Settings, load_settings_file
+from batchpipe.layout import Layout
 
 from conftest import make_workspace
 
@@ -196,14 +197,15 @@ def test_pages_from_the_files(tiny):
 
 def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_pages(tiny, monkeypatch, tmp_path):
     settings = settings_in(tiny)
-    cache = tmp_path / "report-cache.json"
+    layout = Layout(settings)
     first = charts.ReportFiles.in_folder(tmp_path / "first")
-    charts.write_report(settings, tiny / "results" / "summary.json", first, cache)
+    charts.write_report(settings, tiny / "results" / "summary.json", first, memo=True)
+    assert layout.report_cache.is_file() and layout.report_labels.is_file()
     read = []
     real = charts._json_file
     monkeypatch.setattr(charts, "_json_file", lambda path: read.append(Path(path).name) or real(path))
     again = charts.ReportFiles.in_folder(tmp_path / "again")
-    charts.write_report(settings, tiny / "results" / "summary.json", again, cache)
+    charts.write_report(settings, tiny / "results" / "summary.json", again, memo=True)
     assert read == []
     for name in ("confidence", "labels"):
         assert getattr(again, name).read_bytes() == getattr(first, name).read_bytes()
@@ -213,10 +215,14 @@ def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_p
     doc = json.loads(changed.read_text())
     doc["analysis"]["recommendation_confidence"] = 0.1
     changed.write_text(json.dumps(doc))
-    data = charts.read_report_data(settings, cache)
+    data = charts.read_report_data(settings, memo=True)
     assert read == [changed.name] and data.bins["product-labeling"][2] == 1
-    cache.write_text("{torn")  # a damaged cache is a cold start, not an error
-    assert charts.read_report_data(settings, cache).total == 3
+    # a torn memo is a cold start from the torn line on, not an error
+    lines = layout.report_cache.read_bytes().splitlines(keepends=True)
+    layout.report_cache.write_bytes(b"".join(lines[:2]) + lines[2][:7])
+    read.clear()
+    assert charts.read_report_data(settings, memo=True).total == 3
+    assert len(read) == len(lines) - 2  # the lines from the torn one on
 
 
 def test_above_the_row_limit_the_table_is_a_sample(tiny, monkeypatch):
