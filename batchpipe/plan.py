@@ -49,6 +49,7 @@ __all__ = [
     "hold_over_caps",
     "warm_up_possible",
     "read_sent_chunks",
+    "spec_path",
     "render_chunk",
     "tokens_in_flight",
 ]
@@ -766,18 +767,22 @@ def render_spec(settings: Settings, spec: dict[str, Any]) -> Iterator[tuple[str,
     return iter_members(settings, spec["processor"], members)
 
 
+def spec_path(folder: Path, processor: str, chunk: str) -> Path:
+    """Where a plan folder holds a new chunk's spec (its members, what its request file is written from)."""
+    return folder / "chunks" / processor / f"{chunk}.json"
+
+
 def write_plan_folder(
     plan: Plan, folder: Path, key: str, stage: int, round_: int, processors: list[str], group: str
 ) -> dict[str, Any]:
     """Write one plan (a stage's round): the specs of its new chunks, then `plan.json` (written last: a
     plan folder with `plan.json` is whole). Returns what `plan.json` holds."""
-    specs = folder / "chunks"
     collect: dict[str, list[str]] = {}
     submit: dict[str, list[str]] = {}
     new: dict[str, list[str]] = {}
     for name in processors:
         for chunk in plan.processors[name].new:
-            atomic_write_json(specs / name / f"{chunk}.json", chunk_spec(plan, name, chunk, group))
+            atomic_write_json(spec_path(folder, name, chunk), chunk_spec(plan, name, chunk, group))
         collect[name], submit[name] = plan.needs(name)
         new[name] = list(plan.processors[name].new)
     resolving = any(c.batch_id is None for n in processors for c in plan.processors[n].existing.values())

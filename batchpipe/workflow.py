@@ -43,7 +43,7 @@ from .joblog import JobLog
 from .layout import Layout
 from .ledger import read_history, read_marker, read_waiting, write_marker, write_waiting_marker
 from .manifest import read_outcomes
-from .plan import Plan, build_plan, hold_over_caps, render_spec, write_plan_folder, write_settled_round
+from .plan import Plan, build_plan, hold_over_caps, render_spec, spec_path, write_plan_folder, write_settled_round
 from .providers import Provider, make_provider
 from .remote import adopt_remote_batches
 from .repair import repair_views
@@ -199,10 +199,11 @@ def _tidy(layout: Layout, key: str) -> None:
 # --- per chunk --------------------------------------------------------------------------------------
 
 
-def run_write_requests(config: dict[str, Any], processor: str, chunk: str, spec: str, log: str) -> None:
-    """A new chunk's request file and custom_id table, from the spec its plan wrote."""
+def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> None:
+    """A new chunk's request file and custom_id table, from the spec its plan (the folder) wrote."""
     settings = settings_of(config)
-    if not spec:
+    spec = spec_path(Path(plan), processor, chunk) if plan else None
+    if spec is None or not spec.is_file():
         raise BatchpipeError(
             f"{Layout(settings).request_file(processor, chunk)} is missing and no plan of this run made the chunk "
             "(the ledger knows it): restore the file from git or a backup (the ledger holds its content hash)"

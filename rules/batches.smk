@@ -15,7 +15,7 @@ rule write_requests:
         "logs/write_requests/{processor}/{chunk}.log",
     localrule: True
     run:
-        bp.run_write_requests(config, wildcards.processor, wildcards.chunk, input.get("spec", ""), log[0])
+        bp.run_write_requests(config, wildcards.processor, wildcards.chunk, input.get("plan", ""), log[0])
 
 
 # Its inputs are ancient: a request file written again (same content) never sends a chunk again.

@@ -126,7 +126,8 @@ def get_submit_inputs(wildcards):
 
 
 def get_spec(wildcards):
-    """The spec a plan wrote for a new chunk (its request file is written from it), and that plan (the
-    checkpoint's output, so that the DAG links them)."""
+    """The plan (the checkpoint's output folder) that wrote a new chunk's spec, which the job reads inside it.
+    One input shared by every new chunk: Snakemake stats the inputs of every ready job on each scheduling
+    round, and hundreds of new chunks are ready at once after a plan (a spec each was quadratic)."""
     spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk)
-    return {"plan": ancient(str(spec.parents[2])), "spec": ancient(str(spec))} if spec else {}
+    return {"plan": ancient(str(spec.parents[2]))} if spec else {}

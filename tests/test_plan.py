@@ -44,5 +44,5 @@ def test_request_files_from_the_plans_specs_equal_a_fresh_rendering(tmp_path, mo
         for chunk in chunks:
             spec = dag.find_spec(settings, name, chunk)
             assert spec is not None and spec.resolve() == folder / "chunks" / name / f"{chunk}.json"
-            run_write_requests(config, name, chunk, str(spec), str(tmp_path / "log"))
+            run_write_requests(config, name, chunk, str(folder), str(tmp_path / "log"))
     assert request_files(ws.root) == fresh
