@@ -177,13 +177,19 @@ class ReportData:
 # then one line a result file in name order, `[name, [size, mtime_ns, key, processor, confidence,
 # recommended labels or None, source, summary]]` (or `[name, [size, mtime_ns]]` for a file that is no
 # per-issue result), read as a stream beside the folder's sorted listing, so memory does not grow with the
-# results; and `{"issues": {path: [size, mtime_ns, labels]}}` beside it (`Layout.report_labels`).
-_CACHE_HEADER = {"report-cache": 2}
+# results; and `{"issues": {path: [size, mtime_ns, labels]}}` beside it, read whole (`Layout.report_labels`).
+_CACHE_VERSION = 2
 
 
-def _cached_results(path: Path | None) -> Iterator[tuple[str, list[Any]]]:
-    """The memo's result lines in name order; nothing when it is missing, of another version or torn
-    (from a torn line on, the files are read again)."""
+def _cache_header(root: str) -> dict[str, Any]:
+    """The memo's first line: its version and the workspace's root (its sources are absolute paths, so a
+    moved or copied workspace starts again)."""
+    return {"report-cache": _CACHE_VERSION, "root": root}
+
+
+def _cached_results(path: Path | None, root: str) -> Iterator[tuple[str, list[Any]]]:
+    """The memo's result lines in name order; nothing when it is missing, of another version or workspace,
+    or torn (from a torn or foreign line on, the files are read again)."""
     if path is None:
         return
     try:
@@ -192,23 +198,47 @@ def _cached_results(path: Path | None) -> Iterator[tuple[str, list[Any]]]:
         return
     with handle:
         try:
-            if json.loads(handle.readline()) != _CACHE_HEADER:
+            if json.loads(handle.readline()) != _cache_header(root):
                 return
             for line in handle:
                 name, entry = json.loads(line)
-                if isinstance(name, str) and isinstance(entry, list):
-                    yield name, entry
-        except ValueError:
+                if not (isinstance(name, str) and _entry_ok(entry)):
+                    return
+                yield name, entry
+        except (ValueError, TypeError):
             return
 
 
-def _cached_labels(path: Path | None) -> dict[str, list[Any]]:
+def _entry_ok(entry: Any) -> bool:
+    """A result's memo entry of the expected shape (see above)."""
+    if not isinstance(entry, list) or len(entry) not in (2, 8) or not all(type(v) is int for v in entry[:2]):
+        return False
+    if len(entry) == 2:
+        return True
+    _, _, key, processor, confidence, recommended, source, summary = entry
+    return (
+        all(isinstance(v, str) for v in (key, processor, source, summary))
+        and (confidence is None or type(confidence) in (int, float))
+        and (recommended is None or (isinstance(recommended, list) and all(isinstance(v, str) for v in recommended)))
+    )
+
+
+def _cached_labels(path: Path | None, root: str) -> dict[str, list[Any]]:
     try:
         doc = json.loads(path.read_bytes()) if path is not None else None
     except (OSError, ValueError):
         doc = None
-    issues = doc.get("issues") if isinstance(doc, dict) and doc.get("version") == _CACHE_HEADER else None
-    return issues if isinstance(issues, dict) else {}
+    issues = doc.get("issues") if isinstance(doc, dict) and doc.get("version") == _cache_header(root) else None
+    if not isinstance(issues, dict):
+        return {}
+    return {
+        source: entry
+        for source, entry in issues.items()
+        if isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[2], list)
+        and all(isinstance(v, str) for v in entry[2])
+    }
 
 
 def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any]:
@@ -224,7 +254,7 @@ def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any]:
     analysis = analysis if isinstance(analysis, dict) else {}
     try:
         confidence: float | None = float(analysis["recommendation_confidence"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         confidence = None
     text = next((analysis[k] for k in ("summary", "text", "reasoning") if analysis.get(k) is not None), "")
     recommended = _label_names(analysis.get("recommended_labels"), "label")
@@ -249,7 +279,7 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
     root = str(settings.root.resolve())
     results = str(layout.results_dir.resolve())
     issues = str(layout.issues_dir.resolve())
-    old_labels = _cached_labels(layout.report_labels if memo else None)
+    old_labels = _cached_labels(layout.report_labels if memo else None, root)
     new_labels: dict[str, list[Any]] = {}
 
     def labels_of(source: str) -> tuple[str, ...]:
@@ -279,12 +309,15 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
         names = sorted(e.name for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith("."))
     except OSError:
         names = []
-    cached = _cached_results(layout.report_cache if memo else None)
+    cached = _cached_results(layout.report_cache if memo else None, root)
     ahead = next(cached, None)
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic_writer(layout.report_cache, durable=False)) if memo else None
+        out = None
+        if memo:
+            with contextlib.suppress(OSError):  # a memo: without it the next report reads every file again
+                out = stack.enter_context(atomic_writer(layout.report_cache, durable=False))
         if out is not None:
-            out.write(json.dumps(_CACHE_HEADER).encode() + b"\n")
+            out.write(json.dumps(_cache_header(root)).encode() + b"\n")
         for name in names:
             path = os.path.join(results, name)
             try:
@@ -294,7 +327,7 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
             while ahead is not None and ahead[0] < name:  # the memo and the listing, both in name order
                 ahead = next(cached, None)
             entry = ahead[1] if ahead is not None and ahead[0] == name else None
-            if not (entry is not None and len(entry) in (2, 8) and entry[:2] == [st.st_size, st.st_mtime_ns]):
+            if not (entry is not None and entry[:2] == [st.st_size, st.st_mtime_ns]):
                 entry = _result_entry(path, st.st_size, st.st_mtime_ns, root)
             if out is not None:
                 out.write(json.dumps([name, entry], separators=(",", ":")).encode() + b"\n")
@@ -304,7 +337,7 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
             row = TableRow(key, processor, labels_of(source), confidence, summary, path)
             data.add(row, tuple(recommended) if recommended is not None else None)
     if memo:
-        doc = {"version": _CACHE_HEADER, "issues": new_labels}
+        doc = {"version": _cache_header(root), "issues": new_labels}
         with contextlib.suppress(OSError):  # a memo: without it the next report reads every issue again
             atomic_write_bytes(layout.report_labels, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
     return data
@@ -370,7 +403,7 @@ h2{font-size:1.1em;margin-top:1.5em}
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(svg.clean(str(value)), quote=True)
 
 
 def _page(title: str, body: str, script: str = "") -> str:
@@ -547,7 +580,10 @@ def cost_chart(summary: dict[str, Any]) -> str:
     rows = [
         svg.Row(
             name,
-            (svg.Segment(0, charged, _COLOURS[0]), svg.Segment(charged, max(saved, 0.0), _COLOURS[3])),
+            (
+                svg.Segment(0, max(charged, 0.0), _COLOURS[0]),
+                svg.Segment(max(charged, 0.0), max(saved, 0.0), _COLOURS[3]),
+            ),
             f"${charged:,.4f} charged, ${saved:,.4f} saved",
         )
         for name, (charged, _, saved) in zip(procs, costs, strict=True)

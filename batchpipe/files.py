@@ -138,12 +138,16 @@ class FolderListing:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        try:
-            self.names = set(os.listdir(folder))
-        except OSError:
+        self.names: set[str] | None
+        try:  # a symbolic link counts when what it points to exists, as Path.exists says
+            with os.scandir(folder) as entries:
+                self.names = {e.name for e in entries if not e.is_symlink() or os.path.exists(e.path)}
+        except (FileNotFoundError, NotADirectoryError):
             self.names = set()
+        except OSError:
+            self.names = None  # not listable (permissions, ...): each path is asked, as before
 
     def exists(self, path: Path) -> bool:
-        if path.parent == self.folder:
+        if self.names is not None and path.parent == self.folder:
             return path.name in self.names
         return path.exists()

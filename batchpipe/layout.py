@@ -17,7 +17,7 @@
 reports/ and tasks/ beside the results folder          Markdown reports; the task board
 results/all, results/summary.json                      the run summary
 results/plan/{key}/s{stage}r{round}/                    the plans of a run (a checkpoint each)
-.snakemake/batchpipe/                                  the scan cache, where the last run settled
+.snakemake/batchpipe/                                  the scan cache, where the last run settled, the report's memo
 ```
 """
 

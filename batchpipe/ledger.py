@@ -448,6 +448,10 @@ def is_sent(layout: Layout, chunk: str) -> bool:
             continue  # a line cut short: the plan job names it
         if not isinstance(data, dict):
             continue
+        try:
+            float(data.get("time") or 0)  # as Event.from_json: a line whose time is no number is no event
+        except (TypeError, ValueError):
+            continue
         kind = data.get("event")
         if kind == Prepared.kind and "processor" in data:
             prepared = True

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 
-__all__ = ["COLOURS", "Row", "Segment", "Series", "columns", "hbars", "nice_ticks", "notice"]
+__all__ = ["COLOURS", "Row", "Segment", "Series", "clean", "columns", "hbars", "nice_ticks", "notice"]
 
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 WIDTH = 800
@@ -49,17 +50,26 @@ class Series:
 
 def nice_ticks(high: float, count: int = 5) -> list[float]:
     """Round tick values from 0 to at least `high` (steps of 1, 2 or 5 times a power of ten)."""
-    if not high > 0 or not math.isfinite(high):
+    raw = high / count if high > 0 and math.isfinite(high) else 0.0
+    if not raw > 0:
         return [0.0, 1.0]
-    raw = high / count
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     n = math.ceil(high / step - 1e-9)
     return [i * step for i in range(n + 1)]
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def clean(text: str) -> str:
+    """Text without the characters XML 1.0 forbids (control characters, lone surrogates, U+FFFE/FFFF),
+    each replaced by U+FFFD: a label or an answer from a file must not make a page unreadable or unwritable."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
 def _e(text: str) -> str:
-    return html.escape(text, quote=True)
+    return html.escape(clean(text), quote=True)
 
 
 def _n(value: float) -> str:

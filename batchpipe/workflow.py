@@ -203,7 +203,12 @@ def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan:
     """A new chunk's request file and custom_id table, from the spec its plan (the folder) wrote."""
     settings = settings_of(config)
     spec = spec_path(Path(plan), processor, chunk) if plan else None
-    if spec is None or not spec.is_file():
+    if spec is not None and not spec.is_file():
+        raise BatchpipeError(
+            f"{spec} is missing from its plan folder: delete {plan} and run snakemake again (the plan is made "
+            "again from the files; nothing is sent twice)"
+        )
+    if spec is None:
         raise BatchpipeError(
             f"{Layout(settings).request_file(processor, chunk)} is missing and no plan of this run made the chunk "
             "(the ledger knows it): restore the file from git or a backup (the ledger holds its content hash)"
@@ -350,7 +355,7 @@ def _end_resource_tracker() -> None:
     from multiprocessing import resource_tracker
 
     stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
-    if stop is None:
+    if stop is None or multiprocessing.active_children():  # a worker still alive holds the tracker's pipe
         return
     gc.collect()  # the pool's queues and their semaphores, unregistered before the tracker ends
     with contextlib.suppress(Exception):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from batchpipe.config import load_settings, load_settings_file, read_config
+from batchpipe.files import FolderListing
 from batchpipe.layout import Layout
 
 from conftest import REPO
@@ -159,3 +160,18 @@ def test_load_settings_file_roots_the_layout_at_the_config_folder():
     layout = Layout(load_settings_file(REPO / "config.yaml"))
     assert layout.root == REPO
     assert layout.ledger("c1") == REPO / "batch_results" / "ledger" / "c1.jsonl"
+
+
+def test_a_folder_listing_answers_as_path_exists_does(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "a.json").write_text("{}")
+    (folder / "gone.json").symlink_to(folder / "nowhere.json")  # a dangling link is no file
+    (folder / "link.json").symlink_to(folder / "a.json")
+    listing = FolderListing(folder)
+    for name in ("a.json", "gone.json", "link.json", "b.json"):
+        assert listing.exists(folder / name) == (folder / name).exists(), name
+    assert not FolderListing(tmp_path / "missing").exists(tmp_path / "missing" / "a.json")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "c.json").write_text("{}")
+    assert listing.exists(tmp_path / "other" / "c.json")  # elsewhere: asked of the file system

@@ -389,6 +389,7 @@ def test_is_sent_reads_the_ledger_as_the_history_does(layout, events, sent):
         append(layout, event)
     if events:
         with open(layout.ledger("c1"), "a", encoding="utf-8") as handle:
+            handle.write('{"event": "created", "chunk": "c1", "time": "noon", "batch_id": "b9"}\n')  # no event
             handle.write('{"event": "created", "chunk": "c1", "tim')  # a torn last line is no batch
     assert ledger.is_sent(layout, "c1") is sent
     history = ledger.read_history(layout, "c1")

@@ -225,6 +225,37 @@ def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_p
     assert len(read) == len(lines) - 2  # the lines from the torn one on
 
 
+def test_a_moved_workspace_or_a_foreign_memo_is_read_again_never_trusted(tiny, tmp_path):
+    charts.read_report_data(settings_in(tiny), memo=True)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny, moved)  # same sizes and times: only the root differs
+    counts = {
+        c.label: (c.both, c.recommended_only, c.current_only)
+        for c in charts.read_report_data(settings_in(moved), memo=True).label_counts()
+    }
+    assert counts["Bug"] == (1, 0, 1)
+    layout = Layout(settings_in(moved))
+    head = layout.report_cache.read_bytes().splitlines()[0]
+    for junk in (b"5", b"null", b'["o_r_issue_1_product-labeling.json", [1, 2, 3, 4, 5, 6, 7, 8]]'):
+        layout.report_cache.write_bytes(head + b"\n" + junk + b"\n")
+        layout.report_labels.write_text(json.dumps({"version": json.loads(head), "issues": {"x": [1, 2], "y": 5}}))
+        assert charts.read_report_data(settings_in(moved), memo=True).total == 3
+
+
+def test_odd_values_in_answers_and_labels_never_break_a_page(tiny, tmp_path):
+    (tiny / "data" / "issues" / "o_r_issue_1.json").write_text(
+        json.dumps({"number": 1, "labels": [{"name": "bad\u0001\ud83d\ufffe"}]})
+    )
+    answer = tiny / "data" / "results" / "o_r_issue_1_product-labeling.json"
+    answer.write_text(
+        answer.read_text().replace('"recommendation_confidence": 0.9', '"recommendation_confidence": 1' + "0" * 400)
+    )
+    out = charts.ReportFiles.in_folder(tmp_path / "report")
+    charts.write_report(settings_in(tiny), tiny / "results" / "summary.json", out, memo=True)
+    assert all(is_svg(getattr(out, name).read_bytes()) for name in charts.CHARTS)
+    assert "bad\ufffd\ufffd\ufffd" in out.table.read_text(encoding="utf-8")
+
+
 def test_above_the_row_limit_the_table_is_a_sample(tiny, monkeypatch):
     monkeypatch.setattr(charts, "TABLE_ROWS", 2)
     settings = settings_in(tiny)
