@@ -118,7 +118,8 @@ def test_a_chunk_that_waits_for_a_person_is_a_finished_job_and_the_rest_goes_on(
     assert "differs from what the ledger recorded" in run.output
     summary = json.loads((ws.root / "results" / "summary.json").read_text())
     assert list(summary["blocked"]) == [f"product-labeling/{ledger.stem}"]
-    assert len(ws.results()) == 3 and len(ws.local_batches()) == 2  # the other chunks went on
+    waiting = len(original.splitlines())  # 2 or 1 issue(s): which chunk is sent first is Snakemake's choice
+    assert len(ws.results()) == 5 - waiting and len(ws.local_batches()) == 2  # the other chunks went on
     request.write_bytes(original)  # the person restores it
     ws.snakemake("--cores", "4", "results/all")
     assert len(ws.results()) == 5 and len(ws.local_batches()) == 3
