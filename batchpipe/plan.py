@@ -337,6 +337,7 @@ def build_plan(
             selection = selected_keys(settings, entries)
         selected = select_issues(settings, entries, selection)
     existing = read_sent_chunks(layout, result_sizes=repairs)
+    results = FolderListing(layout.results_dir)  # one listing, not a stat per answered request
     plan = Plan(settings, {e.key: e for e in entries}, [e.key for e in selected], skipped, {})
     if chosen is None:
         plan.notes, plan.empty_error = explain_selection(settings, entries, selected, len(skipped))
@@ -393,7 +394,7 @@ def build_plan(
             ]
             force = selection.force.get(processor.name, {}) if selection else {}  # issue key -> result's custom_id
         pp.issues = [e.key for e in mine]
-        _plan_units(settings, processor, pp, units, force, existing)
+        _plan_units(settings, processor, pp, units, force, existing, results)
         plan.processors[processor.name] = pp
     return plan
 
@@ -405,8 +406,10 @@ def _plan_units(
     units: list[_Unit],
     force: dict[str, str],
     existing: dict[str, dict[str, ChunkHistory]],
+    results: FolderListing,
 ) -> None:
-    """Each unit's request state, then the new chunks of the pending ones."""
+    """Each unit's request state, then the new chunks of the pending ones. `results`: the results folder's
+    listing (which units' result files exist)."""
     chunks = pp.existing
     attempts: dict[str, list[Attempt]] = {}  # request hash -> its attempts
     answered: dict[str, set[str]] = {}  # key -> request hashes sent for it
@@ -419,7 +422,6 @@ def _plan_units(
     pending: dict[str, ChunkMember] = {}
     tokens: dict[str, int] = {}
     sizes: dict[str, int] = {}
-    results = FolderListing(Layout(settings).results_dir)  # one listing, not a stat per answered request
     for unit in units:
         if unit.failed is not None:
             pp.failed[unit.key] = unit.failed

@@ -121,8 +121,8 @@ def _svg(width: float, height: float, title: str, body: list[str]) -> str:
     )
 
 
-def _legend(items: list[tuple[str, str]], y: float, width: float) -> list[str]:
-    """Swatches and names in one centred line (or more when they do not fit)."""
+def _legend_rows(items: list[tuple[str, str]], width: float) -> list[list[tuple[str, str, float]]]:
+    """The legend's items by line, each with its width: as many as fit a line (at least one)."""
     lines: list[list[tuple[str, str, float]]] = [[]]
     used = 0.0
     for label, colour in items:
@@ -132,8 +132,13 @@ def _legend(items: list[tuple[str, str]], y: float, width: float) -> list[str]:
             used = 0.0
         lines[-1].append((label, colour, w))
         used += w
+    return lines
+
+
+def _legend(items: list[tuple[str, str]], y: float, width: float) -> list[str]:
+    """Swatches and names in one centred line (or more when they do not fit)."""
     out = []
-    for i, line in enumerate(lines):
+    for i, line in enumerate(_legend_rows(items, width)):
         x = (width - sum(w for _, _, w in line)) / 2
         yy = y + i * (FONT + 8)
         for label, colour, w in line:
@@ -144,13 +149,15 @@ def _legend(items: list[tuple[str, str]], y: float, width: float) -> list[str]:
 
 
 def _legend_lines(items: list[tuple[str, str]], width: float) -> int:
-    lines, used = 1, 0.0
-    for label, _ in items:
-        w = 18 + _chars(label) + 16
-        if used and used + w > width - 40:
-            lines, used = lines + 1, 0.0
-        used += w
-    return lines
+    return len(_legend_rows(items, width))
+
+
+def _ylabel(x: float, cy: float, text: str) -> str:
+    """The category or value axis's name, written upwards at the left edge."""
+    return (
+        f'<text x="{_n(x)}" y="{_n(cy)}" font-size="{FONT}" text-anchor="middle" fill="#222" '
+        f'transform="rotate(-90 {_n(x)} {_n(cy)})">{_e(text)}</text>'
+    )
 
 
 def notice(title: str, text: str, width: float = WIDTH, height: float = 160) -> str:
@@ -205,11 +212,7 @@ def hbars(
     y = top + plot_h + 2 * FONT + 10
     body.append(_text(left + plot_w / 2, y, xlabel, "middle"))
     if ylabel:
-        cy = top + plot_h / 2
-        body.append(
-            f'<text x="{FONT}" y="{_n(cy)}" font-size="{FONT}" text-anchor="middle" fill="#222" '
-            f'transform="rotate(-90 {FONT} {_n(cy)})">{_e(ylabel)}</text>'
-        )
+        body.append(_ylabel(FONT, top + plot_h / 2, ylabel))
     body += _legend(legend, y + FONT + 14, width)
     height = y + 14 + _legend_lines(legend, width) * (FONT + 8) + (0 if legend else -FONT)
     return _svg(width, height, title, body)
@@ -262,10 +265,6 @@ def columns(
     body.append(_axes(left, top, plot_w, plot_h))
     y = top + plot_h + 2 * FONT + 10
     body.append(_text(left + plot_w / 2, y, xlabel, "middle"))
-    cy = top + plot_h / 2
-    body.append(
-        f'<text x="{FONT + 2}" y="{_n(cy)}" font-size="{FONT}" text-anchor="middle" fill="#222" '
-        f'transform="rotate(-90 {FONT + 2} {_n(cy)})">{_e(ylabel)}</text>'
-    )
+    body.append(_ylabel(FONT + 2, top + plot_h / 2, ylabel))
     body += _legend(legend, y + FONT + 14, width)
     return _svg(width, height, title, body)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dag, exitcodes, interrupt
+from .charts import report_job
 from .collect import collect_chunk
 from .config import Settings, coerce_command_line, load_settings
 from .download import download_chunk, download_realtime, refresh_statuses, store_earlier_downloads
@@ -202,16 +203,16 @@ def _tidy(layout: Layout, key: str) -> None:
 def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> None:
     """A new chunk's request file and custom_id table, from the spec its plan (the folder) wrote."""
     settings = settings_of(config)
-    spec = spec_path(Path(plan), processor, chunk) if plan else None
-    if spec is not None and not spec.is_file():
-        raise BatchpipeError(
-            f"{spec} is missing from its plan folder: delete {plan} and run snakemake again (the plan is made "
-            "again from the files; nothing is sent twice)"
-        )
-    if spec is None:
+    if not plan:
         raise BatchpipeError(
             f"{Layout(settings).request_file(processor, chunk)} is missing and no plan of this run made the chunk "
             "(the ledger knows it): restore the file from git or a backup (the ledger holds its content hash)"
+        )
+    spec = spec_path(Path(plan), processor, chunk)
+    if not spec.is_file():
+        raise BatchpipeError(
+            f"{spec} is missing from its plan folder: delete {plan} and run snakemake again (the plan is made "
+            "again from the files; nothing is sent twice)"
         )
     data = read_json(spec)
     write_requests(
@@ -409,6 +410,11 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     _give_back_memory()
     if settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(settings, log=job_log)
+
+
+def run_report(config: dict[str, Any], summary_path: str, outputs: dict[str, str], log: str) -> None:
+    """The pages of `snakemake --report` (`charts`): the summary as a table, the charts, the results table."""
+    report_job(settings_of(config), summary_path, outputs, log)
 
 
 def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log: str) -> None:

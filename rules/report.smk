@@ -27,4 +27,4 @@ rule report_charts:
     log:
         "logs/report_charts.log",
     run:
-        bp_charts.report_job(SETTINGS, input.summary, dict(output.items()), log[0])
+        bp.run_report(config, input.summary, dict(output.items()), log[0])
