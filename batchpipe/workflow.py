@@ -153,13 +153,16 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
     job_log(doc["describe"])
     print(doc["describe"], file=sys.stderr)
     del plan
-    _give_back_memory()
+    _give_back_memory(collect=False)
 
 
-def _give_back_memory() -> None:
+def _give_back_memory(collect: bool = True) -> None:
     """A plan or summary job runs in the Snakemake process and reads every issue: what it freed goes back
-    to the system (glibc's malloc_trim; elsewhere nothing), so that the process does not keep its peak."""
-    gc.collect()
+    to the system (glibc's malloc_trim; elsewhere nothing), so that the process does not keep its peak.
+    `collect=False` after a plan: it holds no reference cycles (reference counting freed it when it was
+    dropped), and a full collection walks all of Snakemake's objects too."""
+    if collect:
+        gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 
@@ -330,13 +333,16 @@ class DownloadWorkers:
             ) from None
         return True
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Shut the workers down once every download is done; True when the garbage collector has just run
+        (in `_end_resource_tracker`)."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown()
-            del pool
-            _end_resource_tracker()
+        if pool is None:
+            return False
+        pool.shutdown()
+        del pool
+        return _end_resource_tracker()
 
     def kill(self) -> None:
         """End the worker processes now (the run is stopping); their chunks are downloaded again next run."""
@@ -348,19 +354,20 @@ class DownloadWorkers:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _end_resource_tracker() -> None:
+def _end_resource_tracker() -> bool:
     """End multiprocessing's resource tracker, a process the spawned pool started, with the pool rather than
     with the run (it sits beside the summary and the recycling, the run's largest moment; BENCHMARKS.md).
     Once the pool is shut down and collected, none of its semaphores is left to track; a later pool starts
-    a tracker again. `_stop` is CPython's own (3.8+); without it nothing is done."""
+    a tracker again. `_stop` is CPython's own (3.8+); without it nothing is done. True when it collected."""
     from multiprocessing import resource_tracker
 
     stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
     if stop is None or multiprocessing.active_children():  # a worker still alive holds the tracker's pipe
-        return
+        return False
     gc.collect()  # the pool's queues and their semaphores, unregistered before the tracker ends
     with contextlib.suppress(Exception):
         stop()
+    return True
 
 
 DOWNLOADS = DownloadWorkers()
@@ -393,8 +400,8 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
 def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:
     """The run summary, for the run's selection (recorded by its first plan), from the files the run wrote;
     then, with `commit_results`, the new result files are committed to git."""
-    DOWNLOADS.stop()  # every download is done
-    _give_back_memory()  # what the chunks' jobs left is reused by the summary's plan, beside the recycling
+    stopped = DOWNLOADS.stop()  # every download is done
+    _give_back_memory(collect=not stopped)  # what the chunks' jobs left is reused by the summary's plan
     settings = settings_of(config)
     job_log = JobLog(log, echo=False)
     first = read_json(Path(min(plan_files, key=lambda p: Path(p).name)) / "plan.json")  # s0r0 sorts first
@@ -407,7 +414,7 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     summary = write_summary(plan, summary_path, volatile=plan.volatile or bool(held), key=first["key"], held=held)
     job_log("\n" + summary_table(summary))
     del plan
-    _give_back_memory()
+    _give_back_memory(collect=False)
     if settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(settings, log=job_log)
 

@@ -55,9 +55,8 @@ def _plan_as_a_job(config, bp, stage) -> list:
     stage("plan (checkpoint job)", lambda: bp.run_plan(config, key, 0, 0, folder, "logs/plan.log"))
     view = dag.plan_view(folder)
     chunks = [(name, c) for name, cs in view.new.items() for c in cs]
-    for name, c in chunks:
-        spec = f"{folder}/chunks/{name}/{c}.json"
-        stage("write_requests", lambda n=name, c=c, spec=spec: bp.run_write_requests(config, n, c, spec, "logs/w.log"))
+    for name, c in chunks:  # since 2a8c410 the job is handed its plan folder and reads its spec inside it
+        stage("write_requests", lambda n=name, c=c: bp.run_write_requests(config, n, c, folder, "logs/w.log"))
     for name, c in chunks:
         stage("submit_batch", lambda n=name, c=c: bp.run_submit(config, n, c, "logs/s.log"))
     for name, c in chunks:
