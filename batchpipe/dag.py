@@ -57,10 +57,12 @@ def issue_files(settings: Settings) -> list[str]:
     return [str(folder / name) for name in names]
 
 
-def find_spec(settings: Settings, processor: str, chunk: str) -> Path | None:
-    """The spec a plan wrote for a new chunk (any plan's: a chunk id is the hash of its requests)."""
+def find_spec(settings: Settings, processor: str, chunk: str, key: str | None = None) -> Path | None:
+    """The spec a plan wrote for a new chunk: a plan of the run `key`, or any plan's (a chunk id is the hash
+    of its requests)."""
     layout = Layout(settings)
-    found = sorted(layout.plan_root.glob(f"*/s*r*/chunks/{processor}/{chunk}.json"), key=lambda p: p.stat().st_mtime)
+    folder, pattern = (layout.plan_dir(key), "s*r*") if key else (layout.plan_root, "*/s*r*")
+    found = sorted(folder.glob(f"{pattern}/chunks/{processor}/{chunk}.json"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 

@@ -135,6 +135,14 @@ class Layout:
     def ledger(self, chunk: str) -> Path:
         return self.ledger_dir / f"{chunk}.jsonl"
 
+    def kept_request(self, chunk: str) -> Path:
+        """A link to a prepared chunk's request file beside its ledger, made when a job that sends it fails
+        (Snakemake deletes a failed job's outputs): its submission resumes from it."""
+        return self.ledger_dir / "kept" / f"{chunk}.jsonl"
+
+    def kept_index(self, chunk: str) -> Path:
+        return self.ledger_dir / "kept" / f"{chunk}.index.json"
+
     def chunk_lock(self, chunk: str) -> Path:
         return self.ledger_dir / f".{chunk}.lock"
 

@@ -55,6 +55,8 @@ from .render import Rendered
 from .request import ChunkIndex, RequestRecord, attempt_of, read_index
 
 __all__ = [
+    "keep_request_files",
+    "request_files",
     "resubmit",
     "send",
     "send_chunk",
@@ -103,6 +105,40 @@ def write_requests(
     atomic_write_json(layout.index_file(processor, chunk), index.to_json())
     log(f"wrote {layout.request_file(processor, chunk)}: {len(records)} request(s), about {est_tokens} tokens")
     return index
+
+
+def request_files(layout: Layout, processor: str, chunk: str) -> tuple[Path, Path]:
+    """A chunk's request file and index, or the links kept beside its ledger where they are gone (a failed
+    job's outputs, which Snakemake deleted: `keep_request_files`)."""
+    request, index = layout.request_file(processor, chunk), layout.index_file(processor, chunk)
+    kept_request, kept_index = layout.kept_request(chunk), layout.kept_index(chunk)
+    if not request.exists() and kept_request.exists():
+        request = kept_request
+    if not index.exists() and kept_index.exists():
+        index = kept_index
+    return request, index
+
+
+def keep_request_files(layout: Layout, processor: str, chunk: str) -> None:
+    """Keep a link to a chunk's request file and index beside its ledger, once the ledger knows the chunk
+    (its `prepared` event holds the file's content hash): the job sending it failed, and Snakemake deletes a
+    failed job's outputs. A chunk the ledger does not know is written again from its spec."""
+    if last(read_events(layout, chunk), Prepared) is None:
+        return
+    for source, kept in (
+        (layout.request_file(processor, chunk), layout.kept_request(chunk)),
+        (layout.index_file(processor, chunk), layout.kept_index(chunk)),
+    ):
+        with contextlib.suppress(OSError):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            temporary = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            try:
+                os.link(source, temporary)
+            except OSError:  # no hard links here: a copy
+                temporary.write_bytes(source.read_bytes())
+            os.replace(temporary, kept)
 
 
 def send_chunk(
@@ -168,10 +204,10 @@ def _prepare(
     sub = _Chunk(layout, processor, chunk, read_events(layout, chunk))
     if last(sub.events, Created):
         return sub
-    sub.request_file = layout.request_file(processor, chunk)
+    sub.request_file, index_file = request_files(layout, processor, chunk)
     sub.content = sub.request_file.read_bytes()
     sub.content_hash = sha256_hex(sub.content)
-    sub.index = read_index(layout.index_file(processor, chunk))
+    sub.index = read_index(index_file)
     prepared = last(sub.events, Prepared)
     if prepared is None:
         index = sub.index
@@ -317,12 +353,12 @@ def resubmit(settings: Settings, provider: Provider, processor: str, chunk: str,
         history = sub.history
         if not history.refused:
             return sub.marker()  # another job created it again already
-        sub.request_file = layout.request_file(processor, chunk)
+        sub.request_file, index_file = request_files(layout, processor, chunk)
         sub.content = sub.request_file.read_bytes()
         sub.content_hash = sha256_hex(sub.content)
         if sub.content_hash != history.prepared.content_hash:
             raise SubmissionBlocked(f"{sub.request_file}: differs from what the ledger recorded; restore it")
-        sub.index = read_index(layout.index_file(processor, chunk))
+        sub.index = read_index(index_file)
         uploaded = last(sub.events, Uploaded)
         refusals = sum(1 for e in sub.events if isinstance(e, Refused))
         delay = min(settings.poll_interval * 1.5 ** (refusals - 1), settings.max_poll_interval)

@@ -3,8 +3,9 @@ config and the ledger (never of anything computed while the Snakefile was read).
 
     plan            checkpoint: repairs, another checkout's batches, the state of batches in flight, then
                     the plan of a stage's round (`results/plan/{key}/s{stage}r{round}/`)
-    write_requests  a new chunk's request file and custom_id table, from its spec
-    submit_batch    its marker: the chunk sent once (the ledger), or rebuilt from the ledger
+    submit_batch    a new chunk: its request file and custom_id table, from its spec, then its marker
+                    (sent once: the ledger)
+    resume_batch    a chunk an earlier run made: its marker rebuilt from the ledger, or its submission finished
     download_batch  its downloads (views of the store) and manifest; the per-issue results
     summarize_run   results/summary.json, for the run's selection
     complete_run    results/all (the table) and where the run settled
@@ -48,7 +49,7 @@ from .plan import Plan, build_plan, hold_over_caps, render_spec, spec_path, writ
 from .providers import Provider, make_provider
 from .remote import adopt_remote_batches
 from .repair import repair_views
-from .submit import resubmit, send, write_requests
+from .submit import keep_request_files, resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
 
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
@@ -66,6 +67,7 @@ __all__ = [
     "run_plan",
     "run_submit",
     "run_summarize",
+    "run_write_and_submit",
     "run_write_requests",
     "settings_of",
 ]
@@ -227,6 +229,19 @@ def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan:
         JobLog(log, False),
         data.get("ceiling_usd"),
     )
+
+
+def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> None:
+    """A new chunk (submit_batch): its request file and index from its plan's spec, then sent once. Snakemake
+    deletes a failed job's outputs: when the ledger knows the chunk by then, the files are kept beside it
+    first (a link each), and resume_batch sends the chunk from them."""
+    run_write_requests(config, processor, chunk, plan, log)
+    try:
+        run_submit(config, processor, chunk, log)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the job's own error is the one to report
+            keep_request_files(Layout(settings_of(config)), processor, chunk)
+        raise
 
 
 def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:

@@ -4,7 +4,8 @@
     .venv/bin/python bench/profile_stages.py 10000 [--no-fsync] [--cprofile bench/out/stages.prof]
 
 Makes a fresh workspace like run_bench.py, then calls what the rules call, chunk by chunk, in order:
-the plan (the checkpoint job; at parse time before 84b381f), write_requests, submit, download (+ collect),
+the plan (the checkpoint job; at parse time before 84b381f), write_requests, submit (one job since the
+write_requests rule was merged into submit_batch), download (+ collect),
 recycle tasks, summarize; prints the time of
 each stage. The difference between the sum and run_bench.py's cold run is Snakemake's overhead (DAG,
 scheduler, job bookkeeping). --no-fsync replaces os.fsync with a no-op, to show what durability costs.

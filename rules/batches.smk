@@ -5,27 +5,41 @@
 # Jobs that call the provider are localrules: they need the key, the network and the ledger's host.
 
 
-rule write_requests:
+# Which of the two makes a chunk's marker follows from this run's plans (their inputs say it, the same for the
+# whole run); resume_batch is tried first: most chunks of a settled workspace are known.
+ruleorder: resume_batch > submit_batch
+
+
+# A new chunk: its request file and index, written from its plan's spec, then sent, in one job (one job per
+# chunk less: Snakemake's own cost per job is about the work of a chunk, BENCHMARKS.md). A failed job's
+# outputs are deleted by Snakemake: once the ledger knows the chunk, the job keeps a link to them beside its
+# ledger first, and the submission resumes from it.
+rule submit_batch:
     input:
-        unpack(get_spec),
+        unpack(get_new_chunk_inputs),
     output:
         request=REQUEST,
         index=INDEX,
-    log:
-        "logs/write_requests/{processor}/{chunk}.log",
-    localrule: True
-    run:
-        bp.run_write_requests(config, wildcards.processor, wildcards.chunk, input.get("plan", ""), log[0])
-
-
-# Its inputs are ancient: a request file written again (same content) never sends a chunk again.
-rule submit_batch:
-    input:
-        unpack(get_submit_inputs),
-    output:
         marker=MARKER,
     log:
         "logs/submit_batch/{processor}/{chunk}.log",
+    localrule: True
+    resources:
+        api_calls=1,
+    run:
+        bp.run_write_and_submit(config, wildcards.processor, wildcards.chunk, input.plan, log[0])
+
+
+# A chunk an earlier run made (the ledger knows it): its marker, rewritten from the ledger byte for byte (sent), or its submission
+# finished (a run stopped mid-submission: the ledger's intents say what was done). Its inputs are ancient: a
+# request file written again (same content) never sends a chunk again.
+rule resume_batch:
+    input:
+        unpack(get_resume_inputs),
+    output:
+        marker=MARKER,
+    log:
+        "logs/resume_batch/{processor}/{chunk}.log",
     localrule: True
     resources:
         api_calls=1,

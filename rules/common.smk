@@ -10,6 +10,7 @@ import batchpipe.ledger as bp_ledger
 import batchpipe.workflow as bp
 from batchpipe.config import SCHEMA_PATH
 from batchpipe.layout import Layout
+from batchpipe.plan import spec_path
 
 # --config wait=false arrives as the string "false"; the schema is the package's (load_settings checks it too)
 bp.coerce_command_line(config)
@@ -109,25 +110,40 @@ def get_run_inputs(wildcards):
     return list(dict.fromkeys(path for stage in range(len(STAGES)) for path in plan_files(stage_plans(stage))))
 
 
-def get_submit_inputs(wildcards):
-    """A chunk's request file and index (ancient), which its submission reads, and the manifest of the chunk
-    warming the prompt cache when it is sent after one. A chunk the ledger knows as sent needs neither (its
-    marker is written from the ledger: no write_requests job, and a batch adopted from another checkout has
-    no request file here); one it knows as prepared needs those that exist."""
-    if bp_ledger.is_sent(LAYOUT, wildcards.chunk):
-        return {}
-    files = {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
-    if LAYOUT.ledger(wildcards.chunk).exists():
-        files = {name: path for name, path in files.items() if os.path.exists(path)}
+def get_new_chunk_inputs(wildcards):
+    """submit_batch, for a chunk new in a plan of this run: that plan (the checkpoint's output folder), whose
+    spec the job writes the request file from, and the manifest of the chunk warming the prompt cache when
+    it is sent after one. The plan folder is one input shared by every new chunk: Snakemake stats the inputs
+    of every ready job on each scheduling round, and hundreds of new chunks are ready at once after a plan.
+    Any other chunk is resume_batch's: this rule's input is then the spec it lacks."""
+    spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk, key=KEY)
+    if spec is None:
+        return {"spec": str(spec_path(LAYOUT.plan_folder(KEY, 0, 0), wildcards.processor, wildcards.chunk))}
+    files = {"plan": str(spec.parents[2])}
     warm = bp_dag.warm_chunk(SETTINGS, wildcards.processor, wildcards.chunk)
     if warm is not None:  # sent once the chunk warming the prompt cache is collected
         files["warm"] = str(LAYOUT.manifest(wildcards.processor, warm))
     return {name: ancient(path) for name, path in files.items()}
 
 
-def get_spec(wildcards):
-    """The plan (the checkpoint's output folder) that wrote a new chunk's spec, which the job reads inside it.
-    One input shared by every new chunk: Snakemake stats the inputs of every ready job on each scheduling
-    round, and hundreds of new chunks are ready at once after a plan (a spec each was quadratic)."""
-    spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk)
-    return {"plan": ancient(str(spec.parents[2]))} if spec else {}
+def get_resume_inputs(wildcards):
+    """resume_batch, for a chunk the ledger knows that no plan of this run made (which rule makes a marker is
+    decided by this run's plans, so it stays the same for the whole run; a new chunk is submit_batch's, and
+    its input here is then a file nothing makes). Sent: nothing (the marker is written from the ledger; a
+    batch adopted from another checkout has no request file here). Prepared but not sent (a run stopped
+    mid-submission): its request file and index where they exist (ancient), and the warming chunk's manifest.
+    Without a ledger its input is the ledger, missing."""
+    spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk, key=KEY)
+    if spec is not None:
+        return {"new_in_this_run": f"{spec}.new"}
+    ledger = LAYOUT.ledger(wildcards.chunk)
+    if not ledger.exists():
+        return {"ledger": str(ledger)}
+    if bp_ledger.is_sent(LAYOUT, wildcards.chunk):
+        return {}
+    files = {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
+    files = {name: path for name, path in files.items() if os.path.exists(path)}
+    warm = bp_dag.warm_chunk(SETTINGS, wildcards.processor, wildcards.chunk)
+    if warm is not None:
+        files["warm"] = str(LAYOUT.manifest(wildcards.processor, warm))
+    return {name: ancient(path) for name, path in files.items()}

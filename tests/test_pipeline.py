@@ -172,21 +172,24 @@ def rule_edges(dot: str) -> set[tuple[str, str]]:
 
 @pytest.mark.workflow
 def test_the_rulegraph_is_the_data_flow(small_workspace):
-    """Snakemake draws the jobs it knows: a finished run's (every round; a chunk the ledger knows as sent
-    needs no request file, so no write_requests) and, once a new issue is planned, the new chunk's (rounds
-    after the first are not planned yet). Together they are the data flow, issues to tasks."""
+    """Snakemake draws the jobs it knows: a finished run's (every round; its chunks were new in its plan,
+    written and sent by submit_batch) and, once a new issue is planned, the next run's (the new chunk's
+    submit_batch; the marker of a chunk the ledger knows from an earlier run is resume_batch's; rounds after
+    the first are not planned yet). Together they are the data flow, issues to tasks."""
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")
     edges = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
-    assert "write_requests" not in {rule for edge in edges for rule in edge}
+    assert ("plan", "submit_batch") in edges and "resume_batch" not in {rule for edge in edges for rule in edge}
     new = sorted((REPO / "data" / "issues").glob("*.json"))[5]
     (ws.issues / new.name).write_bytes(new.read_bytes())
-    ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")  # planned and written, not sent
+    ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")  # planned, not written nor sent
     assert len(ws.files("batch_results/ledger/*.jsonl")) == 1
-    edges |= rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
+    assert len(ws.files("batch_requests/*/*.jsonl")) == 1  # the first chunk's: a new one is written as it is sent
+    later = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
+    assert {("plan", "submit_batch"), ("resume_batch", "download_batch")} <= later
+    edges |= later
     flow = [
-        ("plan", "write_requests"),
-        ("write_requests", "submit_batch"),
+        ("plan", "submit_batch"),
         ("submit_batch", "download_batch"),
         ("download_batch", "summarize_run"),
         ("download_batch", "recycle_tasks"),

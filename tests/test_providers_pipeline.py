@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from batchpipe.config import load_settings
+from batchpipe.files import sha256_hex
 from batchpipe.plan import build_plan
 from batchpipe.request import custom_id_for
 from batchpipe.service.emulator import Emulator
@@ -88,6 +89,31 @@ def test_killed_at_each_step_of_submission_leaves_one_batch(small_workspace, emu
     run(ws, provider, emulator)
     assert len(creates(emulator, provider)) == 1
     assert len(ws.results()) == 5
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_create_the_provider_refuses_fails_the_job_and_the_rerun_sends_the_kept_request_file(
+    small_workspace, emulator, provider
+):
+    """submit_batch writes a new chunk's request file and sends it; when the provider refuses the create,
+    the job fails and Snakemake deletes its outputs, but the ledger knows the chunk by then: a link to the
+    request file and index is kept beside the ledger, and the next run (resume_batch) sends from it."""
+    ws = small_workspace
+    emulator.set_faults({"http": [{"method": "POST", "path": CREATE_PATH[provider], "status": 400, "times": 1}]})
+    failed = run(ws, provider, emulator, check=False)
+    assert failed.returncode != 0
+    assert not ws.files("batch_requests/*/*.jsonl") and not creates(emulator, provider)
+    kept = ws.files("batch_results/ledger/kept/*.jsonl")
+    assert len(kept) == 1
+    prepared = json.loads(ws.files("batch_results/ledger/*.jsonl")[0].read_text().splitlines()[0])
+    assert prepared["event"] == "prepared" and prepared["content_hash"] == sha256_hex(kept[0].read_bytes())
+
+    run(ws, provider, emulator)
+    assert len(creates(emulator, provider)) == 1
+    assert len(ws.results()) == 5
+    marker = json.loads(ws.files("batch_results/*/*.submitted.json")[0].read_text())
+    assert marker["content_hash"] == prepared["content_hash"]
 
 
 @pytest.mark.workflow
