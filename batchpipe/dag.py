@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,11 +60,42 @@ def issue_files(settings: Settings) -> list[str]:
 
 def find_spec(settings: Settings, processor: str, chunk: str, key: str | None = None) -> Path | None:
     """The spec a plan wrote for a new chunk: a plan of the run `key`, or any plan's (a chunk id is the hash
-    of its requests)."""
+    of its requests). The DAG asks it of every chunk: each plan's list of specs is read once per change."""
     layout = Layout(settings)
-    folder, pattern = (layout.plan_dir(key), "s*r*") if key else (layout.plan_root, "*/s*r*")
-    found = sorted(folder.glob(f"{pattern}/chunks/{processor}/{chunk}.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    runs = [str(layout.plan_dir(key))] if key else [e.path for e in _entries(str(layout.plan_root)) if e.is_dir()]
+    name, found = f"{chunk}.json", []
+    for run in runs:
+        for plan in _entries(run):
+            if not (plan.is_dir() and _PLAN_NAME.fullmatch(plan.name)):
+                continue
+            folder = os.path.join(plan.path, "chunks", processor)
+            try:
+                stamp = os.stat(folder).st_mtime_ns
+            except OSError:
+                continue
+            if name in _names(folder, stamp):
+                found.append(Path(folder) / name)
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+_PLAN_NAME = re.compile(r"s[0-9]+r[0-9]+")
+
+
+def _entries(folder: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+@lru_cache(maxsize=256)
+def _names(folder: str, stamp: int) -> frozenset[str]:
+    """The names in a folder as of its mtime `stamp` (a new file changes it)."""
+    try:
+        return frozenset(os.listdir(folder))
+    except OSError:
+        return frozenset()
 
 
 def warm_chunk(settings: Settings, processor: str, chunk: str) -> str | None:

@@ -224,6 +224,18 @@ class Layout:
         """Every plan of one run: `results/plan/{key}/`."""
         return self.plan_root / key
 
+    def issue_list(self, key: str) -> Path:
+        """The issue files a run plans from, listed (`list_issues`): `results/plan/{key}/issues.json`. The
+        first plan takes it as its input instead of every issue file: Snakemake compares a job's inputs with
+        each file a consumer of its outputs needs, and every new chunk's job takes the plan's folder."""
+        return self.plan_dir(key) / "issues.json"
+
+    def round_file(self, key: str, stage: int | str, round_: int | str) -> Path:
+        """What one plan's chunks made, gathered (`gather_round`): `results/plan/{key}/s{stage}r{round}.json`,
+        beside the plan's folder. The jobs after a round take it as their one input per plan instead of every
+        chunk's manifest (Snakemake records every input of a job with each of its outputs)."""
+        return self.plan_dir(key) / f"s{stage}r{round_}.json"
+
     def plan_folder(self, key: str, stage: int | str, round_: int | str) -> Path:
         """One plan (a stage's round): `results/plan/{key}/s{stage}r{round}/` with `plan.json` and the
         specs of its new chunks (`chunks/{processor}/{chunk}.json`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from .request import ChunkIndex, RequestRecord, attempt_of, read_index
 __all__ = [
     "keep_request_files",
     "request_files",
+    "restore_request_files",
     "resubmit",
     "send",
     "send_chunk",
@@ -109,7 +111,7 @@ def write_requests(
 
 def request_files(layout: Layout, processor: str, chunk: str) -> tuple[Path, Path]:
     """A chunk's request file and index, or the links kept beside its ledger where they are gone (a failed
-    job's outputs, which Snakemake deleted: `keep_request_files`)."""
+    job's outputs, which Snakemake deletes: `keep_request_files`)."""
     request, index = layout.request_file(processor, chunk), layout.index_file(processor, chunk)
     kept_request, kept_index = layout.kept_request(chunk), layout.kept_index(chunk)
     if not request.exists() and kept_request.exists():
@@ -119,26 +121,45 @@ def request_files(layout: Layout, processor: str, chunk: str) -> tuple[Path, Pat
     return request, index
 
 
-def keep_request_files(layout: Layout, processor: str, chunk: str) -> None:
-    """Keep a link to a chunk's request file and index beside its ledger, once the ledger knows the chunk
-    (its `prepared` event holds the file's content hash): the job sending it failed, and Snakemake deletes a
-    failed job's outputs. A chunk the ledger does not know is written again from its spec."""
-    if last(read_events(layout, chunk), Prepared) is None:
-        return
-    for source, kept in (
-        (layout.request_file(processor, chunk), layout.kept_request(chunk)),
-        (layout.index_file(processor, chunk), layout.kept_index(chunk)),
+def keep_request_files(layout: Layout, request: Path, index: Path, chunk: str) -> None:
+    """Link a prepared chunk's request file and index beside its ledger (`ledger/kept/`, the same bytes: no
+    copy where the file system links): the ledger's record of what is sent. Snakemake deletes the outputs of
+    a job before it runs again and of a job that failed; the submission resumes from these, and a marker's
+    job run again restores the files from them."""
+    for source, kept in ((request, layout.kept_request(chunk)), (index, layout.kept_index(chunk))):
+        if source == kept or (kept.exists() and os.path.samefile(source, kept)):
+            continue
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        temporary = kept.with_name(f".{kept.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        try:
+            os.link(source, temporary)
+        except OSError:  # no hard links on this file system: a copy
+            temporary.write_bytes(source.read_bytes())
+        os.replace(temporary, kept)
+
+
+def restore_request_files(layout: Layout, processor: str, chunk: str) -> bool:
+    """A prepared chunk's request file and index back from the links beside its ledger (its marker's job
+    runs again, and Snakemake deleted them first); False when none was kept (a chunk prepared before)."""
+    kept_request, kept_index = layout.kept_request(chunk), layout.kept_index(chunk)
+    if not (kept_request.exists() and kept_index.exists()):
+        return False
+    for kept, target in (
+        (kept_request, layout.request_file(processor, chunk)),
+        (kept_index, layout.index_file(processor, chunk)),
     ):
-        with contextlib.suppress(OSError):
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            temporary = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            try:
-                os.link(source, temporary)
-            except OSError:  # no hard links here: a copy
-                temporary.write_bytes(source.read_bytes())
-            os.replace(temporary, kept)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        try:
+            os.link(kept, temporary)
+        except OSError:
+            temporary.write_bytes(kept.read_bytes())
+        os.replace(temporary, target)
+    return True
 
 
 def send_chunk(
@@ -231,6 +252,7 @@ def _prepare(
         raise SubmissionBlocked(
             f"{sub.request_file}: differs from what the ledger recorded; restore it, do not edit request files"
         )
+    keep_request_files(layout, sub.request_file, index_file, chunk)
     return sub
 
 

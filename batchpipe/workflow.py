@@ -1,8 +1,10 @@
 """What the Snakemake rules call: one function per rule, each a function of its declared inputs, the
 config and the ledger (never of anything computed while the Snakefile was read).
 
+    list_issues     the issue files, listed: the first plan's input
     plan            checkpoint: repairs, another checkout's batches, the state of batches in flight, then
                     the plan of a stage's round (`results/plan/{key}/s{stage}r{round}/`)
+    gather_round    what a plan's chunks made, gathered into one file (the jobs after a round take it)
     submit_batch    a new chunk: its request file and custom_id table, from its spec, then its marker
                     (sent once: the ledger)
     resume_batch    a chunk an earlier run made: its marker rebuilt from the ledger, or its submission finished
@@ -49,7 +51,7 @@ from .plan import Plan, build_plan, hold_over_caps, render_spec, spec_path, writ
 from .providers import Provider, make_provider
 from .remote import adopt_remote_batches
 from .repair import repair_views
-from .submit import keep_request_files, resubmit, send, write_requests
+from .submit import restore_request_files, resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
 
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
@@ -64,6 +66,8 @@ __all__ = [
     "provider_for",
     "run_complete",
     "run_download",
+    "run_gather_round",
+    "run_list_issues",
     "run_plan",
     "run_submit",
     "run_summarize",
@@ -232,16 +236,21 @@ def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan:
 
 
 def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> None:
-    """A new chunk (submit_batch): its request file and index from its plan's spec, then sent once. Snakemake
-    deletes a failed job's outputs: when the ledger knows the chunk by then, the files are kept beside it
-    first (a link each), and resume_batch sends the chunk from them."""
-    run_write_requests(config, processor, chunk, plan, log)
-    try:
-        run_submit(config, processor, chunk, log)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the job's own error is the one to report
-            keep_request_files(Layout(settings_of(config)), processor, chunk)
-        raise
+    """A chunk new in this run's plan (submit_batch): its request file and index from the plan's spec, then
+    sent once. Once sent, its job has no plan among its inputs (no edge to the plan for Snakemake to weigh in a
+    settled workspace); run again then (Snakemake deleted its outputs first), it restores the files from the
+    links beside the ledger and rewrites the marker from the ledger."""
+    if plan:
+        run_write_requests(config, processor, chunk, plan, log)
+    else:
+        layout = Layout(settings_of(config))
+        if not restore_request_files(layout, processor, chunk):
+            raise BatchpipeError(
+                f"{layout.request_file(processor, chunk)}: missing, and the ledger kept no link to it (a chunk "
+                "prepared before links were kept): run snakemake again (the chunk's marker is then rewritten "
+                "from the ledger; nothing is sent)"
+            )
+    run_submit(config, processor, chunk, log)
 
 
 def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
@@ -410,6 +419,27 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
 
 
 # --- the end of a run ---------------------------------------------------------------------------------
+
+
+def run_list_issues(inputs: list[str], list_path: str, log: str) -> None:
+    """list_issues: the issue files the run plans from, each with its size, in one file."""
+    _list_files(inputs, list_path, "issues", log)
+
+
+def _list_files(paths: list[str], out: str, name: str, log: str, **extra: Any) -> None:
+    files: dict[str, int | None] = {}
+    for path in paths:
+        try:
+            files[path] = os.path.getsize(path)
+        except OSError:
+            files[path] = None
+    atomic_write_json(out, {**extra, name: files})
+    JobLog(log, echo=False)(f"{out}: {len(files)} file(s)")
+
+
+def run_gather_round(inputs: list[str], round_path: str, log: str) -> None:
+    """gather_round: the chunk files a plan needed (its other inputs), each with its size, in one file."""
+    _list_files(list(inputs[1:]), round_path, "chunk_files", log, plan=inputs[0] if inputs else None)
 
 
 def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:

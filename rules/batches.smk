@@ -11,9 +11,9 @@ ruleorder: resume_batch > submit_batch
 
 
 # A new chunk: its request file and index, written from its plan's spec, then sent, in one job (one job per
-# chunk less: Snakemake's own cost per job is about the work of a chunk, BENCHMARKS.md). A failed job's
-# outputs are deleted by Snakemake: once the ledger knows the chunk, the job keeps a link to them beside its
-# ledger first, and the submission resumes from it.
+# chunk less: Snakemake's own cost per job is about the work of a chunk, BENCHMARKS.md). Once the ledger knows
+# the chunk, both files are linked beside it (Snakemake deletes a failed job's outputs, and those of a job
+# before it runs again): the submission resumes from them, and a job run again restores them.
 rule submit_batch:
     input:
         unpack(get_new_chunk_inputs),
@@ -27,7 +27,7 @@ rule submit_batch:
     resources:
         api_calls=1,
     run:
-        bp.run_write_and_submit(config, wildcards.processor, wildcards.chunk, input.plan, log[0])
+        bp.run_write_and_submit(config, wildcards.processor, wildcards.chunk, input.get("plan", ""), log[0])
 
 
 # A chunk an earlier run made (the ledger knows it): its marker, rewritten from the ledger byte for byte (sent), or its submission

@@ -25,6 +25,8 @@ KEY = bp_dag.current_key(SETTINGS) if workflow.is_main_process else bp_dag.runni
 
 # File patterns of the rules, from the one Layout (its root is the working directory).
 PLAN = str(LAYOUT.plan_folder("{key}", "{stage}", "{round}"))
+ROUND = str(LAYOUT.round_file("{key}", "{stage}", "{round}"))
+ISSUE_LIST = str(LAYOUT.issue_list("{key}"))
 FIRST_PLAN = str(LAYOUT.plan_folder(KEY, 0, 0))
 REQUEST = str(LAYOUT.request_file("{processor}", "{chunk}"))
 INDEX = str(LAYOUT.index_file("{processor}", "{chunk}"))
@@ -72,11 +74,11 @@ def stage_plans(stage):
 
 
 def plan_files(plans):
-    """The plan folders and the chunk files (manifests, or markers of batches left in flight) they need."""
+    """The plan folders and what their chunks made, gathered (gather_round's files)."""
     out = []
     for view in plans:
         out.append(str(LAYOUT.plan_folder(view.key, view.stage, view.round)))
-        out += [str(path) for path in view.chunk_files(LAYOUT)]
+        out.append(str(LAYOUT.round_file(view.key, view.stage, view.round)))
     return out
 
 
@@ -90,7 +92,21 @@ def get_plan_inputs(wildcards):
         return plan_files([plan_of(stage, round_ - 1)])
     if stage > 0:
         return plan_files(stage_plans(stage - 1))
-    return bp_dag.issue_files(SETTINGS)
+    return [ISSUE_LIST.format(key=KEY)]
+
+
+def get_issue_files(wildcards):
+    """list_issues: the issue files of the run's data folder (never a FIFO, a folder or a dangling link)."""
+    return bp_dag.issue_files(SETTINGS) if wildcards.key == KEY else []
+
+
+def get_round_inputs(wildcards):
+    """gather_round: a plan of this run and the chunk files it needs (manifests, or markers of batches left
+    in flight)."""
+    if wildcards.key != KEY:
+        return []
+    view = plan_of(int(wildcards.stage), int(wildcards.round))
+    return [str(LAYOUT.plan_folder(view.key, view.stage, view.round))] + [str(p) for p in view.chunk_files(LAYOUT)]
 
 
 PREVIEWED = []
@@ -105,7 +121,7 @@ def preview():
 
 
 def get_run_inputs(wildcards):
-    """Every plan of the run and every chunk file they need, stage by stage and round by round."""
+    """Every plan of the run and what its chunks made (gathered per plan), stage by stage and round by round."""
     preview()
     return list(dict.fromkeys(path for stage in range(len(STAGES)) for path in plan_files(stage_plans(stage))))
 
@@ -115,10 +131,14 @@ def get_new_chunk_inputs(wildcards):
     spec the job writes the request file from, and the manifest of the chunk warming the prompt cache when
     it is sent after one. The plan folder is one input shared by every new chunk: Snakemake stats the inputs
     of every ready job on each scheduling round, and hundreds of new chunks are ready at once after a plan.
-    Any other chunk is resume_batch's: this rule's input is then the spec it lacks."""
+    Once the chunk is sent, nothing (a settled workspace's DAG then has no edge from each chunk to its plan, a
+    checkpoint, which Snakemake would weigh in every DAG update). Any other chunk is resume_batch's: this
+    rule's input is then the spec it lacks."""
     spec = bp_dag.find_spec(SETTINGS, wildcards.processor, wildcards.chunk, key=KEY)
     if spec is None:
         return {"spec": str(spec_path(LAYOUT.plan_folder(KEY, 0, 0), wildcards.processor, wildcards.chunk))}
+    if bp_ledger.is_sent(LAYOUT, wildcards.chunk):  # its files are kept beside the ledger: no edge to the plan
+        return {}
     files = {"plan": str(spec.parents[2])}
     warm = bp_dag.warm_chunk(SETTINGS, wildcards.processor, wildcards.chunk)
     if warm is not None:  # sent once the chunk warming the prompt cache is collected

@@ -3,6 +3,20 @@
 # before; later stages plan from the results of the stage before. One checkpoint per plan, never per chunk.
 
 
+# The issue files, listed: the first plan's input (one file, not one per issue: Snakemake compares a job's
+# inputs with the file each consumer of its output needs, and every new chunk's job takes the plan's folder).
+rule list_issues:
+    input:
+        get_issue_files,
+    output:
+        issues=ISSUE_LIST,
+    log:
+        "logs/list_issues/{key}.log",
+    localrule: True
+    run:
+        bp.run_list_issues(input, output.issues, log[0])
+
+
 checkpoint plan:
     input:
         get_plan_inputs,
@@ -15,3 +29,18 @@ checkpoint plan:
         api_calls=1,
     run:
         bp.run_plan(config, wildcards.key, int(wildcards.stage), int(wildcards.round), output.plan, log[0])
+
+
+# What a plan's chunks made, gathered into one file (the chunk files it lists, with their sizes): the jobs
+# after a round (the next round's plan, the summary, the recycling, the report) take it instead of every
+# chunk's manifest, so Snakemake links and records those manifests once per round, not once per job.
+rule gather_round:
+    input:
+        get_round_inputs,
+    output:
+        round=ROUND,
+    log:
+        "logs/gather_round/{key}_s{stage}r{round}.log",
+    localrule: True
+    run:
+        bp.run_gather_round(input, output.round, log[0])

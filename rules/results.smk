@@ -10,7 +10,7 @@ rule summarize_run:
         "logs/summarize_run.log",
     localrule: True
     run:
-        bp.run_summarize(config, [p for p in input if "/plan/" in p], output.summary, log[0])
+        bp.run_summarize(config, [p for p in input if os.path.isdir(p)], output.summary, log[0])
 
 
 # results/all waits for the summary and the recycled tasks, which run side by side (neither uses the other).

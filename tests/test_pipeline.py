@@ -191,8 +191,9 @@ def test_the_rulegraph_is_the_data_flow(small_workspace):
     flow = [
         ("plan", "submit_batch"),
         ("submit_batch", "download_batch"),
-        ("download_batch", "summarize_run"),
-        ("download_batch", "recycle_tasks"),
+        ("download_batch", "gather_round"),
+        ("gather_round", "summarize_run"),
+        ("gather_round", "recycle_tasks"),
         ("summarize_run", "complete_run"),
         ("recycle_tasks", "complete_run"),
         ("plan", "complete_run"),

@@ -97,8 +97,8 @@ def test_a_create_the_provider_refuses_fails_the_job_and_the_rerun_sends_the_kep
     small_workspace, emulator, provider
 ):
     """submit_batch writes a new chunk's request file and sends it; when the provider refuses the create,
-    the job fails and Snakemake deletes its outputs, but the ledger knows the chunk by then: a link to the
-    request file and index is kept beside the ledger, and the next run (resume_batch) sends from it."""
+    the job fails and Snakemake deletes its outputs, but the ledger knows the chunk by then, and links to the
+    request file and index beside it: the next run (resume_batch) sends from them."""
     ws = small_workspace
     emulator.set_faults({"http": [{"method": "POST", "path": CREATE_PATH[provider], "status": 400, "times": 1}]})
     failed = run(ws, provider, emulator, check=False)

@@ -19,7 +19,7 @@ from batchpipe.plan import Plan, build_plan
 from batchpipe.providers import Provider, make_provider
 from batchpipe.realtime import read_journal
 from batchpipe.request import read_index
-from batchpipe.submit import keep_request_files, request_files, send_chunk, submit_batch, write_request_file
+from batchpipe.submit import request_files, restore_request_files, send_chunk, submit_batch, write_request_file
 
 from conftest import REPO, Workspace, make_workspace
 
@@ -227,16 +227,15 @@ def test_an_edited_request_file_after_prepared_blocks_the_submission(tmp_path, m
     assert env.kinds(chunk) == ["prepared", "upload_intent", "upload_intent", "uploaded", "create_intent", "created"]
 
 
-def test_a_failed_send_keeps_links_to_its_files_and_the_next_send_uses_them(tmp_path, monkeypatch):
-    """Snakemake deletes a failed job's outputs (the request file and index of submit_batch): once the
-    ledger knows the chunk, they are kept beside it (links: the same bytes), and the submission resumes
-    from them. A chunk the ledger does not know keeps nothing (it is written again from its spec)."""
+def test_a_prepared_chunk_keeps_links_to_its_files_beside_the_ledger_and_sends_from_them(tmp_path, monkeypatch):
+    """Snakemake deletes a failed job's outputs (submit_batch's request file and index), and a job's outputs
+    before it runs again: once the ledger knows the chunk, both are linked beside it (the same bytes), the
+    submission resumes from them, and they restore the files."""
     env = make_env(tmp_path)
     chunk = env.first_chunk
     request, index = env.layout.request_file(PROC, chunk), env.layout.index_file(PROC, chunk)
     write_request_file(env.plan, PROC, chunk, env.log)
-    keep_request_files(env.layout, PROC, chunk)  # not in the ledger yet: nothing kept
-    assert not env.layout.kept_request(chunk).exists() and not env.layout.kept_index(chunk).exists()
+    assert not env.layout.kept_request(chunk).exists()  # not in the ledger yet: nothing kept
 
     def upload_fails(request_file):
         raise ProviderError("upload refused (simulated outage)")
@@ -244,22 +243,22 @@ def test_a_failed_send_keeps_links_to_its_files_and_the_next_send_uses_them(tmp_
     monkeypatch.setattr(env.provider, "upload", upload_fails)
     with pytest.raises(ProviderError):
         send_chunk(env.plan, env.provider, PROC, chunk, env.log)
-    keep_request_files(env.layout, PROC, chunk)
+    assert os.path.samefile(request, env.layout.kept_request(chunk))
+    assert os.path.samefile(index, env.layout.kept_index(chunk))
     content, index_bytes = request.read_bytes(), index.read_bytes()
     request.unlink()
     index.unlink()  # what Snakemake does to a failed job's outputs
 
     assert request_files(env.layout, PROC, chunk) == (env.layout.kept_request(chunk), env.layout.kept_index(chunk))
-    assert env.layout.kept_request(chunk).read_bytes() == content
-    assert env.layout.kept_index(chunk).read_bytes() == index_bytes
     prepared = next(e for e in read_events(env.layout, chunk) if isinstance(e, Prepared))
-    assert prepared.content_hash == sha256_hex(content)
+    assert prepared.content_hash == sha256_hex(env.layout.kept_request(chunk).read_bytes())
     submit_batch(env.settings, env.fresh_provider(), PROC, chunk, env.log)
     assert len(env.ws.local_batches()) == 1
-    assert sorted(read_marker(env.layout.marker(PROC, chunk)).requests) == sorted(
-        read_index(env.layout.kept_index(chunk)).requests
-    )
-    assert not request.exists()  # the view stays gone: the kept link is what was sent
+    assert read_marker(env.layout.marker(PROC, chunk)).content_hash == sha256_hex(content)
+
+    assert restore_request_files(env.layout, PROC, chunk)
+    assert request.read_bytes() == content and index.read_bytes() == index_bytes
+    assert not restore_request_files(env.layout, PROC, env.first_chunk[::-1])  # nothing kept for it
 
 
 def test_a_crash_after_create_is_adopted_by_the_next_submit(tmp_path, monkeypatch):
