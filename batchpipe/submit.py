@@ -127,17 +127,8 @@ def keep_request_files(layout: Layout, request: Path, index: Path, chunk: str) -
     a job before it runs again and of a job that failed; the submission resumes from these, and a marker's
     job run again restores the files from them."""
     for source, kept in ((request, layout.kept_request(chunk)), (index, layout.kept_index(chunk))):
-        if source == kept or (kept.exists() and os.path.samefile(source, kept)):
-            continue
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        temporary = kept.with_name(f".{kept.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        try:
-            os.link(source, temporary)
-        except OSError:  # no hard links on this file system: a copy
-            temporary.write_bytes(source.read_bytes())
-        os.replace(temporary, kept)
+        if source != kept and not (kept.exists() and os.path.samefile(source, kept)):
+            _link(source, kept)
 
 
 def restore_request_files(layout: Layout, processor: str, chunk: str) -> bool:
@@ -146,20 +137,22 @@ def restore_request_files(layout: Layout, processor: str, chunk: str) -> bool:
     kept_request, kept_index = layout.kept_request(chunk), layout.kept_index(chunk)
     if not (kept_request.exists() and kept_index.exists()):
         return False
-    for kept, target in (
-        (kept_request, layout.request_file(processor, chunk)),
-        (kept_index, layout.index_file(processor, chunk)),
-    ):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        try:
-            os.link(kept, temporary)
-        except OSError:
-            temporary.write_bytes(kept.read_bytes())
-        os.replace(temporary, target)
+    _link(kept_request, layout.request_file(processor, chunk))
+    _link(kept_index, layout.index_file(processor, chunk))
     return True
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` becomes a link to `source` (a copy where the file system has no hard links), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    try:
+        os.link(source, temporary)
+    except OSError:
+        temporary.write_bytes(source.read_bytes())
+    os.replace(temporary, target)
 
 
 def send_chunk(
