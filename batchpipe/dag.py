@@ -162,7 +162,7 @@ def current_key(settings: Settings) -> str:
 def preview(settings: Settings, key: str) -> str:
     """What a run would plan now (a dry run's lines), from the files alone: no file written, no network.
     Batches in flight are shown as the ledger last saw them (the run's plan job asks the provider)."""
-    if Layout(settings).plan_dir(key).is_dir():  # the settled plan's own lines are what it planned back then
+    if (Layout(settings).plan_folder(key, 0, 0) / "plan.json").is_file():  # the settled plan's lines are its own
         return f"batchpipe: nothing changed since the last run (plan {key}): nothing to plan, nothing to send"
     plan = build_plan(settings, write_cache=False)
     hold_over_caps(plan, None)

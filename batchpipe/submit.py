@@ -225,6 +225,7 @@ def _prepare(
     prepared = last(sub.events, Prepared)
     if prepared is None:
         index = sub.index
+        keep_request_files(layout, sub.request_file, index_file, chunk)  # before the ledger knows the chunk
         sub.record(
             Prepared(
                 chunk=chunk,
@@ -245,7 +246,8 @@ def _prepare(
         raise SubmissionBlocked(
             f"{sub.request_file}: differs from what the ledger recorded; restore it, do not edit request files"
         )
-    keep_request_files(layout, sub.request_file, index_file, chunk)
+    else:
+        keep_request_files(layout, sub.request_file, index_file, chunk)  # a chunk prepared before links were kept
     return sub
 
 

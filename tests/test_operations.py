@@ -352,6 +352,8 @@ def test_archive_moves_only_what_no_pending_work_needs(tmp_path):
         ).exists()
     assert (archive / "batch_requests/product-labeling" / f"{clean}.jsonl").exists()
     assert not ws.files(f"batch_requests/product-labeling/{clean}.*")
+    assert not ws.files(f"batch_results/ledger/kept/{clean}.*")  # the ledger's links to them go too
+    assert ws.files(f"batch_results/ledger/kept/{missing}.*")
     for chunk in (missing, retrying):
         assert (ws.root / "batch_results/product-labeling" / f"{chunk}.output.jsonl").exists()
     assert ledger(ws, clean)[-1]["event"] == "archived"

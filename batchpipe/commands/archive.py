@@ -73,6 +73,7 @@ def archive_chunk(settings: Settings, processor: str, chunk: str) -> list[Path]:
     """Copy the chunk's files under archive/, record `archived`, then remove the originals (crash-safe order)."""
     layout = Layout(settings)
     moves = [(src, layout.archived(src)) for src in layout.chunk_files(processor, chunk) if src.exists()]
+    kept = [layout.kept_request(chunk), layout.kept_index(chunk)]  # links to the request file and index
     for src, dest in moves:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
@@ -82,7 +83,7 @@ def archive_chunk(settings: Settings, processor: str, chunk: str) -> list[Path]:
             shutil.copy2(src, tmp)
         os.replace(tmp, dest)
     append(layout, Archived(chunk=chunk, paths=[rel(settings, src) for src, _ in moves]))
-    for src, _ in moves:
+    for src in [src for src, _ in moves] + kept:
         src.unlink(missing_ok=True)
     return [src for src, _ in moves]
 
