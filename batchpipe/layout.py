@@ -9,6 +9,7 @@
 {batches_dir}/{processor}/{chunk}.errors.jsonl         downloaded error lines
 {batches_dir}/{processor}/{chunk}.results.json         chunk manifest: every request's outcome
 {batches_dir}/ledger/{chunk}.jsonl                     the ledger (append-only; no rule declares it)
+{batches_dir}/ledger/kept/{chunk}.jsonl, .index.json   links to a prepared chunk's request file and index
 {batches_dir}/store/{batch_id}.output.jsonl, ...       paid answers (write-once; no rule declares them)
 {batches_dir}/realtime/{chunk}.jsonl                   realtime answer journal
 {batches_dir}/archive/...                              `batchpipe archive`
@@ -16,7 +17,9 @@
 {results_dir}/{group}_{processor}[_part{k}].json       aggregate results
 reports/ and tasks/ beside the results folder          Markdown reports; the task board
 results/all, results/summary.json                      the run summary
+results/plan/{key}/issues.json                         the issue files a run plans from (list_issues)
 results/plan/{key}/s{stage}r{round}/                    the plans of a run (a checkpoint each)
+results/plan/{key}/s{stage}r{round}.json                what a plan's chunks made (gather_round)
 .snakemake/batchpipe/                                  the scan cache, where the last run settled, the report's memo
 ```
 """
@@ -136,8 +139,9 @@ class Layout:
         return self.ledger_dir / f"{chunk}.jsonl"
 
     def kept_request(self, chunk: str) -> Path:
-        """A link to a prepared chunk's request file beside its ledger, made when a job that sends it fails
-        (Snakemake deletes a failed job's outputs): its submission resumes from it."""
+        """A link to a prepared chunk's request file beside its ledger, made before the ledger records it
+        (Snakemake deletes a failed job's outputs, and a job's before it runs again): the submission resumes
+        from it, and a rerun job restores the file from it."""
         return self.ledger_dir / "kept" / f"{chunk}.jsonl"
 
     def kept_index(self, chunk: str) -> Path:

@@ -24,6 +24,7 @@ from .crash import crash_point
 from .download import record_status
 from .errors import ChunkWaits, ProviderError, SubmissionBlocked, TokenLimitReached, Unverifiable
 from .files import (
+    atomic_write_bytes,
     atomic_write_json,
     atomic_writer,
     canonical_json,
@@ -150,8 +151,9 @@ def _link(source: Path, target: Path) -> None:
         temporary.unlink()
     try:
         os.link(source, temporary)
-    except OSError:
-        temporary.write_bytes(source.read_bytes())
+    except OSError:  # no hard links on this file system
+        atomic_write_bytes(target, source.read_bytes())
+        return
     os.replace(temporary, target)
 
 

@@ -212,11 +212,6 @@ def _tidy(layout: Layout, key: str) -> None:
 def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> None:
     """A new chunk's request file and custom_id table, from the spec its plan (the folder) wrote."""
     settings = settings_of(config)
-    if not plan:
-        raise BatchpipeError(
-            f"{Layout(settings).request_file(processor, chunk)} is missing and no plan of this run made the chunk "
-            "(the ledger knows it): restore the file from git or a backup (the ledger holds its content hash)"
-        )
     spec = spec_path(Path(plan), processor, chunk)
     if not spec.is_file():
         raise BatchpipeError(

@@ -30,9 +30,9 @@ rule submit_batch:
         bp.run_write_and_submit(config, wildcards.processor, wildcards.chunk, input.get("plan", ""), log[0])
 
 
-# A chunk an earlier run made (the ledger knows it): its marker, rewritten from the ledger byte for byte (sent), or its submission
-# finished (a run stopped mid-submission: the ledger's intents say what was done). Its inputs are ancient: a
-# request file written again (same content) never sends a chunk again.
+# A chunk an earlier run made (the ledger knows it): its marker, rewritten from the ledger byte for byte (sent),
+# or its submission finished (a run stopped mid-submission: the ledger's intents say what was done). Its inputs
+# are ancient: a request file written again (same content) never sends a chunk again.
 rule resume_batch:
     input:
         unpack(get_resume_inputs),

@@ -139,11 +139,7 @@ def get_new_chunk_inputs(wildcards):
         return {"spec": str(spec_path(LAYOUT.plan_folder(KEY, 0, 0), wildcards.processor, wildcards.chunk))}
     if bp_ledger.is_sent(LAYOUT, wildcards.chunk):  # its files are kept beside the ledger: no edge to the plan
         return {}
-    files = {"plan": str(spec.parents[2])}
-    warm = bp_dag.warm_chunk(SETTINGS, wildcards.processor, wildcards.chunk)
-    if warm is not None:  # sent once the chunk warming the prompt cache is collected
-        files["warm"] = str(LAYOUT.manifest(wildcards.processor, warm))
-    return {name: ancient(path) for name, path in files.items()}
+    return ancient_with_warm(wildcards, {"plan": str(spec.parents[2])})
 
 
 def get_resume_inputs(wildcards):
@@ -162,8 +158,13 @@ def get_resume_inputs(wildcards):
     if bp_ledger.is_sent(LAYOUT, wildcards.chunk):
         return {}
     files = {"request": REQUEST.format(**wildcards), "index": INDEX.format(**wildcards)}
-    files = {name: path for name, path in files.items() if os.path.exists(path)}
+    return ancient_with_warm(wildcards, {name: path for name, path in files.items() if os.path.exists(path)})
+
+
+def ancient_with_warm(wildcards, files):
+    """A submission's inputs (ancient: a file written again never sends a chunk again), and the manifest of
+    the chunk warming the prompt cache when this one is sent after it (is collected first)."""
     warm = bp_dag.warm_chunk(SETTINGS, wildcards.processor, wildcards.chunk)
     if warm is not None:
-        files["warm"] = str(LAYOUT.manifest(wildcards.processor, warm))
+        files = {**files, "warm": str(LAYOUT.manifest(wildcards.processor, warm))}
     return {name: ancient(path) for name, path in files.items()}
