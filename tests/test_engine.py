@@ -19,6 +19,7 @@ import openai.types
 import openai.types.chat
 import pytest
 
+import batchpipe.service.engine as engine_module
 from batchpipe.config import LocalConfig
 from batchpipe.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from batchpipe.files import jsonl_bytes
@@ -965,3 +966,59 @@ def test_importing_the_engine_does_not_import_openai():
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+class BlockResponder(Responder):
+    """Offline answers; records how many requests each call was given."""
+
+    def __init__(self):
+        self.blocks: list[int] = []
+
+    def respond(self, req: NeutralRequest) -> NeutralAnswer:
+        return OfflineResponder().respond(req)
+
+    def respond_many(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
+        self.blocks.append(len(reqs))
+        return super().respond_many(reqs)
+
+
+def test_a_batch_is_read_and_answered_a_block_at_a_time(tmp_path, clock, monkeypatch):
+    """Memory grows with the block, not the batch: the responder never gets more than a block, and a cut
+    (expiry after 5 of 8) that falls inside a block answers exactly the requests before it."""
+    monkeypatch.setattr(engine_module, "REQUEST_BLOCK", 3)
+    responder = BlockResponder()
+    engine = BatchEngine(tmp_path, responder, faults={"batch": {"expire_after_requests": 5}}, clock=clock)
+    lines = [chat_line(f"r{i}", f"Title: Issue {i}\n\nbody {i}") for i in range(8)]
+    view = check_openai_view(engine, engine.get_batch(submit_openai(engine, lines).id))
+    assert responder.blocks == [3, 2]
+    assert view["status"] == "expired" and view["request_counts"] == {"total": 8, "completed": 5, "failed": 3}
+    out = read_lines(engine, view["output_file_id"])
+    assert [line["custom_id"] for line in out] != [f"r{i}" for i in range(5)]  # in an order of its own
+    whole = OfflineResponder()
+    for line in out:  # each answer is its own request's, as if answered all at once
+        index = int(line["custom_id"][1:])
+        expected = whole.respond(engine_module.OpenAIFormat.to_neutral(lines[index])).as_text()
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == expected
+    errors = read_lines(engine, view["error_file_id"])
+    assert sorted(line["custom_id"] for line in errors) == ["r5", "r6", "r7"]
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert not list((tmp_path / "batches" / view["id"]).glob("pending*"))  # the answers moved to the results
+
+
+def test_a_request_file_is_uploaded_as_a_stream_and_split_only_at_newlines(tmp_path, clock):
+    """`create_file_from` (the local provider's upload) copies the file; a line break inside a request's text
+    (U+2028, a lone CR, both legal in a JSON string) does not split it: the real service reads lines at \\n."""
+    engine = BatchEngine(tmp_path, OfflineResponder(), clock=clock)
+    path = tmp_path / "chunk.jsonl"
+    lines = [chat_line("a", "Title: Odd\u2028line\rbreaks"), chat_line("b")]
+    path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    meta = engine.create_file_from(path, "batch")
+    assert meta["bytes"] == path.stat().st_size and engine.file_content(meta["id"]) == path.read_bytes()
+    view = check_openai_view(
+        engine, engine.get_batch(engine.create_batch(request_format="openai", input_file_id=meta["id"]).id)
+    )
+    assert view["status"] == "completed" and view["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    renamed = path.with_suffix(".txt")
+    path.rename(renamed)
+    with pytest.raises(InvalidRequest, match="must be a .jsonl file"):
+        engine.create_file_from(renamed, "batch")

@@ -35,7 +35,7 @@ class LocalProvider(Provider):
         return cls(BatchEngine(state_dir, make_responder(local), timing, local.faults or None))
 
     def upload(self, request_file: Path) -> str:
-        return self.engine.create_file(request_file.read_bytes(), request_file.name, "batch")["id"]
+        return self.engine.create_file_from(request_file, "batch")["id"]
 
     def create(self, request_file: Path, input_file_id: str | None, metadata: dict[str, str]) -> BatchStatus:
         record = self.engine.create_batch(

@@ -4,7 +4,9 @@ The engine keeps OpenAI-style Files and batches under `state_dir` and runs each 
 lifecycle (validating, in_progress, finalizing, completed; failed; cancelling, cancelled; expired).
 State advances lazily: every get/list/cancel moves a batch as far as the clock allows, and the requests
 are answered once, by a `Responder`, at the moment the batch leaves in_progress, under a per-batch
-file lock (safe across threads and processes). `openai_batch` and `anthropic_batch` render a record
+file lock (safe across threads and processes). A batch's requests are read, answered and written as a
+stream, a block at a time, so memory grows with the block, not the batch (a batch may hold 50,000
+requests and 200 MB). `openai_batch` and `anthropic_batch` render a record
 as the exact API objects; `anthropic_results` gives the Anthropic results JSONL.
 
 Layout of `state_dir`:
@@ -13,7 +15,8 @@ Layout of `state_dir`:
     batches/<batch_id>/batch.json     the BatchRecord (small: no request bodies)
     batches/<batch_id>/requests.jsonl the requests: a hard link to the OpenAI input file's content, or the
                                       inline Anthropic requests [{custom_id, params}] as JSONL
-    batches/<batch_id>/pending.jsonl  answered requests waiting for the batch to end (removed when it ends)
+    batches/<batch_id>/pending.jsonl  the requests answered, one outcome a line, until the batch ends (then
+                                      split into its results, and removed)
     batches/<batch_id>/results.jsonl  Anthropic results, once ended (OpenAI results are output/error Files)
     batches/<batch_id>/lock           per-batch lock
     fault-counts.json, fault-counts.lock   how often each `times`-limited fault rule has applied
@@ -28,6 +31,7 @@ whatever its length (the real service caches only prefixes over the model's mini
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -36,13 +40,14 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import Conflict, InvalidRequest, NotFound, RateLimited
-from ..files import atomic_write_bytes, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
+from ..files import atomic_write_bytes, atomic_writer, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
 from ..request import NeutralRequest
 from .responders import (
     SIMULATED_FINGERPRINT,
@@ -88,6 +93,7 @@ FILE_PURPOSES = (
 ENDED = ("completed", "failed", "expired", "cancelled")
 FILE_TTL = 30 * 86400
 MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
+REQUEST_BLOCK = 1000  # requests read and answered at a time: a batch's memory is a block's, not the batch's
 EXPIRY_SECONDS = (3600, 2_592_000)  # bounds of expires_after / output_expires_after seconds
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -180,10 +186,10 @@ class BatchRecord:
 
 @dataclass
 class _Pass:
-    """Scratch space of one advance: the outcomes answered in this pass, if any."""
+    """One advance: its time, and whether it answered requests (pending.jsonl written, not yet fsynced)."""
 
     now: float
-    outcomes: list[dict[str, Any]] | None = None
+    answered: bool = False
 
 
 class BatchEngine:
@@ -213,25 +219,33 @@ class BatchEngine:
         self, content: bytes, filename: str, purpose: str, expires_after: int | None = None
     ) -> dict[str, Any]:
         """Store an uploaded file; returns the OpenAI file object. `expires_after`: seconds after creation."""
-        check_expiry(expires_after, "expires_after")
-        if purpose not in FILE_PURPOSES:
-            raise InvalidRequest(f"Invalid purpose {purpose!r}; expected one of {', '.join(FILE_PURPOSES)}.")
-        if purpose == "batch" and not filename.endswith(".jsonl"):
-            raise InvalidRequest("A batch input file must be a .jsonl file.")
-        if purpose == "batch" and len(content) > MAX_BATCH_FILE_BYTES:
-            raise InvalidRequest("A batch input file may be at most 200 MB.")
+        check_upload(filename, purpose, len(content), expires_after)
         return self._store_file(content, filename, purpose, self.clock(), expires_after)
 
+    def create_file_from(self, path: Path, purpose: str, expires_after: int | None = None) -> dict[str, Any]:
+        """`create_file` of a file's content, copied as a stream (a batch input file may be 200 MB)."""
+        check_upload(path.name, purpose, path.stat().st_size, expires_after)
+        return self._store_file(path, path.name, purpose, self.clock(), expires_after)
+
     def _store_file(
-        self, content: bytes, filename: str, purpose: str, at: float, ttl: int | None = None
+        self, content: bytes | Path, filename: str, purpose: str, at: float, ttl: int | None = None
     ) -> dict[str, Any]:
+        """A new File of `content` (bytes, or a file's, copied as a stream)."""
         file_id = new_id("file-")
         if ttl is None and purpose in ("batch", "batch_output"):
             ttl = FILE_TTL
+        data_path = self._files / f"{file_id}.data"
+        if isinstance(content, Path):  # content first: meta implies content
+            with content.open("rb") as source, atomic_writer(data_path) as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+            size = data_path.stat().st_size
+        else:
+            atomic_write_bytes(data_path, content)
+            size = len(content)
         meta = {
             "id": file_id,
             "object": "file",
-            "bytes": len(content),
+            "bytes": size,
             "created_at": int(at),
             "expires_at": int(at) + ttl if ttl is not None else None,
             "filename": filename,
@@ -239,7 +253,6 @@ class BatchEngine:
             "status": "processed",
             "status_details": None,
         }
-        atomic_write_bytes(self._files / f"{file_id}.data", content)  # content first: meta implies content
         atomic_write_bytes(self._files / f"{file_id}.json", canonical_json(meta).encode())
         return meta
 
@@ -287,12 +300,13 @@ class BatchEngine:
         now = self.clock()
         check_metadata(metadata)
         check_expiry(output_expires_after, "output_expires_after")
+        natives: list[dict[str, Any]] = []
         if request_format == "openai":
-            natives, line_errors, model = self._openai_input(endpoint, input_file_id, completion_window)
+            total, line_errors, model = self._openai_input(endpoint, input_file_id, completion_window)
             batch_id = new_id("batch_")
         elif request_format == "anthropic":
             natives, line_errors, model = parse_anthropic_requests(requests), [], None
-            batch_id, endpoint, input_file_id = new_id("msgbatch_"), "/v1/messages", None
+            total, batch_id, endpoint, input_file_id = len(natives), new_id("msgbatch_"), "/v1/messages", None
         else:
             raise InvalidRequest(f"unknown request_format {request_format!r} (openai or anthropic)")
         batch_fault = self.faults.get("batch", {})
@@ -309,7 +323,7 @@ class BatchEngine:
             input_file_id=input_file_id,
             model=model,
             metadata=metadata,
-            total=len(natives),
+            total=total,
             line_errors=line_errors,
             validating_s=self.timing.validating,
             in_progress_s=self.timing.in_progress,
@@ -335,7 +349,7 @@ class BatchEngine:
 
     def _openai_input(
         self, endpoint: str, input_file_id: str | None, completion_window: str
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    ) -> tuple[int, list[dict[str, Any]], str | None]:
         if endpoint not in OPENAI_ENDPOINTS:
             raise InvalidRequest(f"Invalid endpoint {endpoint!r}.")
         if endpoint != CHAT_ENDPOINT:
@@ -346,7 +360,8 @@ class BatchEngine:
             raise InvalidRequest("Missing required parameter: 'input_file_id'.")
         if self.get_file(input_file_id)["purpose"] != "batch":
             raise InvalidRequest(f"File {input_file_id} does not have purpose 'batch'.")
-        return parse_openai_lines(self.file_content(input_file_id), endpoint)
+        with (self._files / f"{input_file_id}.data").open("rb") as lines:
+            return scan_openai_lines(lines, endpoint)
 
     def get_batch(self, batch_id: str, request_format: str | None = None) -> BatchRecord:
         """The batch, advanced as far as the clock allows (answering its requests if it is time)."""
@@ -637,28 +652,45 @@ class BatchEngine:
         return min(rec.total, math.floor(rec.total * (at - rec.in_progress_at) / rec.in_progress_s))
 
     def _run(self, rec: BatchRecord, count: int, rest: str | None, at: float, run: _Pass) -> None:
-        """Answer the first `count` requests; the others end as `rest` ("expired" or "canceled")."""
-        content = (self._batches / rec.id / "requests.jsonl").read_bytes()
-        if rec.request_format == "openai":
-            natives = parse_openai_lines(content, rec.endpoint)[0]
-        else:
-            natives = [json.loads(line) for line in content.splitlines() if line]
+        """Answer the first `count` requests; the others end as `rest` ("expired" or "canceled"). The
+        requests are read, answered and their outcomes written to pending.jsonl a block at a time."""
         fmt = FORMATS[rec.request_format]
-        outcomes = self._answer(rec, natives[:count], at)
-        unanswered = natives[count:]
-        if unanswered:
-            assert rest is not None, "only a batch cut short leaves requests unanswered"
-            code, message = UNPROCESSED[rest]
-            for native in unanswered:
-                line = fmt.unprocessed(rec, native["custom_id"], rest, code, message)
-                outcomes.append({"kind": rest, "line": line})
+        code, message = UNPROCESSED[rest] if rest is not None else ("", "")
+        done = 0
+        with atomic_writer(self._batches / rec.id / "pending.jsonl", durable=False) as pending:
+            for natives in self._request_blocks(rec):
+                answered = natives[: max(0, count - done)]
+                outcomes = self._answer(rec, answered, at) if answered else []
+                for native in natives[len(answered) :]:
+                    assert rest is not None, "only a batch cut short leaves requests unanswered"
+                    outcomes.append(
+                        {"kind": rest, "line": fmt.unprocessed(rec, native["custom_id"], rest, code, message)}
+                    )
+                for outcome in outcomes:
+                    setattr(rec, outcome["kind"], getattr(rec, outcome["kind"]) + 1)
+                    if outcome["kind"] == "succeeded":
+                        rec.input_tokens += outcome["input_tokens"]
+                        rec.output_tokens += outcome["output_tokens"]
+                pending.write(jsonl_bytes(outcomes))
+                done += len(natives)
         rec.processed = count
-        for outcome in outcomes:
-            setattr(rec, outcome["kind"], getattr(rec, outcome["kind"]) + 1)
-            if outcome["kind"] == "succeeded":
-                rec.input_tokens += outcome["input_tokens"]
-                rec.output_tokens += outcome["output_tokens"]
-        run.outcomes = outcomes
+        run.answered = True
+
+    def _request_blocks(self, rec: BatchRecord) -> Iterator[list[dict[str, Any]]]:
+        """The batch's requests in their order, a block at a time (the lines that passed validation)."""
+        block: list[dict[str, Any]] = []
+        with (self._batches / rec.id / "requests.jsonl").open("rb") as lines:
+            if rec.request_format == "openai":
+                natives = (line for _, line, problem in iter_openai_lines(lines, rec.endpoint) if problem is None)
+            else:
+                natives = (json.loads(raw) for raw in lines if raw.strip())
+            for native in natives:
+                block.append(native)
+                if len(block) == REQUEST_BLOCK:
+                    yield block
+                    block = []
+        if block:
+            yield block
 
     def _answer(self, rec: BatchRecord, natives: list[dict[str, Any]], at: float) -> list[dict[str, Any]]:
         fmt = FORMATS[rec.request_format]
@@ -736,31 +768,32 @@ class BatchEngine:
             return [NeutralAnswer(error=error) for _ in reqs]
 
     def _end(self, rec: BatchRecord, status: str, at: float, run: _Pass) -> None:
-        """Enter a final status and publish the results (output/error Files, or results.jsonl)."""
+        """Enter a final status and publish the results (output/error Files, or results.jsonl), from the
+        answered requests in pending.jsonl, in an order of their own (as the real services do)."""
         folder = self._batches / rec.id
-        outcomes = run.outcomes
-        if outcomes is None:
-            pending = folder / "pending.jsonl"
-            outcomes = (
-                [json.loads(line) for line in pending.read_text("utf-8").splitlines() if line]
-                if pending.exists()
-                else []
-            )
-        lines = shuffled(outcomes, rec.id)
+        pending = folder / "pending.jsonl"
+        lines: list[tuple[bool, bytes]] = []  # (succeeded, its native result line): the results, not the requests
+        if pending.exists():
+            with pending.open("rb") as outcomes:
+                for raw in outcomes:
+                    if raw.strip():
+                        outcome = json.loads(raw)
+                        lines.append(
+                            (outcome["kind"] == "succeeded", (canonical_json(outcome["line"]) + "\n").encode())
+                        )
+        lines = shuffled(lines, rec.id)
         if rec.request_format == "anthropic":
-            atomic_write_bytes(folder / "results.jsonl", jsonl_bytes(o["line"] for o in lines))
+            atomic_write_bytes(folder / "results.jsonl", b"".join(line for _, line in lines))
         else:
             for attr, ok, suffix in (("output_file_id", True, "output"), ("error_file_id", False, "error")):
-                chosen = [o["line"] for o in lines if (o["kind"] == "succeeded") == ok]
+                chosen = b"".join(line for succeeded, line in lines if succeeded == ok)
                 if chosen:
-                    meta = self._store_file(
-                        jsonl_bytes(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at, rec.output_ttl
-                    )
+                    meta = self._store_file(chosen, f"{rec.id}_{suffix}.jsonl", "batch_output", at, rec.output_ttl)
                     setattr(rec, attr, meta["id"])
         rec.status = status
         setattr(rec, {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status], at)
-        run.outcomes = None
-        (folder / "pending.jsonl").unlink(missing_ok=True)
+        run.answered = False
+        pending.unlink(missing_ok=True)
 
     # --- Faults --------------------------------------------------------------------------------
 
@@ -809,9 +842,10 @@ class BatchEngine:
         atomic_write_bytes(self._batches / rec.id / "batch.json", canonical_json(asdict(rec)).encode())
 
     def _persist(self, rec: BatchRecord, run: _Pass) -> None:
-        """Save the record, and the answers of this pass if the batch has not ended yet."""
-        if run.outcomes is not None:
-            atomic_write_bytes(self._batches / rec.id / "pending.jsonl", jsonl_bytes(run.outcomes))
+        """Save the record; the answers of this pass, if the batch has not ended yet, are on disk first."""
+        if run.answered:
+            with (self._batches / rec.id / "pending.jsonl").open("rb") as pending:
+                os.fsync(pending.fileno())
         self._save(rec)
 
 
@@ -1034,34 +1068,53 @@ def parse_openai_lines(content: bytes, endpoint: str) -> tuple[list[dict[str, An
     """Validate an OpenAI batch input file: (requests, errors with 1-based line numbers, model)."""
     requests: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    model = None
+    for number, line, problem in iter_openai_lines(io.BytesIO(content), endpoint):
+        if problem is None:
+            model = model or line["body"]["model"]
+            requests.append(line)
+        else:
+            errors.append(problem_of(number, problem))
+    return requests, errors or ([] if requests else empty_file()), model
+
+
+def scan_openai_lines(lines: Iterable[bytes], endpoint: str) -> tuple[int, list[dict[str, Any]], str | None]:
+    """`parse_openai_lines` of a stream, keeping only the count of valid requests (not the requests)."""
+    count, errors, model = 0, [], None
+    for number, line, problem in iter_openai_lines(lines, endpoint):
+        if problem is None:
+            model = model or line["body"]["model"]
+            count += 1
+        else:
+            errors.append(problem_of(number, problem))
+    return count, errors or ([] if count else empty_file()), model
+
+
+def iter_openai_lines(
+    lines: Iterable[bytes], endpoint: str
+) -> Iterator[tuple[int, Any, tuple[str, str, str | None] | None]]:
+    """Each non-blank line of an OpenAI batch input file: (1-based number, parsed line, its first problem)."""
     seen: set[str] = set()
     model = None
-    lines = content.decode("utf-8", errors="replace").splitlines()
-    if not any(line.strip() for line in lines):
-        return (
-            [],
-            [
-                {
-                    "code": "empty_file",
-                    "param": None,
-                    "line": None,
-                    "message": "The batch input file is empty. Please ensure that the batch contains at least "
-                    "one request.",
-                }
-            ],
-            None,
-        )
-    for number, text in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
+        text = raw.decode("utf-8", errors="replace")
         if not text.strip():
             continue
         line, problem = check_openai_line(text, endpoint, seen, model)
-        if problem:
-            errors.append({"code": problem[0], "message": problem[1], "param": problem[2], "line": number})
-            continue
-        seen.add(line["custom_id"])
-        model = model or line["body"]["model"]
-        requests.append(line)
-    return requests, errors, model
+        if problem is None:
+            seen.add(line["custom_id"])
+            model = model or line["body"]["model"]
+        yield number, line, problem
+
+
+def problem_of(number: int, problem: tuple[str, str, str | None]) -> dict[str, Any]:
+    return {"code": problem[0], "message": problem[1], "param": problem[2], "line": number}
+
+
+def empty_file() -> list[dict[str, Any]]:
+    """The error of a file with no request line."""
+    message = "The batch input file is empty. Please ensure that the batch contains at least one request."
+    return [{"code": "empty_file", "param": None, "line": None, "message": message}]
 
 
 def check_openai_line(
@@ -1124,6 +1177,17 @@ def parse_anthropic_requests(requests: Any) -> list[dict[str, Any]]:
             raise InvalidRequest(f"requests.{index}.params: Field required")
         seen.add(custom_id)
     return [{"custom_id": item["custom_id"], "params": item["params"]} for item in requests]
+
+
+def check_upload(filename: str, purpose: str, size: int, expires_after: int | None) -> None:
+    """An upload's checks, as the Files API makes them."""
+    check_expiry(expires_after, "expires_after")
+    if purpose not in FILE_PURPOSES:
+        raise InvalidRequest(f"Invalid purpose {purpose!r}; expected one of {', '.join(FILE_PURPOSES)}.")
+    if purpose == "batch" and not filename.endswith(".jsonl"):
+        raise InvalidRequest("A batch input file must be a .jsonl file.")
+    if purpose == "batch" and size > MAX_BATCH_FILE_BYTES:
+        raise InvalidRequest("A batch input file may be at most 200 MB.")
 
 
 def check_metadata(metadata: Any) -> None:
