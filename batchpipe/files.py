@@ -41,6 +41,12 @@ def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's content, read as a stream (a request file may be 200 MB)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def making_folder(path: Path, make: Callable[[], T]) -> T:
     """`make()` (which creates `path`), once more after making the folder when it is missing.
 

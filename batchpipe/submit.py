@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,12 +25,11 @@ from .crash import crash_point
 from .download import record_status
 from .errors import ChunkWaits, ProviderError, SubmissionBlocked, TokenLimitReached, Unverifiable
 from .files import (
-    atomic_write_bytes,
     atomic_write_json,
     atomic_writer,
     canonical_json,
     file_lock,
-    sha256_hex,
+    sha256_file,
 )
 from .joblog import JobLog
 from .layout import Layout
@@ -151,8 +151,9 @@ def _link(source: Path, target: Path) -> None:
         temporary.unlink()
     try:
         os.link(source, temporary)
-    except OSError:  # no hard links on this file system
-        atomic_write_bytes(target, source.read_bytes())
+    except OSError:  # no hard links on this file system: a copy, as a stream
+        with source.open("rb") as data, atomic_writer(target) as copy:
+            shutil.copyfileobj(data, copy, 1 << 20)
         return
     os.replace(temporary, target)
 
@@ -196,7 +197,6 @@ class _Chunk:
     chunk: str
     events: list[Event]
     request_file: Path = field(default_factory=Path)
-    content: bytes = b""
     content_hash: str = ""
     index: ChunkIndex | None = None
 
@@ -221,8 +221,7 @@ def _prepare(
     if last(sub.events, Created):
         return sub
     sub.request_file, index_file = request_files(layout, processor, chunk)
-    sub.content = sub.request_file.read_bytes()
-    sub.content_hash = sha256_hex(sub.content)
+    sub.content_hash = sha256_file(sub.request_file)
     sub.index = read_index(index_file)
     prepared = last(sub.events, Prepared)
     if prepared is None:
@@ -373,8 +372,7 @@ def resubmit(settings: Settings, provider: Provider, processor: str, chunk: str,
         if not history.refused:
             return sub.marker()  # another job created it again already
         sub.request_file, index_file = request_files(layout, processor, chunk)
-        sub.content = sub.request_file.read_bytes()
-        sub.content_hash = sha256_hex(sub.content)
+        sub.content_hash = sha256_file(sub.request_file)
         if sub.content_hash != history.prepared.content_hash:
             raise SubmissionBlocked(f"{sub.request_file}: differs from what the ledger recorded; restore it")
         sub.index = read_index(index_file)
@@ -490,7 +488,7 @@ def submit_realtime(
         if not provider.has_realtime:  # before anything is recorded or sent
             raise ProviderError(f"provider {provider.name} has no realtime mode; use mode: batch")
         sub = _prepare(settings, provider, processor, chunk, group, "realtime")
-        lines = [json.loads(text) for text in sub.content.splitlines() if text.strip()]
+        lines = [json.loads(text) for text in sub.request_file.read_bytes().splitlines() if text.strip()]
         journal = layout.journal(chunk)
         answered = read_journal(journal)
         todo = [line for line in lines if line["custom_id"] not in answered]

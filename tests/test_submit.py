@@ -261,6 +261,23 @@ def test_a_prepared_chunk_keeps_links_to_its_files_beside_the_ledger_and_sends_f
     assert not restore_request_files(env.layout, PROC, env.first_chunk[::-1])  # nothing kept for it
 
 
+def test_where_the_file_system_has_no_hard_links_the_kept_files_are_copies(tmp_path, monkeypatch):
+    env = make_env(tmp_path)
+    chunk = env.first_chunk
+    request = env.layout.request_file(PROC, chunk)
+    write_request_file(env.plan, PROC, chunk, env.log)
+
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    submit_batch(env.settings, env.provider, PROC, chunk, env.log)
+    kept = env.layout.kept_request(chunk)
+    assert kept.read_bytes() == request.read_bytes() and not os.path.samefile(kept, request)
+    assert env.layout.kept_index(chunk).read_bytes() == env.layout.index_file(PROC, chunk).read_bytes()
+    assert not list(kept.parent.glob(".*.tmp"))  # no temporary left behind
+
+
 def test_a_crash_after_create_is_adopted_by_the_next_submit(tmp_path, monkeypatch):
     env = make_env(tmp_path)
     chunk = env.first_chunk
