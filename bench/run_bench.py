@@ -404,6 +404,7 @@ def bench_size(
     )
     env = dict(os.environ)
     env.pop("BATCHPIPE_RUN_ID", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run: imports compiled once, then from __pycache__
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # the package snapshot in the workspace, also for script: jobs (a new interpreter)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ws), env.get("PYTHONPATH")]))
