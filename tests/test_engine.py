@@ -22,7 +22,7 @@ import pytest
 import batchpipe.service.engine as engine_module
 from batchpipe.config import LocalConfig
 from batchpipe.errors import Conflict, InvalidRequest, NotFound, RateLimited
-from batchpipe.files import jsonl_bytes
+from batchpipe.files import canonical_json, jsonl_bytes
 from batchpipe.request import NeutralRequest
 from batchpipe.service.engine import BatchEngine, Timing
 from batchpipe.service.responders import (
@@ -1006,12 +1006,14 @@ def test_a_batch_is_read_and_answered_a_block_at_a_time(tmp_path, clock, monkeyp
 
 
 def test_a_request_file_is_uploaded_as_a_stream_and_split_only_at_newlines(tmp_path, clock):
-    """`create_file_from` (the local provider's upload) copies the file; a line break inside a request's text
-    (U+2028, a lone CR, both legal in a JSON string) does not split it: the real service reads lines at \\n."""
+    """`create_file_from` (the local provider's upload) copies the file; a Unicode line break inside a request's
+    text (U+2028, NEL: legal unescaped in a JSON string, and request files keep non-ASCII as it is) does not
+    split it: the real service reads lines at \\n."""
     engine = BatchEngine(tmp_path, OfflineResponder(), clock=clock)
     path = tmp_path / "chunk.jsonl"
-    lines = [chat_line("a", "Title: Odd\u2028line\rbreaks"), chat_line("b")]
-    path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    lines = [chat_line("a", "Title: Odd\u2028line\x85breaks"), chat_line("b")]
+    path.write_text("".join(canonical_json(line) + "\n" for line in lines), encoding="utf-8")
+    assert "\u2028".encode() in path.read_bytes() and "\x85".encode() in path.read_bytes()  # unescaped
     meta = engine.create_file_from(path, "batch")
     assert meta["bytes"] == path.stat().st_size and engine.file_content(meta["id"]) == path.read_bytes()
     view = check_openai_view(
