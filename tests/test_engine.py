@@ -1002,7 +1002,11 @@ def test_a_batch_is_read_and_answered_a_block_at_a_time(tmp_path, clock, monkeyp
     errors = read_lines(engine, view["error_file_id"])
     assert sorted(line["custom_id"] for line in errors) == ["r5", "r6", "r7"]
     assert {line["error"]["code"] for line in errors} == {"batch_expired"}
-    assert not list((tmp_path / "batches" / view["id"]).glob("pending*"))  # the answers moved to the results
+    assert sorted(p.name for p in (tmp_path / "batches" / view["id"]).iterdir()) == [
+        "batch.json",
+        "lock",
+        "requests.jsonl",
+    ]
 
 
 def test_a_request_file_is_uploaded_as_a_stream_and_split_only_at_newlines(tmp_path, clock):
@@ -1024,3 +1028,113 @@ def test_a_request_file_is_uploaded_as_a_stream_and_split_only_at_newlines(tmp_p
     path.rename(renamed)
     with pytest.raises(InvalidRequest, match="must be a .jsonl file"):
         engine.create_file_from(renamed, "batch")
+
+
+def _results_of_three_batches(state_dir: Path) -> list[bytes]:
+    """The result files of a completed, a cancelled (4 of 9 answered) and an Anthropic batch whose requests
+    mark a cached prefix, made with ids from a counter (two runs compare byte for byte)."""
+    count = iter(range(10**6))
+    clock = FakeClock()
+    engine = BatchEngine(state_dir, OfflineResponder(), Timing(in_progress=100), clock=clock)
+    system = [{"type": "text", "text": "You triage issues.", "cache_control": {"type": "ephemeral"}}]
+    original = engine_module.new_id
+    engine_module.new_id = lambda prefix: f"{prefix}{next(count):08d}"
+    try:
+        done = submit_openai(engine, [chat_line(f"r{i}", f"Title: Issue {i}") for i in range(9)])
+        cut = submit_openai(engine, [chat_line(f"c{i}", f"Title: Cut {i}") for i in range(9)])
+        cached = engine.create_batch(
+            request_format="anthropic", requests=[anthropic_request(f"a{i}", system=system) for i in range(9)]
+        )
+        clock.advance(50)
+        engine.cancel_batch(cut.id)
+        clock.advance(100)
+        views = [engine.openai_batch(engine.get_batch(b.id)) for b in (done, cut)]
+        files = [engine.file_content(v[k]) for v in views for k in ("output_file_id", "error_file_id") if v[k]]
+        return [*files, engine.anthropic_results(engine.get_batch(cached.id).id)]
+    finally:
+        engine_module.new_id = original
+
+
+def test_the_results_are_the_same_bytes_whatever_the_block(tmp_path, monkeypatch):
+    """Reading a batch a block at a time changes nothing the API shows: the same output and error files, in the
+    same order, as with the whole batch in one block (completed, cancelled part-way, Anthropic with the
+    simulated prompt cache, whose reads and writes carry across blocks)."""
+    whole = _results_of_three_batches(tmp_path / "whole")
+    assert len(whole) == 4 and all(whole)
+    for block in (1, 4):
+        monkeypatch.setattr(engine_module, "REQUEST_BLOCK", block)
+        assert _results_of_three_batches(tmp_path / f"block{block}") == whole
+
+
+def test_a_crash_before_the_record_of_an_ended_batch_loses_no_answer(tmp_path, clock, monkeypatch):
+    """The answers (pending.jsonl) are removed only once batch.json says the batch ended: a crash between its
+    results and its record ends it again from them, whole."""
+    engine = BatchEngine(tmp_path, OfflineResponder(), Timing(in_progress=10, finalizing=5), clock=clock)
+    record = submit_openai(engine, [chat_line(f"r{i}") for i in range(6)])
+    clock.advance(10)
+    assert engine.get_batch(record.id).status == "finalizing"
+    clock.advance(5)
+    real_save = BatchEngine._save
+
+    def crash(self, rec):
+        if rec.status == "completed":
+            raise KeyboardInterrupt("killed before the record")
+        real_save(self, rec)
+
+    monkeypatch.setattr(BatchEngine, "_save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        engine.get_batch(record.id)
+    monkeypatch.setattr(BatchEngine, "_save", real_save)
+    view = check_openai_view(engine, BatchEngine(tmp_path, OfflineResponder(), clock=clock).get_batch(record.id))
+    assert view["status"] == "completed" and view["request_counts"]["completed"] == 6
+    assert sorted(line["custom_id"] for line in read_lines(engine, view["output_file_id"])) == [
+        f"r{i}" for i in range(6)
+    ]
+    assert not (tmp_path / "batches" / record.id / "pending.jsonl").exists()
+
+
+class _KilledOnSecondBlock(Responder):
+    def __init__(self):
+        self.calls = 0
+
+    def respond(self, req: NeutralRequest) -> NeutralAnswer:
+        return OfflineResponder().respond(req)
+
+    def respond_many(self, reqs: list[NeutralRequest]) -> list[NeutralAnswer]:
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt("killed while answering")
+        return super().respond_many(reqs)
+
+
+def test_a_run_killed_while_answering_leaves_nothing_that_grows(tmp_path, clock, monkeypatch):
+    """A kill in the middle of a batch leaves its scratch file, written again from the start by the next
+    pass: no answer counted twice, no temporary file per crash."""
+    monkeypatch.setattr(engine_module, "REQUEST_BLOCK", 2)
+    engine = BatchEngine(tmp_path, _KilledOnSecondBlock(), clock=clock)
+    record = submit_openai(engine, [chat_line(f"r{i}") for i in range(5)])
+    with pytest.raises(KeyboardInterrupt):
+        engine.get_batch(record.id)
+    folder = tmp_path / "batches" / record.id
+    assert (folder / "pending.part").exists() and not (folder / "pending.jsonl").exists()
+    view = check_openai_view(engine, BatchEngine(tmp_path, OfflineResponder(), clock=clock).get_batch(record.id))
+    assert view["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+    assert len(read_lines(engine, view["output_file_id"])) == 5
+    assert sorted(p.name for p in folder.iterdir()) == ["batch.json", "lock", "requests.jsonl"]
+
+
+def test_a_batch_created_before_the_upgrade_is_read_with_the_lines_it_was_validated_with(tmp_path, clock):
+    """A batch validated by an older engine (its lines split at every line boundary, a lone CR too) and
+    answered by this one: every request is answered, none vanishes."""
+    engine = BatchEngine(tmp_path, OfflineResponder(), Timing(in_progress=10), clock=clock)
+    record = submit_openai(engine, [chat_line(f"r{i}") for i in range(4)])
+    folder = tmp_path / "batches" / record.id
+    old = json.loads((folder / "batch.json").read_text())
+    old.pop("line_breaks", None)  # what an older engine wrote has no such field
+    (folder / "batch.json").write_text(json.dumps(old))
+    lines = [canonical_json(chat_line(f"r{i}")) for i in range(4)]
+    (folder / "requests.jsonl").unlink()  # a link to the uploaded file: replaced, not written through
+    (folder / "requests.jsonl").write_bytes(("\r".join(lines) + "\n").encode())
+    clock.advance(10)
+    view = check_openai_view(engine, engine.get_batch(record.id))
+    assert view["request_counts"] == {"total": 4, "completed": 4, "failed": 0}

@@ -16,7 +16,8 @@ Layout of `state_dir`:
     batches/<batch_id>/requests.jsonl the requests: a hard link to the OpenAI input file's content, or the
                                       inline Anthropic requests [{custom_id, params}] as JSONL
     batches/<batch_id>/pending.jsonl  the requests answered, one outcome a line, until the batch ends (then
-                                      split into its results, and removed)
+                                      split into its results; removed once batch.json says it ended)
+    batches/<batch_id>/pending.part, results.part   scratch files, written again from the start when used
     batches/<batch_id>/results.jsonl  Anthropic results, once ended (OpenAI results are output/error Files)
     batches/<batch_id>/lock           per-batch lock
     fault-counts.json, fault-counts.lock   how often each `times`-limited fault rule has applied
@@ -40,11 +41,11 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 from ..errors import Conflict, InvalidRequest, NotFound, RateLimited
 from ..files import atomic_write_bytes, atomic_writer, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
@@ -63,8 +64,6 @@ from .responders import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from .responders import Responder
 
 T = TypeVar("T")
@@ -149,6 +148,9 @@ class BatchRecord:
     expire_after: int | None = None
     request_faults: list[dict[str, Any]] = field(default_factory=list)
     output_ttl: int | None = None  # output_expires_after seconds (None: the default file TTL)
+    # How the input file was split into lines when validated: at "\n" (as the real service), or, for a batch
+    # created before, at every line boundary of str.splitlines ("any"): it is read again the same way.
+    line_breaks: str = "any"
     # Lifecycle (internal status uses OpenAI's names).
     status: str = "validating"
     in_progress_at: float | None = None
@@ -186,10 +188,12 @@ class BatchRecord:
 
 @dataclass
 class _Pass:
-    """One advance: its time, and whether it answered requests (pending.jsonl written, not yet fsynced)."""
+    """One advance: its time; whether it answered requests (pending.jsonl written, not yet fsynced); whether
+    the batch ended (pending.jsonl is removed only once batch.json says so)."""
 
     now: float
     answered: bool = False
+    ended: bool = False
 
 
 class BatchEngine:
@@ -228,24 +232,30 @@ class BatchEngine:
         return self._store_file(path, path.name, purpose, self.clock(), expires_after)
 
     def _store_file(
-        self, content: bytes | Path, filename: str, purpose: str, at: float, ttl: int | None = None
+        self,
+        content: bytes | Path | Callable[[BinaryIO], None],
+        filename: str,
+        purpose: str,
+        at: float,
+        ttl: int | None = None,
     ) -> dict[str, Any]:
-        """A new File of `content` (bytes, or a file's, copied as a stream)."""
+        """A new File of `content`: bytes, a file's (copied as a stream), or what a writer writes."""
         file_id = new_id("file-")
         if ttl is None and purpose in ("batch", "batch_output"):
             ttl = FILE_TTL
         data_path = self._files / f"{file_id}.data"
-        if isinstance(content, Path):  # content first: meta implies content
-            with content.open("rb") as source, atomic_writer(data_path) as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-            size = data_path.stat().st_size
-        else:
-            atomic_write_bytes(data_path, content)
-            size = len(content)
+        with atomic_writer(data_path) as target:  # content first: meta implies content
+            if isinstance(content, bytes):
+                target.write(content)
+            elif isinstance(content, Path):
+                with content.open("rb") as source:
+                    shutil.copyfileobj(source, target, 1 << 20)
+            else:
+                content(target)
         meta = {
             "id": file_id,
             "object": "file",
-            "bytes": size,
+            "bytes": data_path.stat().st_size,
             "created_at": int(at),
             "expires_at": int(at) + ttl if ttl is not None else None,
             "filename": filename,
@@ -332,6 +342,7 @@ class BatchEngine:
             expire_after=expire_after,
             request_faults=self.faults.get("requests", []),
             output_ttl=output_expires_after,
+            line_breaks="\n",
         )
         if not line_errors and "fail" in batch_fault and self._claim_batch_fault(batch_fault):
             message = fail_message(batch_fault, model or "the requested model")
@@ -657,7 +668,8 @@ class BatchEngine:
         fmt = FORMATS[rec.request_format]
         code, message = UNPROCESSED[rest] if rest is not None else ("", "")
         done = 0
-        with atomic_writer(self._batches / rec.id / "pending.jsonl", durable=False) as pending:
+        folder = self._batches / rec.id
+        with (folder / "pending.part").open("wb") as pending:  # a run cut short leaves it to be written again
             for natives in self._request_blocks(rec):
                 answered = natives[: max(0, count - done)]
                 outcomes = self._answer(rec, answered, at) if answered else []
@@ -673,6 +685,7 @@ class BatchEngine:
                         rec.output_tokens += outcome["output_tokens"]
                 pending.write(jsonl_bytes(outcomes))
                 done += len(natives)
+        os.replace(folder / "pending.part", folder / "pending.jsonl")
         rec.processed = count
         run.answered = True
 
@@ -681,7 +694,10 @@ class BatchEngine:
         block: list[dict[str, Any]] = []
         with (self._batches / rec.id / "requests.jsonl").open("rb") as lines:
             if rec.request_format == "openai":
-                natives = (line for _, line, problem in iter_openai_lines(lines, rec.endpoint) if problem is None)
+                source: Iterable[bytes] = lines
+                if rec.line_breaks != "\n":  # created before: the lines it was validated with
+                    source = (p.encode() for raw in lines for p in raw.decode("utf-8", errors="replace").splitlines())
+                natives = (line for _, line, problem in iter_openai_lines(source, rec.endpoint) if problem is None)
             else:
                 natives = (json.loads(raw) for raw in lines if raw.strip())
             for native in natives:
@@ -768,32 +784,47 @@ class BatchEngine:
             return [NeutralAnswer(error=error) for _ in reqs]
 
     def _end(self, rec: BatchRecord, status: str, at: float, run: _Pass) -> None:
-        """Enter a final status and publish the results (output/error Files, or results.jsonl), from the
-        answered requests in pending.jsonl, in an order of their own (as the real services do)."""
+        """Enter a final status and publish the results (output/error Files, or results.jsonl) from the answered
+        requests in pending.jsonl, in an order of their own (as the real services do). The result lines are
+        written to a scratch file and copied from it in that order: only their places are held."""
         folder = self._batches / rec.id
-        pending = folder / "pending.jsonl"
-        lines: list[tuple[bool, bytes]] = []  # (succeeded, its native result line): the results, not the requests
-        if pending.exists():
-            with pending.open("rb") as outcomes:
-                for raw in outcomes:
-                    if raw.strip():
-                        outcome = json.loads(raw)
-                        lines.append(
-                            (outcome["kind"] == "succeeded", (canonical_json(outcome["line"]) + "\n").encode())
+        pending, scratch = folder / "pending.jsonl", folder / "results.part"
+        spans: list[tuple[bool, int, int]] = []  # (succeeded, offset, length) of each result line in `scratch`
+        with scratch.open("wb") as out:
+            if pending.exists():
+                with pending.open("rb") as outcomes:
+                    for raw in outcomes:
+                        if raw.strip():
+                            outcome = json.loads(raw)
+                            line = (canonical_json(outcome["line"]) + "\n").encode("utf-8")
+                            spans.append((outcome["kind"] == "succeeded", out.tell(), len(line)))
+                            out.write(line)
+        order = shuffled(spans, rec.id)
+        with scratch.open("rb") as lines:
+
+            def copy(which: Iterable[tuple[bool, int, int]]) -> Callable[[BinaryIO], None]:
+                def write(target: BinaryIO) -> None:
+                    for _, offset, length in which:
+                        lines.seek(offset)
+                        target.write(lines.read(length))
+
+                return write
+
+            if rec.request_format == "anthropic":
+                with atomic_writer(folder / "results.jsonl") as target:
+                    copy(order)(target)
+            else:
+                for attr, ok, suffix in (("output_file_id", True, "output"), ("error_file_id", False, "error")):
+                    chosen = [span for span in order if span[0] == ok]
+                    if chosen:
+                        meta = self._store_file(
+                            copy(chosen), f"{rec.id}_{suffix}.jsonl", "batch_output", at, rec.output_ttl
                         )
-        lines = shuffled(lines, rec.id)
-        if rec.request_format == "anthropic":
-            atomic_write_bytes(folder / "results.jsonl", b"".join(line for _, line in lines))
-        else:
-            for attr, ok, suffix in (("output_file_id", True, "output"), ("error_file_id", False, "error")):
-                chosen = b"".join(line for succeeded, line in lines if succeeded == ok)
-                if chosen:
-                    meta = self._store_file(chosen, f"{rec.id}_{suffix}.jsonl", "batch_output", at, rec.output_ttl)
-                    setattr(rec, attr, meta["id"])
+                        setattr(rec, attr, meta["id"])
+        scratch.unlink()
         rec.status = status
         setattr(rec, {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[status], at)
-        run.answered = False
-        pending.unlink(missing_ok=True)
+        run.answered, run.ended = False, True
 
     # --- Faults --------------------------------------------------------------------------------
 
@@ -842,11 +873,15 @@ class BatchEngine:
         atomic_write_bytes(self._batches / rec.id / "batch.json", canonical_json(asdict(rec)).encode())
 
     def _persist(self, rec: BatchRecord, run: _Pass) -> None:
-        """Save the record; the answers of this pass, if the batch has not ended yet, are on disk first."""
+        """Save the record; the answers of this pass, if the batch has not ended yet, are on disk first, and
+        once it has ended they are removed only after the record says so (its results hold them then)."""
+        pending = self._batches / rec.id / "pending.jsonl"
         if run.answered:
-            with (self._batches / rec.id / "pending.jsonl").open("rb") as pending:
-                os.fsync(pending.fileno())
+            with pending.open("rb") as handle:
+                os.fsync(handle.fileno())
         self._save(rec)
+        if run.ended:
+            pending.unlink(missing_ok=True)
 
 
 # --- Native request and response shapes --------------------------------------------------------
