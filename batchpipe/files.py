@@ -7,7 +7,9 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -85,6 +87,22 @@ def atomic_writer(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """`target` becomes a hard link to `source` (for files never rewritten in place), or a copy, streamed, where
+    the file system has no hard links; atomically either way."""
+    source, target = Path(source), Path(target)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    try:
+        making_folder(target, lambda: os.link(source, temporary))
+    except OSError:
+        with source.open("rb") as data, atomic_writer(target) as copy:
+            shutil.copyfileobj(data, copy, 1 << 20)
+        return
+    os.replace(temporary, target)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

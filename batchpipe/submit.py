@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from .files import (
     atomic_writer,
     canonical_json,
     file_lock,
+    link_or_copy,
     sha256_file,
 )
 from .joblog import JobLog
@@ -129,7 +128,7 @@ def keep_request_files(layout: Layout, request: Path, index: Path, chunk: str) -
     job run again restores the files from them."""
     for source, kept in ((request, layout.kept_request(chunk)), (index, layout.kept_index(chunk))):
         if source != kept and not (kept.exists() and os.path.samefile(source, kept)):
-            _link(source, kept)
+            link_or_copy(source, kept)
 
 
 def restore_request_files(layout: Layout, processor: str, chunk: str) -> bool:
@@ -138,24 +137,9 @@ def restore_request_files(layout: Layout, processor: str, chunk: str) -> bool:
     kept_request, kept_index = layout.kept_request(chunk), layout.kept_index(chunk)
     if not (kept_request.exists() and kept_index.exists()):
         return False
-    _link(kept_request, layout.request_file(processor, chunk))
-    _link(kept_index, layout.index_file(processor, chunk))
+    link_or_copy(kept_request, layout.request_file(processor, chunk))
+    link_or_copy(kept_index, layout.index_file(processor, chunk))
     return True
-
-
-def _link(source: Path, target: Path) -> None:
-    """`target` becomes a link to `source` (a copy where the file system has no hard links), atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    try:
-        os.link(source, temporary)
-    except OSError:  # no hard links on this file system: a copy, as a stream
-        with source.open("rb") as data, atomic_writer(target) as copy:
-            shutil.copyfileobj(data, copy, 1 << 20)
-        return
-    os.replace(temporary, target)
 
 
 def send_chunk(

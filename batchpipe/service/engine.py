@@ -32,7 +32,6 @@ whatever its length (the real service caches only prefixes over the model's mini
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -48,7 +47,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 from ..errors import Conflict, InvalidRequest, NotFound, RateLimited
-from ..files import atomic_write_bytes, atomic_writer, canonical_json, file_lock, jsonl_bytes, read_json, sha256_hex
+from ..files import (
+    atomic_write_bytes,
+    atomic_writer,
+    canonical_json,
+    file_lock,
+    jsonl_bytes,
+    link_or_copy,
+    read_json,
+    sha256_hex,
+)
 from ..request import NeutralRequest
 from .responders import (
     SIMULATED_FINGERPRINT,
@@ -229,17 +237,22 @@ class BatchEngine:
     def create_file_from(self, path: Path, purpose: str, expires_after: int | None = None) -> dict[str, Any]:
         """`create_file` of a file's content, copied as a stream (a batch input file may be 200 MB)."""
         check_upload(path.name, purpose, path.stat().st_size, expires_after)
-        return self._store_file(path, path.name, purpose, self.clock(), expires_after)
+
+        def copy(target: BinaryIO) -> None:
+            with path.open("rb") as source:
+                shutil.copyfileobj(source, target, 1 << 20)
+
+        return self._store_file(copy, path.name, purpose, self.clock(), expires_after)
 
     def _store_file(
         self,
-        content: bytes | Path | Callable[[BinaryIO], None],
+        content: bytes | Callable[[BinaryIO], None],
         filename: str,
         purpose: str,
         at: float,
         ttl: int | None = None,
     ) -> dict[str, Any]:
-        """A new File of `content`: bytes, a file's (copied as a stream), or what a writer writes."""
+        """A new File of `content`: bytes, or what a writer writes into it."""
         file_id = new_id("file-")
         if ttl is None and purpose in ("batch", "batch_output"):
             ttl = FILE_TTL
@@ -247,9 +260,6 @@ class BatchEngine:
         with atomic_writer(data_path) as target:  # content first: meta implies content
             if isinstance(content, bytes):
                 target.write(content)
-            elif isinstance(content, Path):
-                with content.open("rb") as source:
-                    shutil.copyfileobj(source, target, 1 << 20)
             else:
                 content(target)
         meta = {
@@ -352,7 +362,7 @@ class BatchEngine:
         folder = self._batches / rec.id
         folder.mkdir(parents=True)
         if request_format == "openai":  # share the (immutable) input file instead of copying it
-            keep_copy(self._files / f"{input_file_id}.data", folder / "requests.jsonl")
+            link_or_copy(self._files / f"{input_file_id}.data", folder / "requests.jsonl")
         else:
             atomic_write_bytes(folder / "requests.jsonl", jsonl_bytes(natives))
         self._save(rec)
@@ -1099,22 +1109,9 @@ FORMATS: dict[str, type[NativeFormat]] = {"openai": OpenAIFormat, "anthropic": A
 # --- Input parsing ------------------------------------------------------------------------------
 
 
-def parse_openai_lines(content: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
-    """Validate an OpenAI batch input file: (requests, errors with 1-based line numbers, model)."""
-    requests: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    model = None
-    for number, line, problem in iter_openai_lines(io.BytesIO(content), endpoint):
-        if problem is None:
-            model = model or line["body"]["model"]
-            requests.append(line)
-        else:
-            errors.append(problem_of(number, problem))
-    return requests, errors or ([] if requests else empty_file()), model
-
-
 def scan_openai_lines(lines: Iterable[bytes], endpoint: str) -> tuple[int, list[dict[str, Any]], str | None]:
-    """`parse_openai_lines` of a stream, keeping only the count of valid requests (not the requests)."""
+    """Validate an OpenAI batch input file, read as a stream: (the count of valid requests, errors with
+    1-based line numbers, model). The requests are not kept: the batch reads them again when it runs."""
     count, errors, model = 0, [], None
     for number, line, problem in iter_openai_lines(lines, endpoint):
         if problem is None:
@@ -1383,14 +1380,6 @@ def shuffled(items: list[T], seed: str) -> list[T]:
     if len(out) > 1 and out == items:
         out.reverse()
     return out
-
-
-def keep_copy(source: Path, target: Path) -> None:
-    """A hard link to `source` (files are never rewritten in place), or a copy where links fail."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def new_id(prefix: str) -> str:
