@@ -16,6 +16,7 @@ an issue or a group of issues (`chain`), made from its input processor's plan.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -188,6 +189,21 @@ class Plan:
             elif chunk in pp.new or (chunk in pp.existing and pp.existing[chunk].batch_id is None):
                 submit.append(chunk)
         return collect, submit
+
+    def whole(self, name: str) -> set[str]:
+        """The chunks of a processor collected before this plan whose views are all there (marker, downloads,
+        manifest, every result): the run needs no job of theirs, so the plan leaves them out of the DAG's
+        inputs (`kept` in plan.json). Any change to them changes the plan key, and a new plan looks again."""
+        pp = self.processors[name]
+        layout = self.layout
+        lost = {pp.sources[key][0] for key in pp.missing_results if key in pp.sources}
+        out = set()
+        for chunk, history in pp.existing.items():
+            if history.collected and not history.archived and chunk not in pp.new and chunk not in lost:
+                views = (layout.marker, layout.output, layout.errors, layout.manifest)
+                if all(os.path.exists(view(name, chunk)) for view in views):
+                    out.add(chunk)
+        return out
 
     @property
     def volatile(self) -> bool:
@@ -782,10 +798,14 @@ def write_plan_folder(
     collect: dict[str, list[str]] = {}
     submit: dict[str, list[str]] = {}
     new: dict[str, list[str]] = {}
+    kept: dict[str, list[str]] = {}  # collected before, views whole: no job of theirs in the DAG
     for name in processors:
         for chunk in plan.processors[name].new:
             atomic_write_json(spec_path(folder, name, chunk), chunk_spec(plan, name, chunk, group))
-        collect[name], submit[name] = plan.needs(name)
+        needed, submit[name] = plan.needs(name)
+        whole = plan.whole(name)
+        collect[name] = [chunk for chunk in needed if chunk not in whole]
+        kept[name] = [chunk for chunk in needed if chunk in whole]
         new[name] = list(plan.processors[name].new)
     resolving = any(c.batch_id is None for n in processors for c in plan.processors[n].existing.values())
     # another round: to send retries (attempts left), or to collect batches whose submission this one resolves
@@ -802,6 +822,7 @@ def write_plan_folder(
         "collect": collect,
         "submit": submit,
         "new": new,
+        "kept": kept,
         "continues": more,
         "volatile": plan.volatile,
         "held": plan.held_because,
@@ -820,6 +841,7 @@ def write_settled_round(folder: Path, before: dict[str, Any], round_: int) -> di
         "collect": {},
         "submit": {},
         "new": {},
+        "kept": {},
         "continues": False,
         "held": before.get("held", ""),  # still held: this run's cap has no more room than the round before
         "describe": f"batchpipe plan: round {round_}: every request of round {round_ - 1} has its answer; "

@@ -96,6 +96,18 @@ def test_edited_issue_resubmits_exactly_one_request_and_new_issue_one_chunk(smal
     lines = new.pop().read_text().splitlines()
     assert len(lines) == 1 and "one more detail" in lines[0]
     assert len(ws.local_batches()) == 2
+    # the change's DAG holds the new chunk's jobs, not those of the chunk it left whole (kept in its plan)...
+    old_chunk = next(iter(first)).stem
+    dag = ws.snakemake("results/all", "--dag").stdout
+    assert dag.count('label = "download_batch') == 1 and old_chunk not in dag
+    plan = json.loads(max(ws.files("results/plan/*/s0r0/plan.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert plan["kept"] == {"product-labeling": [old_chunk]}
+    # ...and a file of the kept chunk deleted brings it back into the next plan: made again, no new batch
+    output = ws.files(f"batch_results/*/{old_chunk}.output.jsonl")[0]
+    saved = output.read_bytes()
+    output.unlink()
+    ws.snakemake("--cores", "4", "results/all")
+    assert output.read_bytes() == saved and len(ws.local_batches()) == 2
 
     extra = sorted((REPO / "data" / "issues").glob("*.json"))[10]
     shutil.copy2(extra, ws.issues / extra.name)
@@ -174,8 +186,8 @@ def rule_edges(dot: str) -> set[tuple[str, str]]:
 def test_the_rulegraph_is_the_data_flow(small_workspace):
     """Snakemake draws the jobs it knows: a finished run's (every round; its chunks were new in its plan,
     written and sent by submit_batch) and, once a new issue is planned, the next run's (the new chunk's
-    submit_batch, from the plan; the marker of a chunk the ledger knows from an earlier run is resume_batch's;
-    rounds after the first are not planned yet). Together they are the data flow, issues to tasks."""
+    submit_batch, from the plan; a chunk an earlier run left whole is kept out of the plan's DAG, so no job of
+    it is drawn; rounds after the first are not planned yet). Together they are the data flow, issues to tasks."""
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")
     edges = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
@@ -189,7 +201,7 @@ def test_the_rulegraph_is_the_data_flow(small_workspace):
     assert len(ws.files("batch_results/ledger/*.jsonl")) == 1
     assert len(ws.files("batch_requests/*/*.jsonl")) == 1  # the first chunk's: a new one is written as it is sent
     later = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
-    assert {("plan", "submit_batch"), ("resume_batch", "download_batch")} <= later
+    assert ("plan", "submit_batch") in later and "resume_batch" not in {rule for edge in later for rule in edge}
     edges |= later
     flow = [
         ("plan", "submit_batch"),
@@ -334,13 +346,14 @@ def test_html_report_holds_the_run_summary(small_workspace):
 @pytest.mark.workflow
 def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path):
     """BATCHPIPE_WORKERS=2: downloads and collects run in spawned worker processes; =0: in the job's
-    thread. Same results and manifests (batch ids apart: the provider makes them)."""
+    thread; unset: the first few small ones in the job's thread (spawning costs more than they do), the rest
+    in workers. Same results and manifests (batch ids apart: the provider makes them)."""
     issues = sorted((REPO / "data" / "issues").glob("*.json"))[:12]
 
-    def run(name: str, workers: str) -> tuple[dict, dict, str]:
+    def run(name: str, workers: str | None) -> tuple[dict, dict, str]:
         ws = make_workspace(tmp_path / name, issues)
         ws.config(chunk_size=5)
-        ws.snakemake("--cores", "4", "results/all", env={"BATCHPIPE_WORKERS": workers})
+        ws.snakemake("--cores", "4", "results/all", env={"BATCHPIPE_WORKERS": workers} if workers else {})
         logs = "".join(p.read_text() for p in ws.files("logs/download_batch/*/*.log"))
 
         def strip(path):
@@ -360,3 +373,7 @@ def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path
     thread_results, thread_manifests, thread_logs = run("thread", "0")
     assert (results, manifests) == (thread_results, thread_manifests)
     assert "worker process" not in thread_logs
+    default_results, default_manifests, default_logs = run("default", None)
+    assert (default_results, default_manifests) == (results, manifests)
+    # 6 downloads: the first 4 (DownloadWorkers.FEW) in the job's thread, then workers (one per core but one)
+    assert default_logs.count("downloading in worker process") == (2 if (os.cpu_count() or 1) > 1 else 0)
