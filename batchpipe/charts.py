@@ -30,17 +30,7 @@ from .joblog import JobLog
 from .layout import Layout
 from .ledger import Created, Downloaded, Prepared, StatusSeen, ledger_chunks
 
-__all__ = [
-    "CHARTS",
-    "TABLE_ROWS",
-    "ReportData",
-    "ReportFiles",
-    "read_report_data",
-    "report_job",
-    "write_file_pages",
-    "write_report",
-    "write_summary_pages",
-]
+__all__ = ["CHARTS", "TABLE_ROWS", "ReportData", "ReportFiles", "read_report_data", "write_report"]
 
 TABLE_ROWS = 10_000  # results in the browsable table; above it, a sample (the page stays light)
 GANTT_BATCHES = 300  # batches drawn one bar each over time; above it, a histogram of their durations
@@ -83,21 +73,11 @@ class ReportFiles:
 def write_report(settings: Settings, summary_path: str | Path, out: ReportFiles, memo: bool = False) -> list[str]:
     """Write every page of the report; the lines say what each holds (for the job's log). `memo`: see
     `read_report_data`."""
-    return write_summary_pages(summary_path, out) + write_file_pages(settings, out, memo)
-
-
-def write_summary_pages(summary_path: str | Path, out: ReportFiles) -> list[str]:
-    """The pages of the run summary: its table, the cost and the outcomes (`report_summary`)."""
     summary = read_json(summary_path)
+    lines = [f"{out.summary}: the run summary ({len(summary.get('processors', {}))} processor(s))"]
     atomic_write_text(out.summary, summary_page(summary))
     atomic_write_text(out.cost, cost_chart(summary))
     atomic_write_text(out.outcomes, outcomes_chart(summary))
-    return [f"{out.summary}: the run summary ({len(summary.get('processors', {}))} processor(s))"]
-
-
-def write_file_pages(settings: Settings, out: ReportFiles, memo: bool = False) -> list[str]:
-    """The pages of the files: the batches (the ledger), the confidence, the labels and the table of results
-    (`report_charts`: it needs no summary, so it runs beside the summary job)."""
     spans = batch_spans(Layout(settings))
     atomic_write_text(out.batches, batches_chart(spans))
     data = read_report_data(settings, memo)
@@ -105,7 +85,9 @@ def write_file_pages(settings: Settings, out: ReportFiles, memo: bool = False) -
     atomic_write_text(out.labels, labels_chart(data.label_counts()))
     rows = data.table_rows()
     atomic_write_text(out.table, table_page(rows, data.total, out.table.parent, settings.root))
-    return [f"{out.batches}: {len(spans)} batch(es)", f"{out.table}: {len(rows)} of {data.total} result(s)"]
+    lines.append(f"{out.batches}: {len(spans)} batch(es)")
+    lines.append(f"{out.table}: {len(rows)} of {data.total} result(s)")
+    return lines
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -706,13 +688,9 @@ def labels_chart(counts: list[LabelCount]) -> str:
     return svg.hbars(title, rows, legend, "issues")
 
 
-def report_job(settings: Settings, summary_path: str | None, outputs: dict[str, str], log: str) -> None:
-    """A report job, to its rule's declared outputs (named as `ReportFiles`' fields): with `summary_path`, the
-    summary's pages (`report_summary`); without, the files' pages (`report_charts`)."""
-    files = ReportFiles.in_folder(Path(next(iter(outputs.values()))).parent)
-    if any(Path(path) != getattr(files, name) for name, path in outputs.items()):
-        raise ValueError(f"report outputs {outputs} are not the pages of {files.table.parent}")
+def report_job(settings: Settings, summary_path: str, outputs: dict[str, str], log: str) -> None:
+    """The `report_charts` job: every page, to the rule's declared outputs (named as `ReportFiles`' fields)."""
+    files = ReportFiles(**{name: Path(path) for name, path in outputs.items()})
     job_log = JobLog(log, echo=False)
-    lines = write_summary_pages(summary_path, files) if summary_path else write_file_pages(settings, files, memo=True)
-    for line in lines:
+    for line in write_report(settings, summary_path, files, memo=True):
         job_log(line)

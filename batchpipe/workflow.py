@@ -478,7 +478,7 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
 
 
 def run_report(config: dict[str, Any], summary_path: str, outputs: dict[str, str], log: str) -> None:
-    """The summary's pages of `snakemake --report` (`charts`): its table, the cost and the outcomes."""
+    """The pages of `snakemake --report` (`charts`): the summary as a table, the charts, the results table."""
     report_job(settings_of(config), summary_path, outputs, log)
 
 
