@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .files import atomic_write_json, read_json
 
-__all__ = ["Manifest", "RequestOutcome", "read_manifest", "read_outcomes", "read_outcomes_and_results"]
+__all__ = [
+    "Manifest",
+    "ManifestParts",
+    "RequestOutcome",
+    "read_manifest",
+    "read_outcomes",
+    "read_outcomes_and_results",
+]
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -120,13 +127,20 @@ def read_manifest(path: Path) -> Manifest:
 def read_outcomes(path: Path) -> dict[str, RequestOutcome] | None:
     """Only the outcomes of a manifest (None when it is missing or unreadable)."""
     found = read_outcomes_and_results(path)
-    return found[0] if found is not None else None
+    return found.outcomes if found is not None else None
 
 
-def read_outcomes_and_results(path: Path) -> tuple[dict[str, RequestOutcome], dict[str, int] | None] | None:
-    """The outcomes of a manifest and the result files it lists with their sizes (None when it is missing
-    or unreadable; the sizes None when the rest of it is not a whole manifest): one read for the planner
-    and the repairs."""
+class ManifestParts(NamedTuple):
+    """What the planner, the repairs and the summary read of a manifest, in one read."""
+
+    outcomes: dict[str, RequestOutcome]
+    results: dict[str, int] | None  # the result files it lists, with their sizes; None: not a whole manifest
+    batch_id: str | None  # None: not a whole manifest
+
+
+def read_outcomes_and_results(path: Path) -> ManifestParts | None:
+    """The outcomes of a manifest, the result files it lists with their sizes and its batch id (None when it
+    is missing or unreadable; the sizes and the batch id None when the rest of it is not a whole manifest)."""
     try:
         data = read_json(path)
         outcomes = {cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
@@ -137,4 +151,4 @@ def read_outcomes_and_results(path: Path) -> tuple[dict[str, RequestOutcome], di
         results = {str(name): int(size) for name, size in (data.get("results") or {}).items()} if whole else None
     except (KeyError, TypeError, ValueError, AttributeError):
         results = None
-    return outcomes, results
+    return ManifestParts(outcomes, results, data["batch_id"] if results is not None else None)

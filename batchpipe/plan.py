@@ -299,8 +299,9 @@ def read_sent_chunks(layout: Layout, result_sizes: bool = False) -> dict[str, di
             manifest = layout.manifest(history.processor, history.chunk)
             found = read_outcomes_and_results(layout.archived(manifest) if history.archived else manifest)
             if found is not None:
-                history.outcomes = found[0]
-                history.result_sizes = found[1] if result_sizes else None
+                history.outcomes = found.outcomes
+                history.result_sizes = found.results if result_sizes else None
+                history.manifest_batch_id = found.batch_id
     return chunks
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from .files import FolderListing, atomic_write_json, atomic_write_text, read_json
 from .ledger import read_waiting
-from .manifest import read_manifest
 from .plan import Plan
 from .pricing import cost_of
 
@@ -54,21 +53,21 @@ def summarize(plan: Plan) -> dict[str, Any]:
         cost = {"batch": 0.0, "realtime": 0.0, "charged": 0.0, "saved": 0.0}
         realtime_requests = 0
         failed = {}
-        for chunk in sorted(pp.existing) + [c for c in pp.chunks if c not in pp.existing]:
-            try:
-                manifest = read_manifest(layout.manifest(name, chunk))
-            except (OSError, ValueError, KeyError, TypeError):
+        for chunk, history in sorted(pp.existing.items()):  # collected: the plan read each manifest once
+            outcomes = history.outcomes
+            if outcomes is None or history.archived or history.manifest_batch_id is None:
                 continue
+            succeeded = sum(1 for rec in outcomes.values() if rec.ok)
             batches.append(
                 {
                     "chunk": chunk,
-                    "batch_id": manifest.batch_id,
-                    "succeeded": manifest.succeeded,
-                    "failed": manifest.failed,
+                    "batch_id": history.manifest_batch_id,
+                    "succeeded": succeeded,
+                    "failed": len(outcomes) - succeeded,
                 }
             )
-            mode = pp.existing[chunk].mode if chunk in pp.existing else "batch"
-            for rec in manifest.requests.values():
+            mode = history.mode
+            for rec in outcomes.values():
                 usage = rec.usage or {}
                 for k in tokens:
                     tokens[k] += int(usage.get(k, 0) or 0)
