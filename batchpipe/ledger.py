@@ -320,7 +320,8 @@ class ChunkHistory:
     events: list[Event] = field(default_factory=list, repr=False)
     outcomes: dict[str, RequestOutcome] | None = None
     result_sizes: dict[str, int] | None = None  # the manifest's result files and their sizes, with the outcomes
-    manifest_batch_id: str | None = None  # the batch id its manifest names (None: no whole manifest)
+    manifest_batch_id: str | None = None  # the batch id its manifest names
+    manifest_complete: bool = False  # its manifest has every field a summary reads
 
     @classmethod
     def of(cls, chunk: str, events: list[Event]) -> ChunkHistory:

@@ -135,12 +135,13 @@ class ManifestParts(NamedTuple):
 
     outcomes: dict[str, RequestOutcome]
     results: dict[str, int] | None  # the result files it lists, with their sizes; None: not a whole manifest
-    batch_id: str | None  # None: not a whole manifest
+    batch_id: str | None  # as recorded (None in manifests of batches that had no id)
+    complete: bool  # it has every field `read_manifest` needs (what the summary counts)
 
 
 def read_outcomes_and_results(path: Path) -> ManifestParts | None:
     """The outcomes of a manifest, the result files it lists with their sizes and its batch id (None when it
-    is missing or unreadable; the sizes and the batch id None when the rest of it is not a whole manifest)."""
+    is missing or unreadable; the sizes None when the rest of it is not a whole manifest)."""
     try:
         data = read_json(path)
         outcomes = {cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
@@ -151,4 +152,10 @@ def read_outcomes_and_results(path: Path) -> ManifestParts | None:
         results = {str(name): int(size) for name, size in (data.get("results") or {}).items()} if whole else None
     except (KeyError, TypeError, ValueError, AttributeError):
         results = None
-    return ManifestParts(outcomes, results, data["batch_id"] if results is not None else None)
+    try:
+        complete = all(k in data for k in ("chunk", "processor", "batch_id", "provider"))
+        dict(data.get("results") or {})
+    except (TypeError, ValueError):
+        complete = False
+    batch_id = data.get("batch_id") if isinstance(data.get("batch_id"), str) else None
+    return ManifestParts(outcomes, results, batch_id, complete)

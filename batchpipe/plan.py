@@ -302,6 +302,7 @@ def read_sent_chunks(layout: Layout, result_sizes: bool = False) -> dict[str, di
                 history.outcomes = found.outcomes
                 history.result_sizes = found.results if result_sizes else None
                 history.manifest_batch_id = found.batch_id
+                history.manifest_complete = found.complete
     return chunks
 
 

@@ -55,7 +55,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
         failed = {}
         for chunk, history in sorted(pp.existing.items()):  # collected: the plan read each manifest once
             outcomes = history.outcomes
-            if outcomes is None or history.archived or history.manifest_batch_id is None:
+            if outcomes is None or history.archived or not history.manifest_complete:
                 continue
             succeeded = sum(1 for rec in outcomes.values() if rec.ok)
             batches.append(

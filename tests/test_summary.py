@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -196,3 +197,20 @@ def test_thousands_of_failures_are_twenty_lines_and_a_count():
     listed = [line for line in lines if line.startswith(f"FAILED {PROC} o_r_issue_")]
     assert len(listed) == 20
     assert f"FAILED {PROC}: ... and 2480 more (results/summary.json lists every one under failed)" in lines
+
+
+def test_a_manifest_recorded_without_a_batch_id_still_counts(run, tmp_path):
+    """A manifest an older version wrote for a batch with no id (`batch_id: null`) is counted as before, with
+    its tokens: the summary takes what the plan read of each manifest, not only whole ones."""
+    ws, _, (a, _, _) = run
+    copy = tmp_path / "ws"
+    shutil.copytree(ws.root, copy, symlinks=True)
+    settings = load_settings_file(copy / "config.yaml")
+    before = summarize(build_plan(settings))["processors"][PROC]
+    path = build_plan(settings).layout.manifest(PROC, a)
+    doc = json.loads(path.read_text())
+    doc["batch_id"] = None
+    path.write_text(json.dumps(doc))
+    after = summarize(build_plan(settings))["processors"][PROC]
+    assert after["batches"] == [{**before["batches"][0], "batch_id": None}]
+    assert after["tokens"] == before["tokens"] and after["tokens"]["input_tokens"] > 0
