@@ -302,19 +302,13 @@ class DownloadWorkers:
     The per-chunk jobs are threads of the Snakemake process, so their Python work shares one core with
     the scheduler. A download (the local engine answering, the outputs, its answers validated and
     written) is self-contained: done in another process, it uses another core. Workers are spawned (a
-    fresh interpreter: no fork of a threaded process), one per core but one, at most 4 (`BATCHPIPE_WORKERS=N`
-    sets it, 0 turns them off); they end with the run. Spawning them costs more than a few small chunks
-    (a one-issue change), so unless `BATCHPIPE_WORKERS` is set they start with the first large chunk or
-    once a run has more than `FEW` downloads; until then a download runs in its job's thread."""
-
-    FEW = 4  # downloads a run makes in the jobs' threads before it starts the workers
-    LARGE = 1 << 20  # bytes of requests: a chunk this large starts them at once
+    fresh interpreter: no fork of a threaded process) on the first download, one per core but one, at most
+    4 (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off); they end with the run."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._settings: str | None = None
-        self._downloads = 0
 
     @staticmethod
     def count() -> int:
@@ -331,11 +325,6 @@ class DownloadWorkers:
         its collection reads the earlier stage's results, in the job's own thread)."""
         workers = self.count()
         if workers <= 0 or settings.processor(processor).input_processor:
-            return False
-        with self._lock:
-            self._downloads += 1
-            few = self._pool is None and self._downloads <= self.FEW and not os.environ.get(WORKERS_ENV, "").strip()
-        if few and not self._large(settings, processor, chunk):
             return False
         with self._lock:
             if self._pool is not None and self._settings != settings.fingerprint:
@@ -363,18 +352,11 @@ class DownloadWorkers:
             ) from None
         return True
 
-    def _large(self, settings: Settings, processor: str, chunk: str) -> bool:
-        try:
-            return Layout(settings).request_file(processor, chunk).stat().st_size >= self.LARGE
-        except OSError:
-            return False  # a batch adopted from another checkout has no request file here
-
     def stop(self) -> bool:
         """Shut the workers down once every download is done; True when the garbage collector has just run
         (in `_end_resource_tracker`)."""
         with self._lock:
             pool, self._pool = self._pool, None
-            self._downloads = 0
         if pool is None:
             return False
         pool.shutdown()

@@ -346,14 +346,13 @@ def test_html_report_holds_the_run_summary(small_workspace):
 @pytest.mark.workflow
 def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path):
     """BATCHPIPE_WORKERS=2: downloads and collects run in spawned worker processes; =0: in the job's
-    thread; unset: the first few small ones in the job's thread (spawning costs more than they do), the rest
-    in workers. Same results and manifests (batch ids apart: the provider makes them)."""
+    thread. Same results and manifests (batch ids apart: the provider makes them)."""
     issues = sorted((REPO / "data" / "issues").glob("*.json"))[:12]
 
-    def run(name: str, workers: str | None) -> tuple[dict, dict, str]:
+    def run(name: str, workers: str) -> tuple[dict, dict, str]:
         ws = make_workspace(tmp_path / name, issues)
         ws.config(chunk_size=5)
-        ws.snakemake("--cores", "4", "results/all", env={"BATCHPIPE_WORKERS": workers} if workers else {})
+        ws.snakemake("--cores", "4", "results/all", env={"BATCHPIPE_WORKERS": workers})
         logs = "".join(p.read_text() for p in ws.files("logs/download_batch/*/*.log"))
 
         def strip(path):
@@ -373,7 +372,3 @@ def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path
     thread_results, thread_manifests, thread_logs = run("thread", "0")
     assert (results, manifests) == (thread_results, thread_manifests)
     assert "worker process" not in thread_logs
-    default_results, default_manifests, default_logs = run("default", None)
-    assert (default_results, default_manifests) == (results, manifests)
-    # 6 downloads: the first 4 (DownloadWorkers.FEW) in the job's thread, then workers (one per core but one)
-    assert default_logs.count("downloading in worker process") == (2 if (os.cpu_count() or 1) > 1 else 0)
