@@ -197,13 +197,16 @@ class Plan:
         pp = self.processors[name]
         layout = self.layout
         lost = {pp.sources[key][0] for key in pp.missing_results if key in pp.sources}
-        out = set()
-        for chunk, history in pp.existing.items():
-            if history.collected and not history.archived and chunk not in pp.new and chunk not in lost:
-                views = (layout.marker, layout.output, layout.errors, layout.manifest)
-                if all(os.path.exists(view(name, chunk)) for view in views):
-                    out.add(chunk)
-        return out
+        views = (layout.marker, layout.output, layout.errors, layout.manifest)
+        return {
+            chunk
+            for chunk, history in pp.existing.items()
+            if history.collected
+            and not history.archived
+            and chunk not in pp.new
+            and chunk not in lost
+            and all(os.path.exists(view(name, chunk)) for view in views)
+        }
 
     @property
     def volatile(self) -> bool:
