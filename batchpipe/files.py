@@ -175,3 +175,9 @@ class FolderListing:
         if self.names is not None and path.parent == self.folder:
             return path.name in self.names
         return path.exists()
+
+    def holds(self, name: str) -> bool:
+        """Whether the folder holds a file of that name (`exists` of `folder / name`, without the `Path`)."""
+        if self.names is not None:
+            return name in self.names
+        return (self.folder / name).exists()

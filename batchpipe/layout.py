@@ -32,11 +32,17 @@ from pathlib import Path
 
 from .config import Settings
 
-__all__ = ["Layout"]
+__all__ = ["Layout", "result_name"]
 
 SUMMARY_JSON = "results/summary.json"
 SUMMARY_TABLE = "results/all"
 PLAN_ROOT = "results/plan"
+
+
+def result_name(issue_key: str, processor: str) -> str:
+    """The name of an issue's result file in the results folder: a plan asks a listing of that folder about
+    thousands of them by name, which costs much less than making a `Path` of each."""
+    return f"{issue_key}_{processor}.json"
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,7 @@ class Layout:
     # --- results ---------------------------------------------------------------------------------
 
     def result(self, issue_key: str, processor: str) -> Path:
-        return self.results_dir / f"{issue_key}_{processor}.json"
+        return self.results_dir / result_name(issue_key, processor)
 
     def group_result(self, processor: str, group_key: str, part: int | None = None) -> Path:
         """`{results_dir}/{org}_{repo}_{processor}.json`, with `_part{k}` before `.json` when split."""

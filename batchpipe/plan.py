@@ -29,7 +29,7 @@ from .errors import IssueFileError, PlanOutdated
 from .files import FolderListing, atomic_write_json, canonical_json, sha256_hex
 from .forecast import EXPECTED_OUTPUT_SHARE, Forecast, Tally, ceiling_usd, describe_forecasts, forecast
 from .issues import load_item
-from .layout import Layout
+from .layout import Layout, result_name
 from .ledger import ChunkHistory, read_chunks
 from .manifest import read_outcomes_and_results
 from .pricing import cost_of, price_for
@@ -102,6 +102,11 @@ class ProcessorPlan:
 
     def result_file(self, layout: Layout, key: str) -> Path:
         return self.result_files.get(key) or layout.result(key, self.processor)
+
+    def has_result(self, listing: FolderListing, key: str) -> bool:
+        """Whether a key's result file exists, asked of a listing of the results folder (`Layout.results_dir`)."""
+        other = self.result_files.get(key)
+        return listing.exists(other) if other is not None else listing.holds(result_name(key, self.processor))
 
     def answer_hash(self, key: str) -> str | None:
         """The request hash of the answer a key's result holds (an outdated one included)."""
@@ -331,7 +336,7 @@ class _Unit:
     tokens: int
     size: int  # bytes of its request line (about)
     paths: list[str]
-    result_file: Path
+    result_file: Path | None  # None: `result_name` in the results folder (most units; no `Path` made)
     waiting: str = ""
     failed: Failed | None = None
     digest: str = ""  # the issue's content (`Issue.digest`); chained items: their inputs
@@ -407,7 +412,7 @@ def build_plan(
                     e.tokens.get(processor.name, 0),
                     e.sizes.get(processor.name, 0),
                     [e.path],
-                    layout.result(e.key, processor.name),
+                    None,
                     digest=e.digest,
                     updated_at=e.updated_at,
                 )
@@ -463,7 +468,11 @@ def _plan_units(
             pp.prompt_unchanged.append(unit.key)
         if isinstance(state, Done) and reprocess_due(state, force.get(unit.key)) and unit.key not in pp.outdated:
             state = Pending(state.last_attempt + 1)
-        if _record_state(pp, unit.key, state, needed, results.exists(unit.result_file)):
+        if unit.result_file is not None:
+            has_result = results.exists(unit.result_file)
+        else:
+            has_result = results.holds(result_name(unit.key, processor.name))
+        if _record_state(pp, unit.key, state, needed, has_result):
             assert isinstance(state, Pending)
             cid = custom_id_for(rhash, state.attempt)
             pending.setdefault(cid, ChunkMember(cid, rhash)).paths.extend(unit.paths)

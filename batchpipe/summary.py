@@ -97,7 +97,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
             again = plan.current_hash(key, name) in sent
             retries += again
             retrying[key] = "failed; sent again on the next run" if again else "not sent yet; sent on the next run"
-        present = sum(1 for key in pp.sources if in_results.exists(pp.result_file(layout, key)))
+        present = sum(1 for key in pp.sources if pp.has_result(in_results, key))
         out["processors"][name] = {
             "results": present,
             "outdated": sorted(pp.outdated),  # results made before a processor change, kept (not sent again)

@@ -171,6 +171,9 @@ def test_a_folder_listing_answers_as_path_exists_does(tmp_path):
     listing = FolderListing(folder)
     for name in ("a.json", "gone.json", "link.json", "b.json"):
         assert listing.exists(folder / name) == (folder / name).exists(), name
+        assert listing.holds(name) == (folder / name).exists(), name
+    listing.names = None  # a folder it could not list: each name is asked of the file system
+    assert listing.holds("a.json") and not listing.holds("gone.json") and not listing.holds("b.json")
     assert not FolderListing(tmp_path / "missing").exists(tmp_path / "missing" / "a.json")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "c.json").write_text("{}")
