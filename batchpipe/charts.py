@@ -187,9 +187,10 @@ def _cache_header(root: str) -> dict[str, Any]:
     return {"report-cache": _CACHE_VERSION, "root": root}
 
 
-def _cached_results(path: Path | None, root: str) -> Iterator[tuple[str, list[Any]]]:
-    """The memo's result lines in name order; nothing when it is missing, of another version or workspace,
-    or torn (from a torn or foreign line on, the files are read again)."""
+def _cached_results(path: Path | None, root: str) -> Iterator[tuple[str, list[Any], bytes]]:
+    """The memo's result lines in name order, each with its bytes (a line still true is written again as
+    it is); nothing when it is missing, of another version or workspace, or torn (from a torn or foreign
+    line on, the files are read again)."""
     if path is None:
         return
     try:
@@ -202,9 +203,9 @@ def _cached_results(path: Path | None, root: str) -> Iterator[tuple[str, list[An
                 return
             for line in handle:
                 name, entry = json.loads(line)
-                if not (isinstance(name, str) and _entry_ok(entry)):
+                if not (isinstance(name, str) and _entry_ok(entry)) or not line.endswith(b"\n"):
                     return
-                yield name, entry
+                yield name, entry, line
         except (ValueError, TypeError):
             return
 
@@ -326,11 +327,14 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
                 continue
             while ahead is not None and ahead[0] < name:  # the memo and the listing, both in name order
                 ahead = next(cached, None)
-            entry = ahead[1] if ahead is not None and ahead[0] == name else None
-            if not (entry is not None and entry[:2] == [st.st_size, st.st_mtime_ns]):
+            known = ahead if ahead is not None and ahead[0] == name else None
+            if known is not None and known[1][:2] == [st.st_size, st.st_mtime_ns]:
+                _, entry, line = known
+            else:
                 entry = _result_entry(path, st.st_size, st.st_mtime_ns, root)
+                line = json.dumps([name, entry], separators=(",", ":")).encode() + b"\n"
             if out is not None:
-                out.write(json.dumps([name, entry], separators=(",", ":")).encode() + b"\n")
+                out.write(line)
             if len(entry) == 2:  # no per-issue result (a group result, or not JSON)
                 continue
             _, _, key, processor, confidence, recommended, source, summary = entry

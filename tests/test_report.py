@@ -201,12 +201,13 @@ def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_p
     first = charts.ReportFiles.in_folder(tmp_path / "first")
     charts.write_report(settings, tiny / "results" / "summary.json", first, memo=True)
     assert layout.report_cache.is_file() and layout.report_labels.is_file()
+    memo = layout.report_cache.read_bytes()
     read = []
     real = charts._json_file
     monkeypatch.setattr(charts, "_json_file", lambda path: read.append(Path(path).name) or real(path))
     again = charts.ReportFiles.in_folder(tmp_path / "again")
     charts.write_report(settings, tiny / "results" / "summary.json", again, memo=True)
-    assert read == []
+    assert read == [] and layout.report_cache.read_bytes() == memo  # its lines written again as they were
     for name in ("confidence", "labels"):
         assert getattr(again, name).read_bytes() == getattr(first, name).read_bytes()
     assert tables_of(again.table.read_text()).tables == tables_of(first.table.read_text()).tables
@@ -223,6 +224,12 @@ def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_p
     read.clear()
     assert charts.read_report_data(settings, memo=True).total == 3
     assert len(read) == len(lines) - 2  # the lines from the torn one on
+    # a last line cut right before its newline is read again too, and the memo written after it is whole
+    whole = layout.report_cache.read_bytes()
+    layout.report_cache.write_bytes(whole[:-1])
+    read.clear()
+    assert charts.read_report_data(settings, memo=True).total == 3
+    assert len(read) == 1 and layout.report_cache.read_bytes() == whole
 
 
 def test_a_moved_workspace_or_a_foreign_memo_is_read_again_never_trusted(tiny, tmp_path):
