@@ -118,6 +118,7 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
     job_log = JobLog(log, echo=False)
     stages = dag.stages(settings)
     if stage == 0 and round_ == 0:
+        _freeze_what_lasts()
         plan = build_plan(settings, repairs=True)
         for error in plan.skipped:
             if settings.strict and not isinstance(error, NotAnIssueFile):
@@ -160,6 +161,16 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
     print(doc["describe"], file=sys.stderr)
     del plan
     _give_back_memory(collect=False)
+
+
+def _freeze_what_lasts() -> None:
+    """Leave what the process holds when a run's first plan starts (Snakemake's workflow and DAG, the modules)
+    out of every later garbage collection, which then walks only what the jobs made: the collections the
+    plans' and the summary's allocations set off, and the one before the summary, stop walking it all.
+    Frozen objects that became garbage later would stay; those live for the run anyway. Once a process (a
+    test session calls this many times): later garbage is collected as ever."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
 
 
 def _give_back_memory(collect: bool = True) -> None:
