@@ -136,9 +136,9 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
     except (FileNotFoundError, NotADirectoryError):
         names, others = [], []
     errors.extend(others)
-    where = str(folder)
+    base = str(folder)
     for name in names:
-        path = os.path.join(where, name)  # a string: a `Path` of each of thousands of files costs more than the stat
+        path = os.path.join(base, name)  # a string: a `Path` of each of thousands of files costs more than the stat
         try:
             st = os.stat(path)
         except OSError as exc:
