@@ -138,7 +138,8 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
     errors.extend(others)
     base = str(folder)
     for name in names:
-        path = os.path.join(base, name)  # a string: a `Path` of each of thousands of files costs more than the stat
+        # a string, as str(folder / name) is ("name" in "."): a `Path` of each of thousands costs more than the stat
+        path = os.path.join(base, name) if base != "." else name
         try:
             st = os.stat(path)
         except OSError as exc:

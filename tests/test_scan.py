@@ -90,6 +90,17 @@ def test_scan_gives_an_entry_per_issue_in_file_name_order(ws):
     assert len({e.hashes["issue-summary"] for e in entries}) == len(entries)
 
 
+@pytest.mark.parametrize("root, issues_dir", [("ws", "data/issues"), (".", "data/issues"), (".", ".")])
+def test_an_entry_is_named_by_the_path_of_its_file_in_the_folder(ws, monkeypatch, root, issues_dir):
+    """`str(issues_dir / name)`, as every other file of a plan is named, a relative root and "." included."""
+    monkeypatch.chdir(ws.root if issues_dir != "." else ws.root / "data" / "issues")
+    settings = dataclasses.replace(settings_of(ws, issues_dir=issues_dir), root=ws.root if root == "ws" else Path("."))
+    folder = Layout(settings).issues_dir
+    entries, errors = scan_issues(settings, write_cache=False)
+    assert errors == [] and len(entries) == 6
+    assert [e.path for e in entries] == [str(folder / p.name) for p in sorted(SAMPLES[:6])]
+
+
 def test_scan_writes_its_cache(ws):
     settings = settings_of(ws)
     layout = Layout(settings)
