@@ -167,8 +167,8 @@ def _freeze_what_lasts() -> None:
     """Leave what the process holds when a run's first plan starts (Snakemake's workflow and DAG, the modules)
     out of every later garbage collection, which then walks only what the jobs made: the collections the
     plans' and the summary's allocations set off, and the one before the summary, stop walking it all.
-    Frozen objects that became garbage later would stay; those live for the run anyway. Once a process (a
-    test session calls this many times): later garbage is collected as ever."""
+    Frozen objects that became garbage later would stay; those live for the run anyway. Once a process: a
+    first plan run again in it (a retried job) leaves what the jobs made since to the collector."""
     if gc.get_freeze_count() == 0:
         gc.freeze()
 
