@@ -336,7 +336,6 @@ class _Unit:
     tokens: int
     size: int  # bytes of its request line (about)
     paths: list[str]
-    result_file: Path | None  # None: `result_name` in the results folder (most units; no `Path` made)
     waiting: str = ""
     failed: Failed | None = None
     digest: str = ""  # the issue's content (`Issue.digest`); chained items: their inputs
@@ -396,7 +395,6 @@ def build_plan(
                         item.tokens,
                         size,
                         paths,
-                        item.result_file,
                         item.waiting,
                         item.failed,
                         digest=canonical_json(rendered.inputs or {}) if rendered is not None else "",
@@ -412,7 +410,6 @@ def build_plan(
                     e.tokens.get(processor.name, 0),
                     e.sizes.get(processor.name, 0),
                     [e.path],
-                    None,
                     digest=e.digest,
                     updated_at=e.updated_at,
                 )
@@ -468,11 +465,7 @@ def _plan_units(
             pp.prompt_unchanged.append(unit.key)
         if isinstance(state, Done) and reprocess_due(state, force.get(unit.key)) and unit.key not in pp.outdated:
             state = Pending(state.last_attempt + 1)
-        if unit.result_file is not None:
-            has_result = results.exists(unit.result_file)
-        else:
-            has_result = results.holds(result_name(unit.key, processor.name))
-        if _record_state(pp, unit.key, state, needed, has_result):
+        if _record_state(pp, unit.key, state, needed, pp.has_result(results, unit.key)):
             assert isinstance(state, Pending)
             cid = custom_id_for(rhash, state.attempt)
             pending.setdefault(cid, ChunkMember(cid, rhash)).paths.extend(unit.paths)
