@@ -669,6 +669,18 @@ def test_openai_create_gives_up_without_a_batch(stub, tmp_path):
     assert stub.openai == {} and stub.posts("POST /v1/batches") == 4
 
 
+@pytest.mark.parametrize("make", [openai_provider, anthropic_provider])
+def test_one_connection_pool_for_reads_creates_and_realtime(stub, make):
+    """The create client is the read client without SDK retries, over the same HTTP client (one pool)."""
+    provider = make(stub.url, realtime_retries=1)
+    read, create, realtime = (provider._client(kind) for kind in ("read", "create", "realtime"))
+    assert (read.max_retries, create.max_retries, realtime.max_retries) == (2, 0, 1)
+    assert create._client is read._client and realtime._client is read._client
+    assert provider._client("create") is create  # made once
+    provider.close()
+    assert read._client.is_closed
+
+
 def test_openai_create_rejected_is_not_retried(stub, tmp_path):
     provider = openai_provider(stub.url)
     request_file = openai_requests(tmp_path)

@@ -1,5 +1,6 @@
 """What the `openai` and `anthropic` providers share: keys from the environment, one SDK client per
-kind of call (reads with SDK retries, creates without), and SDK errors turned into one scrubbed line."""
+kind of call over one connection pool (reads with SDK retries, creates without), and SDK errors turned
+into one scrubbed line."""
 
 from __future__ import annotations
 
@@ -112,15 +113,24 @@ class SDKProvider(Provider):
         raise NotImplementedError
 
     def _client(self, kind: str = "read") -> Any:
-        """kind: read (SDK retries), create (no retries: a retried create can pay twice), realtime."""
+        """kind: read (SDK retries), create (no retries: a retried create can pay twice), realtime.
+
+        The create and realtime clients are the read client's `with_options`: one HTTP connection pool
+        (and one TLS context) for the three, differing only in how often the SDK retries."""
         key = self._key()
         with self._lock:
-            client = self._clients.get(kind)
-            if client is None or client.api_key != key:
-                retries = {"read": self.read_retries, "create": 0, "realtime": self.realtime_retries}[kind]
-                client = self._new_client(self._module(), key, retries)
-                self._clients[kind] = client
-            return client
+            return self._client_for(kind, key)
+
+    def _client_for(self, kind: str, key: str) -> Any:
+        client = self._clients.get(kind)
+        if client is None or client.api_key != key:
+            if kind == "read":
+                client = self._new_client(self._module(), key, self.read_retries)
+            else:
+                retries = {"create": 0, "realtime": self.realtime_retries}[kind]
+                client = self._client_for("read", key).with_options(max_retries=retries)
+            self._clients[kind] = client
+        return client
 
     def _secrets(self) -> tuple[str | None, ...]:
         raw = os.environ.get(self.api_key_env) or ""
