@@ -3,11 +3,13 @@
 The plan is made by a job (`checkpoint plan`), into `results/plan/{key}/s{stage}r{round}/`: `plan.json` and
 one spec per new chunk. The key names the state of the files the plan is made from (issues, the ledger,
 the downloads and results, the config): while that state is the one the last run settled in
-(`results/plan/settled.json`, written by the run's last job), the key is the settled plan's, whose files all
-exist, and Snakemake has nothing to do. Any change (an edited, added or deleted issue, a deleted result or
-marker, `batchpipe collect`/`retry`/`cancel`, another selection) gives a new key: the plan is made again
-and only what it lacks is made. A plan that is volatile by nature (batches in flight that a `wait: false`
-run must look at, chunks waiting for a person or a budget) is made again on every run.
+(`.snakemake/batchpipe/settled.json`, written by the run's last job), the key is the settled plan's, whose
+files all exist, and Snakemake has nothing to do. Its DAG then holds the plans and what follows them, not the
+jobs of their chunks, whose files were all made and have not changed since. Any change (an edited, added or
+deleted issue, a deleted result, a touched or deleted marker or download, `batchpipe collect`/`retry`/
+`cancel`, another selection) gives a new key: the plan is made again and only what it lacks is made. A plan
+that is volatile by nature (batches in flight that a `wait: false` run must look at, chunks waiting for a
+person or a budget) is made again on every run.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from .plan import build_plan, hold_over_caps, warm_up_possible
 
 __all__ = [
     "PlanView",
-    "current_key",
+    "RunKey",
     "find_spec",
     "issue_files",
     "plan_view",
     "preview",
+    "run_key",
     "running_key",
     "stages",
     "state_digest",
@@ -129,20 +132,30 @@ def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False)
 
 
 def state_digest(settings: Settings) -> str:
-    """A name for the state a plan is made from: the config, the issue files (names, sizes, mtimes), the
-    ledger, the markers, downloads and manifests, the result files and the task board (names and sizes)."""
+    """A name for the state a plan is made from: the config, the issue files, the markers, downloads and
+    manifests (names, sizes, mtimes), the ledger, the result files (names and sizes) and the task board."""
     layout = Layout(settings)
     parts: list[str] = [canonical_json(settings.values)]
     parts += ["issues", *_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True)]
     parts += ["ledger", *_listing(layout.ledger_dir, (".jsonl",))]
     for processor in settings.processor_names:
-        parts += [f"batches/{processor}", *_listing(layout.batches_dir / processor)]
+        # mtimes too: a settled run's DAG has no job of its chunks to see a chunk file newer than its round
+        parts += [f"batches/{processor}", *_listing(layout.batches_dir / processor, mtimes=True)]
     parts += ["results", *_listing(layout.results_dir, (".json",))]
     parts += ["board", str(layout.board.exists())]
     return sha256_hex("\n".join(parts))[:20]
 
 
-def current_key(settings: Settings) -> str:
+@dataclass(frozen=True)
+class RunKey:
+    """The plan key of a run, and whether the files are exactly as the last run settled them (its plans'
+    chunk files all made and unchanged since: the DAG needs none of their jobs)."""
+
+    key: str
+    settled: bool = False
+
+
+def run_key(settings: Settings) -> RunKey:
     """The plan key of this run (read-only): the settled plan's while nothing changed since, else a new one."""
     layout = Layout(settings)
     digest = state_digest(settings)
@@ -152,11 +165,11 @@ def current_key(settings: Settings) -> str:
         settled = {}
     key = settled.get("key") if isinstance(settled, dict) else None
     if key and settled.get("digest") == digest and not settled.get("volatile") and (layout.plan_dir(key)).is_dir():
-        return str(key)
+        return RunKey(str(key), settled=True)
     if isinstance(settled, dict) and settled.get("volatile") and settled.get("digest") == digest:
         # the same files, but the provider's side may have moved on: look again (a fresh key per run)
-        return f"{digest}-{time.time_ns():x}"
-    return digest
+        return RunKey(f"{digest}-{time.time_ns():x}")
+    return RunKey(digest)
 
 
 def preview(settings: Settings, key: str) -> str:

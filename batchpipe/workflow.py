@@ -443,9 +443,11 @@ def _list_files(paths: list[str], out: str, name: str, log: str, **extra: Any) -
     JobLog(log, echo=False)(f"{out}: {len(files)} file(s)")
 
 
-def run_gather_round(inputs: list[str], round_path: str, log: str) -> None:
-    """gather_round: the chunk files a plan needed (its other inputs), each with its size, in one file."""
-    _list_files(list(inputs[1:]), round_path, "chunk_files", log, plan=inputs[0] if inputs else None)
+def run_gather_round(config: dict[str, Any], plan_folder: str, round_path: str, log: str) -> None:
+    """gather_round: the chunk files a plan needed, each with its size, in one file. They are its inputs but
+    in a settled run's DAG, which holds no chunk job (and runs this job only if its file went missing)."""
+    files = [str(p) for p in dag.plan_view(plan_folder).chunk_files(Layout(settings_of(config)))]
+    _list_files(files, round_path, "chunk_files", log, plan=plan_folder)
 
 
 def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:

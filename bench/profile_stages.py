@@ -51,7 +51,7 @@ def _plan_as_a_job(config, bp, stage) -> list:
 
     os.environ["BATCHPIPE_WORKERS"] = "0"  # downloads in this thread, like the profile's other stages
     settings = bp.settings_of(config)
-    key = stage("plan key (parse time)", lambda: dag.current_key(settings))
+    key = stage("plan key (parse time)", lambda: dag.run_key(settings).key)
     folder = f"results/plan/{key}/s0r0"
     stage("plan (checkpoint job)", lambda: bp.run_plan(config, key, 0, 0, folder, "logs/plan.log"))
     view = dag.plan_view(folder)
@@ -68,7 +68,7 @@ def _plan_as_a_job(config, bp, stage) -> list:
     stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
     stage("summarize_run", lambda: bp.run_summarize(config, [folder], "results/summary.json", "logs/sum.log"))
     stage("complete_run", lambda: bp.run_complete(config, "results/summary.json", "results/all", "logs/c.log"))
-    stage("plan key (no-op parse)", lambda: dag.current_key(settings))
+    stage("plan key (no-op parse)", lambda: dag.run_key(settings).key)
     return chunks
 
 

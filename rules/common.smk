@@ -21,7 +21,8 @@ LAYOUT = Layout(SETTINGS)
 STAGES = bp_dag.stages(SETTINGS)  # the processors of each stage: 0 reads issues, n reads stage n-1's results
 # The plan key: the settled plan's while no file it was made from changed since the last run, else new;
 # in a job's own process (no threads, a cluster), the key of the run that started it.
-KEY = bp_dag.current_key(SETTINGS) if workflow.is_main_process else bp_dag.running_key(SETTINGS)
+RUN = bp_dag.run_key(SETTINGS) if workflow.is_main_process else bp_dag.RunKey(bp_dag.running_key(SETTINGS))
+KEY = RUN.key
 
 # File patterns of the rules, from the one Layout (its root is the working directory).
 PLAN = str(LAYOUT.plan_folder("{key}", "{stage}", "{round}"))
@@ -102,11 +103,13 @@ def get_issue_files(wildcards):
 
 def get_round_inputs(wildcards):
     """gather_round: a plan of this run and the chunk files it needs (manifests, or markers of batches left
-    in flight)."""
+    in flight). Once the run settled, the plan alone: every chunk file it lists was made and is unchanged
+    (any change is a new key), so the DAG of a run with nothing to do builds no job of its chunks."""
     if wildcards.key != KEY:
         return []
     view = plan_of(int(wildcards.stage), int(wildcards.round))
-    return [str(LAYOUT.plan_folder(view.key, view.stage, view.round))] + [str(p) for p in view.chunk_files(LAYOUT)]
+    folder = str(LAYOUT.plan_folder(view.key, view.stage, view.round))
+    return [folder] if RUN.settled else [folder] + [str(p) for p in view.chunk_files(LAYOUT)]
 
 
 PREVIEWED = []

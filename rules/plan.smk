@@ -43,4 +43,4 @@ rule gather_round:
         "logs/gather_round/{key}_s{stage}r{round}.log",
     localrule: True
     run:
-        bp.run_gather_round(input, output.round, log[0])
+        bp.run_gather_round(config, input[0], output.round, log[0])

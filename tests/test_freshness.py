@@ -6,6 +6,8 @@ download: tests/test_pipeline.py.)"""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
 
@@ -100,3 +102,24 @@ def test_selection_missing_summary_counts_the_selection_then_a_plain_run_counts_
     second = summary(ws)
     assert second["issues_selected"] == 6 and second["totals"]["results"] == 6
     assert len(ws.local_batches()) == 2
+
+
+@pytest.mark.workflow
+def test_a_settled_run_builds_no_chunk_job_until_a_chunk_file_changes(tmp_path):
+    """With nothing to do, the DAG holds the plans and what follows them, no job of a chunk (every chunk
+    file is made and unchanged). A chunk file touched since (the same bytes, newer) is a change: the next
+    run plans again and brings the run's end up to date, with no new batch."""
+    ws = small(tmp_path)
+    ws.snakemake("--cores", "4", "results/all")
+    dag = ws.snakemake("results/all", "--dag").stdout
+    assert "gather_round" in dag and not {"submit_batch", "resume_batch", "download_batch"} & set(
+        re.findall(r'label = "(\w+)', dag)
+    )
+    assert "Nothing to be done" in ws.snakemake("-n", "results/all").output
+    (manifest,) = ws.files("batch_results/product-labeling/*.results.json")
+    later = manifest.stat().st_mtime + 10
+    os.utime(manifest, (later, later))
+    run = ws.snakemake("--cores", "4", "results/all")
+    assert "Nothing to be done" not in run.output and "complete_run" in run.output
+    assert summary(ws)["totals"]["results"] == 5 and len(ws.local_batches()) == 1
+    assert "Nothing to be done" in ws.snakemake("-n", "results/all").output

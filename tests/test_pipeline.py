@@ -90,16 +90,17 @@ def test_edited_issue_resubmits_exactly_one_request_and_new_issue_one_chunk(smal
     data = json.loads(edited.read_text())
     data["issue"]["body"] += "\n\nEdited: one more detail."
     edited.write_text(json.dumps(data))
+    # the change's DAG holds the new chunk's jobs, not those of the chunk it left whole (kept in its plan)...
+    ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")  # planned, not sent
+    old_chunk = next(iter(first)).stem
+    dag = ws.snakemake("results/all", "--dag").stdout
+    assert dag.count('label = "download_batch') == 1 and old_chunk not in dag
     ws.snakemake("--cores", "4", "results/all")
     new = set(ws.files("batch_requests/*/*.jsonl")) - first
     assert len(new) == 1
     lines = new.pop().read_text().splitlines()
     assert len(lines) == 1 and "one more detail" in lines[0]
     assert len(ws.local_batches()) == 2
-    # the change's DAG holds the new chunk's jobs, not those of the chunk it left whole (kept in its plan)...
-    old_chunk = next(iter(first)).stem
-    dag = ws.snakemake("results/all", "--dag").stdout
-    assert dag.count('label = "download_batch') == 1 and old_chunk not in dag
     plan = json.loads(max(ws.files("results/plan/*/s0r0/plan.json"), key=lambda p: p.stat().st_mtime).read_text())
     assert plan["kept"] == {"product-labeling": [old_chunk]}
     # ...and a file of the kept chunk deleted brings it back into the next plan: made again, no new batch
@@ -184,25 +185,29 @@ def rule_edges(dot: str) -> set[tuple[str, str]]:
 
 @pytest.mark.workflow
 def test_the_rulegraph_is_the_data_flow(small_workspace):
-    """Snakemake draws the jobs it knows: a finished run's (every round; its chunks were new in its plan,
-    written and sent by submit_batch) and, once a new issue is planned, the next run's (the new chunk's
-    submit_batch, from the plan; a chunk an earlier run left whole is kept out of the plan's DAG, so no job of
-    it is drawn; rounds after the first are not planned yet). Together they are the data flow, issues to tasks."""
+    """Snakemake draws the jobs it knows: a planned run's (the plan's new chunks, written and sent by
+    submit_batch, then downloaded and gathered), and once a run settled, with nothing to do, only the plans
+    and what follows them (every chunk file is made and unchanged); once a new issue is planned, the next
+    run's (the new chunk's jobs; a chunk an earlier run left whole is kept out of the plan's DAG, so no job of
+    it is drawn). Together they are the data flow, issues to tasks."""
     ws = small_workspace
-    ws.snakemake("--cores", "4", "results/all")
+    ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")  # planned, not written nor sent
+    assert not ws.files("batch_results/ledger/*.jsonl") and not ws.files("batch_requests/*/*.jsonl")
     edges = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
-    # its chunks are sent: their jobs need nothing more (no edge to the plan), and no marker is resume_batch's
-    assert ("submit_batch", "download_batch") in edges and "resume_batch" not in {
-        rule for edge in edges for rule in edge
-    }
+    assert {("plan", "submit_batch"), ("submit_batch", "download_batch")} <= edges
+    assert "resume_batch" not in {rule for edge in edges for rule in edge}
+    ws.snakemake("--cores", "4", "results/all")
+    settled = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
+    assert ("gather_round", "summarize_run") in settled
+    assert not {"submit_batch", "resume_batch", "download_batch"} & {rule for edge in settled for rule in edge}
     new = sorted((REPO / "data" / "issues").glob("*.json"))[5]
     (ws.issues / new.name).write_bytes(new.read_bytes())
-    ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")  # planned, not written nor sent
+    ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")
     assert len(ws.files("batch_results/ledger/*.jsonl")) == 1
     assert len(ws.files("batch_requests/*/*.jsonl")) == 1  # the first chunk's: a new one is written as it is sent
     later = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
     assert ("plan", "submit_batch") in later and "resume_batch" not in {rule for edge in later for rule in edge}
-    edges |= later
+    edges |= later | settled
     flow = [
         ("plan", "submit_batch"),
         ("submit_batch", "download_batch"),
