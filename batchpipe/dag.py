@@ -133,7 +133,8 @@ def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False)
 
 def state_digest(settings: Settings) -> str:
     """A name for the state a plan is made from: the config, the issue files, the markers, downloads and
-    manifests (names, sizes, mtimes), the ledger, the result files (names and sizes) and the task board."""
+    manifests (names, sizes, mtimes), the ledger, the result files (names and sizes) and the task board.
+    Not the request files: once a chunk is sent they are copies of the ledger's (`ledger/kept/`)."""
     layout = Layout(settings)
     parts: list[str] = [canonical_json(settings.values)]
     parts += ["issues", *_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True)]
@@ -153,6 +154,18 @@ class RunKey:
 
     key: str
     settled: bool = False
+    settled_ns: int = 0  # when the last run settled (settled.json's mtime)
+
+    def made_before_settling(self, plan_folder: str | Path) -> bool:
+        """Whether the plan in `plan_folder` is one the settled run made (every chunk file it lists was made
+        and is unchanged), not one made again in this run (an issue edited while the last run waited, `-R
+        plan`), whose new chunks must be sent."""
+        if not self.settled:
+            return False
+        try:
+            return os.stat(os.path.join(plan_folder, "plan.json")).st_mtime_ns <= self.settled_ns
+        except OSError:
+            return False
 
 
 def run_key(settings: Settings) -> RunKey:
@@ -160,12 +173,13 @@ def run_key(settings: Settings) -> RunKey:
     layout = Layout(settings)
     digest = state_digest(settings)
     try:
+        settled_ns = layout.settled.stat().st_mtime_ns
         settled = json.loads(layout.settled.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        settled = {}
+        settled_ns, settled = 0, {}
     key = settled.get("key") if isinstance(settled, dict) else None
     if key and settled.get("digest") == digest and not settled.get("volatile") and (layout.plan_dir(key)).is_dir():
-        return RunKey(str(key), settled=True)
+        return RunKey(str(key), settled=True, settled_ns=settled_ns)
     if isinstance(settled, dict) and settled.get("volatile") and settled.get("digest") == digest:
         # the same files, but the provider's side may have moved on: look again (a fresh key per run)
         return RunKey(f"{digest}-{time.time_ns():x}")

@@ -445,7 +445,8 @@ def _list_files(paths: list[str], out: str, name: str, log: str, **extra: Any) -
 
 def run_gather_round(config: dict[str, Any], plan_folder: str, round_path: str, log: str) -> None:
     """gather_round: the chunk files a plan needed, each with its size, in one file. They are its inputs but
-    in a settled run's DAG, which holds no chunk job (and runs this job only if its file went missing)."""
+    for a plan the settled run made, whose chunk files were all made (this job then runs only if its own file
+    went missing)."""
     files = [str(p) for p in dag.plan_view(plan_folder).chunk_files(Layout(settings_of(config)))]
     _list_files(files, round_path, "chunk_files", log, plan=plan_folder)
 

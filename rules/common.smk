@@ -103,13 +103,15 @@ def get_issue_files(wildcards):
 
 def get_round_inputs(wildcards):
     """gather_round: a plan of this run and the chunk files it needs (manifests, or markers of batches left
-    in flight). Once the run settled, the plan alone: every chunk file it lists was made and is unchanged
-    (any change is a new key), so the DAG of a run with nothing to do builds no job of its chunks."""
+    in flight). A plan the settled run made, alone: every chunk file it lists was made and is unchanged (any
+    change is a new key), so the DAG of a run with nothing to do builds no job of its chunks."""
     if wildcards.key != KEY:
         return []
     view = plan_of(int(wildcards.stage), int(wildcards.round))
     folder = str(LAYOUT.plan_folder(view.key, view.stage, view.round))
-    return [folder] if RUN.settled else [folder] + [str(p) for p in view.chunk_files(LAYOUT)]
+    if RUN.made_before_settling(folder):
+        return [folder]
+    return [folder] + [str(p) for p in view.chunk_files(LAYOUT)]
 
 
 PREVIEWED = []

@@ -14,7 +14,8 @@ import time
 import pytest
 import yaml
 
-from batchpipe.config import load_settings
+from batchpipe.config import load_settings, load_settings_file
+from batchpipe.dag import state_digest
 from batchpipe.plan import build_plan
 from batchpipe.request import custom_id_for
 
@@ -123,3 +124,25 @@ def test_a_settled_run_builds_no_chunk_job_until_a_chunk_file_changes(tmp_path):
     assert "Nothing to be done" not in run.output and "complete_run" in run.output
     assert summary(ws)["totals"]["results"] == 5 and len(ws.local_batches()) == 1
     assert "Nothing to be done" in ws.snakemake("-n", "results/all").output
+
+
+@pytest.mark.workflow
+def test_an_issue_edited_while_the_last_run_waited_is_sent(tmp_path):
+    """The last run settled with the files as they were when it ended: an issue edited after its plan (while
+    it waited for its batches) is in that state, so the key is the settled one. The issue is newer than
+    the run's issue list, so the plan is made again, and its new chunk is sent, not taken as settled."""
+    ws = small(tmp_path)
+    ws.snakemake("--cores", "4", "results/all")
+    edited = ws.files("data/issues/*.json")[2]
+    data = json.loads(edited.read_text())
+    data["issue"]["body"] = (data["issue"]["body"] or "") + "\n\nEdited while the run waited."
+    edited.write_text(json.dumps(data))
+    settled_file = ws.root / ".snakemake" / "batchpipe" / "settled.json"
+    settled = json.loads(settled_file.read_text())
+    settled["digest"] = state_digest(load_settings_file(ws.root / "config.yaml"))  # as if it ended after the edit
+    settled_file.write_text(json.dumps(settled))
+    ws.snakemake("--cores", "4", "results/all")
+    assert len(ws.local_batches()) == 2
+    (new,) = [p for p in ws.files("batch_requests/product-labeling/*.jsonl") if "Edited while" in p.read_text()]
+    assert len(new.read_text().splitlines()) == 1
+    assert summary(ws)["totals"]["results"] == 5
