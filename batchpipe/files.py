@@ -32,8 +32,86 @@ def canonical_json(value: Any) -> str:
 
 
 def pretty_json(value: Any) -> str:
-    """Readable JSON, deterministic (sorted keys), ending in a newline."""
-    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    """Readable JSON, deterministic (sorted keys), ending in a newline: `json.dumps(value, sort_keys=True,
+    indent=2, ensure_ascii=False)`, byte for byte. Its indented form runs the standard library's pure-Python
+    encoder, a generator per container; every result, manifest and task file is written this way, so plain
+    values (str keys; str, int, float, bool, None, list, tuple, dict) take a direct path, and anything else
+    the standard one."""
+    parts: list[str] = []
+    try:
+        _pretty(value, parts, "\n")
+    except (_NotPlain, RecursionError):
+        return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    parts.append("\n")
+    return "".join(parts)
+
+
+class _NotPlain(Exception):
+    """A value `_pretty` leaves to the standard encoder."""
+
+
+_quote = json.encoder.encode_basestring  # the C function where CPython has it, as json.dumps uses
+_INF = float("inf")
+
+
+def _pretty(value: Any, out: list[str], newline: str) -> None:
+    # the order of json.encoder's checks: str, None, True, False, int, float, list/tuple, dict
+    if isinstance(value, str):
+        out.append(_quote(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        if value != value or value in (_INF, -_INF):
+            raise _NotPlain  # NaN and the infinities: the standard encoder's spelling
+        out.append(float.__repr__(value))
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            out.append("[]")
+            return
+        inner = newline + "  "
+        separator = "," + inner
+        out.append("[" + inner)
+        first = True
+        for item in value:
+            if first:
+                first = False
+            else:
+                out.append(separator)
+            if isinstance(item, str):
+                out.append(_quote(item))
+            else:
+                _pretty(item, out, inner)
+        out.append(newline + "]")
+    elif isinstance(value, dict):
+        if not value:
+            out.append("{}")
+            return
+        inner = newline + "  "
+        separator = "," + inner
+        out.append("{" + inner)
+        first = True
+        for key in sorted(value):  # a TypeError (keys of mixed types) is the standard encoder's, as before
+            if not isinstance(key, str):
+                raise _NotPlain  # the standard encoder turns other keys into strings
+            if first:
+                first = False
+            else:
+                out.append(separator)
+            out.append(_quote(key) + ": ")
+            item = value[key]
+            if isinstance(item, str):
+                out.append(_quote(item))
+            else:
+                _pretty(item, out, inner)
+        out.append(newline + "}")
+    else:
+        raise _NotPlain
 
 
 def sha256_hex(data: bytes | str) -> str:

@@ -30,6 +30,7 @@ from batchpipe.service.responders import (
     OfflineResponder,
     OpenAICompatibleResponder,
     Responder,
+    count_tokens,
     generate_from_schema,
     make_responder,
 )
@@ -1140,3 +1141,10 @@ def test_a_batch_created_before_the_upgrade_is_read_with_the_lines_it_was_valida
     clock.advance(10)
     view = check_openai_view(engine, engine.get_batch(record.id))
     assert view["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
+
+
+def test_count_tokens_counts_words_and_punctuation_marks():
+    assert count_tokens("") == 0 and count_tokens("  \n\t ") == 0
+    assert count_tokens("Hello, world! foo_bar 42") == 6  # Hello , world ! foo_bar 42
+    assert count_tokens("déjà-vu… ✓") == 5  # déjà - vu … ✓
+    assert count_tokens("a" * 1000) == 1

@@ -81,8 +81,9 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 def count_tokens(text: str) -> int:
     """The service's token count: words and punctuation marks. Each is at least one character, so a
-    request's count never exceeds its bytes (the forecast's ceiling), and it is not the planner's estimate."""
-    return len(_TOKEN.findall(text))
+    request's count never exceeds its bytes (the forecast's ceiling), and it is not the planner's estimate.
+    Counted by `subn`, which builds no list of the tokens (the offline responder counts every request)."""
+    return _TOKEN.subn("", text)[1]
 
 
 def prefix_text(req: NeutralRequest) -> str:
