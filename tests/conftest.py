@@ -21,6 +21,16 @@ SHARED_TGZ = REPO.parent / "shared" / "data" / "bitcoin-core-gui-issues.tgz"
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "envs", "scripts", "report"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _children_make_temp_folders_under_pytest(tmp_path_factory):
+    """Child processes (Snakemake, `batchpipe`, the emulator) make their temp folders under pytest's temp
+    folder: one a test kills on purpose leaves its folder there, which pytest rotates away, not in /tmp."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+    yield
+    patch.undo()
+
+
 @dataclass
 class Run:
     returncode: int
