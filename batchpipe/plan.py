@@ -35,6 +35,7 @@ from .manifest import read_outcomes_and_results
 from .pricing import cost_of, price_for
 from .providers import wire_for
 from .render import Rendered, cacheable_prefix, label_list, render_request
+from .renderings import KeptRendering, Ref, Renderings, read_kept
 from .request import RequestRecord, custom_id_for
 from .scan import LINE_OVERHEAD, IssueEntry, explain_selection, line_bytes, scan_issues, select_issues
 from .selection import Selection, selected_keys
@@ -67,6 +68,7 @@ class ChunkMember:
     custom_id: str
     request_hash: str
     paths: list[str] = field(default_factory=list)
+    kept: list[Ref | None] = field(default_factory=list)  # per path: its rendering, where the plan kept it
 
 
 @dataclass
@@ -340,19 +342,27 @@ class _Unit:
     failed: Failed | None = None
     digest: str = ""  # the issue's content (`Issue.digest`); chained items: their inputs
     updated_at: str = ""
+    kept: Ref | None = None  # where the plan job kept its rendering (`renderings`)
 
 
 def build_plan(
-    settings: Settings, chosen: dict[str, list[str]] | None = None, write_cache: bool = True, repairs: bool = False
+    settings: Settings,
+    chosen: dict[str, list[str]] | None = None,
+    write_cache: bool = True,
+    repairs: bool = False,
+    workers: int = 1,
+    renderings: Renderings | None = None,
 ) -> Plan:
     """What this run has to do, from the files on disk.
 
     `chosen`: the issues each processor is about, as a plan of this run recorded them (later rounds,
     stages and the summary keep the run's selection, not what `selection: missing` would pick now).
     `write_cache=False`: a preview, which writes no file (not even the scan cache). `repairs`: the plan is
-    checked by `repair_views` (it keeps what the repairs read of each manifest)."""
+    checked by `repair_views` (it keeps what the repairs read of each manifest). `workers`: processes for
+    the issue files the scan cache lacks (`scan_issues`); `renderings`: a plan job's, where the scan keeps
+    what it renders for the submissions (its new chunks' members name them)."""
     layout = Layout(settings)
-    entries, skipped = scan_issues(settings, write_cache)
+    entries, skipped = scan_issues(settings, write_cache, workers, renderings)
     selection: Selection | None = None
     if chosen is not None:
         keys = {key for keys_ in chosen.values() for key in keys_}
@@ -412,6 +422,7 @@ def build_plan(
                     [e.path],
                     digest=e.digest,
                     updated_at=e.updated_at,
+                    kept=renderings.ref(e.path, processor.name, e.hashes[processor.name]) if renderings else None,
                 )
                 for e in mine
             ]
@@ -468,7 +479,9 @@ def _plan_units(
         if _record_state(pp, unit.key, state, needed, pp.has_result(results, unit.key)):
             assert isinstance(state, Pending)
             cid = custom_id_for(rhash, state.attempt)
-            pending.setdefault(cid, ChunkMember(cid, rhash)).paths.extend(unit.paths)
+            member = pending.setdefault(cid, ChunkMember(cid, rhash))
+            member.paths.extend(unit.paths)
+            member.kept.extend([unit.kept] * len(unit.paths))
             tokens[rhash] = unit.tokens
             sizes[rhash] = unit.size
     # Everything paid for gets collected, selected or not.
@@ -774,7 +787,11 @@ def chunk_spec(plan: Plan, processor: str, chunk: str, group: str | None) -> dic
         "processor": processor,
         "group": group,
         "ceiling_usd": new.ceiling_usd,
-        "members": [{"custom_id": m.custom_id, "request_hash": m.request_hash, "paths": m.paths} for m in new.members],
+        "members": [
+            {"custom_id": m.custom_id, "request_hash": m.request_hash, "paths": m.paths}
+            | ({"kept": m.kept} if m.kept and all(m.kept) else {})
+            for m in new.members
+        ],
     }
     warm = plan.processors[processor].warm
     if warm is not None and warm != chunk:  # sent once the chunk warming the prompt cache is collected
@@ -784,12 +801,40 @@ def chunk_spec(plan: Plan, processor: str, chunk: str, group: str | None) -> dic
     return spec
 
 
-def render_spec(settings: Settings, spec: dict[str, Any]) -> Iterator[tuple[str, Rendered]]:
-    """A chunk spec's requests as they are sent, one at a time."""
+def render_spec(
+    settings: Settings, spec: dict[str, Any], plan_folder: str | Path | None = None
+) -> Iterator[tuple[str, Rendered | KeptRendering]]:
+    """A chunk spec's requests as they are sent, one at a time: as its plan (in `plan_folder`) kept them
+    where it did, else rendered from their issue files."""
     if "rendered" in spec:
         return ((cid, Rendered.from_json(r)) for cid, r in spec["rendered"].items())
-    members = [ChunkMember(m["custom_id"], m["request_hash"], list(m["paths"])) for m in spec["members"]]
-    return iter_members(settings, spec["processor"], members)
+    members = [
+        ChunkMember(m["custom_id"], m["request_hash"], list(m["paths"]), list(m.get("kept") or []))
+        for m in spec["members"]
+    ]
+    if plan_folder is None:
+        return iter_members(settings, spec["processor"], members)
+    return _kept_or_rendered(settings, spec["processor"], members, plan_folder)
+
+
+def _kept_or_rendered(
+    settings: Settings, processor: str, members: list[ChunkMember], plan_folder: str | Path
+) -> Iterator[tuple[str, Rendered | KeptRendering]]:
+    for member in members:
+        kept = [read_kept(plan_folder, ref, path, member.request_hash) for path, ref in _zip_kept(member)]
+        if kept and all(kept):
+            last = kept[-1]
+            assert last is not None
+            yield member.custom_id, dataclasses.replace(last, issues=[i for k in kept if k for i in k.issues])
+        else:
+            yield from iter_members(settings, processor, [member])
+
+
+def _zip_kept(member: ChunkMember) -> list[tuple[str, Any]]:
+    """A member's (path, where its rendering is kept), or none when any is not kept."""
+    if len(member.kept) != len(member.paths) or not all(member.kept):
+        return []
+    return list(zip(member.paths, member.kept, strict=True))
 
 
 def spec_path(folder: Path, processor: str, chunk: str) -> Path:

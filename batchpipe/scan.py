@@ -7,7 +7,9 @@ not read again. The cache is only a speed-up; without it (or with a stale one) t
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
 from .render import Rendered, render_request
+from .renderings import Ref, Renderings, RenderingWriter, RequestLine
 from .selection import Selection, selected_keys
 
 __all__ = ["LINE_OVERHEAD", "IssueEntry", "explain_selection", "line_bytes", "scan_issues", "select_issues"]
@@ -45,6 +48,8 @@ class IssueEntry:
     note: str = ""  # what loading cleaned in it (half an emoji), one line naming the file and item
 
 
+PARALLEL_FROM = 256  # files to read before a scan spreads them over worker processes (each a fresh interpreter)
+
 LINE_OVERHEAD = 256  # a wire format's envelope around the request: custom_id, method, url, params keys
 
 
@@ -68,12 +73,16 @@ def _render_fingerprint(settings: Settings) -> str:
     )
 
 
-def _row(issue: Issue, settings: Settings, note: str) -> list[Any]:
-    """An item's cache row: who it is and its request per processor (hash, tokens, bytes)."""
+def _row(
+    issue: Issue, settings: Settings, note: str, writer: RenderingWriter | None
+) -> tuple[list[Any], dict[str, Ref]]:
+    """An item's cache row: who it is and its request per processor (hash, tokens, bytes); and where the
+    `writer` kept each rendering."""
     rendered = {
         p.name: render_request(issue, p, settings, issue.source) for p in settings.processors if not p.input_processor
     }
     requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
+    kept = {processor: writer.keep(issue.source, r) for processor, r in rendered.items()} if writer else {}
     number = split_locator(issue.source)[1] or 0
     return [
         number,
@@ -87,16 +96,56 @@ def _row(issue: Issue, settings: Settings, note: str) -> list[Any]:
         issue.updated_at,
         issue.kind.value,
         note,
-    ]
+    ], kept
 
 
-def _read(path: Path, settings: Settings) -> tuple[list[list[Any]], list[list[str]]]:
-    """A file's items as cache rows, and its bad items as (file, reason); raises IssueFileError when the
-    file as a whole is unusable (not cached: read again next time)."""
+# A file's items as cache rows, its bad items as (file, reason), and where each row's renderings are kept
+_Read = tuple[list[list[Any]], list[list[str]], list[dict[str, Ref]]]
+_Spill = tuple[str, str, RequestLine]  # `Renderings.spill`: (plan folder, file prefix, request line)
+
+
+def _read(path: Path, settings: Settings, writer: RenderingWriter | None) -> _Read:
+    """A file as `_Read`; raises IssueFileError when the file as a whole is unusable (not cached: read
+    again next time)."""
     items = load_file(path)
     notes = {note.locator: str(note) for note in items.notes}
-    rows = [_row(issue, settings, notes.get(issue.source, "")) for issue in items.issues]
-    return rows, [[e.path, e.reason] for e in items.errors]
+    rows, kept = [], []
+    for issue in items.issues:
+        row, refs = _row(issue, settings, notes.get(issue.source, ""), writer)
+        rows.append(row)
+        kept.append(refs)
+    return rows, [[e.path, e.reason] for e in items.errors], kept
+
+
+def _read_slice(paths: list[str], settings: Settings, spill: _Spill | None, part: int) -> list[_Read | IssueFileError]:
+    """`_read` of each file, its IssueFileError in its place; the renderings kept in a file of their own
+    (`part`): one task of a parallel scan."""
+    writer = RenderingWriter(spill[0], f"{spill[1]}-{part}", spill[2]) if spill else None
+    out: list[_Read | IssueFileError] = []
+    try:
+        for path in paths:
+            try:
+                out.append(_read(Path(path), settings, writer))
+            except IssueFileError as exc:
+                out.append(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
+def _read_all(paths: list[str], settings: Settings, workers: int, spill: _Spill | None) -> list[_Read | IssueFileError]:
+    """`_read_slice` of every path, in order: spread over `workers` spawned processes (a fresh interpreter:
+    the plan job is a thread of the Snakemake process, which must not be forked) when there are enough files
+    for that to pay (reading and rendering them is most of a cold plan's work), else here."""
+    if workers < 2 or len(paths) < PARALLEL_FROM:
+        return _read_slice(paths, settings, spill, 0)
+    size = -(-len(paths) // (workers * 4))  # a few slices a worker: one slow file does not hold the rest
+    slices = [paths[i : i + size] for i in range(0, len(paths), size)]
+    n = len(slices)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = pool.map(_read_slice, slices, [settings] * n, [spill] * n, range(n))
+        return [read for part in parts for read in part]
 
 
 def _too_long(key: str, settings: Settings) -> str:
@@ -106,10 +155,14 @@ def _too_long(key: str, settings: Settings) -> str:
     return f"its result file names would be {longest} bytes long (at most 241)" if longest > 241 else ""
 
 
-def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[IssueEntry], list[IssueFileError]]:
+def scan_issues(
+    settings: Settings, write_cache: bool = True, workers: int = 1, renderings: Renderings | None = None
+) -> tuple[list[IssueEntry], list[IssueFileError]]:
     """Every issue (and pull request) of the issue files, with its request hashes, in file-name order
     (then item order), using the cache (kept up to date unless `write_cache` is false: a preview writes
     nothing). Entries of the folder that are no issue files are errors (`NotAnIssueFile`), never opened.
+    `workers`: processes to read the files the cache lacks (the plan job's threads), the same scan either way.
+    `renderings`: where a plan job keeps the requests the scan renders (`renderings`), for its submissions.
 
     Chained processors' requests need the earlier stage's results: they are planned in `chain`."""
     layout = Layout(settings)
@@ -137,25 +190,38 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
         names, others = [], []
     errors.extend(others)
     base = str(folder)
+    found: list[tuple[str, str, list[int]] | IssueFileError] = []  # (name, path, stamp) or why it is unreadable
     for name in names:
         # a string, as str(folder / name) is ("name" in "."): a `Path` of each of thousands costs more than the stat
         path = os.path.join(base, name) if base != "." else name
         try:
             st = os.stat(path)
         except OSError as exc:
-            errors.append(IssueFileError(shown(path), f"cannot read the file: {exc.strerror or exc}"))
+            found.append(IssueFileError(shown(path), f"cannot read the file: {exc.strerror or exc}"))
             continue
-        stamp = [st.st_size, st.st_mtime_ns]
-        hit = cached.get(name)
-        if hit and hit[0] == stamp:
+        found.append((name, path, [st.st_size, st.st_mtime_ns]))
+    misses = [f[1] for f in found if not isinstance(f, IssueFileError) and not _hit(cached.get(f[0]), f[2])]
+    reads = iter(_read_all(misses, settings, workers, renderings.spill() if renderings else None))
+    for item in found:
+        if isinstance(item, IssueFileError):
+            errors.append(item)
+            continue
+        name, path, stamp = item
+        hit: list[Any] = cached.get(name) or []
+        if _hit(hit, stamp):
             record = hit
         else:
-            try:
-                rows, problems = _read(Path(path), settings)
-            except IssueFileError as exc:
-                errors.append(exc)
+            read = next(reads)
+            if isinstance(read, IssueFileError):
+                errors.append(read)
                 continue
+            rows, problems, kept = read
             record = [stamp, rows, problems]
+            if renderings is not None:
+                for row, refs in zip(rows, kept, strict=True):
+                    locator = f"{path}#{row[0]}" if row[0] else path
+                    for processor, ref in refs.items():
+                        renderings.kept[locator, processor] = (row[6][processor][0], ref)
         fresh[name] = record
         _, rows, problems = record
         errors.extend(IssueFileError(where, reason) for where, reason in problems)
@@ -197,6 +263,11 @@ def scan_issues(settings: Settings, write_cache: bool = True) -> tuple[list[Issu
         except OSError:
             pass  # a read-only checkout still plans, just without the cache
     return entries, errors
+
+
+def _hit(cached: Any, stamp: list[int]) -> bool:
+    """Whether a cache row holds the file as it is now (the same size and mtime)."""
+    return bool(cached) and cached[0] == stamp
 
 
 def select_issues(

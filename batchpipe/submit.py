@@ -53,6 +53,7 @@ from .plan import Plan, read_sent_chunks, render_chunk, tokens_in_flight
 from .providers import BatchMatch, BatchStatus, Provider, wire_for
 from .realtime import Backoff, Gate, batch_id_for, read_journal, send_all
 from .render import Rendered
+from .renderings import KeptRendering
 from .request import ChunkIndex, RequestRecord, attempt_of, read_index
 
 __all__ = [
@@ -84,23 +85,28 @@ def write_requests(
     settings: Settings,
     processor: str,
     chunk: str,
-    rendered: Iterable[tuple[str, Rendered]],
+    rendered: Iterable[tuple[str, Rendered | KeptRendering]],
     group: str | None,
     log: Callable[[str], None],
     ceiling_usd: float | None = None,
 ) -> ChunkIndex:
     """The one writer of request files: a chunk's rendered requests in the provider's wire format, line by
-    line as they come (a chunk may hold tens of thousands: none is kept), then its custom_id table."""
+    line as they come (a chunk may hold tens of thousands: none is kept), then its custom_id table. A request
+    its plan kept (`renderings`) is written as kept, with its custom_id."""
     layout = Layout(settings)
     wire = wire_for(settings.provider)
     records: dict[str, RequestRecord] = {}
     est_tokens, model = 0, None
     with atomic_writer(layout.request_file(processor, chunk)) as out:
         for cid, request in rendered:
-            out.write((canonical_json(wire.request_line(cid, request.neutral)) + "\n").encode("utf-8"))
+            if isinstance(request, KeptRendering):
+                out.write(request.line_for(cid))
+                model = request.model
+            else:
+                out.write((canonical_json(wire.request_line(cid, request.neutral)) + "\n").encode("utf-8"))
+                model = request.neutral.model
             records[cid] = request.record(attempt_of(cid))
             est_tokens += request.est_tokens
-            model = request.neutral.model
     index = ChunkIndex(
         chunk, processor, settings.provider, model, len(records), est_tokens, records, group, ceiling_usd
     )

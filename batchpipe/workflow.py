@@ -48,8 +48,9 @@ from .layout import Layout
 from .ledger import read_history, read_marker, read_waiting, write_marker, write_waiting_marker
 from .manifest import read_outcomes
 from .plan import Plan, build_plan, hold_over_caps, render_spec, spec_path, write_plan_folder, write_settled_round
-from .providers import Provider, make_provider
+from .providers import Provider, make_provider, wire_for
 from .remote import adopt_remote_batches
+from .renderings import Renderings, drop_renderings
 from .repair import repair_views
 from .submit import restore_request_files, resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
@@ -110,16 +111,21 @@ def provider_for(settings: Settings) -> Provider:
 # --- the plan -------------------------------------------------------------------------------------
 
 
-def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: str, log: str) -> None:
+def run_plan(
+    config: dict[str, Any], key: str, stage: int, round_: int, folder: str, log: str, threads: int = 1
+) -> None:
     """Make the plan of a stage's round. The first plan of a run also repairs damaged views, adopts the
-    batches another checkout sent, learns which batches ended (`wait: false`), and tidies older plans."""
+    batches another checkout sent, learns which batches ended (`wait: false`), and tidies older plans.
+    `threads`: processes for reading the issue files the scan cache lacks. What it renders is kept in the
+    folder for its new chunks' jobs (`renderings`)."""
     settings = settings_of(config)
     layout = Layout(settings)
     job_log = JobLog(log, echo=False)
     stages = dag.stages(settings)
+    kept = Renderings(folder, wire_for(settings.provider).request_line)
     if stage == 0 and round_ == 0:
         _freeze_what_lasts()
-        plan = build_plan(settings, repairs=True)
+        plan = build_plan(settings, repairs=True, workers=threads, renderings=kept)
         for error in plan.skipped:
             if settings.strict and not isinstance(error, NotAnIssueFile):
                 raise ConfigError(f"{error} (strict: true stops the run)")
@@ -132,7 +138,7 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
             EMPTY_SELECTION.set()
             raise ConfigError(plan.empty_error)
         if repair_views(plan, _echo(job_log)):
-            plan = build_plan(settings)
+            plan = build_plan(settings, renderings=kept)
         if _needs_provider(plan):
             provider = provider_for(settings)  # a missing key stops the run here, before anything is sent
             again = False
@@ -141,7 +147,7 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
             if adopt_remote_batches(plan, provider, _echo(job_log)):
                 again = True
             if again:
-                plan = build_plan(settings)
+                plan = build_plan(settings, renderings=kept)
         group = new_run_id()
         _tidy(layout, key)
     else:
@@ -153,7 +159,7 @@ def run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: 
                 job_log(doc["describe"])
                 print(doc["describe"], file=sys.stderr)
                 return
-        plan = build_plan(settings, chosen=first["issues"])
+        plan = build_plan(settings, chosen=first["issues"], workers=threads, renderings=kept)
     plan.run_id = group
     hold_over_caps(plan, group)
     doc = write_plan_folder(plan, Path(folder), key, stage, round_, stages[stage], group)
@@ -234,7 +240,7 @@ def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan:
         settings,
         processor,
         chunk,
-        render_spec(settings, data),
+        render_spec(settings, data, plan),
         data.get("group"),
         JobLog(log, False),
         data.get("ceiling_usd"),
@@ -446,9 +452,10 @@ def _list_files(paths: list[str], out: str, name: str, log: str, **extra: Any) -
 def run_gather_round(config: dict[str, Any], plan_folder: str, round_path: str, log: str) -> None:
     """gather_round: the chunk files a plan needed, each with its size, in one file. They are its inputs but
     for a plan the settled run made, whose chunk files were all made (this job then runs only if its own file
-    went missing)."""
+    went missing). Every new chunk of the plan has its request file by now: the renderings it kept go."""
     files = [str(p) for p in dag.plan_view(plan_folder).chunk_files(Layout(settings_of(config)))]
     _list_files(files, round_path, "chunk_files", log, plan=plan_folder)
+    drop_renderings(plan_folder)
 
 
 def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:

@@ -17,6 +17,8 @@ rule list_issues:
         bp.run_list_issues(input, output.issues, log[0])
 
 
+# Its threads read the issue files the scan cache lacks in as many processes (a cold plan's largest work);
+# nothing else is ready while a plan is made. Snakemake gives it at most --cores (`--set-threads plan=1`: none).
 checkpoint plan:
     input:
         get_plan_inputs,
@@ -25,10 +27,11 @@ checkpoint plan:
     log:
         "logs/plan/{key}_s{stage}r{round}.log",
     localrule: True
+    threads: os.cpu_count() or 1
     resources:
         api_calls=1,
     run:
-        bp.run_plan(config, wildcards.key, int(wildcards.stage), int(wildcards.round), output.plan, log[0])
+        bp.run_plan(config, wildcards.key, int(wildcards.stage), int(wildcards.round), output.plan, log[0], threads)
 
 
 # What a plan's chunks made, gathered into one file (the chunk files it lists, with their sizes): the jobs

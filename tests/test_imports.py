@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchpipe"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes", "svg"),  # leaves
     ("config", "issues", "request", "joblog"),
-    ("layout", "pricing", "forecast", "render", "manifest"),
+    ("layout", "pricing", "forecast", "render", "renderings", "manifest"),
     ("ledger", "views", "state", "store"),
     ("selection", "scan", "service.*"),  # the simulated batch service
     ("providers", "providers.*"),  # providers: leaves, request types, the service (local)

@@ -48,6 +48,10 @@ def test_full_offline_run_writes_a_valid_result_for_every_issue(workspace):
     assert summary["issues_selected"] == len(issues)
     assert summary["totals"]["results"] == 2 * len(issues)
     assert "batchpipe run summary" in (workspace.root / "results" / "all").read_text()
+    # the plan kept what it rendered for its chunks' jobs, and dropped it once its round was gathered
+    specs = list(workspace.root.glob("results/plan/*/s0r0/chunks/*/*.json"))
+    assert specs and all(all(m["kept"] for m in json.loads(p.read_text())["members"]) for p in specs)
+    assert not list(workspace.root.glob("results/plan/*/*/rendered"))
 
 
 @pytest.mark.workflow

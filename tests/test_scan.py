@@ -16,7 +16,9 @@ from batchpipe.config import Settings, load_settings_file
 from batchpipe.errors import IssueFileError
 from batchpipe.issues import NotAnIssueFile, load_file, load_issue
 from batchpipe.layout import Layout
+from batchpipe.providers import wire_for
 from batchpipe.render import render_request
+from batchpipe.renderings import Renderings
 from batchpipe.scan import IssueEntry, scan_issues, select_issues
 
 from conftest import REPO, Workspace, make_workspace
@@ -193,6 +195,28 @@ def test_a_bad_file_is_an_error_and_the_rest_proceeds(ws):
     entries, errors = scan_issues(settings)
     assert [Path(e.path).name for e in errors] == [*others, "not_an_issue.json"]
     assert "broken.json" in [Path(e.path).name for e in entries]
+
+
+def test_a_scan_in_worker_processes_is_the_same_scan(ws, monkeypatch, tmp_path):
+    """The plan job's threads read the files the cache lacks in as many spawned processes: the same entries,
+    errors (a bad file among them) and cache, in file-name order, as a scan in one process."""
+    for sample in SAMPLES[6:20]:
+        shutil.copy2(sample, ws.issues / sample.name)
+    (ws.issues / "broken.json").write_text('{"org": "o", ')
+    settings = settings_of(ws)
+    cache = Layout(settings).scan_cache
+    alone = scan_issues(settings)
+    alone_cache = json.loads(cache.read_text())
+    cache.unlink()
+    monkeypatch.setattr(batchpipe.scan, "PARALLEL_FROM", 2)  # the sample is small: spread it anyway
+    kept = Renderings(str(tmp_path / "plan"), wire_for(settings.provider).request_line)
+    spread = scan_issues(settings, workers=2, renderings=kept)
+    assert [str(e) for e in spread[1]] == [str(e) for e in alone[1]] and "broken.json" in str(spread[1][0])
+    assert spread[0] == alone[0] and len(alone[0]) == 20
+    assert json.loads(cache.read_text()) == alone_cache
+    # each worker kept its renderings in a file of its own: one a processor for every issue
+    assert len(list((tmp_path / "plan" / "rendered").iterdir())) > 1
+    assert sorted(kept.kept) == sorted((e.path, p) for e in alone[0] for p in PROCESSORS)
 
 
 def test_two_files_of_one_issue_make_the_second_an_error(ws, monkeypatch):

@@ -1,0 +1,163 @@
+"""The requests a plan rendered, kept in its folder so that its submissions write them instead of rendering
+them again.
+
+A plan renders every request whose issue file the scan cache lacks, to hash it. Without these, each new
+chunk's job would read its issue files and render their requests once more, in the Snakemake process. The
+scan writes each rendering it makes, as the request file's line will be (its custom_id left open: the
+attempt is chosen later), with what the chunk's table records of it, to `rendered/` in the plan's folder;
+the spec of a new chunk names where each of its requests is kept. A kept rendering is used only when it is
+whole and is the one its spec names (the same issue file and request hash); anything else is rendered
+again from the issue file, as without them. They are dropped once the plan's round is gathered.
+
+An entry is two lines: a JSON header (the request hash, the issue file, the table's fields, the next line's
+SHA-256), then the request line in the provider's wire format with the custom_id `CUSTOM_ID_HOLE`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .files import canonical_json, sha256_hex
+from .render import Rendered
+from .request import IssueRef, NeutralRequest, RequestRecord
+
+__all__ = [
+    "CUSTOM_ID_HOLE",
+    "KeptRendering",
+    "Ref",
+    "RenderingWriter",
+    "Renderings",
+    "RequestLine",
+    "drop_renderings",
+    "read_kept",
+]
+
+FOLDER = "rendered"  # in the plan's folder
+CUSTOM_ID_HOLE = "\x00"  # a custom_id no request has; in the line, JSON-escaped
+_HOLE = canonical_json({"custom_id": CUSTOM_ID_HOLE})[1:-1].encode("utf-8")  # b'"custom_id":"\\u0000"'
+
+Ref = tuple[str, int, int]  # a kept rendering: its file in `rendered/`, offset and length
+RequestLine = Callable[[str, NeutralRequest], dict[str, Any]]  # the provider's `Wire.request_line`
+
+
+@dataclass(frozen=True, slots=True)
+class KeptRendering:
+    """A request as the plan rendered it: its request file line but for the custom_id, and its table entry."""
+
+    request_hash: str
+    line: bytes  # with `_HOLE` once, ending in a newline
+    truncation: dict[str, Any]
+    issues: list[IssueRef]
+    est_tokens: int
+    model: str
+
+    def line_for(self, custom_id: str) -> bytes:
+        return self.line.replace(_HOLE, canonical_json({"custom_id": custom_id})[1:-1].encode("utf-8"), 1)
+
+    def record(self, attempt: int) -> RequestRecord:
+        return RequestRecord(
+            request_hash=self.request_hash,
+            attempt=attempt,
+            issues=list(self.issues),
+            truncation=self.truncation,
+            est_tokens=self.est_tokens,
+        )
+
+
+class RenderingWriter:
+    """Keeps the renderings of one scan (or one slice of a parallel scan) in a file of `rendered/`."""
+
+    def __init__(self, plan_folder: str | Path, name: str, request_line: RequestLine) -> None:
+        self.folder = Path(plan_folder) / FOLDER
+        self.name = name
+        self.request_line = request_line
+        self._handle: IO[bytes] | None = None
+        self._offset = 0
+
+    def keep(self, path: str, rendered: Rendered) -> Ref:
+        """Write one rendering (of the issue file or item `path`); returns where it is kept."""
+        line = canonical_json(self.request_line(CUSTOM_ID_HOLE, rendered.neutral)).encode("utf-8") + b"\n"
+        header = {
+            "hash": rendered.request_hash,
+            "line_sha256": sha256_hex(line),
+            "path": path,
+            "truncation": rendered.truncation,
+            "issues": [i.to_json() for i in rendered.issues],
+            "est_tokens": rendered.est_tokens,
+            "model": rendered.neutral.model,
+        }
+        data = canonical_json(header).encode("utf-8") + b"\n" + line
+        if self._handle is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.folder / self.name, "wb")  # noqa: SIM115 (closed by `close`)
+        self._handle.write(data)
+        ref = (self.name, self._offset, len(data))
+        self._offset += len(data)
+        return ref
+
+    def close(self) -> None:
+        """No fsync: a rendering lost in a crash is rendered again (the plan's folder is made again anyway)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+@dataclass
+class Renderings:
+    """Where a plan job keeps its renderings, and which it kept: (issue file or item, processor) -> (request
+    hash, where). A plan job may scan more than once (after repairs, adoptions): each scan writes files of
+    its own, and a later scan (reading the cache) leaves what an earlier one kept."""
+
+    plan_folder: str
+    request_line: RequestLine  # the provider's (picklable: a worker process writes with it too)
+    kept: dict[tuple[str, str], tuple[str, Ref]] = field(default_factory=dict)
+    scans: int = 0
+
+    def spill(self) -> tuple[str, str, RequestLine]:
+        """A new scan's (plan folder, file prefix, request line), for its writers (in worker processes too)."""
+        self.scans += 1
+        return self.plan_folder, f"scan{self.scans}", self.request_line
+
+    def ref(self, path: str, processor: str, request_hash: str) -> Ref | None:
+        hit = self.kept.get((path, processor))
+        return hit[1] if hit is not None and hit[0] == request_hash else None
+
+
+def read_kept(plan_folder: str | Path, ref: Any, path: str, request_hash: str) -> KeptRendering | None:
+    """The rendering kept at `ref`, when it is whole and is the one of issue file `path` with that hash;
+    None otherwise (the caller renders it again)."""
+    try:
+        name, offset, length = ref
+        with open(Path(plan_folder) / FOLDER / str(name), "rb") as handle:
+            handle.seek(int(offset))
+            data = handle.read(int(length))
+        head, line = data.split(b"\n", 1)
+        header = json.loads(head)
+        if (
+            len(data) != length
+            or header["hash"] != request_hash
+            or header["path"] != path
+            or header["line_sha256"] != sha256_hex(line)
+            or line.count(_HOLE) != 1
+        ):
+            return None
+        return KeptRendering(
+            request_hash,
+            line,
+            dict(header["truncation"]),
+            [IssueRef.from_json(i) for i in header["issues"]],
+            int(header["est_tokens"]),
+            str(header["model"]),
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def drop_renderings(plan_folder: str | Path) -> None:
+    """Once a plan's chunks are all written: its renderings are of no more use."""
+    shutil.rmtree(Path(plan_folder) / FOLDER, ignore_errors=True)

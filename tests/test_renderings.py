@@ -1,0 +1,94 @@
+"""The renderings a plan job keeps: its new chunks' request files are written from them, byte for byte what
+rendering the issue files writes, without opening an issue file; a damaged or missing one is rendered again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import batchpipe.plan
+from batchpipe.plan import build_plan, write_plan_folder
+from batchpipe.providers import wire_for
+from batchpipe.renderings import FOLDER, Renderings, drop_renderings
+from batchpipe.workflow import run_write_requests, settings_of
+
+from conftest import make_workspace
+
+
+def request_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "batch_requests").rglob("*.json*"))}
+
+
+def planned(tmp_path: Path, monkeypatch, provider: str):
+    """A workspace's first plan folder, with the renderings its scan kept (no scan cache: every issue is
+    rendered), and the request files its specs give with its renderings dropped (rendered from the issue
+    files, as a fresh rendering of the plan writes them: test_plan.py)."""
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(ws.root)
+    config = yaml.safe_load((ws.root / "config.yaml").read_text()) | {"chunk_size": 7, "provider": provider}
+    settings = settings_of(config)
+    folder = ws.root / "results" / "plan" / "k" / "s0r0"
+    kept = Renderings(str(folder), wire_for(settings.provider).request_line)
+    plan = build_plan(settings, renderings=kept)
+    plan.run_id = "g1"
+    doc = write_plan_folder(plan, folder, "k", 0, 0, list(plan.processors), "g1")
+    shutil.copytree(folder / FOLDER, tmp_path / "kept")
+    drop_renderings(folder)
+    write_all(config, folder, doc, tmp_path / "log")
+    rendered = request_files(ws.root)
+    shutil.rmtree(ws.root / "batch_requests")
+    shutil.copytree(tmp_path / "kept", folder / FOLDER)
+    return ws, config, folder, doc, rendered
+
+
+def write_all(config, folder: Path, doc, log: Path) -> None:
+    for name, chunks in doc["new"].items():
+        for chunk in chunks:
+            run_write_requests(config, name, chunk, str(folder), str(log))
+
+
+@pytest.mark.parametrize("provider", ["local", "openai", "anthropic"])
+def test_request_files_from_kept_renderings_equal_rendered_ones_and_open_no_issue_file(tmp_path, monkeypatch, provider):
+    ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, provider)
+    assert len(rendered) == 2 * sum(len(c) for c in doc["new"].values()) > 2
+    assert list((folder / FOLDER).iterdir())
+
+    def no_reading(path):
+        raise AssertionError(f"{path} read: its rendering was kept")
+
+    monkeypatch.setattr(batchpipe.plan, "load_item", no_reading)
+    write_all(config, folder, doc, tmp_path / "log")
+    assert request_files(ws.root) == rendered
+
+
+def test_a_damaged_or_missing_rendering_is_rendered_again(tmp_path, monkeypatch):
+    ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local")
+    files = sorted((folder / FOLDER).iterdir())
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 3] ^= 0x01  # one bit flipped inside a request line
+    files[0].write_bytes(bytes(data[: len(data) * 2 // 3]))  # and the file cut short
+    write_all(config, folder, doc, tmp_path / "log")
+    assert request_files(ws.root) == rendered
+
+    shutil.rmtree(ws.root / "batch_requests")
+    shutil.rmtree(folder / FOLDER)
+    write_all(config, folder, doc, tmp_path / "log")
+    assert request_files(ws.root) == rendered
+
+
+def test_a_plan_from_the_scan_cache_keeps_no_rendering(tmp_path, monkeypatch):
+    ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local")
+    shutil.rmtree(folder)
+    settings = settings_of(config)
+    kept = Renderings(str(folder), wire_for(settings.provider).request_line)
+    plan = build_plan(settings, renderings=kept)  # every issue from the cache: nothing rendered
+    plan.run_id = "g1"
+    doc = write_plan_folder(plan, folder, "k", 0, 0, list(plan.processors), "g1")
+    assert not kept.kept and not (folder / FOLDER).exists()
+    assert not any("kept" in m for p in folder.rglob("chunks/*/*.json") for m in json.loads(p.read_text())["members"])
+    write_all(config, folder, doc, tmp_path / "log")
+    assert request_files(ws.root) == rendered
