@@ -212,7 +212,7 @@ def _result_files(folder: Path) -> list[tuple[Path, str]]:
             except FileNotFoundError:
                 continue  # deleted meanwhile
             found.append((Path(entry.path), _stamp(st)))
-    return sorted(found)
+    return sorted(found, key=lambda item: item[0].name)  # one folder: the names' order (no Path comparisons)
 
 
 def _slices(items: list[T], parts: int) -> list[list[T]]:
