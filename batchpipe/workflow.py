@@ -75,6 +75,7 @@ __all__ = [
     "run_write_and_submit",
     "run_write_requests",
     "settings_of",
+    "unthrottle_local_jobs",
 ]
 
 
@@ -505,16 +506,33 @@ def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log
 _STARTED: list[float] = []
 
 
-def on_start(config: dict[str, Any]) -> None:
+def on_start(config: dict[str, Any], workflow: Any = None) -> None:
     """The run starts (Snakemake's `onstart`, in its main thread): SIGINT/SIGTERM end every wait at once;
-    downloads of a workspace made before the store are kept in it."""
+    downloads of a workspace made before the store are kept in it; local jobs are not rate limited."""
     _STARTED.append(time.time())
+    if workflow is not None:
+        unthrottle_local_jobs(workflow)
     interrupt.install()
     DownloadWorkers.count()  # a bad BATCHPIPE_WORKERS stops the run before anything is sent
     layout = Layout(settings_of(config))
     kept = store_earlier_downloads(layout)
     if kept:
         print(f"batchpipe: kept the downloads of {kept} earlier batch(es) in {layout.store_dir}", file=sys.stderr)
+
+
+def unthrottle_local_jobs(workflow: Any) -> bool:
+    """Drop Snakemake's job rate limit on the local executor; True when dropped.
+
+    The limit (`max-jobs-per-timespan`) paces submissions to a cluster or a cloud. While one is set, and
+    one always is outside a dry run, Snakemake's scheduler starts a timer thread on every scheduling pass,
+    which fires a second later for one more pass: thousands of threads and passes a run, whose CPU time
+    the per-chunk jobs (threads of the same interpreter) wait for (BENCHMARKS.md). Any other executor
+    keeps it."""
+    scheduler = getattr(workflow, "scheduler", None)
+    if scheduler is None or not getattr(workflow, "local_exec", False) or not hasattr(scheduler, "job_rate_limiter"):
+        return False
+    scheduler.job_rate_limiter = None
+    return True
 
 
 def on_end(config: dict[str, Any], success: bool) -> None:

@@ -42,7 +42,7 @@ RECYCLE_SUMMARY = str(LAYOUT.recycle_summary)
 
 
 onstart:
-    bp.on_start(config)
+    bp.on_start(config, workflow)
 
 
 onsuccess:

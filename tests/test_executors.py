@@ -86,3 +86,24 @@ def test_the_cluster_generic_executor_gives_the_same_files(tmp_path, reference):
     one_batch_per_chunk(ws)
     assert normalized(ws) == reference
     assert "Nothing to be done" in ws.snakemake("results/all", *args).output
+
+
+def test_the_local_executor_runs_without_a_job_rate_limit_and_others_keep_it():
+    """Snakemake's scheduler starts a timer thread each scheduling pass while a job rate limit is set; the
+    local executor's run drops it (`onstart`), a cluster's keeps it. The attributes are Snakemake's own: a
+    Snakemake without them would make this a silent no-op, so their presence is checked too."""
+    import inspect
+    from types import SimpleNamespace
+
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    from batchpipe.workflow import unthrottle_local_jobs
+
+    assert "self.job_rate_limiter = (" in inspect.getsource(JobScheduler.__init__)
+    assert "if self.job_rate_limiter is not None:" in inspect.getsource(JobScheduler.schedule)
+    local = SimpleNamespace(scheduler=SimpleNamespace(job_rate_limiter=object()), local_exec=True)
+    assert unthrottle_local_jobs(local) and local.scheduler.job_rate_limiter is None
+    limiter = object()
+    cluster = SimpleNamespace(scheduler=SimpleNamespace(job_rate_limiter=limiter), local_exec=False)
+    assert not unthrottle_local_jobs(cluster) and cluster.scheduler.job_rate_limiter is limiter
+    assert not unthrottle_local_jobs(SimpleNamespace(scheduler=None, local_exec=True))  # a dry run has none
