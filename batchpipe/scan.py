@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from .config import Settings
 from .errors import IssueFileError
 from .files import atomic_write_text, canonical_json, read_json, sha256_hex
+from .interrupt import die_with_parent
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
 from .render import Rendered, render_request
@@ -143,9 +145,17 @@ def _read_all(paths: list[str], settings: Settings, workers: int, spill: _Spill 
     size = -(-len(paths) // (workers * 4))  # a few slices a worker: one slow file does not hold the rest
     slices = [paths[i : i + size] for i in range(0, len(paths), size)]
     n = len(slices)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(os.getpid(),)
+    ) as pool:
         parts = pool.map(_read_slice, slices, [settings] * n, [spill] * n, range(n))
         return [read for part in parts for read in part]
+
+
+def _start_worker(parent: int) -> None:
+    """A scan worker ends with the run (killed too); Ctrl-C is the run's to handle, not each worker's."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _too_long(key: str, settings: Settings) -> str:
