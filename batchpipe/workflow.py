@@ -56,6 +56,7 @@ from .submit import restore_request_files, resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
 
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
+LARGE_CHUNK = 1000  # requests a chunk from which downloads, not the scheduler, are a run's critical path
 EMPTY_SELECTION = threading.Event()  # the plan found nothing where something was asked for: the run exits 2
 
 __all__ = [
@@ -321,7 +322,9 @@ class DownloadWorkers:
     the scheduler. A download (the local engine answering, the outputs, its answers validated and
     written) is self-contained: done in another process, it uses another core. Workers are spawned (a
     fresh interpreter: no fork of a threaded process) on the first download, one per core but one, at most
-    4 (`BATCHPIPE_WORKERS=N` sets it, 0 turns them off); they end with the run."""
+    4: the scheduler keeps a core for the many jobs of small chunks. With large chunks (`chunk_size: auto` or
+    `LARGE_CHUNK` requests and more) there are few jobs, and the downloads are the run's critical path: one
+    per core, at most 4. `BATCHPIPE_WORKERS=N` sets it, 0 turns them off; they end with the run."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -329,19 +332,22 @@ class DownloadWorkers:
         self._settings: str | None = None
 
     @staticmethod
-    def count() -> int:
+    def count(settings: Settings | None = None) -> int:
         value = os.environ.get(WORKERS_ENV, "").strip()
         if value:
             try:
                 return max(0, int(value))
             except ValueError:
                 raise ConfigError(f"{WORKERS_ENV}={value!r}: expected a number of worker processes (0: none)") from None
-        return min(4, (os.cpu_count() or 1) - 1)
+        cores = os.cpu_count() or 1
+        if settings is not None and (settings.chunk_size == "auto" or settings.chunk_size >= LARGE_CHUNK):
+            return min(4, cores)
+        return min(4, cores - 1)
 
     def run(self, settings: Settings, processor: str, chunk: str, log: str) -> bool:
         """Run the download in a worker; False when there are no workers (or the processor is chained:
         its collection reads the earlier stage's results, in the job's own thread)."""
-        workers = self.count()
+        workers = self.count(settings)
         if workers <= 0 or settings.processor(processor).input_processor:
             return False
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from batchpipe.ledger import Downloaded, read_events, read_marker
 from batchpipe.plan import build_plan
 from batchpipe.providers import BatchStatus, make_provider
 from batchpipe.submit import resubmit, send_chunk
+from batchpipe.workflow import WORKERS_ENV, DownloadWorkers
 
 from conftest import REPO, make_workspace
 
@@ -259,3 +261,25 @@ def test_download_realtime_counts_a_request_missing_from_the_journal_as_failed(t
     event = sub.downloaded()
     assert (event.succeeded, event.failed, event.total) == (2, 1, 3)
     assert "1 request(s) have no answer in the realtime journal" in sub.log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("cores", "chunk_size", "env", "workers"),
+    [
+        (2, 30, None, 1),  # many small chunks: the scheduler keeps a core
+        (2, "auto", None, 2),  # few large chunks: the downloads are the critical path
+        (2, 1000, None, 2),
+        (8, 30, None, 4),
+        (8, "auto", None, 4),
+        (2, "auto", "0", 0),  # BATCHPIPE_WORKERS decides
+        (2, 30, "3", 3),
+    ],
+)
+def test_download_workers_take_every_core_for_large_chunks(monkeypatch, cores, chunk_size, env, workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if env is None:
+        monkeypatch.delenv(WORKERS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(WORKERS_ENV, env)
+    settings = load_settings_file(REPO / "config.yaml", {"chunk_size": chunk_size})
+    assert DownloadWorkers.count(settings) == workers
