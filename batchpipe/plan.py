@@ -37,7 +37,15 @@ from .providers import wire_for
 from .render import Rendered, cacheable_prefix, label_list, render_request
 from .renderings import KeptRendering, Ref, Renderings, read_kept
 from .request import RequestRecord, custom_id_for
-from .scan import LINE_OVERHEAD, IssueEntry, explain_selection, line_bytes, scan_issues, select_issues
+from .scan import (
+    LINE_OVERHEAD,
+    IssueEntry,
+    explain_selection,
+    line_bytes,
+    render_fingerprint,
+    scan_issues,
+    select_issues,
+)
 from .selection import Selection, selected_keys
 from .state import Attempt, Done, Failed, Pending, RequestState, Waiting, reprocess_due, request_state
 
@@ -820,8 +828,9 @@ def render_spec(
 def _kept_or_rendered(
     settings: Settings, processor: str, members: list[ChunkMember], plan_folder: str | Path
 ) -> Iterator[tuple[str, Rendered | KeptRendering]]:
+    fingerprint = render_fingerprint(settings)
     for member in members:
-        kept = [read_kept(plan_folder, ref, path, member.request_hash) for path, ref in _zip_kept(member)]
+        kept = [read_kept(plan_folder, ref, path, member.request_hash, fingerprint) for path, ref in _zip_kept(member)]
         if kept and all(kept):
             last = kept[-1]
             assert last is not None

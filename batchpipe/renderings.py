@@ -6,16 +6,21 @@ chunk's job would read its issue files and render their requests once more, in t
 scan writes each rendering it makes, as the request file's line will be (its custom_id left open: the
 attempt is chosen later), with what the chunk's table records of it, to `rendered/` in the plan's folder;
 the spec of a new chunk names where each of its requests is kept. A kept rendering is used only when it is
-whole and is the one its spec names (the same issue file and request hash); anything else is rendered
-again from the issue file, as without them. They are dropped once the plan's round is gathered.
+whole (the SHA-256 its spec names), is the one its spec names (the same issue file and request hash), and
+was rendered from the issue file as it is now (its size and mtime) with the templates and settings as they
+are now (the scan cache's fingerprint); anything else is rendered again from the issue file, as without
+them (and an issue edited since the plan is refused as before: `PlanOutdated`). They are dropped once the
+plan's round is gathered.
 
-An entry is two lines: a JSON header (the request hash, the issue file, the table's fields, the next line's
-SHA-256), then the request line in the provider's wire format with the custom_id `CUSTOM_ID_HOLE`.
+An entry is two lines: a JSON header (the request hash, the issue file and its stamp, the fingerprint, the
+table's fields), then the request line in the provider's wire format with the custom_id `CUSTOM_ID_HOLE`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .files import canonical_json, sha256_hex
+from .issues import split_locator
 from .render import Rendered
 from .request import IssueRef, NeutralRequest, RequestRecord
 
@@ -33,6 +39,7 @@ __all__ = [
     "RenderingWriter",
     "Renderings",
     "RequestLine",
+    "Spill",
     "drop_renderings",
     "read_kept",
 ]
@@ -41,8 +48,9 @@ FOLDER = "rendered"  # in the plan's folder
 CUSTOM_ID_HOLE = "\x00"  # a custom_id no request has; in the line, JSON-escaped
 _HOLE = canonical_json({"custom_id": CUSTOM_ID_HOLE})[1:-1].encode("utf-8")  # b'"custom_id":"\\u0000"'
 
-Ref = tuple[str, int, int]  # a kept rendering: its file in `rendered/`, offset and length
+Ref = tuple[str, int, int, str]  # a kept rendering: its file in `rendered/`, offset, length and SHA-256
 RequestLine = Callable[[str, NeutralRequest], dict[str, Any]]  # the provider's `Wire.request_line`
+Spill = tuple[str, str, RequestLine, str]  # a scan's writers: plan folder, file prefix, request line, fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,38 +80,49 @@ class KeptRendering:
 class RenderingWriter:
     """Keeps the renderings of one scan (or one slice of a parallel scan) in a file of `rendered/`."""
 
-    def __init__(self, plan_folder: str | Path, name: str, request_line: RequestLine) -> None:
+    def __init__(self, plan_folder: str | Path, name: str, request_line: RequestLine, fingerprint: str) -> None:
         self.folder = Path(plan_folder) / FOLDER
         self.name = name
         self.request_line = request_line
+        self.fingerprint = fingerprint
         self._handle: IO[bytes] | None = None
         self._offset = 0
+        self._broken = False
 
-    def keep(self, path: str, rendered: Rendered) -> Ref:
-        """Write one rendering (of the issue file or item `path`); returns where it is kept."""
+    def keep(self, path: str, stamp: list[int], rendered: Rendered) -> Ref | None:
+        """Write one rendering (of the issue file or item `path`, whose file had `stamp`: size, mtime);
+        returns where it is kept. None once a write failed (a full disk): the plan goes on without them."""
+        if self._broken:
+            return None
         line = canonical_json(self.request_line(CUSTOM_ID_HOLE, rendered.neutral)).encode("utf-8") + b"\n"
         header = {
             "hash": rendered.request_hash,
-            "line_sha256": sha256_hex(line),
             "path": path,
+            "stamp": stamp,
+            "fingerprint": self.fingerprint,
             "truncation": rendered.truncation,
             "issues": [i.to_json() for i in rendered.issues],
             "est_tokens": rendered.est_tokens,
             "model": rendered.neutral.model,
         }
         data = canonical_json(header).encode("utf-8") + b"\n" + line
-        if self._handle is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.folder / self.name, "wb")  # noqa: SIM115 (closed by `close`)
-        self._handle.write(data)
-        ref = (self.name, self._offset, len(data))
+        try:
+            if self._handle is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self.folder / self.name, "wb")  # noqa: SIM115 (closed by `close`)
+            self._handle.write(data)
+        except OSError:
+            self._broken = True
+            return None
+        ref = (self.name, self._offset, len(data), sha256_hex(data))
         self._offset += len(data)
         return ref
 
     def close(self) -> None:
-        """No fsync: a rendering lost in a crash is rendered again (the plan's folder is made again anyway)."""
+        """No fsync: a rendering lost or torn in a crash fails its check and is rendered again."""
         if self._handle is not None:
-            self._handle.close()
+            with contextlib.suppress(OSError):
+                self._handle.close()
             self._handle = None
 
 
@@ -115,36 +134,44 @@ class Renderings:
 
     plan_folder: str
     request_line: RequestLine  # the provider's (picklable: a worker process writes with it too)
+    fingerprint: str  # of the templates and settings the requests are rendered with (the scan cache's)
     kept: dict[tuple[str, str], tuple[str, Ref]] = field(default_factory=dict)
     scans: int = 0
 
-    def spill(self) -> tuple[str, str, RequestLine]:
-        """A new scan's (plan folder, file prefix, request line), for its writers (in worker processes too)."""
+    def spill(self) -> Spill:
+        """A new scan's `Spill`: its writers (in worker processes too) write files of their own."""
         self.scans += 1
-        return self.plan_folder, f"scan{self.scans}", self.request_line
+        return self.plan_folder, f"scan{self.scans}", self.request_line, self.fingerprint
 
     def ref(self, path: str, processor: str, request_hash: str) -> Ref | None:
         hit = self.kept.get((path, processor))
         return hit[1] if hit is not None and hit[0] == request_hash else None
 
 
-def read_kept(plan_folder: str | Path, ref: Any, path: str, request_hash: str) -> KeptRendering | None:
-    """The rendering kept at `ref`, when it is whole and is the one of issue file `path` with that hash;
-    None otherwise (the caller renders it again)."""
+def read_kept(
+    plan_folder: str | Path, ref: Any, path: str, request_hash: str, fingerprint: str
+) -> KeptRendering | None:
+    """The rendering kept at `ref`, when it is whole, is the one of issue file `path` with that hash, and was
+    rendered from the file as it is now with the settings of `fingerprint`; None otherwise (the caller
+    renders it again)."""
     try:
-        name, offset, length = ref
+        name, offset, length, digest = ref
         with open(Path(plan_folder) / FOLDER / str(name), "rb") as handle:
             handle.seek(int(offset))
             data = handle.read(int(length))
+        if len(data) != length or sha256_hex(data) != digest:
+            return None
         head, line = data.split(b"\n", 1)
         header = json.loads(head)
         if (
-            len(data) != length
-            or header["hash"] != request_hash
+            header["hash"] != request_hash
             or header["path"] != path
-            or header["line_sha256"] != sha256_hex(line)
+            or header["fingerprint"] != fingerprint
             or line.count(_HOLE) != 1
         ):
+            return None
+        st = os.stat(split_locator(path)[0])
+        if header["stamp"] != [st.st_size, st.st_mtime_ns]:
             return None
         return KeptRendering(
             request_hash,

@@ -23,10 +23,18 @@ from .interrupt import die_with_parent
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
 from .render import Rendered, render_request
-from .renderings import Ref, Renderings, RenderingWriter, RequestLine
+from .renderings import Ref, Renderings, RenderingWriter, Spill
 from .selection import Selection, selected_keys
 
-__all__ = ["LINE_OVERHEAD", "IssueEntry", "explain_selection", "line_bytes", "scan_issues", "select_issues"]
+__all__ = [
+    "LINE_OVERHEAD",
+    "IssueEntry",
+    "explain_selection",
+    "line_bytes",
+    "render_fingerprint",
+    "scan_issues",
+    "select_issues",
+]
 
 CACHE_VERSION = 5
 
@@ -61,7 +69,8 @@ def line_bytes(rendered: Rendered) -> int:
     return len(canonical_json(rendered.neutral.to_json()).encode("utf-8")) + LINE_OVERHEAD
 
 
-def _render_fingerprint(settings: Settings) -> str:
+def render_fingerprint(settings: Settings) -> str:
+    """What every rendering depends on besides the issue: the scan cache's key, and a kept rendering's."""
     return sha256_hex(
         canonical_json(
             {
@@ -76,15 +85,19 @@ def _render_fingerprint(settings: Settings) -> str:
 
 
 def _row(
-    issue: Issue, settings: Settings, note: str, writer: RenderingWriter | None
+    issue: Issue, settings: Settings, note: str, writer: RenderingWriter | None, stamp: list[int]
 ) -> tuple[list[Any], dict[str, Ref]]:
     """An item's cache row: who it is and its request per processor (hash, tokens, bytes); and where the
-    `writer` kept each rendering."""
+    `writer` kept each rendering (of the file with `stamp`)."""
     rendered = {
         p.name: render_request(issue, p, settings, issue.source) for p in settings.processors if not p.input_processor
     }
     requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
-    kept = {processor: writer.keep(issue.source, r) for processor, r in rendered.items()} if writer else {}
+    kept: dict[str, Ref] = {}
+    for processor, r in rendered.items() if writer else ():
+        assert writer is not None
+        if (ref := writer.keep(issue.source, stamp, r)) is not None:
+            kept[processor] = ref
     number = split_locator(issue.source)[1] or 0
     return [
         number,
@@ -103,31 +116,32 @@ def _row(
 
 # A file's items as cache rows, its bad items as (file, reason), and where each row's renderings are kept
 _Read = tuple[list[list[Any]], list[list[str]], list[dict[str, Ref]]]
-_Spill = tuple[str, str, RequestLine]  # `Renderings.spill`: (plan folder, file prefix, request line)
 
 
-def _read(path: Path, settings: Settings, writer: RenderingWriter | None) -> _Read:
+def _read(path: Path, settings: Settings, writer: RenderingWriter | None, stamp: list[int]) -> _Read:
     """A file as `_Read`; raises IssueFileError when the file as a whole is unusable (not cached: read
     again next time)."""
     items = load_file(path)
     notes = {note.locator: str(note) for note in items.notes}
     rows, kept = [], []
     for issue in items.issues:
-        row, refs = _row(issue, settings, notes.get(issue.source, ""), writer)
+        row, refs = _row(issue, settings, notes.get(issue.source, ""), writer, stamp)
         rows.append(row)
         kept.append(refs)
     return rows, [[e.path, e.reason] for e in items.errors], kept
 
 
-def _read_slice(paths: list[str], settings: Settings, spill: _Spill | None, part: int) -> list[_Read | IssueFileError]:
-    """`_read` of each file, its IssueFileError in its place; the renderings kept in a file of their own
-    (`part`): one task of a parallel scan."""
-    writer = RenderingWriter(spill[0], f"{spill[1]}-{part}", spill[2]) if spill else None
+def _read_slice(
+    files: list[tuple[str, list[int]]], settings: Settings, spill: Spill | None, part: int
+) -> list[_Read | IssueFileError]:
+    """`_read` of each (file, stamp), its IssueFileError in its place; the renderings kept in a file of their
+    own (`part`): one task of a parallel scan."""
+    writer = RenderingWriter(spill[0], f"{spill[1]}-{part}", spill[2], spill[3]) if spill else None
     out: list[_Read | IssueFileError] = []
     try:
-        for path in paths:
+        for path, stamp in files:
             try:
-                out.append(_read(Path(path), settings, writer))
+                out.append(_read(Path(path), settings, writer, stamp))
             except IssueFileError as exc:
                 out.append(exc)
     finally:
@@ -136,7 +150,9 @@ def _read_slice(paths: list[str], settings: Settings, spill: _Spill | None, part
     return out
 
 
-def _read_all(paths: list[str], settings: Settings, workers: int, spill: _Spill | None) -> list[_Read | IssueFileError]:
+def _read_all(
+    paths: list[tuple[str, list[int]]], settings: Settings, workers: int, spill: Spill | None
+) -> list[_Read | IssueFileError]:
     """`_read_slice` of every path, in order: spread over `workers` spawned processes (a fresh interpreter:
     the plan job is a thread of the Snakemake process, which must not be forked) when there are enough files
     for that to pay (reading and rendering them is most of a cold plan's work), else here."""
@@ -178,7 +194,7 @@ def scan_issues(
     layout = Layout(settings)
     folder = layout.issues_dir
     cache_path = layout.scan_cache
-    fingerprint = _render_fingerprint(settings)
+    fingerprint = render_fingerprint(settings)
     try:
         cache = read_json(cache_path)
     except (OSError, ValueError):
@@ -210,7 +226,7 @@ def scan_issues(
             found.append(IssueFileError(shown(path), f"cannot read the file: {exc.strerror or exc}"))
             continue
         found.append((name, path, [st.st_size, st.st_mtime_ns]))
-    misses = [f[1] for f in found if not isinstance(f, IssueFileError) and not _hit(cached.get(f[0]), f[2])]
+    misses = [(f[1], f[2]) for f in found if not isinstance(f, IssueFileError) and not _hit(cached.get(f[0]), f[2])]
     reads = iter(_read_all(misses, settings, workers, renderings.spill() if renderings else None))
     for item in found:
         if isinstance(item, IssueFileError):

@@ -52,6 +52,7 @@ from .providers import Provider, make_provider, wire_for
 from .remote import adopt_remote_batches
 from .renderings import Renderings, drop_renderings
 from .repair import repair_views
+from .scan import render_fingerprint
 from .submit import restore_request_files, resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
 
@@ -124,7 +125,12 @@ def run_plan(
     layout = Layout(settings)
     job_log = JobLog(log, echo=False)
     stages = dag.stages(settings)
-    kept = Renderings(folder, wire_for(settings.provider).request_line)
+    # a later stage's plan renders no request of the issue processors it sends
+    kept = (
+        Renderings(folder, wire_for(settings.provider).request_line, render_fingerprint(settings))
+        if stage == 0
+        else None
+    )
     if stage == 0 and round_ == 0:
         _freeze_what_lasts()
         plan = build_plan(settings, repairs=True, workers=threads, renderings=kept)

@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 import batchpipe.plan
+from batchpipe.errors import PlanOutdated
 from batchpipe.plan import build_plan, write_plan_folder
 from batchpipe.providers import wire_for
 from batchpipe.renderings import FOLDER, Renderings, drop_renderings
+from batchpipe.scan import render_fingerprint
 from batchpipe.workflow import run_write_requests, settings_of
 
 from conftest import make_workspace
@@ -32,7 +34,7 @@ def planned(tmp_path: Path, monkeypatch, provider: str):
     config = yaml.safe_load((ws.root / "config.yaml").read_text()) | {"chunk_size": 7, "provider": provider}
     settings = settings_of(config)
     folder = ws.root / "results" / "plan" / "k" / "s0r0"
-    kept = Renderings(str(folder), wire_for(settings.provider).request_line)
+    kept = Renderings(str(folder), wire_for(settings.provider).request_line, render_fingerprint(settings))
     plan = build_plan(settings, renderings=kept)
     plan.run_id = "g1"
     doc = write_plan_folder(plan, folder, "k", 0, 0, list(plan.processors), "g1")
@@ -65,11 +67,14 @@ def test_request_files_from_kept_renderings_equal_rendered_ones_and_open_no_issu
     assert request_files(ws.root) == rendered
 
 
-def test_a_damaged_or_missing_rendering_is_rendered_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["header", "line"])
+def test_a_damaged_or_missing_rendering_is_rendered_again(tmp_path, monkeypatch, where):
     ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local")
     files = sorted((folder / FOLDER).iterdir())
     data = bytearray(files[0].read_bytes())
-    data[len(data) // 3] ^= 0x01  # one bit flipped inside a request line
+    header_end = data.index(b"\n")
+    spot = {"header": data.index(b'"est_tokens":') + 14, "line": header_end + 100}[where]
+    data[spot] ^= 0x01  # one bit flipped: a digit of the estimate (the JSON still parses), or in the request
     files[0].write_bytes(bytes(data[: len(data) * 2 // 3]))  # and the file cut short
     write_all(config, folder, doc, tmp_path / "log")
     assert request_files(ws.root) == rendered
@@ -84,7 +89,7 @@ def test_a_plan_from_the_scan_cache_keeps_no_rendering(tmp_path, monkeypatch):
     ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local")
     shutil.rmtree(folder)
     settings = settings_of(config)
-    kept = Renderings(str(folder), wire_for(settings.provider).request_line)
+    kept = Renderings(str(folder), wire_for(settings.provider).request_line, render_fingerprint(settings))
     plan = build_plan(settings, renderings=kept)  # every issue from the cache: nothing rendered
     plan.run_id = "g1"
     doc = write_plan_folder(plan, folder, "k", 0, 0, list(plan.processors), "g1")
@@ -92,3 +97,26 @@ def test_a_plan_from_the_scan_cache_keeps_no_rendering(tmp_path, monkeypatch):
     assert not any("kept" in m for p in folder.rglob("chunks/*/*.json") for m in json.loads(p.read_text())["members"])
     write_all(config, folder, doc, tmp_path / "log")
     assert request_files(ws.root) == rendered
+
+
+def test_an_issue_edited_after_the_plan_is_refused_not_sent_as_it_was(tmp_path, monkeypatch):
+    """The kept rendering is of the file as it was: a chunk whose issue changed since is not written from it
+    (`PlanOutdated`, nothing sent: the next run plans the edit), as when every request was rendered again."""
+    ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local")
+    name, chunks = next(iter(doc["new"].items()))
+    spec = json.loads((folder / "chunks" / name / f"{chunks[0]}.json").read_text())
+    edited = ws.root / spec["members"][0]["paths"][0]
+    issue = json.loads(edited.read_text())
+    issue["issue"]["title"] += " (edited)"
+    edited.write_text(json.dumps(issue))
+    with pytest.raises(PlanOutdated, match=edited.name):
+        run_write_requests(config, name, chunks[0], str(folder), str(tmp_path / "log"))
+    assert not (ws.root / "batch_requests" / name / f"{chunks[0]}.jsonl").exists()
+
+
+def test_renderings_made_with_other_templates_or_settings_are_not_used(tmp_path, monkeypatch):
+    ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local")
+    name, chunks = next(iter(doc["new"].items()))
+    other = config | {"truncation": {"body_chars": 100, "comment_chars": 100, "max_comments": 1}}
+    with pytest.raises(PlanOutdated):  # rendered again with these settings: not the request the plan hashed
+        run_write_requests(other, name, chunks[0], str(folder), str(tmp_path / "log"))

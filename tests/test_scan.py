@@ -18,8 +18,8 @@ from batchpipe.issues import NotAnIssueFile, load_file, load_issue
 from batchpipe.layout import Layout
 from batchpipe.providers import wire_for
 from batchpipe.render import render_request
-from batchpipe.renderings import Renderings
-from batchpipe.scan import IssueEntry, scan_issues, select_issues
+from batchpipe.renderings import Renderings, read_kept
+from batchpipe.scan import IssueEntry, render_fingerprint, scan_issues, select_issues
 
 from conftest import REPO, Workspace, make_workspace
 
@@ -209,7 +209,7 @@ def test_a_scan_in_worker_processes_is_the_same_scan(ws, monkeypatch, tmp_path):
     alone_cache = json.loads(cache.read_text())
     cache.unlink()
     monkeypatch.setattr(batchpipe.scan, "PARALLEL_FROM", 2)  # the sample is small: spread it anyway
-    kept = Renderings(str(tmp_path / "plan"), wire_for(settings.provider).request_line)
+    kept = Renderings(str(tmp_path / "plan"), wire_for(settings.provider).request_line, render_fingerprint(settings))
     spread = scan_issues(settings, workers=2, renderings=kept)
     assert [str(e) for e in spread[1]] == [str(e) for e in alone[1]] and "broken.json" in str(spread[1][0])
     assert spread[0] == alone[0] and len(alone[0]) == 20
@@ -217,6 +217,13 @@ def test_a_scan_in_worker_processes_is_the_same_scan(ws, monkeypatch, tmp_path):
     # each worker kept its renderings in a file of its own: one a processor for every issue
     assert len(list((tmp_path / "plan" / "rendered").iterdir())) > 1
     assert sorted(kept.kept) == sorted((e.path, p) for e in alone[0] for p in PROCESSORS)
+    fingerprint = render_fingerprint(settings)
+    for e in alone[0]:  # each reads back whole, as the rendering of its file
+        for p in PROCESSORS:
+            request_hash, ref = kept.kept[e.path, p]
+            assert request_hash == e.hashes[p]
+            read = read_kept(tmp_path / "plan", ref, e.path, request_hash, fingerprint)
+            assert read is not None and read.issues[0].key == e.key
 
 
 def test_two_files_of_one_issue_make_the_second_an_error(ws, monkeypatch):
