@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import batchpipe.plan
+import batchpipe.workflow
 from batchpipe.errors import PlanOutdated
 from batchpipe.plan import build_plan, write_plan_folder
 from batchpipe.providers import wire_for
@@ -25,12 +26,15 @@ def request_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "batch_requests").rglob("*.json*"))}
 
 
-def planned(tmp_path: Path, monkeypatch, provider: str):
+def planned(tmp_path: Path, monkeypatch, provider: str, prepare=None):
     """A workspace's first plan folder, with the renderings its scan kept (no scan cache: every issue is
     rendered), and the request files its specs give with its renderings dropped (rendered from the issue
     files, as a fresh rendering of the plan writes them: test_plan.py)."""
     ws = make_workspace(tmp_path / "ws")
     monkeypatch.chdir(ws.root)
+    monkeypatch.setattr(batchpipe.workflow, "_SETTINGS", {})  # settings are kept per process and config
+    if prepare is not None:
+        prepare(ws)
     config = yaml.safe_load((ws.root / "config.yaml").read_text()) | {"chunk_size": 7, "provider": provider}
     settings = settings_of(config)
     folder = ws.root / "results" / "plan" / "k" / "s0r0"
@@ -63,6 +67,26 @@ def test_request_files_from_kept_renderings_equal_rendered_ones_and_open_no_issu
         raise AssertionError(f"{path} read: its rendering was kept")
 
     monkeypatch.setattr(batchpipe.plan, "load_item", no_reading)
+    write_all(config, folder, doc, tmp_path / "log")
+    assert request_files(ws.root) == rendered
+
+
+def test_identical_requests_of_two_issues_are_one_member_written_from_both_renderings(tmp_path, monkeypatch):
+    """A prompt that names only the title: two issues with one title make one request, sent once for both."""
+    twins: list[str] = []
+
+    def same_title(ws):
+        (ws.root / "prompts" / "issue-summary.txt").write_text("Summarize an issue titled: $title\n")
+        first, second = sorted(ws.issues.glob("*.json"))[:2]
+        doc = json.loads(second.read_text())
+        doc["issue"]["title"] = json.loads(first.read_text())["issue"]["title"]
+        second.write_text(json.dumps(doc))
+        twins.extend(str(p.relative_to(ws.root)) for p in (first, second))
+
+    ws, config, folder, doc, rendered = planned(tmp_path, monkeypatch, "local", same_title)
+    members = [m for p in folder.glob("chunks/issue-summary/*.json") for m in json.loads(p.read_text())["members"]]
+    assert twins in [m["paths"] for m in members]
+    monkeypatch.setattr(batchpipe.plan, "load_item", lambda path: pytest.fail(f"{path} read"))
     write_all(config, folder, doc, tmp_path / "log")
     assert request_files(ws.root) == rendered
 
