@@ -19,7 +19,9 @@ from batchpipe.renderings import FOLDER, Renderings, drop_renderings
 from batchpipe.scan import render_fingerprint
 from batchpipe.workflow import run_write_requests, settings_of
 
-from conftest import make_workspace
+from conftest import REPO, make_workspace
+
+ISSUES = sorted((REPO / "data" / "issues").glob("*.json"))[:15]  # three chunks of 7 a processor
 
 
 def request_files(root: Path) -> dict[str, bytes]:
@@ -30,7 +32,7 @@ def planned(tmp_path: Path, monkeypatch, provider: str, prepare=None):
     """A workspace's first plan folder, with the renderings its scan kept (no scan cache: every issue is
     rendered), and the request files its specs give with its renderings dropped (rendered from the issue
     files, as a fresh rendering of the plan writes them: test_plan.py)."""
-    ws = make_workspace(tmp_path / "ws")
+    ws = make_workspace(tmp_path / "ws", ISSUES)
     monkeypatch.chdir(ws.root)
     monkeypatch.setattr(batchpipe.workflow, "_SETTINGS", {})  # settings are kept per process and config
     if prepare is not None:
