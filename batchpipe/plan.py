@@ -35,7 +35,7 @@ from .manifest import read_outcomes_and_results
 from .pricing import cost_of, price_for
 from .providers import wire_for
 from .render import Rendered, cacheable_prefix, label_list, render_request
-from .renderings import KeptRendering, Ref, Renderings, read_kept
+from .renderings import KeptReader, KeptRendering, Ref, Renderings
 from .request import RequestRecord, custom_id_for
 from .scan import (
     LINE_OVERHEAD,
@@ -828,15 +828,14 @@ def render_spec(
 def _kept_or_rendered(
     settings: Settings, processor: str, members: list[ChunkMember], plan_folder: str | Path
 ) -> Iterator[tuple[str, Rendered | KeptRendering]]:
-    fingerprint = render_fingerprint(settings)
-    for member in members:
-        kept = [read_kept(plan_folder, ref, path, member.request_hash, fingerprint) for path, ref in _zip_kept(member)]
-        if kept and all(kept):
-            last = kept[-1]
-            assert last is not None
-            yield member.custom_id, dataclasses.replace(last, issues=[i for k in kept if k for i in k.issues])
-        else:
-            yield from iter_members(settings, processor, [member])
+    with KeptReader(plan_folder, render_fingerprint(settings)) as reader:
+        for member in members:
+            kept = [reader.read(ref, path, member.request_hash) for path, ref in _zip_kept(member)]
+            whole = [k for k in kept if k is not None]
+            if whole and len(whole) == len(kept):
+                yield member.custom_id, dataclasses.replace(whole[-1], issues=[i for k in whole for i in k.issues])
+            else:
+                yield from iter_members(settings, processor, [member])
 
 
 def _zip_kept(member: ChunkMember) -> list[tuple[str, Any]]:

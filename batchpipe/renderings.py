@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .files import canonical_json, sha256_hex
+from .files import atomic_writer, canonical_json, sha256_hex
 from .issues import split_locator
 from .render import Rendered
 from .request import IssueRef, NeutralRequest, RequestRecord
 
 __all__ = [
     "CUSTOM_ID_HOLE",
+    "KeptReader",
     "KeptRendering",
     "Ref",
     "RenderingWriter",
@@ -85,6 +86,7 @@ class RenderingWriter:
         self.name = name
         self.request_line = request_line
         self.fingerprint = fingerprint
+        self._file = contextlib.ExitStack()  # the file, written atomically (renamed into place on `close`)
         self._handle: IO[bytes] | None = None
         self._offset = 0
         self._broken = False
@@ -108,8 +110,7 @@ class RenderingWriter:
         data = canonical_json(header).encode("utf-8") + b"\n" + line
         try:
             if self._handle is None:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.folder / self.name, "wb")  # noqa: SIM115 (closed by `close`)
+                self._handle = self._file.enter_context(atomic_writer(self.folder / self.name, durable=False))
             self._handle.write(data)
         except OSError:
             self._broken = True
@@ -119,11 +120,10 @@ class RenderingWriter:
         return ref
 
     def close(self) -> None:
-        """No fsync: a rendering lost or torn in a crash fails its check and is rendered again."""
-        if self._handle is not None:
-            with contextlib.suppress(OSError):
-                self._handle.close()
-            self._handle = None
+        """The file goes into place, not fsynced: a rendering lost in a crash is rendered again."""
+        self._handle = None
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 @dataclass
@@ -148,41 +148,75 @@ class Renderings:
         return hit[1] if hit is not None and hit[0] == request_hash else None
 
 
+class KeptReader:
+    """Reads a plan's kept renderings for one chunk's job: each file of `rendered/` is opened once, not once
+    a request."""
+
+    def __init__(self, plan_folder: str | Path, fingerprint: str) -> None:
+        self.folder = Path(plan_folder) / FOLDER
+        self.fingerprint = fingerprint
+        self._files: dict[str, IO[bytes] | None] = {}
+
+    def __enter__(self) -> KeptReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._files.values():
+            if handle is not None:
+                handle.close()
+        self._files.clear()
+
+    def _data(self, name: str, offset: int, length: int) -> bytes | None:
+        if name not in self._files:
+            try:
+                self._files[name] = open(self.folder / name, "rb")  # noqa: SIM115 (closed by `__exit__`)
+            except OSError:
+                self._files[name] = None
+        handle = self._files[name]
+        if handle is None:
+            return None
+        handle.seek(offset)
+        return handle.read(length)
+
+    def read(self, ref: Any, path: str, request_hash: str) -> KeptRendering | None:
+        """The rendering kept at `ref`, when it is whole, is the one of issue file `path` with that hash, and
+        was rendered from the file as it is now with the settings of the fingerprint; None otherwise (the
+        caller renders it again)."""
+        try:
+            name, offset, length, digest = ref
+            data = self._data(str(name), int(offset), int(length))
+            if data is None or len(data) != length or sha256_hex(data) != digest:
+                return None
+            head, line = data.split(b"\n", 1)
+            header = json.loads(head)
+            if (
+                header["hash"] != request_hash
+                or header["path"] != path
+                or header["fingerprint"] != self.fingerprint
+                or line.count(_HOLE) != 1
+            ):
+                return None
+            st = os.stat(split_locator(path)[0])
+            if header["stamp"] != [st.st_size, st.st_mtime_ns]:
+                return None
+            return KeptRendering(
+                request_hash,
+                line,
+                dict(header["truncation"]),
+                [IssueRef.from_json(i) for i in header["issues"]],
+                int(header["est_tokens"]),
+                str(header["model"]),
+            )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
 def read_kept(
     plan_folder: str | Path, ref: Any, path: str, request_hash: str, fingerprint: str
 ) -> KeptRendering | None:
-    """The rendering kept at `ref`, when it is whole, is the one of issue file `path` with that hash, and was
-    rendered from the file as it is now with the settings of `fingerprint`; None otherwise (the caller
-    renders it again)."""
-    try:
-        name, offset, length, digest = ref
-        with open(Path(plan_folder) / FOLDER / str(name), "rb") as handle:
-            handle.seek(int(offset))
-            data = handle.read(int(length))
-        if len(data) != length or sha256_hex(data) != digest:
-            return None
-        head, line = data.split(b"\n", 1)
-        header = json.loads(head)
-        if (
-            header["hash"] != request_hash
-            or header["path"] != path
-            or header["fingerprint"] != fingerprint
-            or line.count(_HOLE) != 1
-        ):
-            return None
-        st = os.stat(split_locator(path)[0])
-        if header["stamp"] != [st.st_size, st.st_mtime_ns]:
-            return None
-        return KeptRendering(
-            request_hash,
-            line,
-            dict(header["truncation"]),
-            [IssueRef.from_json(i) for i in header["issues"]],
-            int(header["est_tokens"]),
-            str(header["model"]),
-        )
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
+    """`KeptReader.read` of one rendering."""
+    with KeptReader(plan_folder, fingerprint) as reader:
+        return reader.read(ref, path, request_hash)
 
 
 def drop_renderings(plan_folder: str | Path) -> None:
