@@ -35,7 +35,7 @@ from typing import Any, ClassVar, TypeVar
 from .files import append_line_durably, atomic_write_json, canonical_json, read_json
 from .layout import Layout
 from .manifest import RequestOutcome
-from .request import RequestRecord, table_from_json, table_to_json
+from .request import RequestRecord, Shared, table_from_json, table_to_json
 
 __all__ = [
     "Archived",
@@ -87,8 +87,9 @@ class Event:
         return out
 
     @classmethod
-    def from_json(cls, data: Any) -> Event:
-        """The event a ledger line holds; ValueError when the line is not an event."""
+    def from_json(cls, data: Any, shared: Shared | None = None) -> Event:
+        """The event a ledger line holds; ValueError when the line is not an event. `shared`: the issue refs
+        of the ledgers read before (`IssueRef.from_json`)."""
         if not isinstance(data, dict):
             raise ValueError(f"a ledger line is a JSON object, not {type(data).__name__}")
         kind = EVENTS.get(data.get("event", ""), Unknown)
@@ -99,7 +100,7 @@ class Event:
             if key in ("event", "chunk", "time"):
                 continue
             if key in known:
-                args[key] = table_from_json(value) if key == "requests" else value
+                args[key] = table_from_json(value, shared) if key == "requests" else value
             else:
                 extra[key] = value
         if kind is Unknown:
@@ -262,9 +263,10 @@ E = TypeVar("E", bound=Event)
 _NOTED: set[tuple[str, int]] = set()
 
 
-def read_events(layout: Layout, chunk: str) -> list[Event]:
+def read_events(layout: Layout, chunk: str, shared: Shared | None = None) -> list[Event]:
     """The chunk's ledger (empty when it has none). A line that is not a whole event (a write cut short
-    by a power cut) is left out and named once on stderr: every whole line is still the truth."""
+    by a power cut) is left out and named once on stderr: every whole line is still the truth. `shared`:
+    the issue refs of the ledgers read before (`IssueRef.from_json`)."""
     path = layout.ledger(chunk)
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -276,7 +278,7 @@ def read_events(layout: Layout, chunk: str) -> list[Event]:
         if not line.strip():
             continue
         try:
-            events.append(Event.from_json(json.loads(line)))
+            events.append(Event.from_json(json.loads(line), shared))
         except ValueError:
             if (str(path), number) not in _NOTED:
                 _NOTED.add((str(path), number))
@@ -413,9 +415,10 @@ def read_chunks(layout: Layout) -> dict[str, dict[str, ChunkHistory]]:
     """Chunks with a ledger, by processor and id (outcomes not attached). An unreadable ledger is named
     on stderr and left alone."""
     out: dict[str, dict[str, ChunkHistory]] = {}
+    shared: Shared = {}  # an issue's ref, one object in every table that names it
     for chunk in ledger_chunks(layout):
         try:
-            history = ChunkHistory.of(chunk, read_events(layout, chunk))
+            history = ChunkHistory.of(chunk, read_events(layout, chunk, shared))
         except (ValueError, KeyError, TypeError, OSError):
             print(
                 f"batchpipe: ledger {layout.ledger(chunk)} is unreadable or incomplete; "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .files import atomic_write_json, read_json
+from .request import shared_text
 
 __all__ = [
     "Manifest",
@@ -61,12 +62,12 @@ class RequestOutcome:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestOutcome:
         return cls(
-            status=data.get("status", FAILED),
-            issues=list(data.get("issues") or []),
+            status=shared_text(data.get("status", FAILED)),
+            issues=[shared_text(key) for key in data.get("issues") or []],
             usage=dict(data.get("usage") or {}),
-            model=data.get("model"),
+            model=shared_text(data.get("model")),
             error=data.get("error"),
-            error_type=data.get("error_type"),
+            error_type=shared_text(data.get("error_type")),
             retryable=bool(data.get("retryable", True)),
             counts_as_attempt=bool(data.get("counts_as_attempt", True)),
             cost_usd=dict(data["cost_usd"]) if isinstance(data.get("cost_usd"), dict) else None,
@@ -111,7 +112,7 @@ class Manifest:
             processor=data["processor"],
             batch_id=data["batch_id"],
             provider=data["provider"],
-            requests={cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()},
+            requests={shared_text(cid): RequestOutcome.from_json(r) for cid, r in data["requests"].items()},
             results=dict(data.get("results") or {}),
         )
 
@@ -144,7 +145,7 @@ def read_outcomes_and_results(path: Path) -> ManifestParts | None:
     is missing or unreadable; the sizes None when the rest of it is not a whole manifest)."""
     try:
         data = read_json(path)
-        outcomes = {cid: RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
+        outcomes = {shared_text(cid): RequestOutcome.from_json(r) for cid, r in data["requests"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     try:

@@ -8,6 +8,7 @@ issue, prompt or model makes a new request, and two identical requests are one. 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "attempt_of",
     "custom_id_for",
     "read_index",
+    "shared_text",
     "table_from_json",
     "table_to_json",
 ]
@@ -143,19 +145,36 @@ class IssueRef:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> IssueRef:
-        return cls(
-            key=data["key"],
-            ref=data.get("ref", ""),
-            path=data.get("path", ""),
-            org=data.get("org", ""),
-            repo=data.get("repo", ""),
-            number=int(data.get("number") or 0),
-            title=data.get("title", ""),
-            url=data.get("url", ""),
-            updated_at=data.get("updated_at", ""),
-            digest=data.get("digest", ""),
+    def from_json(cls, data: dict[str, Any], shared: Shared | None = None) -> IssueRef:
+        """`shared`: the refs read so far (the same issue in the tables of both processors, of every attempt,
+        is then one object: a plan reads every table of a workspace)."""
+        fields_ = (
+            shared_text(data["key"]),
+            data.get("ref", ""),
+            shared_text(data.get("path", "")),
+            shared_text(data.get("org", "")),
+            shared_text(data.get("repo", "")),
+            int(data.get("number") or 0),
+            data.get("title", ""),
+            data.get("url", ""),
+            data.get("updated_at", ""),
+            data.get("digest", ""),
         )
+        if shared is None:
+            return cls(*fields_)
+        found = shared.get(fields_)
+        if found is None:
+            found = shared[fields_] = cls(*fields_)
+        return found
+
+
+Shared = dict[tuple[Any, ...], IssueRef]  # the refs one read of many tables made (`IssueRef.from_json`)
+
+
+def shared_text(value: Any) -> Any:
+    """One object for equal strings that recur across a workspace's files (issue keys, paths, orgs, request
+    hashes, custom_ids, models): CPython's own interning, freed with the last use. Anything else as it is."""
+    return sys.intern(value) if type(value) is str else value
 
 
 @dataclass(frozen=True)
@@ -237,12 +256,12 @@ class RequestRecord:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RequestRecord:
+    def from_json(cls, data: dict[str, Any], shared: Shared | None = None) -> RequestRecord:
         group = data.get("group")
         return cls(
-            request_hash=data["request_hash"],
+            request_hash=shared_text(data["request_hash"]),
             attempt=int(data["attempt"]),
-            issues=[IssueRef.from_json(i) for i in data.get("issues") or []],
+            issues=[IssueRef.from_json(i, shared) for i in data.get("issues") or []],
             truncation=dict(data.get("truncation") or {}),
             est_tokens=int(data.get("est_tokens") or 0),
             input_processor=data.get("input_processor"),
@@ -256,8 +275,9 @@ def table_to_json(table: dict[str, RequestRecord]) -> dict[str, Any]:
     return {cid: record.to_json() for cid, record in table.items()}
 
 
-def table_from_json(data: dict[str, Any] | None) -> dict[str, RequestRecord]:
-    return {cid: RequestRecord.from_json(record) for cid, record in (data or {}).items()}
+def table_from_json(data: dict[str, Any] | None, shared: Shared | None = None) -> dict[str, RequestRecord]:
+    """A request table; `shared`: the issue refs of the tables read before it (`IssueRef.from_json`)."""
+    return {shared_text(cid): RequestRecord.from_json(record, shared) for cid, record in (data or {}).items()}
 
 
 @dataclass(frozen=True)

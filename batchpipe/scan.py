@@ -24,6 +24,7 @@ from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locato
 from .layout import Layout
 from .render import Rendered, render_request
 from .renderings import Ref, Renderings, RenderingWriter, Spill
+from .request import shared_text
 from .selection import Selection, selected_keys
 
 __all__ = [
@@ -267,14 +268,14 @@ def scan_issues(
                 continue
             seen[key] = f"{name}#{number}" if number else name
             entries.append(
-                IssueEntry(
-                    locator,
-                    key,
-                    org,
-                    repo,
+                IssueEntry(  # the strings the ledger's tables and the manifests repeat are one object with theirs
+                    shared_text(locator),
+                    shared_text(key),
+                    shared_text(org),
+                    shared_text(repo),
                     number_,
-                    state,
-                    {p: h for p, (h, _, _) in requests.items()},
+                    shared_text(state),
+                    {p: shared_text(h) for p, (h, _, _) in requests.items()},
                     {p: t for p, (_, t, _) in requests.items()},
                     {p: b for p, (_, _, b) in requests.items()},
                     digest,

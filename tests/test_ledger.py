@@ -594,6 +594,24 @@ def test_read_chunks_names_an_unreadable_ledger_and_skips_it(layout, capsys):
     assert len(err.strip().splitlines()) == 4
 
 
+def test_read_chunks_makes_one_ref_of_an_issue_every_table_names(layout):
+    """The tables of both processors (and of every attempt) name the same issues: a plan reads them all, so
+    an issue's ref is one object in every table, equal to what each line says; another issue's is its own."""
+    other = {**ISSUE, "key": "o_r_issue_2", "ref": "o/r#2", "number": 2}
+    table = {"rabca1": RequestRecord("abc", 1, [IssueRef(**ISSUE), IssueRef(**other)], {}, 10)}
+    for chunk, processor in [("c1", "p"), ("c2", "q"), ("c3", "p")]:
+        append(layout, prepared(chunk, processor, requests=table))
+    chunks = read_chunks(layout)
+    refs = [h.requests["rabca1"].issues for per in chunks.values() for h in per.values()]
+    assert len(refs) == 3 and all(found == table["rabca1"].issues for found in refs)
+    assert refs[0][0] is refs[1][0] is refs[2][0] and refs[0][1] is refs[2][1]
+    assert refs[0][0] is not refs[0][1]
+    assert [ref.to_json() for ref in refs[1]] == [ISSUE, other]  # written back as read
+    # read alone (a marker rewritten from one ledger), a table is the same
+    alone = ledger.read_history(layout, "c2")
+    assert alone is not None and alone.requests == table
+
+
 def test_read_chunks_without_ledgers(layout):
     assert read_chunks(layout) == {}
 

@@ -13,7 +13,7 @@ from batchpipe.plan import build_plan, write_plan_folder
 from batchpipe.submit import write_request_file
 from batchpipe.workflow import run_write_requests, settings_of
 
-from conftest import make_workspace
+from conftest import REPO, make_workspace
 
 
 def request_files(root) -> dict[str, bytes]:
@@ -46,3 +46,45 @@ def test_request_files_from_the_plans_specs_equal_a_fresh_rendering(tmp_path, mo
             assert spec is not None and spec.resolve() == folder / "chunks" / name / f"{chunk}.json"
             run_write_requests(config, name, chunk, str(folder), str(tmp_path / "log"))
     assert request_files(ws.root) == fresh
+
+
+def test_a_plan_is_made_with_the_collector_paused_and_leaves_it_as_it_was(tmp_path, monkeypatch):
+    """A plan makes millions of objects and no cycle: the collector is off while any plan of the process is
+    made (plans overlap in the threads of one run), and as it was before once the last one ends."""
+    import gc
+    import threading
+
+    from batchpipe import plan as plan_module
+
+    ws = make_workspace(tmp_path / "ws", sorted((REPO / "data" / "issues").glob("*.json"))[:3])
+    monkeypatch.chdir(ws.root)
+    settings = settings_of(yaml.safe_load((ws.root / "config.yaml").read_text()))
+    seen: list[bool] = []
+    real = plan_module._plan
+    monkeypatch.setattr(plan_module, "_plan", lambda *args: (seen.append(gc.isenabled()), real(*args))[1])
+    assert gc.isenabled()
+    plan = build_plan(settings, write_cache=False)
+    assert seen == [False] and gc.isenabled() and len(plan.selected) == 3
+
+    gc.disable()  # a process that turned it off keeps it off
+    try:
+        build_plan(settings, write_cache=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def long_plan() -> None:
+        with plan_module._collector_paused():
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=long_plan)
+    other.start()
+    assert inside.wait(10)
+    build_plan(settings, write_cache=False)  # ends while the other plan is still being made
+    assert not gc.isenabled()
+    leave.set()
+    other.join(10)
+    assert gc.isenabled() and seen == [False, False, False]
