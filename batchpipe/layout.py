@@ -26,17 +26,23 @@ results/plan/{key}/s{stage}r{round}.json                what a plan's chunks mad
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from .config import Settings
 
-__all__ = ["Layout", "result_name"]
+__all__ = ["Layout", "result_name", "task_name"]
 
 SUMMARY_JSON = "results/summary.json"
 SUMMARY_TABLE = "results/all"
 PLAN_ROOT = "results/plan"
+
+
+def task_name(result_name: str) -> str:
+    """The name of a result file's task file (in `Layout.tasks_dir`): its stem, `.tasks.json`."""
+    return f"{os.path.splitext(result_name)[0]}.tasks.json"
 
 
 def result_name(issue_key: str, processor: str) -> str:
@@ -214,7 +220,7 @@ class Layout:
         return self.tasks_dir / ".recycle.lock"
 
     def task_file(self, result_file: Path) -> Path:
-        return self.tasks_dir / f"{Path(result_file).stem}.tasks.json"
+        return self.tasks_dir / task_name(os.path.basename(result_file))
 
     # --- the run ---------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 
 from batchpipe.config import load_settings, load_settings_file, read_config
 from batchpipe.files import FolderListing
-from batchpipe.layout import Layout
+from batchpipe.layout import Layout, task_name
 
 from conftest import REPO
 
@@ -99,6 +99,9 @@ def test_task_files(layout, root):
     assert layout.recycle_summary == tasks / "recycle.json"
     assert layout.recycle_lock == tasks / ".recycle.lock"
     assert layout.task_file(layout.result("o_r_issue_3", "note")) == tasks / "o_r_issue_3_note.tasks.json"
+    # the recycling names task files from result names alone (no Path of each of thousands), as task_file does
+    for name in ("o_r_issue_3_note.json", "o_r_issue_3_note.v2.json", ".o_r_issue_3_note.json"):
+        assert task_name(name) == layout.task_file(Path("data/results") / name).name
 
 
 def test_run_files(layout, root):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TextIO, TypeAlias, TypeVar
 from ..errors import CommandError
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock, pretty_json, sha256_hex
 from ..interrupt import die_with_parent
-from ..layout import Layout
+from ..layout import Layout, task_name
 from .board import (
     CLOSED_STATUSES,
     STATUSES,
@@ -61,7 +61,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 # (result file, its name as shown and recorded, the recycled digest when it may be skipped, its task file)
-_Work: TypeAlias = tuple[Path, str, str | None, Path]
+# (result file, shown name, recycled digest, task file): paths as strings, a `Path` of each of 200,000 files
+# held at once weighs more than the recycling's other work
+_Work: TypeAlias = tuple[str, str, str | None, str]
 # a task's board id and status, as its task file shows them
 _Row: TypeAlias = tuple[int | None, str | None]
 
@@ -151,7 +153,7 @@ def _read_results(batch: list[_Work]) -> tuple[list[_Read], list[tuple[str, str]
             result = None
             unreadable += 1
             messages.append(f"recycle: {name}: not valid JSON, no tasks")
-        read.append(_read_one(path, name, task_file, digest, stamp, result))
+        read.append(_read_one(Path(path), name, Path(task_file), digest, stamp, result))
     return read, unchanged, messages, unreadable
 
 
@@ -200,19 +202,19 @@ def _stamp(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
-def _result_files(folder: Path) -> list[tuple[Path, str]]:
-    """The result files in `folder`, sorted, each with its `_stamp`."""
+def _result_files(folder: Path) -> list[tuple[str, str]]:
+    """The result files in `folder` (their paths), sorted, each with its `_stamp`."""
     if not folder.is_dir():
         return []
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[str, str]] = []
     for entry in os.scandir(folder):
         if fnmatch.fnmatchcase(entry.name, "*_issue_*_*.json") or fnmatch.fnmatchcase(entry.name, "*_pull_*_*.json"):
             try:
                 st = entry.stat()
             except FileNotFoundError:
                 continue  # deleted meanwhile
-            found.append((Path(entry.path), _stamp(st)))
-    return sorted(found, key=lambda item: item[0].name)  # one folder: the names' order (no Path comparisons)
+            found.append((entry.path, _stamp(st)))
+    return sorted(found)  # one folder: the names' order
 
 
 def _slices(items: list[T], parts: int) -> list[list[T]]:
@@ -290,11 +292,14 @@ def recycle(
             }
             task_files = {e.name for e in os.scandir(layout.tasks_dir)} if layout.tasks_dir.is_dir() else set()
             work: list[_Work] = []
+            tasks_dir = str(layout.tasks_dir)
             for path, stamp in files:
-                name = path.name if results_shown == "." else f"{results_shown}/{path.name}"
+                base = os.path.basename(path)
+                name = base if results_shown == "." else f"{results_shown}/{base}"
                 digest, recycled_stamp = known.get(name, (None, None))
-                task_file = layout.task_file(path)
-                if force or task_file.name not in task_files:
+                tasks_name = task_name(base)
+                task_file = os.path.join(tasks_dir, tasks_name)
+                if force or tasks_name not in task_files:
                     digest = None  # read and extracted whatever its digest
                 elif stamp == recycled_stamp:
                     summary.results_unchanged += 1  # the very file recycled before: not read again
