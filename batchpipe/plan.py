@@ -373,7 +373,8 @@ def build_plan(
 
 class _CollectorPause:
     """The garbage collector off while any plan of the process is made (the jobs of a run are threads of
-    one process), and as it was before once the last one ends."""
+    one process), and as it was before once the last one ends. Process-wide: cycles the other threads make
+    meanwhile are collected once it is back on."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

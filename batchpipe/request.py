@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,10 @@ class IssueRef:
         )
         if shared is None:
             return cls(*fields_)
-        found = shared.get(fields_)
+        try:
+            found = shared.get(fields_)
+        except TypeError:  # a field that is no string (a hand-edited ledger): this ref is its own, as unshared
+            return cls(*fields_)
         if found is None:
             found = shared[fields_] = cls(*fields_)
         return found
@@ -171,10 +175,16 @@ class IssueRef:
 Shared = dict[tuple[Any, ...], IssueRef]  # the refs one read of many tables made (`IssueRef.from_json`)
 
 
+# Interned strings are freed with their last use, except on CPython 3.12.0-3.12.5 and free-threaded builds
+# (they are immortal there, python/cpython#113993): a long run would keep every hash it ever read
+_INTERNING_FREES = not sysconfig.get_config_var("Py_GIL_DISABLED") and not (3, 12) <= sys.version_info < (3, 12, 6)
+
+
 def shared_text(value: Any) -> Any:
     """One object for equal strings that recur across a workspace's files (issue keys, paths, orgs, request
-    hashes, custom_ids, models): CPython's own interning, freed with the last use. Anything else as it is."""
-    return sys.intern(value) if type(value) is str else value
+    hashes, custom_ids, models): CPython's own interning, where it frees them with their last use. Anything
+    else (and everything where interned strings are never freed) as it is."""
+    return sys.intern(value) if _INTERNING_FREES and type(value) is str else value
 
 
 @dataclass(frozen=True)

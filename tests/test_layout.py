@@ -101,7 +101,7 @@ def test_task_files(layout, root):
     assert layout.task_file(layout.result("o_r_issue_3", "note")) == tasks / "o_r_issue_3_note.tasks.json"
     # the recycling names task files from result names alone (no Path of each of thousands), as task_file does
     for name in ("o_r_issue_3_note.json", "o_r_issue_3_note.v2.json", ".o_r_issue_3_note.json"):
-        assert task_name(name) == layout.task_file(Path("data/results") / name).name
+        assert task_name(name) == f"{Path(name).stem}.tasks.json" == layout.task_file(Path("data/results") / name).name
 
 
 def test_run_files(layout, root):

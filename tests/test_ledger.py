@@ -610,6 +610,10 @@ def test_read_chunks_makes_one_ref_of_an_issue_every_table_names(layout):
     # read alone (a marker rewritten from one ledger), a table is the same
     alone = ledger.read_history(layout, "c2")
     assert alone is not None and alone.requests == table
+    # a ref with a field that is no string (a hand-edited ledger) is read as it is, not a reason to skip it
+    odd = {"rodda1": RequestRecord("odd", 1, [IssueRef(**{**ISSUE, "title": ["a", "list"]})], {}, 10)}  # type: ignore[arg-type]
+    append(layout, prepared("c4", "p", requests=odd))
+    assert read_chunks(layout)["p"]["c4"].requests["rodda1"].issues[0].title == ["a", "list"]
 
 
 def test_read_chunks_without_ledgers(layout):
