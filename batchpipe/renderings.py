@@ -42,7 +42,6 @@ __all__ = [
     "RequestLine",
     "Spill",
     "drop_renderings",
-    "read_kept",
 ]
 
 FOLDER = "rendered"  # in the plan's folder
@@ -209,14 +208,6 @@ class KeptReader:
             )
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
-
-
-def read_kept(
-    plan_folder: str | Path, ref: Any, path: str, request_hash: str, fingerprint: str
-) -> KeptRendering | None:
-    """`KeptReader.read` of one rendering."""
-    with KeptReader(plan_folder, fingerprint) as reader:
-        return reader.read(ref, path, request_hash)
 
 
 def drop_renderings(plan_folder: str | Path) -> None:

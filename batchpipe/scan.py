@@ -95,10 +95,10 @@ def _row(
     }
     requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
     kept: dict[str, Ref] = {}
-    for processor, r in rendered.items() if writer else ():
-        assert writer is not None
-        if (ref := writer.keep(issue.source, stamp, r)) is not None:
-            kept[processor] = ref
+    if writer is not None:
+        for processor, r in rendered.items():
+            if (ref := writer.keep(issue.source, stamp, r)) is not None:
+                kept[processor] = ref
     number = split_locator(issue.source)[1] or 0
     return [
         number,

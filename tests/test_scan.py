@@ -18,7 +18,7 @@ from batchpipe.issues import NotAnIssueFile, load_file, load_issue
 from batchpipe.layout import Layout
 from batchpipe.providers import wire_for
 from batchpipe.render import render_request
-from batchpipe.renderings import Renderings, read_kept
+from batchpipe.renderings import KeptReader, Renderings
 from batchpipe.scan import IssueEntry, render_fingerprint, scan_issues, select_issues
 
 from conftest import REPO, Workspace, make_workspace
@@ -217,12 +217,13 @@ def test_a_scan_in_worker_processes_is_the_same_scan(ws, monkeypatch, tmp_path):
     # each worker kept its renderings in a file of its own: one a processor for every issue
     assert len(list((tmp_path / "plan" / "rendered").iterdir())) > 1
     assert sorted(kept.kept) == sorted((e.path, p) for e in alone[0] for p in PROCESSORS)
-    fingerprint = render_fingerprint(settings)
+    reader = KeptReader(tmp_path / "plan", render_fingerprint(settings))
     for e in alone[0]:  # each reads back whole, as the rendering of its file
         for p in PROCESSORS:
             request_hash, ref = kept.kept[e.path, p]
             assert request_hash == e.hashes[p]
-            read = read_kept(tmp_path / "plan", ref, e.path, request_hash, fingerprint)
+            with reader:
+                read = reader.read(ref, e.path, request_hash)
             assert read is not None and read.issues[0].key == e.key
 
 
