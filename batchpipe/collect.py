@@ -21,7 +21,7 @@ from .files import atomic_write_bytes, atomic_write_text, pretty_json
 from .issues import item_kind
 from .joblog import JobLog
 from .layout import Layout
-from .ledger import CancelRequested, Marker, read_history, read_marker
+from .ledger import CancelRequested, ChunkHistory, Marker, read_history, read_marker
 from .manifest import FAILED, SUCCEEDED, Manifest, RequestOutcome
 from .pricing import cost_of
 from .providers import Outcome, wire_for
@@ -128,14 +128,14 @@ class _Owners:
     later is the current one (an issue edited since, a reprocess), so an older chunk collected late never
     overwrites its answer."""
 
-    def __init__(self, layout: Layout, chunk: str):
+    def __init__(self, layout: Layout, chunk: str, history: ChunkHistory | None):
         self.layout = layout
-        self.times: dict[str, float] = {}
-        self.mine = self.prepared_at(chunk)
+        self.chunk = chunk
+        self.times: dict[str, float] = {chunk: history.prepared.time if history is not None else 0.0}
 
     def prepared_at(self, chunk: str) -> float:
-        if chunk not in self.times:
-            history = read_history(self.layout, chunk)
+        if chunk not in self.times:  # only its events: a request table is most of a ledger
+            history = read_history(self.layout, chunk, tables=False)
             self.times[chunk] = history.prepared.time if history is not None else 0.0
         return self.times[chunk]
 
@@ -145,7 +145,7 @@ class _Owners:
             holder = json.loads(path.read_bytes()).get("chunk")
         except (OSError, ValueError, AttributeError):
             return False
-        return bool(holder) and holder != chunk and self.prepared_at(str(holder)) > self.mine
+        return bool(holder) and holder != chunk and self.prepared_at(str(holder)) > self.prepared_at(chunk)
 
 
 def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Callable[[str], None]) -> Manifest:
@@ -155,23 +155,24 @@ def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Call
     layout = Layout(settings)
     processor = settings.processor(processor_name)
     validator = jsonschema.Draft202012Validator(processor.schema) if processor.schema else None
+    # the ledger's events first, without the request table (the marker has it), and not kept: a large
+    # chunk's memory is its table and its answers, read once each (the answers line by line)
+    history = read_history(layout, chunk, tables=False)
+    cancelled = history is not None and any(isinstance(e, CancelRequested) for e in history.events)
+    owners = _Owners(layout, chunk, history)
+    del history
     marker = read_marker(layout.marker(processor_name, chunk))
     requests = marker.requests or read_index(layout.index_file(processor_name, chunk)).requests
     wire = wire_for(marker.provider or settings.provider)
     outcomes = {
         o.custom_id: o
-        for o in wire.parse_results(
-            layout.output(processor_name, chunk).read_bytes(), layout.errors(processor_name, chunk).read_bytes()
-        )
+        for o in wire.iter_results(layout.output(processor_name, chunk), layout.errors(processor_name, chunk))
     }
     manifest = Manifest(chunk, processor_name, marker.batch_id or "", marker.provider or settings.provider, {})
-    owners = _Owners(layout, chunk)
-    history = read_history(layout, chunk)
-    cancelled = history is not None and any(isinstance(e, CancelRequested) for e in history.events)
     written = 0
     unwritten: list[str] = []
     for cid, record in requests.items():
-        outcome = outcomes.get(cid) or Outcome(
+        outcome = outcomes.pop(cid, None) or Outcome(
             cid, False, error_type="missing", error_message="no line for this request in the batch output"
         )
         result = RequestOutcome(FAILED, record.issue_keys, outcome.usage, outcome.model)

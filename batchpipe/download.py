@@ -173,7 +173,7 @@ def store_earlier_downloads(layout: Layout) -> int:
 def _stored_views(layout: Layout, processor: str, chunk: str, batch_id: str) -> store.Stored | None:
     """Downloads an earlier version left beside the marker but not in the store: kept in the store when the
     ledger's hashes prove them whole (an upgrade sends nothing again)."""
-    history = read_history(layout, chunk)
+    history = read_history(layout, chunk, tables=False)  # its events: a request table is most of a ledger
     downloaded = last(history.events, Downloaded) if history else None
     if downloaded is None or downloaded.batch_id != batch_id:
         return None

@@ -54,8 +54,12 @@ _quote = json.encoder.encode_basestring  # the C function where CPython has it, 
 _INF = float("inf")
 
 
-def _pretty(value: Any, out: list[str], newline: str) -> None:
-    # the order of json.encoder's checks: str, None, True, False, int, float, list/tuple, dict
+_FLUSH_AT = 4096  # pieces `_pretty` gathers before a writer's `flush` takes them
+
+
+def _pretty(value: Any, out: list[str], newline: str, flush: Callable[[], None] | None = None) -> None:
+    # the order of json.encoder's checks: str, None, True, False, int, float, list/tuple, dict.
+    # `flush`: called between a container's items once `out` holds `_FLUSH_AT` pieces (it empties `out`)
     if isinstance(value, str):
         out.append(_quote(value))
     elif value is None:
@@ -86,7 +90,9 @@ def _pretty(value: Any, out: list[str], newline: str) -> None:
             if isinstance(item, str):
                 out.append(_quote(item))
             else:
-                _pretty(item, out, inner)
+                _pretty(item, out, inner, flush)
+                if flush is not None and len(out) >= _FLUSH_AT:
+                    flush()
         out.append(newline + "]")
     elif isinstance(value, dict):
         if not value:
@@ -108,7 +114,9 @@ def _pretty(value: Any, out: list[str], newline: str) -> None:
             if isinstance(item, str):
                 out.append(_quote(item))
             else:
-                _pretty(item, out, inner)
+                _pretty(item, out, inner, flush)
+                if flush is not None and len(out) >= _FLUSH_AT:
+                    flush()
         out.append(newline + "}")
     else:
         raise _NotPlain
@@ -189,8 +197,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, value: Any) -> None:
-    """Write `pretty_json(value)` atomically and durably."""
-    atomic_write_text(path, pretty_json(value))
+    """Write `pretty_json(value)` atomically and durably, piece by piece as it is made: a large table (a
+    chunk's index, marker or manifest, tens of MB) is never held whole as text, nor as its million pieces."""
+    with atomic_writer(path) as handle:
+        write_pretty_json(handle, value)
+
+
+def write_pretty_json(handle: BinaryIO, value: Any) -> None:
+    """`pretty_json(value)` written to a file opened for binary writing at its start, piece by piece."""
+    parts: list[str] = []
+
+    def flush() -> None:
+        handle.write("".join(parts).encode("utf-8"))
+        parts.clear()
+
+    try:
+        _pretty(value, parts, "\n", flush)
+    except (_NotPlain, RecursionError):  # the standard encoder's text, over what was written so far
+        handle.seek(0)
+        handle.truncate()
+        handle.write((json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        return
+    parts.append("\n")
+    flush()
 
 
 def jsonl_bytes(rows: Iterable[Any]) -> bytes:

@@ -263,10 +263,12 @@ E = TypeVar("E", bound=Event)
 _NOTED: set[tuple[str, int]] = set()
 
 
-def read_events(layout: Layout, chunk: str, shared: Shared | None = None) -> list[Event]:
+def read_events(layout: Layout, chunk: str, shared: Shared | None = None, tables: bool = True) -> list[Event]:
     """The chunk's ledger (empty when it has none). A line that is not a whole event (a write cut short
     by a power cut) is left out and named once on stderr: every whole line is still the truth. `shared`:
-    the issue refs of the ledgers read before (`IssueRef.from_json`)."""
+    the issue refs of the ledgers read before (`IssueRef.from_json`). `tables=False`: a `prepared` event
+    without its request table (empty), for readers that need only the events (a large chunk's table is
+    most of its ledger, and many times its size once built)."""
     path = layout.ledger(chunk)
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -278,7 +280,10 @@ def read_events(layout: Layout, chunk: str, shared: Shared | None = None) -> lis
         if not line.strip():
             continue
         try:
-            events.append(Event.from_json(json.loads(line), shared))
+            data = json.loads(line)
+            if not tables and isinstance(data, dict):
+                data.pop("requests", None)
+            events.append(Event.from_json(data, shared))
         except ValueError:
             if (str(path), number) not in _NOTED:
                 _NOTED.add((str(path), number))
@@ -430,9 +435,10 @@ def read_chunks(layout: Layout) -> dict[str, dict[str, ChunkHistory]]:
     return out
 
 
-def read_history(layout: Layout, chunk: str) -> ChunkHistory | None:
-    """One chunk's history (None when it has no ledger)."""
-    events = read_events(layout, chunk)
+def read_history(layout: Layout, chunk: str, tables: bool = True) -> ChunkHistory | None:
+    """One chunk's history (None when it has no ledger); `tables=False`: without its request table
+    (`read_events`)."""
+    events = read_events(layout, chunk, tables=tables)
     return ChunkHistory.of(chunk, events) if events else None
 
 

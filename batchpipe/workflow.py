@@ -260,10 +260,11 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
     sent once. Once sent, its job has no plan among its inputs (no edge to the plan for Snakemake to weigh in a
     settled workspace); run again then (Snakemake deleted its outputs first), it restores the files from the
     links beside the ledger and rewrites the marker from the ledger."""
+    settings = settings_of(config)
     if plan:
         run_write_requests(config, processor, chunk, plan, log)
     else:
-        layout = Layout(settings_of(config))
+        layout = Layout(settings)
         if not restore_request_files(layout, processor, chunk):
             raise BatchpipeError(
                 f"{layout.request_file(processor, chunk)}: missing, and the ledger kept no link to it (a chunk "
@@ -271,6 +272,13 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
                 "from the ledger; nothing is sent)"
             )
     run_submit(config, processor, chunk, log)
+    if _large_chunks(settings):  # its table was built several times over (index, ledger line, marker)
+        _give_back_memory(collect=False)
+
+
+def _large_chunks(settings: Settings) -> bool:
+    """Chunks of `LARGE_CHUNK` requests and more (`chunk_size: auto` fills batches to the provider's limits)."""
+    return settings.chunk_size == "auto" or settings.chunk_size >= LARGE_CHUNK
 
 
 def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
@@ -346,7 +354,7 @@ class DownloadWorkers:
             except ValueError:
                 raise ConfigError(f"{WORKERS_ENV}={value!r}: expected a number of worker processes (0: none)") from None
         cores = os.cpu_count() or 1
-        if settings is not None and (settings.chunk_size == "auto" or settings.chunk_size >= LARGE_CHUNK):
+        if settings is not None and _large_chunks(settings):
             return min(4, cores)
         return min(4, cores - 1)
 

@@ -13,7 +13,7 @@ rule summarize_run:
         bp.run_summarize(config, [p for p in input if os.path.isdir(p)], output.summary, log[0])
 
 
-# results/all waits for the summary and the recycled tasks, which run side by side (neither uses the other).
+# results/all waits for the summary and the recycled tasks (made after the summary: `rules/tasks.smk`).
 # It also records where the run settled (.snakemake/batchpipe/settled.json, bookkeeping like Snakemake's
 # metadata beside it): until a file changes, the next run has the same plan key and nothing to do. The key is
 # its parameter: a new key reruns it by Snakemake's `params` trigger (the profile; `results/all` is its only

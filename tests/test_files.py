@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 
-from batchpipe.files import pretty_json
+from batchpipe import files
+from batchpipe.files import atomic_write_json, pretty_json
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "issues"
 
@@ -77,3 +79,47 @@ def test_pretty_json_fails_as_the_standard_encoder_does():
     loop.append(loop)
     with pytest.raises(ValueError):
         pretty_json(loop)
+
+
+@pytest.mark.parametrize("value", VALUES, ids=range(len(VALUES)))
+def test_atomic_write_json_writes_pretty_json_piece_by_piece(value, tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_FLUSH_AT", 2)  # a flush after nearly every piece
+    path = tmp_path / "value.json"
+    path.write_text("an older, longer file " * 10, encoding="utf-8")
+    try:
+        expected = standard(value).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8: nothing is written, as before
+        with pytest.raises(UnicodeEncodeError):
+            atomic_write_json(path, value)
+        expected = ("an older, longer file " * 10).encode("utf-8")
+    else:
+        atomic_write_json(path, value)
+    assert path.read_bytes() == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["value.json"]
+
+
+def test_write_pretty_json_of_a_large_table_writes_it_in_pieces():
+    table = {f"cid{i:05d}": {"issues": [{"key": f"o_r_issue_{i}", "n": i}], "hash": "h" * 64} for i in range(3000)}
+    value = {"chunk": "c", "requests": table, "tail": [1.5]}
+
+    class Sink(io.BytesIO):
+        sizes: list[int] = []
+
+        def write(self, data):  # type: ignore[override]
+            self.sizes.append(len(data))
+            return super().write(data)
+
+    sink = Sink()
+    files.write_pretty_json(sink, value)
+    whole = standard(value).encode("utf-8")
+    assert sink.getvalue() == whole
+    assert len(Sink.sizes) > 10 and max(Sink.sizes) < len(whole) / 5  # never held whole
+
+
+def test_atomic_write_json_that_fails_leaves_the_older_file(tmp_path):
+    path = tmp_path / "value.json"
+    path.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"a": [1] * 10000 + [object()]})
+    assert path.read_text(encoding="utf-8") == "{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["value.json"]

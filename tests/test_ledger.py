@@ -628,6 +628,22 @@ def test_read_history(layout):
     assert found is not None and found.batch_id == "b" and found.processor == "p"
 
 
+def test_read_history_without_tables_has_every_event_but_the_request_table(layout):
+    events = [e for e, _ in CASES]
+    for event in events:
+        append(layout, event)
+    whole = ledger.read_history(layout, "c1")
+    light = ledger.read_history(layout, "c1", tables=False)
+    assert whole is not None and light is not None
+    assert whole.prepared.requests and light.prepared.requests == {} and light.requests == {}
+    assert [dataclasses.replace(e, requests={}) if isinstance(e, Prepared) else e for e in whole.events] == light.events
+    assert (light.batch_id, light.processor, light.prepared.time) == (
+        whole.batch_id,
+        whole.processor,
+        whole.prepared.time,
+    )
+
+
 # --- the marker -------------------------------------------------------------------------------------------
 
 

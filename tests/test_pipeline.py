@@ -218,6 +218,7 @@ def test_the_rulegraph_is_the_data_flow(small_workspace):
         ("download_batch", "gather_round"),
         ("gather_round", "summarize_run"),
         ("gather_round", "recycle_tasks"),
+        ("summarize_run", "recycle_tasks"),  # after the summary: their memory would add up at scale
         ("summarize_run", "complete_run"),
         ("recycle_tasks", "complete_run"),
         ("plan", "complete_run"),

@@ -27,8 +27,10 @@ from batchpipe.config import SDKConfig
 from batchpipe.errors import MissingKey, ProviderError, TokenLimitReached, Unverifiable
 from batchpipe.files import sha256_hex
 from batchpipe.providers.anthropic_batches import AnthropicProvider
+from batchpipe.providers.anthropic_wire import AnthropicWire
 from batchpipe.providers.base import BatchMatch
 from batchpipe.providers.openai_batches import OpenAIProvider
+from batchpipe.providers.openai_wire import OpenAIWire
 from batchpipe.providers.sdk import scrub_secrets
 from batchpipe.service.emulator import Emulator
 
@@ -1323,3 +1325,56 @@ def test_emulator_realtime(emu):
     emu.set_faults({"http": [{"method": "POST", "path": "/v1/messages", "status": 429, "retry_after": 0.25}]})
     answer = anthropic.complete(line)
     assert answer.pop("retry_after") == 0.25 and answer["result"]["error"]["error"]["type"] == "rate_limit_error"
+
+
+# --- reading downloaded results ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wire, ok, failed",
+    [
+        (
+            OpenAIWire,
+            {
+                "custom_id": "a1",
+                "response": {
+                    "status_code": 200,
+                    "body": {"model": "m", "choices": [{"message": {"content": "yes"}}], "usage": {"prompt_tokens": 3}},
+                },
+                "error": None,
+            },
+            {"custom_id": "b1", "response": None, "error": {"code": "server_error", "message": "later"}},
+        ),
+        (
+            AnthropicWire,
+            {
+                "custom_id": "a1",
+                "result": {
+                    "type": "succeeded",
+                    "message": {
+                        "model": "m",
+                        "content": [{"type": "text", "text": "yes"}],
+                        "usage": {"input_tokens": 3},
+                    },
+                },
+            },
+            {"custom_id": "b1", "result": {"type": "errored", "error": {"type": "api_error", "message": "later"}}},
+        ),
+    ],
+)
+def test_iter_results_reads_the_files_as_parse_results_reads_their_bytes(wire, ok, failed, tmp_path):
+    def line(doc, cid):
+        return json.dumps({**doc, "custom_id": cid}).encode()
+
+    output = b"\n".join([line(ok, "a1"), b"", line(ok, "a2") + b"\r", line(ok, "a3") + b"\r" + line(ok, "a4")]) + b"\n"
+    errors = line(failed, "b1") + b"\r\n" + line(failed, "a2")  # no final newline; a2 again: the last one counts
+    (tmp_path / "out").write_bytes(output)
+    (tmp_path / "err").write_bytes(errors)
+    expected = wire.parse_results(output, errors)
+    assert [o.custom_id for o in expected] == ["a1", "a2", "a3", "a4", "b1", "a2"]
+    assert [o.ok for o in expected] == [True] * 4 + [False] * 2
+    assert list(wire.iter_results(tmp_path / "out", tmp_path / "err")) == expected
+    (tmp_path / "empty").write_bytes(b"")
+    assert list(wire.iter_results(tmp_path / "empty")) == []
+    with pytest.raises(FileNotFoundError):
+        list(wire.iter_results(tmp_path / "missing"))

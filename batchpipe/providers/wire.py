@@ -7,7 +7,9 @@ provider name without creating the provider, so request files can be written off
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..request import NeutralRequest
@@ -89,8 +91,20 @@ class Wire:
     @classmethod
     def parse_results(cls, output: bytes, errors: bytes) -> list[Outcome]:
         """Every answer of a batch's downloaded output and error lines."""
+        return list(cls._parse(line for blob in (output, errors) for line in blob.splitlines()))
+
+    @classmethod
+    def iter_results(cls, *paths: Path) -> Iterator[Outcome]:
+        """`parse_results` of downloaded files, read line by line: a large batch's output (tens of MB) is
+        never held whole, nor a list of its lines. The lines are split as `bytes.splitlines` splits them."""
+        for path in paths:
+            with open(path, "rb") as handle:
+                yield from cls._parse(line for raw in handle for line in raw.splitlines())
+
+    @classmethod
+    def _parse(cls, lines: Iterable[bytes]) -> Iterator[Outcome]:
         parse = cls.parse_line
-        return [parse(json.loads(line)) for blob in (output, errors) for line in blob.splitlines() if line.strip()]
+        return (parse(json.loads(line)) for line in lines if line.strip())
 
     @staticmethod
     def is_success(line: dict[str, Any]) -> bool:
