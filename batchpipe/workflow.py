@@ -146,6 +146,7 @@ def run_plan(
             EMPTY_SELECTION.set()
             raise ConfigError(plan.empty_error)
         if repair_views(plan, _echo(job_log)):
+            del plan  # one plan at a time: at 100,000 issues each is most of the run's memory
             plan = build_plan(settings, renderings=kept)
         if _needs_provider(plan):
             provider = provider_for(settings)  # a missing key stops the run here, before anything is sent
@@ -155,6 +156,7 @@ def run_plan(
             if adopt_remote_batches(plan, provider, _echo(job_log)):
                 again = True
             if again:
+                del plan
                 plan = build_plan(settings, renderings=kept)
         group = new_run_id()
         _tidy(layout, key)
@@ -413,7 +415,7 @@ class DownloadWorkers:
 
 def _end_resource_tracker() -> bool:
     """End multiprocessing's resource tracker, a process the spawned pool started, with the pool rather than
-    with the run (it sits beside the summary and the recycling, the run's largest moment; BENCHMARKS.md).
+    with the run (it would sit beside the summary, the run's largest moment; BENCHMARKS.md).
     Once the pool is shut down and collected, none of its semaphores is left to track; a later pool starts
     a tracker again. `_stop` is CPython's own (3.8+); without it nothing is done. True when it collected."""
     from multiprocessing import resource_tracker

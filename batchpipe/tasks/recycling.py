@@ -241,7 +241,7 @@ class _InProcess(concurrent.futures.Executor):
 def _executor(n_files: int, workers: int | None) -> Iterator[concurrent.futures.Executor]:
     """A process pool for many files (fork, where the platform has it), else `_InProcess`. Reading and
     extracting are CPU work and creating the task files is kernel work: both spread over the cores."""
-    # one core stays with the Snakemake process and the summary made beside the recycling
+    # one core stays with the Snakemake process and the report's pages made beside the recycling
     workers = workers if workers is not None else min((os.cpu_count() or 1) - 1, 4)
     if workers < 2 or n_files < PARALLEL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
         yield _InProcess()
