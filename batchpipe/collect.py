@@ -130,7 +130,6 @@ class _Owners:
 
     def __init__(self, layout: Layout, chunk: str, history: ChunkHistory | None):
         self.layout = layout
-        self.chunk = chunk
         self.times: dict[str, float] = {chunk: history.prepared.time if history is not None else 0.0}
 
     def prepared_at(self, chunk: str) -> float:

@@ -281,7 +281,7 @@ def read_events(layout: Layout, chunk: str, shared: Shared | None = None, tables
             continue
         try:
             data = json.loads(line)
-            if not tables and isinstance(data, dict):
+            if not tables and isinstance(data, dict) and data.get("event") == Prepared.kind:
                 data.pop("requests", None)
             events.append(Event.from_json(data, shared))
         except ValueError:

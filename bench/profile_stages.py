@@ -96,7 +96,7 @@ def _plan_at_parse_time(config, bp, stage, inspect, write_summary) -> list:
         from batchpipe.tasks import recycle
     except ImportError:
         recycle = None
-    if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, parallel to the summary)
+    if recycle is not None:  # scripts/recycle_tasks.py (a script: job, its own process, after the summary)
         stage("recycle_tasks (script)", lambda: recycle(load_settings(config, root=".")))
     plan2 = stage("load_plan (summary script)", lambda: bp.load_plan(config, root=".", verbose=False))
     paths = (

@@ -52,6 +52,7 @@ VALUES = [
     [float("inf"), float("-inf")],
     {1: "one", 2: {"x": 3}},
     {"a": {None: 1}},
+    {"a": [[1], [2], [3]], "b": float("nan")},  # written in part before the standard encoder takes over
 ]
 
 
