@@ -41,9 +41,14 @@ def pretty_json(value: Any) -> str:
     try:
         _pretty(value, parts, "\n")
     except (_NotPlain, RecursionError):
-        return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        return _standard_pretty(value)
     parts.append("\n")
     return "".join(parts)
+
+
+def _standard_pretty(value: Any) -> str:
+    """`pretty_json`'s text by the standard encoder (what `_pretty` leaves to it)."""
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
 class _NotPlain(Exception):
@@ -216,7 +221,7 @@ def write_pretty_json(handle: BinaryIO, value: Any) -> None:
     except (_NotPlain, RecursionError):  # the standard encoder's text, over what was written so far
         handle.seek(0)
         handle.truncate()
-        handle.write((json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        handle.write(_standard_pretty(value).encode("utf-8"))
         return
     parts.append("\n")
     flush()

@@ -60,9 +60,8 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# (result file, its name as shown and recorded, the recycled digest when it may be skipped, its task file)
-# (result file, shown name, recycled digest, task file): paths as strings, a `Path` of each of 200,000 files
-# held at once weighs more than the recycling's other work
+# (result file, its name as shown and recorded, the recycled digest when it may be skipped, its task file):
+# paths as strings, a `Path` of each of 200,000 files held at once weighs more than the recycling's other work
 _Work: TypeAlias = tuple[str, str, str | None, str]
 # a task's board id and status, as its task file shows them
 _Row: TypeAlias = tuple[int | None, str | None]
