@@ -29,6 +29,7 @@ from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_js
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import Created, Downloaded, Prepared, StatusSeen, ledger_chunks
+from .scan import scanned_labels
 
 __all__ = ["CHARTS", "TABLE_ROWS", "ReportData", "ReportFiles", "read_report_data", "write_report"]
 
@@ -275,15 +276,18 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
     """Every per-issue result (`data/results/*.json`; group results and files that are not JSON are left
     out), with the current labels of the issue file it was made from (an item of a page or of a JSONL file
     has none here). With `memo`, a file whose size and mtime are those the last report saw is not read
-    again (a one-issue change reads two results, not all of them), and the memo is written anew."""
+    again (a one-issue change reads two results, not all of them), and the memo is written anew. An issue
+    file's labels come from the scan cache while the file is as the scan read it (`scanned_labels`)."""
     layout = Layout(settings)
     root = str(settings.root.resolve())
     results = str(layout.results_dir.resolve())
     issues = str(layout.issues_dir.resolve())
     old_labels = _cached_labels(layout.report_labels if memo else None, root)
     new_labels: dict[str, list[Any]] = {}
+    scanned: dict[str, tuple[list[int], list[str]]] | None = None  # the scan cache's, read on the first miss
 
     def labels_of(source: str) -> tuple[str, ...]:
+        nonlocal scanned
         if source not in new_labels:
             entry: list[Any] = [-1, -1, []]
             if os.path.dirname(source) == issues and source.endswith(".json"):
@@ -295,6 +299,12 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
                 if st is not None and known and known[:2] == [st.st_size, st.st_mtime_ns]:
                     entry = known
                 elif st is not None:
+                    if scanned is None:  # a cold report: the plan's scan read every issue file just now
+                        scanned = scanned_labels(settings)
+                    stamp, names = scanned.get(os.path.basename(source), (None, []))
+                    if stamp == [st.st_size, st.st_mtime_ns]:
+                        entry = [st.st_size, st.st_mtime_ns, names]
+                if entry[0] == -1 and st is not None:
                     doc = _json_file(source)
                     labels: tuple[str, ...] | None = None
                     if isinstance(doc, dict):

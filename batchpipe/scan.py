@@ -34,6 +34,7 @@ __all__ = [
     "line_bytes",
     "render_fingerprint",
     "scan_issues",
+    "scanned_labels",
     "select_issues",
 ]
 
@@ -112,6 +113,7 @@ def _row(
         issue.updated_at,
         issue.kind.value,
         note,
+        list(issue.labels),  # for the report's table and label chart (`scanned_labels`), not the plan
     ], kept
 
 
@@ -253,7 +255,7 @@ def scan_issues(
         _, rows, problems = record
         errors.extend(IssueFileError(where, reason) for where, reason in problems)
         for row in rows:
-            number, key, org, repo, number_, state, requests, digest, updated_at, kind, note = row
+            number, key, org, repo, number_, state, requests, digest, updated_at, kind, note = row[:11]
             locator = f"{path}#{number}" if number else path
             kind = ItemKind(kind)
             if why := _too_long(key, settings):
@@ -290,6 +292,29 @@ def scan_issues(
         except OSError:
             pass  # a read-only checkout still plans, just without the cache
     return entries, errors
+
+
+def scanned_labels(settings: Settings) -> dict[str, tuple[list[int], list[str]]]:
+    """The labels of each issue file the scan cache holds as one item: {file name: ([size, mtime_ns] it was
+    read at, its label names)}; the report takes a file's labels from here while its stamp is the same, rather
+    than reading every issue again. Empty when the cache is missing, of other settings or unreadable."""
+    try:
+        cache = read_json(Layout(settings).scan_cache)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cache, dict) or cache.get("fingerprint") != render_fingerprint(settings):
+        return {}
+    files = cache.get("files")
+    labels: dict[str, tuple[list[int], list[str]]] = {}
+    for name, record in files.items() if isinstance(files, dict) else ():
+        try:
+            stamp, rows, _ = record
+            (row,) = rows
+        except (TypeError, ValueError):
+            continue
+        if isinstance(row, list) and len(row) > 11 and row[0] == 0 and isinstance(row[11], list):
+            labels[name] = (stamp, row[11])
+    return labels
 
 
 def _hit(cached: Any, stamp: list[int]) -> bool:

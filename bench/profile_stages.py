@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="worktree", help="worktree (default) or a git revision (see run_bench.py)")
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of the whole run here")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     parser.add_argument("--patch", type=Path, action="append", default=[], help="apply a diff to the workspace copy")
     args = parser.parse_args(argv)
 
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     config = yaml.safe_load(open("config.yaml"))
+    for item in args.set:
+        key, _, value = item.partition("=")
+        config[key] = yaml.safe_load(value)
     stage("validate config (common.smk)", lambda: validate(config, schema))
     if hasattr(bp, "run_plan"):  # the plan is a job (checkpoint plan) since 84b381f
         chunks = _plan_as_a_job(config, bp, stage)

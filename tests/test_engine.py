@@ -32,7 +32,9 @@ from batchpipe.service.responders import (
     Responder,
     count_tokens,
     generate_from_schema,
+    input_tokens,
     make_responder,
+    prompt_text,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1148,3 +1150,21 @@ def test_count_tokens_counts_words_and_punctuation_marks():
     assert count_tokens("Hello, world! foo_bar 42") == 6  # Hello , world ! foo_bar 42
     assert count_tokens("déjà-vu… ✓") == 5  # déjà - vu … ✓
     assert count_tokens("a" * 1000) == 1
+
+
+@pytest.mark.parametrize(
+    "system, schema, messages",
+    [
+        ("Label it.", {"type": "object", "properties": {"a": {"type": "string"}}}, ["Title: x,y", "ok!"]),
+        ("", None, ["word"]),
+        ("ends with a dot.", None, [".starts with one", "", "  spaced  "]),
+        ("", {"enum": ["a-b"]}, ["déjà-vu… ✓"]),
+    ],
+)
+def test_input_tokens_counted_in_parts_equal_the_whole_prompt_counted(system, schema, messages):
+    """The prefix's count is kept between requests: the parts' counts add up to the joined prompt's."""
+    req = NeutralRequest(
+        model="m", messages=[{"role": "user", "content": m} for m in messages], system=system, schema=schema
+    )
+    assert input_tokens(req) == count_tokens(prompt_text(req))
+    assert input_tokens(req) == input_tokens(req)  # the second time from the kept prefix count

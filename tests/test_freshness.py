@@ -5,11 +5,14 @@ download: tests/test_pipeline.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -38,8 +41,12 @@ def summary(ws: Workspace) -> dict:
 
 
 def board_results(ws: Workspace) -> set[str]:
-    """The results the task board holds tasks of (a task file per result)."""
-    return {p.name.removesuffix(".tasks.json") for p in ws.files("data/tasks/*.tasks.json")}
+    """The results the task board has recycled (each recorded there, with or without tasks)."""
+    board = ws.root / "data/tasks/tasks.sqlite"
+    if not board.exists():
+        return set()
+    with contextlib.closing(sqlite3.connect(board)) as conn:
+        return {Path(row[0]).stem for row in conn.execute("SELECT result_file FROM recycled_results")}
 
 
 def until(check, deadline_s: float = 60):

@@ -20,7 +20,7 @@ from batchpipe import charts, svg
 from batchpipe.config import Settings, load_settings_file
 from batchpipe.layout import Layout
 
-from conftest import make_workspace
+from conftest import REPO, make_workspace
 
 
 class Tables(HTMLParser):
@@ -230,6 +230,43 @@ def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_p
     read.clear()
     assert charts.read_report_data(settings, memo=True).total == 3
     assert len(read) == 1 and layout.report_cache.read_bytes() == whole
+
+
+def test_a_cold_report_takes_the_issues_labels_from_the_scan_cache_while_their_files_are_the_same(
+    tmp_path, monkeypatch
+):
+    from batchpipe.scan import scan_issues
+
+    issues = sorted((REPO / "data" / "issues").glob("*.json"))[:3]
+    ws = make_workspace(tmp_path / "ws", issues)
+    settings = settings_in(ws.root)
+    scan_issues(settings)  # what the plan job does: the scan cache, with each issue's labels
+    (ws.root / "data" / "results").mkdir()
+    expected = {}
+    for issue in issues:
+        doc = json.loads(issue.read_text())
+        labels = [x["name"] if isinstance(x, dict) else x for x in (doc.get("issue", doc).get("labels") or [])]
+        expected[issue.stem] = ", ".join(labels)
+        number = int(issue.stem.rsplit("_", 1)[1])
+        ref = {"org": "bitcoin-core", "repo": "gui", "number": number, "source_file": f"data/issues/{issue.name}"}
+        result = {"issue_reference": ref, "processor": {"name": "p"}, "analysis": {"summary": "s"}}
+        (ws.root / "data" / "results" / f"{issue.stem}_p.json").write_text(json.dumps(result))
+    assert any(expected.values())
+    read = []
+    real = charts._json_file
+    monkeypatch.setattr(charts, "_json_file", lambda path: read.append(Path(path).parent.name) or real(path))
+
+    def labels_shown():
+        return {row.key: ", ".join(row.labels) for row in charts.read_report_data(settings).table_rows()}
+
+    assert labels_shown() == expected and read == ["results"] * 3  # no issue file opened
+    # an issue file changed since the scan: its labels from the file itself
+    changed = ws.root / "data" / "issues" / issues[0].name
+    doc = json.loads(changed.read_text())
+    doc.get("issue", doc)["labels"] = [{"name": "Edited"}]
+    changed.write_text(json.dumps(doc))
+    read.clear()
+    assert labels_shown() == {**expected, issues[0].stem: "Edited"} and read.count("issues") == 1
 
 
 def test_a_moved_workspace_or_a_foreign_memo_is_read_again_never_trusted(tiny, tmp_path):

@@ -116,7 +116,8 @@ def test_scan_writes_its_cache(ws):
         stamp, rows, problems = cache["files"][path.name]
         assert stamp == [path.stat().st_size, path.stat().st_mtime_ns]
         assert problems == []
-        [[item, key, org, repo, number, state, requests, digest, updated_at, kind, note]] = rows  # one issue a file
+        [[item, key, org, repo, number, state, requests, digest, updated_at, kind, note, labels]] = rows  # one a file
+        assert labels == list(load_file(path).issues[0].labels)  # for the report (`scanned_labels`)
         assert item == 0  # the whole file (items of a page or a JSONL file count from 1)
         assert (key, org, repo, number, state) == (entry.key, entry.org, entry.repo, entry.number, entry.state)
         assert (digest, updated_at, kind, note) == (entry.digest, entry.updated_at, "issue", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -303,8 +304,15 @@ def test_recycle_writes_task_files_board_and_active_list(ws):
     doc = json.loads((tasks_dir / "bitcoin-core_gui_issue_45_issue-summary.tasks.json").read_text())
     assert doc["issue"] == "bitcoin-core/gui#45" and len(doc["tasks"]) == 12
     assert all(t["id"] and t["status"] == "queued" for t in doc["tasks"])
-    empty = json.loads((tasks_dir / "bitcoin-core_gui_issue_45_product-labeling.tasks.json").read_text())
-    assert empty["tasks"] == [] and empty["processor"] == "product-labeling"
+    # the labelling answer gives no task: no task file, and the board records it with none
+    assert not (tasks_dir / "bitcoin-core_gui_issue_45_product-labeling.tasks.json").exists()
+    with contextlib.closing(sqlite3.connect(tasks_dir / "tasks.sqlite")) as conn:
+        recorded = dict(conn.execute("SELECT result_file, tasks FROM recycled_results"))
+    assert recorded == {
+        "data/results/bitcoin-core_gui_issue_45_issue-summary.json": 12,
+        "data/results/bitcoin-core_gui_issue_7_issue-summary.json": 3,
+        "data/results/bitcoin-core_gui_issue_45_product-labeling.json": 0,
+    }
     assert json.loads((tasks_dir / "recycle.json").read_text())["tasks_total"] == 15
 
     rows = board_rows(ws)
@@ -365,6 +373,13 @@ def test_reruns_and_reprocessed_issues_never_duplicate_and_keep_a_persons_status
     task_file = ws.root / "data" / "tasks" / "bitcoin-core_gui_issue_45_issue-summary.tasks.json"
     task_file.unlink()
     assert recycle(settings_of(ws)).results_read == 1 and task_file.is_file()
+
+    # an answer with no task any more: its tasks superseded, its task file gone, and not read again after
+    path.write_text(json.dumps(result({"text": "Nothing to do here."})))
+    gone = recycle(settings_of(ws))
+    assert gone.results_read == 1 and gone.tasks_superseded > 0 and not task_file.exists()
+    again = recycle(settings_of(ws))
+    assert again.results_read == 0 and again.results_unchanged == 1 and not task_file.exists()
 
 
 def test_a_result_file_recycled_before_is_not_read_again(ws, monkeypatch):
@@ -441,7 +456,8 @@ def test_recycling_in_worker_processes_writes_what_one_process_writes(tmp_path, 
     def task_files(space):
         return {p.name: p.read_bytes() for p in (space.root / "data" / "tasks").glob("*.tasks.json")}
 
-    assert len(task_files(pool)) == 25 and task_files(pool) == task_files(serial)
+    with_tasks = {f"{r['result_file'].rsplit('/', 1)[1][:-5]}.tasks.json" for r in board_rows(serial)}
+    assert set(task_files(pool)) == with_tasks and task_files(pool) == task_files(serial)
 
     def strip(rows):
         return [{k: v for k, v in r.items() if k not in ("created_at", "updated_at")} for r in rows]
@@ -494,7 +510,7 @@ def test_malformed_result_files_are_recycled_without_error(ws):
     summary = recycle(settings_of(ws))
     assert summary.results_read == 5 and summary.results_unreadable == 2 and summary.tasks_total == 0
     assert (ws.root / "data" / "tasks" / "ACTIVE_TASKS.md").read_text().count("_No tasks._") == 3
-    assert len(list((ws.root / "data" / "tasks").glob("*.tasks.json"))) == 5
+    assert not list((ws.root / "data" / "tasks").glob("*.tasks.json"))  # none gives a task
 
 
 def test_recycle_with_no_results_folder(ws):
@@ -553,8 +569,8 @@ def wire_tasks_rule(root: Path) -> None:
 
 @pytest.mark.workflow
 def test_workflow_recycles_results_and_gives_no_task_of_offline_answers(tmp_path):
-    """The offline answers are simulated: task files say so and hold none, the board stays empty; a real
-    answer later written for one issue gives its tasks, with the rule's next run."""
+    """The offline answers are simulated: they give no task and no task file, the board records them and
+    stays empty; a real answer later written for one issue gives its tasks and its task file."""
     issues = sorted((Path(__file__).resolve().parents[1] / "data" / "issues").glob("*.json"))[:4]
     ws = make_workspace(tmp_path / "ws", issues)
     wire_tasks_rule(ws.root)
@@ -563,11 +579,7 @@ def test_workflow_recycles_results_and_gives_no_task_of_offline_answers(tmp_path
 
     ws.snakemake("--cores", "4", "results/all")
     tasks_dir = ws.root / "data" / "tasks"
-    task_files = sorted(tasks_dir.glob("*.tasks.json"))
-    assert len(task_files) == 2 * len(issues)
-    for path in task_files:
-        doc = json.loads(path.read_text())
-        assert doc["simulated"] is True and doc["tasks"] == [] and doc["issue"].startswith("bitcoin-core/gui#")
+    assert not list(tasks_dir.glob("*.tasks.json"))
     assert board_rows(ws) == []
     recycled = json.loads((tasks_dir / "recycle.json").read_text())
     assert recycled["results_read"] == recycled["results_simulated"] == 2 * len(issues)
@@ -589,3 +601,5 @@ def test_workflow_recycles_results_and_gives_no_task_of_offline_answers(tmp_path
     assert len(rows) == 12 and {r["parent"] for r in rows} == {doc["issue_reference"]["ref"]}
     listed = json.loads(ws.batchpipe("tasks", "--status", "queued", "--json").stdout)
     assert len(listed) == 12
+    task_file = json.loads((tasks_dir / f"{path.stem}.tasks.json").read_text())
+    assert [t["id"] for t in task_file["tasks"]] == sorted(r["id"] for r in listed)

@@ -1,8 +1,10 @@
 """The recycling: the tasks of every new or changed result onto the board, their task files and ACTIVE_TASKS.md.
 
 Outputs, under `tasks/` beside the results folder (`data/tasks/`): one `{result stem}.tasks.json` per
-result, the board `tasks.sqlite` (a person's `status` survives reruns), `ACTIVE_TASKS.md` and the
-summary `recycle.json`. A result whose size, mtime and inode are those recorded on the board is not read
+result that gives tasks, the board `tasks.sqlite` (a person's `status` survives reruns), `ACTIVE_TASKS.md`
+and the summary `recycle.json`. The board records every result recycled, with its count of tasks: a result
+that gives none has no task file (most results of a labelling processor; a file each would be most of the
+recycling's work). A result whose size, mtime and inode are those recorded on the board is not read
 again; one rewritten with the same bytes is read but gives nothing new. A result holding a simulated answer
 gives no task; a result whose answer changed supersedes the tasks the new answer no longer holds.
 `recycle_file` does the same for one result, `preview` says what it would do, `set_task_status` is a
@@ -37,7 +39,7 @@ from .board import (
     timestamp,
     upsert_tasks,
 )
-from .extract import is_simulated, issue_of, processor_of, source_of, tasks_from_result
+from .extract import is_simulated, source_of, tasks_from_result
 
 if TYPE_CHECKING:
     import sqlite3
@@ -116,8 +118,6 @@ class _Read:
     task_file: Path
     digest: str
     tasks: list[Task]
-    issue: str | None
-    processor: str | None
     stamp: str  # `_stamp` of the file read
     source: Source | None = None  # the issue and processor whose earlier tasks the answer supersedes
     simulated: bool = False
@@ -165,8 +165,6 @@ def _read_one(path: Path, name: str, task_file: Path, digest: str, stamp: str, r
         task_file,
         digest,
         tasks,
-        None if tasks else issue_of(result),
-        None if tasks else processor_of(result, path),
         stamp,
         source_of(result, name),
         is_simulated(result),
@@ -174,18 +172,22 @@ def _read_one(path: Path, name: str, task_file: Path, digest: str, stamp: str, r
 
 
 def _write_task_files(batch: list[tuple[_Read, dict[str, _Row]]]) -> int:
-    """Worker: write the task file of each (result read, board (id, status) by task hash). Derived from
-    the result and the board, and rewritten when missing: no fsync (it would be two per issue)."""
+    """Worker: write the task file of each (result read, board (id, status) by task hash), or remove it when
+    the result gives no task (any more). Derived from the result and the board, and rewritten when missing:
+    no fsync (it would be two per issue)."""
     for item, ids in batch:
+        if not item.tasks:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.task_file)
+            continue
         atomic_write_bytes(
             item.task_file,
             pretty_json(
                 {
                     "result_file": item.name,
                     "result_sha256": item.digest,
-                    "issue": item.tasks[0].source.issue if item.tasks else item.issue,
-                    "processor": item.tasks[0].source.processor if item.tasks else item.processor,
-                    **({"simulated": True} if item.simulated else {}),
+                    "issue": item.tasks[0].source.issue,
+                    "processor": item.tasks[0].source.processor,
                     "tasks": [
                         {"id": ids[t.task_hash][0], "status": ids[t.task_hash][1], **t.as_dict()} for t in item.tasks
                     ],
@@ -286,8 +288,8 @@ def recycle(
         written: list[concurrent.futures.Future[int]] = []
         try:
             known = {
-                row["result_file"]: (row["sha256"], row["stamp"])
-                for row in conn.execute("SELECT result_file, sha256, stamp FROM recycled_results")
+                row["result_file"]: (row["sha256"], row["stamp"], row["tasks"])
+                for row in conn.execute("SELECT result_file, sha256, stamp, tasks FROM recycled_results")
             }
             task_files = {e.name for e in os.scandir(layout.tasks_dir)} if layout.tasks_dir.is_dir() else set()
             work: list[_Work] = []
@@ -295,11 +297,11 @@ def recycle(
             for path, stamp in files:
                 base = os.path.basename(path)
                 name = base if results_shown == "." else f"{results_shown}/{base}"
-                digest, recycled_stamp = known.get(name, (None, None))
+                digest, recycled_stamp, tasks = known.get(name, (None, None, 0))
                 tasks_name = task_name(base)
                 task_file = os.path.join(tasks_dir, tasks_name)
-                if force or tasks_name not in task_files:
-                    digest = None  # read and extracted whatever its digest
+                if force or (tasks and tasks_name not in task_files):
+                    digest = None  # read and extracted whatever its digest (its task file is rebuilt)
                 elif stamp == recycled_stamp:
                     summary.results_unchanged += 1  # the very file recycled before: not read again
                     continue
