@@ -36,8 +36,24 @@ CUT_NOTE = "\n[... cut by batchpipe ...]"
 def estimate_tokens(request: NeutralRequest) -> int:
     """The planner's estimate of a request's tokens: the prompt and its schema (which the providers count
     as input too) at 4 characters a token, plus max_tokens."""
-    schema = len(canonical_json(request.schema)) if request.schema is not None else 0
+    schema = _schema_chars(request.schema) if request.schema is not None else 0
     return (len(request.system) + len(request.user) + schema) // 4 + (request.max_tokens or 0)
+
+
+_SCHEMA_CHARS: dict[int, tuple[Any, int]] = {}  # id -> (the schema, its canonical JSON's length)
+
+
+def _schema_chars(schema: Any) -> int:
+    """`len(canonical_json(schema))`, kept for the schema object: a processor's requests all share its schema,
+    loaded once and never changed (the object is kept beside its length, so that its id is not another's)."""
+    kept = _SCHEMA_CHARS.get(id(schema))
+    if kept is not None and kept[0] is schema:
+        return kept[1]
+    chars = len(canonical_json(schema))
+    if len(_SCHEMA_CHARS) >= 64:
+        _SCHEMA_CHARS.clear()
+    _SCHEMA_CHARS[id(schema)] = (schema, chars)
+    return chars
 
 
 @dataclass(frozen=True)
@@ -207,9 +223,11 @@ def render_request(
     path: str | Path,
     extra: dict[str, str] | None = None,
     inputs: dict[str, str] | None = None,
+    ref: IssueRef | None = None,
 ) -> Rendered:
     """An issue's request; `extra`: more template values (chained processors: `$previous`, the earlier
-    answer, with `inputs` naming the earlier results it embeds)."""
+    answer, with `inputs` naming the earlier results it embeds); `ref`: `issue_ref(issue, path, root)`, made
+    once for all of an issue's processors."""
     values, truncation = issue_values(issue, settings, processor)
     values.update(extra or {})
     neutral, request_hash = neutral_request(processor, settings, values)
@@ -217,7 +235,7 @@ def render_request(
         neutral,
         request_hash,
         truncation,
-        [issue_ref(issue, path, settings.root)],
+        [ref if ref is not None else issue_ref(issue, path, settings.root)],
         inputs=inputs,
         input_processor=processor.input_processor,
         est_tokens=estimate_tokens(neutral),

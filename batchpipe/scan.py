@@ -22,7 +22,7 @@ from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .interrupt import die_with_parent
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
-from .render import Rendered, render_request
+from .render import Rendered, issue_ref, render_request
 from .renderings import Ref, Renderings, RenderingWriter, Spill
 from .request import shared_text
 from .selection import Selection, selected_keys
@@ -91,8 +91,11 @@ def _row(
 ) -> tuple[list[Any], dict[str, Ref]]:
     """An item's cache row: who it is and its request per processor (hash, tokens, bytes); and where the
     `writer` kept each rendering (of the file with `stamp`)."""
+    shared = issue_ref(issue, issue.source, settings.root)
     rendered = {
-        p.name: render_request(issue, p, settings, issue.source) for p in settings.processors if not p.input_processor
+        p.name: render_request(issue, p, settings, issue.source, ref=shared)
+        for p in settings.processors
+        if not p.input_processor
     }
     requests = {processor: [r.request_hash, r.est_tokens, line_bytes(r)] for processor, r in rendered.items()}
     kept: dict[str, Ref] = {}

@@ -88,3 +88,15 @@ def test_a_plan_is_made_with_the_collector_paused_and_leaves_it_as_it_was(tmp_pa
     leave.set()
     other.join(10)
     assert gc.isenabled() and seen == [False, False, False]
+
+
+def test_estimate_tokens_counts_each_schema_as_its_canonical_json_also_when_kept():
+    """A processor's schema length is kept for the schema object; another schema (or none) is its own."""
+    from batchpipe.files import canonical_json
+    from batchpipe.render import estimate_tokens
+    from batchpipe.request import NeutralRequest
+
+    for schema in ({"type": "object"}, {"enum": ["a" * 40], "type": "string"}, None, {"type": "object"}):
+        req = NeutralRequest.ask("m", "sys", "user text", 10, schema, "n")
+        want = (3 + 9 + (len(canonical_json(schema)) if schema is not None else 0)) // 4 + 10
+        assert estimate_tokens(req) == estimate_tokens(req) == want
