@@ -25,7 +25,9 @@ from typing import Any
 
 from . import svg
 from .config import Settings
+from .errors import IssueFileError
 from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json
+from .issues import load_file
 from .joblog import JobLog
 from .layout import Layout
 from .ledger import Created, Downloaded, Prepared, StatusSeen, ledger_chunks
@@ -102,6 +104,25 @@ def _json_file(path: str) -> Any:
             return json.loads(handle.read().decode("utf-8-sig"))
     except (OSError, ValueError):
         return None
+
+
+def _issue_labels(path: str) -> list[str]:
+    """An issue file's label names as the plan's scan reads them (`load_file`: names cleaned), so that the
+    pages are the same whether they come from the scan cache or from the file; as the file writes them when
+    the loader refuses it."""
+    try:
+        items = load_file(path)
+    except IssueFileError:
+        items = None
+    if items is not None and len(items.issues) == 1:
+        return list(items.issues[0].labels)
+    doc = _json_file(path)
+    labels: tuple[str, ...] | None = None
+    if isinstance(doc, dict):
+        issue = doc.get("issue")
+        nested = issue.get("labels") if isinstance(issue, dict) else None
+        labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
+    return list(labels or ())
 
 
 def _label_names(value: Any, key: str) -> tuple[str, ...] | None:
@@ -276,8 +297,9 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
     """Every per-issue result (`data/results/*.json`; group results and files that are not JSON are left
     out), with the current labels of the issue file it was made from (an item of a page or of a JSONL file
     has none here). With `memo`, a file whose size and mtime are those the last report saw is not read
-    again (a one-issue change reads two results, not all of them), and the memo is written anew. An issue
-    file's labels come from the scan cache while the file is as the scan read it (`scanned_labels`)."""
+    again (a one-issue change reads two results, not all of them), and the memo is written anew. Without a
+    memo, an issue file's labels come from the scan cache while the file is as the scan read it
+    (`scanned_labels`); with one, the few files it lacks are read."""
     layout = Layout(settings)
     root = str(settings.root.resolve())
     results = str(layout.results_dir.resolve())
@@ -299,19 +321,13 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
                 if st is not None and known and known[:2] == [st.st_size, st.st_mtime_ns]:
                     entry = known
                 elif st is not None:
-                    if scanned is None:  # a cold report: the plan's scan read every issue file just now
-                        scanned = scanned_labels(settings)
+                    if scanned is None:  # a cold report (no memo): the plan's scan read every issue just now
+                        scanned = scanned_labels(settings) if not old_labels else {}
                     stamp, names = scanned.get(os.path.basename(source), (None, []))
                     if stamp == [st.st_size, st.st_mtime_ns]:
                         entry = [st.st_size, st.st_mtime_ns, names]
-                if entry[0] == -1 and st is not None:
-                    doc = _json_file(source)
-                    labels: tuple[str, ...] | None = None
-                    if isinstance(doc, dict):
-                        issue = doc.get("issue")
-                        nested = issue.get("labels") if isinstance(issue, dict) else None
-                        labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
-                    entry = [st.st_size, st.st_mtime_ns, list(labels or ())]
+                    else:
+                        entry = [st.st_size, st.st_mtime_ns, _issue_labels(source)]
             new_labels[source] = entry
         return tuple(new_labels[source][2])
 

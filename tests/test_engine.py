@@ -30,6 +30,7 @@ from batchpipe.service.responders import (
     OfflineResponder,
     OpenAICompatibleResponder,
     Responder,
+    _prefix_tokens,
     count_tokens,
     generate_from_schema,
     input_tokens,
@@ -1159,6 +1160,7 @@ def test_count_tokens_counts_words_and_punctuation_marks():
         ("", None, ["word"]),
         ("ends with a dot.", None, [".starts with one", "", "  spaced  "]),
         ("", {"enum": ["a-b"]}, ["déjà-vu… ✓"]),
+        ("ends in a word", None, ["starts with one", "and again"]),  # words meet only across a line break
     ],
 )
 def test_input_tokens_counted_in_parts_equal_the_whole_prompt_counted(system, schema, messages):
@@ -1167,4 +1169,6 @@ def test_input_tokens_counted_in_parts_equal_the_whole_prompt_counted(system, sc
         model="m", messages=[{"role": "user", "content": m} for m in messages], system=system, schema=schema
     )
     assert input_tokens(req) == count_tokens(prompt_text(req))
-    assert input_tokens(req) == input_tokens(req)  # the second time from the kept prefix count
+    hits = _prefix_tokens.cache_info().hits
+    assert input_tokens(req) == count_tokens(prompt_text(req))
+    assert _prefix_tokens.cache_info().hits == hits + 1  # the second time from the kept prefix count

@@ -253,20 +253,38 @@ def test_a_cold_report_takes_the_issues_labels_from_the_scan_cache_while_their_f
         (ws.root / "data" / "results" / f"{issue.stem}_p.json").write_text(json.dumps(result))
     assert any(expected.values())
     read = []
-    real = charts._json_file
-    monkeypatch.setattr(charts, "_json_file", lambda path: read.append(Path(path).parent.name) or real(path))
+    real = charts._issue_labels
+    monkeypatch.setattr(charts, "_issue_labels", lambda path: read.append(Path(path).stem) or real(path))
 
     def labels_shown():
         return {row.key: ", ".join(row.labels) for row in charts.read_report_data(settings).table_rows()}
 
-    assert labels_shown() == expected and read == ["results"] * 3  # no issue file opened
-    # an issue file changed since the scan: its labels from the file itself
+    assert labels_shown() == expected and read == []  # no issue file opened
+    # an issue file changed since the scan: its labels from the file itself, read as the scan reads them
     changed = ws.root / "data" / "issues" / issues[0].name
     doc = json.loads(changed.read_text())
-    doc.get("issue", doc)["labels"] = [{"name": "Edited"}]
+    doc.get("issue", doc)["labels"] = [{"name": "Edited\u0007"}]  # a control character: cleaned, as the scan does
     changed.write_text(json.dumps(doc))
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and read == [issues[0].stem]
+    scan_issues(settings)
     read.clear()
-    assert labels_shown() == {**expected, issues[0].stem: "Edited"} and read.count("issues") == 1
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and read == []  # the same, from the cache
+
+    # a scan cache written before its rows held labels (11 fields) is still used by the plan; the report
+    # then reads each issue file itself
+    cache_path = Layout(settings).scan_cache
+    cache = json.loads(cache_path.read_text())
+    for record in cache["files"].values():
+        record[1] = [row[:11] for row in record[1]]
+    cache_path.write_text(json.dumps(cache))
+    import batchpipe.scan as scan_module
+
+    misses = []
+    real_read_all = scan_module._read_all
+    monkeypatch.setattr(scan_module, "_read_all", lambda paths, *a: misses.extend(paths) or real_read_all(paths, *a))
+    entries, errors = scan_issues(settings, write_cache=False)
+    assert len(entries) == 3 and not errors and misses == []  # no issue file read again
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and sorted(read) == sorted(expected)
 
 
 def test_a_moved_workspace_or_a_foreign_memo_is_read_again_never_trusted(tiny, tmp_path):

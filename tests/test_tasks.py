@@ -380,6 +380,10 @@ def test_reruns_and_reprocessed_issues_never_duplicate_and_keep_a_persons_status
     assert gone.results_read == 1 and gone.tasks_superseded > 0 and not task_file.exists()
     again = recycle(settings_of(ws))
     assert again.results_read == 0 and again.results_unchanged == 1 and not task_file.exists()
+    # an empty task file a workspace made before this kept: removed, and its result still not read
+    task_file.write_text(json.dumps({"result_file": "x", "tasks": []}))
+    upgraded = recycle(settings_of(ws))
+    assert upgraded.results_read == 0 and not task_file.exists()
 
 
 def test_a_result_file_recycled_before_is_not_read_again(ws, monkeypatch):

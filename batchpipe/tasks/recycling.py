@@ -125,7 +125,8 @@ class _Read:
 
 def _read_results(batch: list[_Work]) -> tuple[list[_Read], list[tuple[str, str]], list[str], int]:
     """Worker: read, hash and extract each (path, shown name, digest, task file) result file; the digest is
-    the recycled one when the result may be skipped (no `force`, its task file there), else None.
+    the recycled one when the result may be skipped (no `force`, and its task file there or it gave no task),
+    else None.
 
     Returns the changed ones, the unchanged ones (name, stamp), log messages, and the count of unreadable files."""
     read: list[_Read] = []
@@ -304,6 +305,9 @@ def recycle(
                     digest = None  # read and extracted whatever its digest (its task file is rebuilt)
                 elif stamp == recycled_stamp:
                     summary.results_unchanged += 1  # the very file recycled before: not read again
+                    if not tasks and tasks_name in task_files:  # an empty task file of a workspace made before
+                        with contextlib.suppress(OSError):
+                            os.unlink(task_file)
                     continue
                 work.append((path, name, digest, task_file))
             now = timestamp()
