@@ -39,10 +39,8 @@ __all__ = [
     "extract_items",
     "extract_text",
     "is_simulated",
-    "issue_of",
     "normalise",
     "normalise_priority",
-    "processor_of",
     "short_title",
     "source_of",
     "task_hash",
@@ -594,21 +592,3 @@ def tasks_from_result(result: Any, result_file: str) -> list[Task]:
         elif rank.get(item.priority, 1) < rank.get(seen.priority, 1):  # a duplicate keeps the higher priority
             found[identity] = Task(identity, seen.type, item.priority, seen.title, seen.details, source)
     return list(found.values())
-
-
-def issue_of(result: Any) -> str | None:
-    """The issue a result names (`issue_reference.ref`), for the task file of a result without tasks."""
-    if isinstance(result, dict) and isinstance(result.get("issue_reference"), dict):
-        ref = result["issue_reference"].get("ref")
-        return ref if isinstance(ref, str) else None
-    return None
-
-
-def processor_of(result: Any, path: Path) -> str | None:
-    """The processor a result names, else the one in its file name, for the task file of a result without tasks."""
-    if isinstance(result, dict) and isinstance(result.get("processor"), dict):
-        name = result["processor"].get("name")
-        if isinstance(name, str):
-            return name
-    found = _ISSUE_FILE.match(path.name)
-    return found.group("processor") if found else None
