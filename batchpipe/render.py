@@ -26,6 +26,7 @@ __all__ = [
     "issue_ref",
     "issue_values",
     "label_list",
+    "neutral_bytes",
     "neutral_request",
     "render_request",
 ]
@@ -68,6 +69,7 @@ class Rendered:
     group: GroupInfo | None = None  # aggregates
     input_processor: str | None = None
     est_tokens: int = field(default=0)
+    content_bytes: int = field(default=0, compare=False)  # `neutral_bytes(neutral)` when known (0: not counted)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -199,6 +201,32 @@ def cacheable_prefix(settings: Settings, model: str, system: str, schema: dict[s
 
 def neutral_request(processor: Processor, settings: Settings, values: dict[str, str]) -> tuple[NeutralRequest, str]:
     """The request a processor's templates make with these values, and its hash (the identity of what is sent)."""
+    neutral, identity, _ = _neutral_and_identity(processor, settings, values)
+    return neutral, sha256_hex(identity)
+
+
+def neutral_bytes(neutral: NeutralRequest) -> int:
+    """The bytes of a request's content: its neutral form as canonical JSON, in UTF-8 (what `chunk_size: auto`
+    sizes a request line by)."""
+    return len(canonical_json(neutral.to_json()).encode("utf-8"))
+
+
+_ASKED_BYTES = len('"messages":[{"content":,"role":"user"}]') - len('"user":') + len(',"temperature":null')
+
+
+def _bytes_from_identity(neutral: NeutralRequest, request_bytes: int) -> int:
+    """`neutral_bytes(neutral)`, from the byte length of its `identity()` as canonical JSON, when it has the
+    shape `ask` gives it: the two texts differ only in keys around the same encoded values."""
+    if neutral.temperature is not None or neutral.messages != [{"role": "user", "content": neutral.user}]:
+        return neutral_bytes(neutral)
+    return request_bytes + _ASKED_BYTES + (len('"cache_prefix":true,') if neutral.cache_prefix else 0)
+
+
+def _neutral_and_identity(
+    processor: Processor, settings: Settings, values: dict[str, str]
+) -> tuple[NeutralRequest, bytes, int]:
+    """`neutral_request`'s request, the bytes its hash is of, and `neutral_bytes` of the request, counted from
+    those bytes (the request is encoded once, not twice: most of the scan's time is encoding requests)."""
     model = settings.model_of(processor)
     system = processor.render(processor.system_template, values).strip()
     neutral = NeutralRequest.ask(
@@ -213,7 +241,9 @@ def neutral_request(processor: Processor, settings: Settings, values: dict[str, 
     identity: dict[str, Any] = {"provider": settings.provider, "request": neutral.identity()}
     if processor.version != "1.0":  # the first version is left out, so hashes made before versions counted stay
         identity["version"] = processor.version
-    return neutral, sha256_hex(canonical_json(identity))
+    text = canonical_json(identity).encode("utf-8")
+    wrapper = len(canonical_json({**identity, "request": 0}).encode("utf-8")) - 1  # all but the request's bytes
+    return neutral, text, _bytes_from_identity(neutral, len(text) - wrapper)
 
 
 def render_request(
@@ -230,13 +260,14 @@ def render_request(
     once for all of an issue's processors."""
     values, truncation = issue_values(issue, settings, processor)
     values.update(extra or {})
-    neutral, request_hash = neutral_request(processor, settings, values)
+    neutral, identity, content_bytes = _neutral_and_identity(processor, settings, values)
     return Rendered(
         neutral,
-        request_hash,
+        sha256_hex(identity),
         truncation,
         [ref if ref is not None else issue_ref(issue, path, settings.root)],
         inputs=inputs,
         input_processor=processor.input_processor,
         est_tokens=estimate_tokens(neutral),
+        content_bytes=content_bytes,
     )

@@ -22,7 +22,7 @@ from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .interrupt import die_with_parent
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
-from .render import Rendered, issue_ref, render_request
+from .render import Rendered, issue_ref, neutral_bytes, render_request
 from .renderings import Ref, Renderings, RenderingWriter, Spill
 from .request import shared_text
 from .selection import Selection, selected_keys
@@ -68,7 +68,7 @@ LINE_OVERHEAD = 256  # a wire format's envelope around the request: custom_id, m
 def line_bytes(rendered: Rendered) -> int:
     """About the bytes a request takes in either provider's request file (its content, UTF-8, plus the
     envelope); `chunk_size: auto` keeps a margin under the provider's limit."""
-    return len(canonical_json(rendered.neutral.to_json()).encode("utf-8")) + LINE_OVERHEAD
+    return (rendered.content_bytes or neutral_bytes(rendered.neutral)) + LINE_OVERHEAD
 
 
 def render_fingerprint(settings: Settings) -> str:

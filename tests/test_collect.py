@@ -9,8 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from batchpipe.collect import AnswerSchema, parse_answer, write_result
 from batchpipe.collect import collect_chunk as collect
-from batchpipe.collect import parse_answer, write_result
 from batchpipe.config import load_settings_file
 from batchpipe.download import download_chunk, download_realtime
 from batchpipe.joblog import JobLog
@@ -281,15 +281,46 @@ VALID = {
 )
 def test_parse_answer(repo_settings, processor, outcome, ok, expected):
     proc = repo_settings.processor(processor)
-    validator = jsonschema.Draft202012Validator(proc.schema) if proc.schema else None
+    schema = AnswerSchema(proc.schema) if proc.schema else None
 
-    answer = parse_answer(outcome, proc, validator)
+    answer = parse_answer(outcome, proc, schema)
 
     assert answer.ok is ok
     if ok:
         assert answer.value == expected and answer.problem == ""
     else:
         assert answer.problem.startswith(expected) and answer.value is None
+
+
+def test_a_valid_answer_is_checked_by_the_compiled_schema_alone(repo_settings):
+    schema = AnswerSchema(repo_settings.processor(PROC).schema)
+    assert schema.fast is not None
+
+    class Unused:
+        def iter_errors(self, value):
+            raise AssertionError("jsonschema was asked about a valid answer")
+
+    schema.reference = Unused()
+    assert schema.problem(VALID) is None
+
+
+@pytest.mark.parametrize(
+    "schema, value, problem",
+    [
+        # a $ref that only a fetch could resolve: no fetch; jsonschema alone decides (and cannot resolve it)
+        ({"properties": {"a": {"$ref": "http://127.0.0.1:9/none.json"}}}, {"b": 1}, None),
+        ({"type": "integer", "maximum": 2**80}, 2**70, None),  # beyond 64 bits: jsonschema decides
+        ({"type": "integer", "maximum": 2**80}, 2**81, "answer breaks the schema at (top level): "),
+        ({"type": "object", "properties": {"n": {"type": "integer"}}}, {"n": True}, "answer breaks the schema at n"),
+        ({"type": "string", "format": "email"}, "not an address", None),  # formats are not asserted, as before
+    ],
+)
+def test_answer_schema_gives_jsonschemas_verdicts_and_words(schema, value, problem):
+    checked = AnswerSchema(schema).problem(value)
+    reference = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    assert (checked is None) is (reference is None) is (problem is None)
+    if problem is not None:
+        assert checked.startswith(problem) and checked.endswith(reference.message[:200])
 
 
 # --- write_result ---------------------------------------------------------------------------------------

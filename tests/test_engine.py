@@ -1153,6 +1153,21 @@ def test_count_tokens_counts_words_and_punctuation_marks():
     assert count_tokens("a" * 1000) == 1
 
 
+def test_count_tokens_counts_what_its_regex_matches():
+    """Counted on bytes, each character outside ASCII replaced by one of its class: the same count as the
+    definition's regex, for every character of the first planes and mixed random text."""
+    definition = re.compile(r"\w+|[^\w\s]")
+    chars = [chr(i) for i in range(0x3100) if not 0xD800 <= i < 0xE000] + ["\ud800", "\U0001f600", "\U00020000"]
+    for c in chars:
+        for text in (c, f"x{c}x", f"{c}{c} {c}_"):
+            assert count_tokens(text) == len(definition.findall(text)), hex(ord(c))
+    rng = random.Random(7)
+    pool = [*map(chr, range(128)), "é", "\u0301", "’", "\u3000", "\xa0", "\x85", "😀", "中", "٠", "\u2028", "²", "Ⅰ"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randrange(60)))
+        assert count_tokens(text) == len(definition.findall(text)), repr(text)
+
+
 @pytest.mark.parametrize(
     "system, schema, messages",
     [

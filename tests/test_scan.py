@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import batchpipe.render
 import batchpipe.scan
 from batchpipe.config import Settings, load_settings_file
 from batchpipe.errors import IssueFileError
@@ -307,3 +308,33 @@ def test_select_issues_with_command_line_values(ws):
     )
     assert (settings.org, settings.repo, settings.issue_number, settings.limit) == ("a", None, None, 2)
     assert [e.key for e in select_issues(settings, ENTRIES)] == ["a_x_issue_1", "a_y_issue_2"]
+
+
+@pytest.mark.parametrize(
+    "overrides, version",
+    [
+        ({}, "1.0"),
+        ({"provider": "openai"}, "1.0"),
+        ({"provider": "anthropic", "cache": {"min_tokens": {"claude-haiku-4-5": 10}}}, "1.0"),  # a marked prefix
+        ({}, "2.0"),  # the version joins what is hashed
+    ],
+)
+def test_a_requests_size_counted_from_its_hash_bytes_equals_it_encoded_again(ws, overrides, version):
+    """The scan encodes each request once: its size (for `chunk_size: auto`) is counted from the bytes it
+    hashes, and equals the size of its neutral form encoded on its own, non-ASCII text included."""
+    settings = settings_of(ws, **overrides)
+    path = ws.files("data/issues/*.json")[0]
+    issue = dataclasses.replace(load_issue(path), body='Déjà vu ✓ 😀 \u2028 \x7f \\ " end')
+    marked = []
+    for processor in settings.processors:
+        rendered = render_request(issue, dataclasses.replace(processor, version=version), settings, path)
+        assert rendered.content_bytes == batchpipe.render.neutral_bytes(rendered.neutral) > 0
+        assert batchpipe.scan.line_bytes(rendered) == rendered.content_bytes + batchpipe.scan.LINE_OVERHEAD
+        marked.append(rendered.neutral.cache_prefix)
+    assert any(marked) is ("cache" in overrides)
+    # another shape than `ask` gives (a temperature, two messages) is encoded again
+    for other in (
+        dataclasses.replace(rendered.neutral, temperature=0.5),
+        dataclasses.replace(rendered.neutral, messages=[*rendered.neutral.messages, {"role": "user", "content": "x"}]),
+    ):
+        assert batchpipe.render._bytes_from_identity(other, 1) == batchpipe.render.neutral_bytes(other)

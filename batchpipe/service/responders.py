@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import math
@@ -77,14 +78,35 @@ class Responder:
         return [self.respond(req) for req in reqs]
 
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+_TOKEN = re.compile(r"\w+|[^\w\s]")  # what `count_tokens` counts, by its definition
+_ASCII_SPACE = bytes(i for i in range(128) if _TOKEN.match(chr(i)) is None)  # \s: also \x1c-\x1f
+_ASCII_WORD = bytes(i for i in range(128) if re.match(r"\w", chr(i)))
+_NOT_MARKS = _ASCII_SPACE + _ASCII_WORD
+_WORDS_APART = bytes(0x61 if i in _ASCII_WORD else 0x20 for i in range(256))  # a word run -> "aaa", else " "
+_TOKEN_CLASS = "batchpipe.token_class"
+
+
+def _token_class(error: UnicodeError) -> tuple[str, int]:
+    """Encoding to ASCII, each other character becomes one of its class for `count_tokens`: `a` (a word
+    character: alphanumeric or `_`), a space (whitespace) or `!` (a punctuation mark), as the regex sees it."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    run = error.object[error.start : error.end]
+    return "".join("a" if c.isalnum() or c == "_" else " " if c.isspace() else "!" for c in run), error.end
+
+
+codecs.register_error(_TOKEN_CLASS, _token_class)
 
 
 def count_tokens(text: str) -> int:
-    """The service's token count: words and punctuation marks. Each is at least one character, so a
-    request's count never exceeds its bytes (the forecast's ceiling), and it is not the planner's estimate.
-    Counted by `subn`, which builds no list of the tokens (the offline responder counts every request)."""
-    return _TOKEN.subn("", text)[1]
+    """The service's token count: words and punctuation marks (the matches of `_TOKEN`). Each is at least one
+    character, so a request's count never exceeds its bytes (the forecast's ceiling), and it is not the
+    planner's estimate. The offline responder counts every request, so it is counted on bytes, not by the
+    regex: the text as ASCII with each other character replaced by one of its class, then its word runs
+    (`split`) and its punctuation marks (what is left once word and space bytes are deleted)."""
+    ascii_text = text.encode("ascii", _TOKEN_CLASS)
+    marks = len(ascii_text.translate(None, _NOT_MARKS))
+    return len(ascii_text.translate(_WORDS_APART).split()) + marks
 
 
 def prefix_text(req: NeutralRequest) -> str:
