@@ -270,8 +270,14 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
     """A chunk new in this run's plan (submit_batch): its request file and index from the plan's spec, then
     sent once. Once sent, its job has no plan among its inputs (no edge to the plan for Snakemake to weigh in a
     settled workspace); run again then (Snakemake deleted its outputs first), it restores the files from the
-    links beside the ledger and rewrites the marker from the ledger."""
+    links beside the ledger and rewrites the marker from the ledger. With large chunks in a process of its
+    own, one at a time (`Apart`): a large chunk's table, built several times over (index, ledger line, marker),
+    would stay with the Snakemake process."""
     settings = settings_of(config)
+    if _APART.wanted(settings):
+        with _ONE_SUBMISSION_APART:
+            _APART.run(log, run_write_and_submit, config, processor, chunk, plan, log)
+        return
     if plan:
         run_write_requests(config, processor, chunk, plan, log)
     else:
@@ -283,7 +289,7 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
                 "from the ledger; nothing is sent)"
             )
     run_submit(config, processor, chunk, log)
-    if _large_chunks(settings):  # its table was built several times over (index, ledger line, marker)
+    if _large_chunks(settings) and not _IN_APART.is_set():  # its table was built several times over
         _give_back_memory(collect=False)
 
 
@@ -463,14 +469,15 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
 
 
 class Apart:
-    """Runs a large run's plan and summary jobs each in a process of its own.
+    """Runs a large run's plan, summary and new chunks' submissions each in a process of its own.
 
-    Both read every selected issue's entry; in the Snakemake process, what they free stays with it (Python
-    and malloc keep most of it) beside the chunks' jobs that come after, the run's peak (BENCHMARKS.md). A
-    spawned process gives it all back when it ends, for the cost of starting an interpreter, paid only
-    where chunks are large (`chunk_size: auto` or `LARGE_CHUNK` requests and more: a large run), as the
-    download workers are (`BATCHPIPE_WORKERS=0`: neither). The job's outputs are the same; its log says the
-    process; its exceptions come back (an empty selection still exits 2)."""
+    The plan and the summary read every selected issue's entry, a submission builds its chunk's table
+    several times over; in the Snakemake process, what they free stays with it (Python and malloc keep most
+    of it) beside the jobs that come after, the run's peak (BENCHMARKS.md). A spawned process gives it all
+    back when it ends, for the cost of starting an interpreter, paid only where chunks are large
+    (`chunk_size: auto` or `LARGE_CHUNK` requests and more: a large run), as the download workers are
+    (`BATCHPIPE_WORKERS=0`: none of them). The job's outputs are the same; its log says the process; its
+    exceptions come back (an empty selection still exits 2)."""
 
     def wanted(self, settings: Settings) -> bool:
         return _large_chunks(settings) and DownloadWorkers.count(settings) > 0 and not _IN_APART.is_set()
@@ -498,6 +505,9 @@ class _NothingSelected(ConfigError):
 
 
 _APART = Apart()
+# one submission apart at a time: their tables would add up, and the submissions of a run's process took
+# turns anyway (its threads share one interpreter lock)
+_ONE_SUBMISSION_APART = threading.Lock()
 _IN_APART = threading.Event()  # set in the process `Apart` starts: its job runs there, not in one more
 
 

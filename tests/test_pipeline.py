@@ -386,28 +386,35 @@ def test_downloads_in_worker_processes_write_what_the_job_thread_writes(tmp_path
 
 
 @pytest.mark.workflow
-def test_a_large_runs_plan_and_summary_in_processes_of_their_own_write_what_the_snakemake_process_writes(tmp_path):
-    """chunk_size: auto: the plan and the summary each run in a spawned process (what they free goes back to
-    the system with it); BATCHPIPE_WORKERS=0: in the Snakemake process. The same plan, results, manifests and
-    summary (batch ids and times apart)."""
+def test_a_large_runs_plan_summary_and_submissions_apart_write_what_the_snakemake_process_writes(tmp_path):
+    """chunk_size: auto: the plan, the summary and each new chunk's submission run in a spawned process (what
+    they free goes back to the system with it); BATCHPIPE_WORKERS=0: in the Snakemake process. The same plan,
+    request files, results, manifests and summary (batch ids and the run's group id apart), one batch a chunk."""
     issues = sorted((REPO / "data" / "issues").glob("*.json"))[:8]
 
     def run(name: str, workers: str | None) -> tuple[dict, str]:
         ws = make_workspace(tmp_path / name, issues)
         ws.config(chunk_size="auto")
         ws.snakemake("--cores", "4", "results/all", env={"BATCHPIPE_WORKERS": workers} if workers else None)
-        logs = "".join(p.read_text() for p in [*ws.files("logs/plan/*.log"), *ws.files("logs/summarize_run/*.log")])
+        logs = "".join(
+            p.read_text()
+            for folder in ("plan", "summarize_run", "submit_batch/*")
+            for p in ws.files(f"logs/{folder}/*.log")
+        )
+        assert len(ws.local_batches()) == len(ws.files("batch_results/*/*.submitted.json")) == 2
 
         def strip(path):  # the batch ids (the provider makes them) and the run's group id (its time)
             return re.sub(r"batch_[0-9a-f]+|g\d{8}-\d{6}-[0-9a-f]{4}", "X", path.read_text())
 
         files = [*ws.files("data/results/*.json"), *ws.files("batch_results/*/*.results.json")]
         files += [*ws.files("results/plan/*/s0r0/*.json"), ws.root / "results" / "summary.json"]
-        return {str(p.relative_to(ws.root)).split("/", 1)[-1]: strip(p) for p in files}, logs
+        files += ws.files("batch_requests/*/*")
+        return {str(p.relative_to(ws.root)): strip(p) for p in files}, logs
 
     apart, logs = run("apart", None)
-    assert logs.count("in a process of its own") == 2
-    assert len([name for name in apart if name.startswith("results/")]) == 16
+    assert logs.count("in a process of its own") == 4  # the plan, two submissions, the summary
+    assert len([name for name in apart if name.startswith("data/results/")]) == 16
+    assert len([name for name in apart if name.startswith("batch_requests/")]) == 4  # two request files and indexes
     together, together_logs = run("together", "0")
     assert "in a process of its own" not in together_logs
     assert apart.keys() == together.keys()
