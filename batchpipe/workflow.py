@@ -120,16 +120,7 @@ def run_plan(
     """Make the plan of a stage's round. The first plan of a run also repairs damaged views, adopts the
     batches another checkout sent, learns which batches ended (`wait: false`), and tidies older plans.
     `threads`: processes for reading the issue files the scan cache lacks. What it renders is kept in the
-    folder for its new chunks' jobs (`renderings`). In a process of its own when chunks are large (`apart`)."""
-    if _APART.wanted(settings_of(config)):
-        _APART.run(log, _make_plan, config, key, stage, round_, folder, log, threads)
-    else:
-        _make_plan(config, key, stage, round_, folder, log, threads)
-
-
-def _make_plan(
-    config: dict[str, Any], key: str, stage: int, round_: int, folder: str, log: str, threads: int = 1
-) -> None:
+    folder for its new chunks' jobs (`renderings`)."""
     settings = settings_of(config)
     layout = Layout(settings)
     job_log = JobLog(log, echo=False)
@@ -469,15 +460,16 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
 
 
 class Apart:
-    """Runs a large run's plan, summary and new chunks' submissions each in a process of its own.
+    """Runs a large chunk's submission in a process of its own.
 
-    The plan and the summary read every selected issue's entry, a submission builds its chunk's table
-    several times over; in the Snakemake process, what they free stays with it (Python and malloc keep most
-    of it) beside the jobs that come after, the run's peak (BENCHMARKS.md). A spawned process gives it all
-    back when it ends, for the cost of starting an interpreter, paid only where chunks are large
-    (`chunk_size: auto` or `LARGE_CHUNK` requests and more: a large run), as the download workers are
-    (`BATCHPIPE_WORKERS=0`: none of them). The job's outputs are the same; its log says the process; its
-    exceptions come back (an empty selection still exits 2)."""
+    A submission builds its chunk's table several times over (index, ledger line, marker); in the Snakemake
+    process, what it frees stays with it (Python and malloc keep most of it), and the plan and the summary,
+    which run there and read every selected issue's entry, come on top: the run's peak (BENCHMARKS.md). A
+    spawned process gives it all back when it ends, for the cost of starting an interpreter, paid only where
+    chunks are large (`chunk_size: auto` or `LARGE_CHUNK` requests and more), as the download workers are
+    (`BATCHPIPE_WORKERS=0`: neither). The plan and the summary stay in the Snakemake process: apart, each
+    would add an interpreter beside it, and the summary would not reuse what the plan freed. The job's
+    outputs and the ledger are the same; its log names the process; its exceptions come back."""
 
     def wanted(self, settings: Settings) -> bool:
         return _large_chunks(settings) and DownloadWorkers.count(settings) > 0 and not _IN_APART.is_set()
@@ -489,19 +481,12 @@ class Apart:
         ) as pool:
             try:
                 pool.submit(_run_apart, log, function, *args).result()
-            except _NothingSelected as exc:
-                EMPTY_SELECTION.set()
-                raise ConfigError(str(exc)) from None
             except concurrent.futures.process.BrokenProcessPool:
                 raise BatchpipeError(
-                    f"the process of {function.__name__.strip('_')} died; run snakemake again (nothing is lost: "
-                    "the plan and the summary are made again from the files)"
+                    f"the process of {function.__name__} died; run snakemake again (nothing is lost or sent "
+                    "twice: the ledger records each step of a submission before and after it)"
                 ) from None
         _end_resource_tracker()
-
-
-class _NothingSelected(ConfigError):
-    """An empty selection, from a process of its own: the run's process sets `EMPTY_SELECTION`."""
 
 
 _APART = Apart()
@@ -513,6 +498,7 @@ _IN_APART = threading.Event()  # set in the process `Apart` starts: its job runs
 
 def _start_apart(parent: int) -> None:
     interrupt.die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a job thread: a Ctrl-C stops the run, not a job midway
     _IN_APART.set()
 
 
@@ -520,10 +506,6 @@ def _run_apart(log: str, function: Any, *args: Any) -> None:
     JobLog(log, echo=False)(f"in a process of its own ({os.getpid()})")
     try:
         function(*args)
-    except ConfigError as exc:
-        if EMPTY_SELECTION.is_set():
-            raise _NothingSelected(str(exc)) from None
-        raise
     except Exception as exc:
         try:
             pickle.loads(pickle.dumps(exc))
@@ -565,17 +547,9 @@ def run_gather_round(config: dict[str, Any], plan_folder: str, round_path: str, 
 
 def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:
     """The run summary, for the run's selection (recorded by its first plan), from the files the run wrote;
-    then, with `commit_results`, the new result files are committed to git. In a process of its own when
-    chunks are large (`apart`)."""
+    then, with `commit_results`, the new result files are committed to git."""
     stopped = DOWNLOADS.stop()  # every download is done
-    if _APART.wanted(settings_of(config)):
-        _APART.run(log, _summarize, config, plan_files, summary_path, log)
-        return
     _give_back_memory(collect=not stopped)  # what the chunks' jobs left is reused by the summary's plan
-    _summarize(config, plan_files, summary_path, log)
-
-
-def _summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:
     settings = settings_of(config)
     job_log = JobLog(log, echo=False)
     first = read_json(Path(min(plan_files, key=lambda p: Path(p).name)) / "plan.json")  # s0r0 sorts first

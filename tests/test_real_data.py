@@ -420,7 +420,3 @@ def test_forty_good_issues_and_hostile_files_run_to_completion(tmp_path: Path) -
     # an org typo: one line saying what exists, exit 2 (a bad config value)
     typo = ws.snakemake("--cores", "2", "results/all", "--config", "org=bitcoin-cor", code=2)
     assert re.search(r"org 'bitcoin-cor' matches none of the 41 issue\(s\).*orgs present: bitcoin-core", typo.stderr)
-    # the same from a plan in a process of its own (chunk_size: auto)
-    typo = ws.snakemake("--cores", "2", "results/all", "--config", "org=bitcoin-cor", "chunk_size=auto", code=2)
-    assert re.search(r"org 'bitcoin-cor' matches none of the 41 issue\(s\).*orgs present: bitcoin-core", typo.stderr)
-    assert "in a process of its own" in "".join(p.read_text() for p in ws.files("logs/plan/*.log"))
