@@ -318,10 +318,15 @@ def test_wait_false_exits_with_batches_in_flight_and_a_later_run_finishes_them(s
 
 
 @pytest.mark.workflow
-def test_process_killed_between_create_and_marker_resumes_without_second_batch(small_workspace):
+@pytest.mark.parametrize("chunk_size", [None, "auto"])  # auto: the submission runs in a process of its own
+def test_process_killed_between_create_and_marker_resumes_without_second_batch(small_workspace, chunk_size):
     ws = small_workspace
+    if chunk_size:
+        ws.config(chunk_size=chunk_size)
     killed = ws.snakemake("--cores", "1", "results/all", env={"BATCHPIPE_CRASH_AT": "after_create"}, check=False)
     assert killed.returncode != 0
+    if chunk_size:
+        assert "in a process of its own" in "".join(p.read_text() for p in ws.files("logs/submit_batch/*/*.log"))
     assert len(ws.local_batches()) == 1 and not ws.files("batch_results/*/*.submitted.json")
     ws.snakemake("--unlock")
     ws.snakemake("--cores", "4", "results/all")
