@@ -414,8 +414,7 @@ class DownloadWorkers:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
+            _kill_processes(pool)
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -475,18 +474,29 @@ class Apart:
         return _large_chunks(settings) and DownloadWorkers.count(settings) > 0 and not _IN_APART.is_set()
 
     def run(self, log: str, function: Any, *args: Any) -> None:
+        """`function(*args)` in a spawned process, which a stop of the run ends (a submission's waits, e.g. for
+        the token budget, sleep on the run's own stop event, which the process does not see)."""
+        interrupt.sleep(0)  # a run asked to stop starts nothing more
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
             1, mp_context=context, initializer=_start_apart, initargs=(os.getpid(),)
         ) as pool:
+            interrupt.on_stop(lambda: _kill_processes(pool))
             try:
                 pool.submit(_run_apart, log, function, *args).result()
             except concurrent.futures.process.BrokenProcessPool:
+                interrupt.sleep(0)  # ended by a stop: say so
                 raise BatchpipeError(
                     f"the process of {function.__name__} died; run snakemake again (nothing is lost or sent "
                     "twice: the ledger records each step of a submission before and after it)"
                 ) from None
         _end_resource_tracker()
+
+
+def _kill_processes(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """End a pool's processes now (`_processes`: CPython's own, the pool's processes by pid)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 _APART = Apart()

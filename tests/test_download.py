@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from batchpipe import interrupt, workflow
 from batchpipe.config import load_settings_file
 from batchpipe.download import Waiter, batch_errors_as_lines, download_chunk, download_realtime
-from batchpipe.errors import BatchRefused, ProviderError
+from batchpipe.errors import BatchRefused, Interrupted, ProviderError
 from batchpipe.files import sha256_hex
 from batchpipe.joblog import JobLog
 from batchpipe.ledger import Downloaded, read_events, read_marker
@@ -283,3 +286,33 @@ def test_download_workers_take_every_core_for_large_chunks(monkeypatch, cores, c
         monkeypatch.setenv(WORKERS_ENV, env)
     settings = load_settings_file(REPO / "config.yaml", {"chunk_size": chunk_size})
     assert DownloadWorkers.count(settings) == workers
+
+
+def test_a_submission_apart_ends_when_the_run_is_asked_to_stop(tmp_path):
+    """A large chunk's submission runs in a process of its own, whose waits (the token budget) do not see the
+    run's stop event: a stop (SIGINT, SIGTERM) ends the process, and the job says the run was stopped."""
+    log = tmp_path / "submit.log"
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            workflow._APART.run(str(log), time.sleep, 120)  # stands for a submission waiting for the budget
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "in a process of its own" in log.read_text()):  # the process is running
+            assert time.monotonic() < deadline, "the process did not start"
+            time.sleep(0.05)
+        interrupt.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], Interrupted), errors
+        with pytest.raises(Interrupted):  # and nothing more starts
+            workflow._APART.run(str(log), time.sleep, 0)
+    finally:
+        interrupt.STOP.clear()
+        thread.join(30)
