@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import jsonschema_rs
 
 from .config import Processor, Settings
 from .files import atomic_write_bytes, atomic_write_text, pretty_json
@@ -50,6 +49,8 @@ class AnswerSchema:
     hundredth of its time on a valid answer (collecting checks every answer; BENCHMARKS.md)."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
+        import jsonschema_rs  # here, not at the top: reading the Snakefile (a dry run) never needs it
+
         self.reference = jsonschema.Draft202012Validator(schema)
         try:
             self.fast: Any = jsonschema_rs.Draft202012Validator(schema, validate_formats=False, offline=True)
