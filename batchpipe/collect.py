@@ -49,12 +49,15 @@ class AnswerSchema:
     hundredth of its time on a valid answer (collecting checks every answer; BENCHMARKS.md)."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        import jsonschema_rs  # here, not at the top: reading the Snakefile (a dry run) never needs it
-
         self.reference = jsonschema.Draft202012Validator(schema)
+        self.fast: Any = None
+        if not _same_verdicts(schema):
+            return  # a keyword whose verdict may differ (a regex dialect, float arithmetic): jsonschema alone
         try:
-            self.fast: Any = jsonschema_rs.Draft202012Validator(schema, validate_formats=False, offline=True)
-        except Exception:  # a schema it does not take (a `$ref` it cannot resolve offline): jsonschema alone
+            import jsonschema_rs  # here, not at the top: reading the Snakefile (a dry run) never needs it
+
+            self.fast = jsonschema_rs.Draft202012Validator(schema, validate_formats=False, offline=True)
+        except Exception:  # not installed, or a schema it does not take (a `$ref` it cannot resolve offline)
             self.fast = None
 
     def problem(self, value: Any) -> str | None:
@@ -70,6 +73,38 @@ class AnswerSchema:
             return None
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         return f"answer breaks the schema at {where}: {error.message[:200]}"
+
+
+# Keywords on which jsonschema-rs and jsonschema agree. Not `pattern`, `patternProperties`, `propertyNames`
+# (ECMA regexes against Python's `re`), `multipleOf` (decimal against float arithmetic), `format` and the rest:
+# a schema using any other keyword is checked by jsonschema alone.
+_SAME_KEYWORDS = frozenset(
+    "$schema $id $comment $defs $ref title description default examples deprecated readOnly writeOnly type enum "
+    "const properties required additionalProperties items prefixItems minItems maxItems uniqueItems minLength "
+    "maxLength minimum maximum exclusiveMinimum exclusiveMaximum minProperties maxProperties allOf anyOf oneOf "
+    "not if then else dependentRequired".split()
+)
+_SUBSCHEMAS = frozenset("items additionalProperties not if then else".split())
+_SUBSCHEMA_LISTS = frozenset("prefixItems allOf anyOf oneOf".split())
+_SUBSCHEMA_MAPS = frozenset("properties $defs".split())
+
+
+def _same_verdicts(schema: Any) -> bool:
+    """Whether every keyword of `schema`, nested ones too, is one the two validators agree on (a local `$ref`)."""
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict) or not set(schema) <= _SAME_KEYWORDS:
+        return False
+    if "$ref" in schema and not str(schema["$ref"]).startswith("#"):
+        return False
+    for key, value in schema.items():
+        if key in _SUBSCHEMAS and not _same_verdicts(value):
+            return False
+        if key in _SUBSCHEMA_LISTS and not (isinstance(value, list) and all(map(_same_verdicts, value))):
+            return False
+        if key in _SUBSCHEMA_MAPS and not (isinstance(value, dict) and all(map(_same_verdicts, value.values()))):
+            return False
+    return True
 
 
 def parse_answer(outcome: Outcome, processor: Processor, schema: AnswerSchema | None) -> Answer:

@@ -29,9 +29,11 @@ def sleep(seconds: float) -> None:
 
 
 def on_stop(callback: Callable[[], None]) -> None:
-    """Call `callback` (once) when the run is asked to stop, e.g. to end worker processes."""
+    """Call `callback` (once) when the run is asked to stop, e.g. to end worker processes. A callback already
+    waiting (an equal one: the same bound method) is not added again."""
     with _LOCK:
-        _CALLBACKS.append(callback)
+        if callback not in _CALLBACKS:
+            _CALLBACKS.append(callback)
 
 
 def stop() -> None:

@@ -473,24 +473,45 @@ class Apart:
     def wanted(self, settings: Settings) -> bool:
         return _large_chunks(settings) and DownloadWorkers.count(settings) > 0 and not _IN_APART.is_set()
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: set[concurrent.futures.ProcessPoolExecutor] = set()
+
     def run(self, log: str, function: Any, *args: Any) -> None:
-        """`function(*args)` in a spawned process, which a stop of the run ends (a submission's waits, e.g. for
-        the token budget, sleep on the run's own stop event, which the process does not see)."""
+        """`function(*args)` in a spawned process. A stop of the run reaches it as SIGTERM, which sets its own
+        stop event: its waits (the token budget, backoff) end, while a create or a realtime answer under way
+        is finished and recorded, as in a job thread."""
         interrupt.sleep(0)  # a run asked to stop starts nothing more
         context = multiprocessing.get_context("spawn")
+        interrupt.on_stop(self.stop)  # once: the same bound method is not added twice
         with concurrent.futures.ProcessPoolExecutor(
             1, mp_context=context, initializer=_start_apart, initargs=(os.getpid(),)
         ) as pool:
-            interrupt.on_stop(lambda: _kill_processes(pool))
+            with self._lock:
+                self._pools.add(pool)
             try:
-                pool.submit(_run_apart, log, function, *args).result()
+                future = pool.submit(_run_apart, log, function, *args)
+                if interrupt.STOP.is_set():  # a stop before its process was there to be told
+                    self.stop()
+                future.result()
             except concurrent.futures.process.BrokenProcessPool:
                 interrupt.sleep(0)  # ended by a stop: say so
                 raise BatchpipeError(
                     f"the process of {function.__name__} died; run snakemake again (nothing is lost or sent "
                     "twice: the ledger records each step of a submission before and after it)"
                 ) from None
-        _end_resource_tracker()
+            finally:
+                with self._lock:
+                    self._pools.discard(pool)
+
+    def stop(self) -> None:
+        """Tell each process apart that the run stops (SIGTERM: `_start_apart` makes it set its stop event)."""
+        with self._lock:
+            pools = list(self._pools)
+        for pool in pools:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    process.terminate()
 
 
 def _kill_processes(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -508,7 +529,8 @@ _IN_APART = threading.Event()  # set in the process `Apart` starts: its job runs
 
 def _start_apart(parent: int) -> None:
     interrupt.die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a job thread: a Ctrl-C stops the run, not a job midway
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a job thread: the run's process decides, then tells it
+    signal.signal(signal.SIGTERM, lambda signum, frame: interrupt.STOP.set())  # its waits end, its work is kept
     _IN_APART.set()
 
 

@@ -309,7 +309,10 @@ def test_a_valid_answer_is_checked_by_the_compiled_schema_alone(repo_settings):
     [
         # a $ref that only a fetch could resolve: no fetch; jsonschema alone decides (and cannot resolve it)
         ({"properties": {"a": {"$ref": "http://127.0.0.1:9/none.json"}}}, {"b": 1}, None),
-        ({"type": "integer", "maximum": 2**80}, 2**70, None),  # beyond 64 bits: jsonschema decides
+        ({"type": "integer", "maximum": 2**80}, 2**70, None),  # beyond 64 bits
+        ({"type": "string", "maxLength": 3}, "\ud800", None),  # a lone surrogate it cannot take: jsonschema decides
+        ({"type": "number", "multipleOf": 0.01}, 0.07, "answer breaks the schema at (top level): "),  # float rounding
+        ({"type": "string", "pattern": "^\\S+$"}, "a\x1c", "answer breaks the schema at (top level): "),  # Python's re
         ({"type": "integer", "maximum": 2**80}, 2**81, "answer breaks the schema at (top level): "),
         ({"type": "object", "properties": {"n": {"type": "integer"}}}, {"n": True}, "answer breaks the schema at n"),
         ({"type": "string", "format": "email"}, "not an address", None),  # formats are not asserted, as before

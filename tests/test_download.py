@@ -289,14 +289,14 @@ def test_download_workers_take_every_core_for_large_chunks(monkeypatch, cores, c
 
 
 def test_a_submission_apart_ends_when_the_run_is_asked_to_stop(tmp_path):
-    """A large chunk's submission runs in a process of its own, whose waits (the token budget) do not see the
-    run's stop event: a stop (SIGINT, SIGTERM) ends the process, and the job says the run was stopped."""
+    """A large chunk's submission runs in a process of its own: a stop of the run (SIGINT, SIGTERM) reaches it
+    as SIGTERM, which ends its waits (the token budget) as in a job thread; the job says the run was stopped."""
     log = tmp_path / "submit.log"
     errors: list[BaseException] = []
 
     def job() -> None:
         try:
-            workflow._APART.run(str(log), time.sleep, 120)  # stands for a submission waiting for the budget
+            workflow._APART.run(str(log), interrupt.sleep, 120)  # a submission waiting for the budget
         except BaseException as exc:  # noqa: BLE001 - the test looks at it
             errors.append(exc)
 
