@@ -43,10 +43,11 @@ class Answer:
 
 
 class AnswerSchema:
-    """A processor's answer schema (JSON Schema 2020-12). Each answer is checked by jsonschema-rs, compiled
-    and offline (no `$ref` is fetched); only an answer it refuses, or one it cannot take, goes to
-    jsonschema, which decides and names the problem: the same verdicts and words as jsonschema alone, for a
-    hundredth of its time on a valid answer (collecting checks every answer; BENCHMARKS.md)."""
+    """A processor's answer schema (JSON Schema 2020-12). Where its keywords are ones both validators agree on
+    (`_same_verdicts`), each answer is checked by jsonschema-rs, compiled and offline (no `$ref` is fetched);
+    only an answer it refuses, or one it cannot take, goes to jsonschema, which decides and names the problem.
+    Other schemas are checked by jsonschema alone. A hundredth of jsonschema's time on a valid answer
+    (collecting checks every answer; BENCHMARKS.md)."""
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.reference = jsonschema.Draft202012Validator(schema)
@@ -66,7 +67,7 @@ class AnswerSchema:
             try:
                 if self.fast.is_valid(value):
                     return None
-            except Exception:  # a value it cannot take (an integer beyond 64 bits): jsonschema decides
+            except Exception:  # a value it cannot take (a lone surrogate): jsonschema decides
                 pass
         error = jsonschema.exceptions.best_match(self.reference.iter_errors(value))
         if error is None:

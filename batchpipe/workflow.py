@@ -266,8 +266,7 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
     would stay with the Snakemake process."""
     settings = settings_of(config)
     if _APART.wanted(settings):
-        with _ONE_SUBMISSION_APART:
-            _APART.run(log, run_write_and_submit, config, processor, chunk, plan, log)
+        _APART.run(log, run_write_and_submit, config, processor, chunk, plan, log)
         return
     if plan:
         run_write_requests(config, processor, chunk, plan, log)
@@ -414,7 +413,8 @@ class DownloadWorkers:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            _kill_processes(pool)
+            for process in _processes_of(pool):
+                process.kill()
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -448,14 +448,24 @@ def _start_worker(settings: Settings, parent: int) -> None:
 def _download_in_worker(processor: str, chunk: str, log: str) -> None:
     assert _WORKER_SETTINGS is not None
     JobLog(log, echo=False)(f"{processor}/{chunk}: downloading in worker process {os.getpid()}")
+    _for_parent(download_and_collect, _WORKER_SETTINGS, processor, chunk, log)
+
+
+def _for_parent(function: Any, *args: Any) -> None:
+    """`function(*args)` in a worker process, whose exception must travel back to the run's process."""
     try:
-        download_and_collect(_WORKER_SETTINGS, processor, chunk, log)
+        function(*args)
     except Exception as exc:
         try:
             pickle.loads(pickle.dumps(exc))
         except Exception:  # an SDK's exception may not travel back: its type and message do
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
         raise
+
+
+def _processes_of(pool: concurrent.futures.ProcessPoolExecutor) -> list[Any]:
+    """A pool's processes (`_processes`: CPython's own, by pid)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 class Apart:
@@ -470,17 +480,24 @@ class Apart:
     would add an interpreter beside it, and the summary would not reuse what the plan freed. The job's
     outputs and the ledger are the same; its log names the process; its exceptions come back."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # one at a time: their tables would add up, and the submissions of a run's process took turns anyway
+        # (its threads share one interpreter lock)
+        self._one_at_a_time = threading.Lock()
+        self._pools: set[concurrent.futures.ProcessPoolExecutor] = set()
+
     def wanted(self, settings: Settings) -> bool:
         return _large_chunks(settings) and DownloadWorkers.count(settings) > 0 and not _IN_APART.is_set()
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pools: set[concurrent.futures.ProcessPoolExecutor] = set()
-
     def run(self, log: str, function: Any, *args: Any) -> None:
-        """`function(*args)` in a spawned process. A stop of the run reaches it as SIGTERM, which sets its own
-        stop event: its waits (the token budget, backoff) end, while a create or a realtime answer under way
-        is finished and recorded, as in a job thread."""
+        """`function(*args)` in a spawned process, once the one before has ended. A stop of the run reaches it
+        as SIGTERM, which sets its own stop event: its waits (the token budget, backoff) end, while a create or
+        a realtime answer under way is finished and recorded, as in a job thread."""
+        with self._one_at_a_time:
+            self._run(log, function, *args)
+
+    def _run(self, log: str, function: Any, *args: Any) -> None:
         interrupt.sleep(0)  # a run asked to stop starts nothing more
         context = multiprocessing.get_context("spawn")
         interrupt.on_stop(self.stop)  # once: the same bound method is not added twice
@@ -508,22 +525,12 @@ class Apart:
         """Tell each process apart that the run stops (SIGTERM: `_start_apart` makes it set its stop event)."""
         with self._lock:
             pools = list(self._pools)
-        for pool in pools:
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                with contextlib.suppress(OSError, ValueError):
-                    process.terminate()
-
-
-def _kill_processes(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """End a pool's processes now (`_processes`: CPython's own, the pool's processes by pid)."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.kill()
+        for process in (process for pool in pools for process in _processes_of(pool)):
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()
 
 
 _APART = Apart()
-# one submission apart at a time: their tables would add up, and the submissions of a run's process took
-# turns anyway (its threads share one interpreter lock)
-_ONE_SUBMISSION_APART = threading.Lock()
 _IN_APART = threading.Event()  # set in the process `Apart` starts: its job runs there, not in one more
 
 
@@ -537,13 +544,7 @@ def _start_apart(parent: int) -> None:
 def _run_apart(log: str, function: Any, *args: Any) -> None:
     JobLog(log, echo=False)(f"in a process of its own ({os.getpid()})")
     try:
-        function(*args)
-    except Exception as exc:
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:  # an SDK's exception may not travel back: its type and message do
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
-        raise
+        _for_parent(function, *args)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
