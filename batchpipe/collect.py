@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 
 from .config import Processor, Settings
-from .files import atomic_write_bytes, atomic_write_text, pretty_json
+from .files import FolderListing, atomic_write_bytes, atomic_write_text, pretty_json, write_new
 from .issues import item_kind
 from .joblog import JobLog
 from .layout import Layout
@@ -188,6 +188,31 @@ def write_result(path: Path, doc: dict[str, Any]) -> int:
     return len(data)
 
 
+LISTED_FROM = 1000  # requests of a chunk from which the results folder is listed once (it may hold 100,000s)
+
+
+def _existing_results(layout: Layout, requests: int) -> Callable[[Path], bool]:
+    """Whether a result file exists as the collection starts: from one listing of the folder for a large
+    chunk, else a look each (a small chunk's job would spend more on listing a large folder)."""
+    if requests >= LISTED_FROM:
+        listing = FolderListing(layout.results_dir)
+        return listing.exists
+    return os.path.lexists
+
+
+def _write_issue_result(path: Path, doc: dict[str, Any], there: bool, owners: _Owners, chunk: str) -> int | None:
+    """`write_result`, for a result file this collection's listing had (`there`) or not: an absent one is
+    made without being read first (most of a cold run's results), unless another collection made it since,
+    which is then weighed as one that was there. None when a request sent later owns it."""
+    if not there:
+        data = pretty_json(doc).encode("utf-8")
+        if write_new(path, data):
+            return len(data)
+        if owners.newer(path, chunk):
+            return None
+    return write_result(path, doc)
+
+
 class _Owners:
     """Which chunk's answer a result file holds, and whether it is newer than this chunk's: a request sent
     later is the current one (an issue edited since, a reprocess), so an older chunk collected late never
@@ -212,10 +237,13 @@ class _Owners:
         return bool(holder) and holder != chunk and self.prepared_at(str(holder)) > self.prepared_at(chunk)
 
 
-def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Callable[[str], None]) -> Manifest:
+def collect_chunk(
+    settings: Settings, processor_name: str, chunk: str, log: Callable[[str], None], marker: Marker | None = None
+) -> Manifest:
     """Parse a chunk's downloaded outputs: write valid results, record every outcome in the manifest.
 
-    A function of files alone (the marker or index, the downloads, the ledger): no plan, no provider."""
+    A function of files alone (the marker or index, the downloads, the ledger): no plan, no provider.
+    `marker`: the chunk's marker as its job read it already (a large chunk's marker holds its table)."""
     layout = Layout(settings)
     processor = settings.processor(processor_name)
     schema = AnswerSchema(processor.schema) if processor.schema else None
@@ -225,8 +253,9 @@ def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Call
     cancelled = history is not None and any(isinstance(e, CancelRequested) for e in history.events)
     owners = _Owners(layout, chunk, history)
     del history
-    marker = read_marker(layout.marker(processor_name, chunk))
+    marker = marker or read_marker(layout.marker(processor_name, chunk))
     requests = marker.requests or read_index(layout.index_file(processor_name, chunk)).requests
+    existing = _existing_results(layout, len(requests))
     wire = wire_for(marker.provider or settings.provider)
     outcomes = {
         o.custom_id: o
@@ -253,16 +282,20 @@ def collect_chunk(settings: Settings, processor_name: str, chunk: str, log: Call
                 else:
                     for issue in record.issues:
                         path = layout.result(issue.key, processor_name)
-                        if owners.newer(path, chunk):
+                        there = existing(path)
+                        if there and owners.newer(path, chunk):
                             continue  # a request sent later owns this issue's result
                         doc = result_document(
                             settings, processor, issue, record, marker, outcome, answer.value, mode=marker.mode
                         )
                         try:
-                            manifest.results[path.name] = write_result(path, doc)
+                            size = _write_issue_result(path, doc, there, owners, chunk)
                         except OSError as exc:  # one result that cannot be written stops no other
                             unwritten.append(f"{path.name!r} ({exc.strerror or exc})")
                             continue
+                        if size is None:
+                            continue  # written meanwhile by a collection of a request sent later
+                        manifest.results[path.name] = size
                         written += 1
             else:
                 result.error, result.error_type, result.retryable = (

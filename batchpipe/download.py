@@ -98,13 +98,20 @@ def _requests(layout: Layout, marker: Marker) -> dict[str, RequestRecord]:
 
 
 def download_chunk(
-    settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog, waiter: Waiter | None = None
+    settings: Settings,
+    provider: Provider,
+    processor: str,
+    chunk: str,
+    log: JobLog,
+    waiter: Waiter | None = None,
+    marker: Marker | None = None,
 ) -> None:
     """Wait until the chunk's batch ends, keep its native output and error lines in the store, then write
-    their views next to the marker. A batch already in the store is not asked for again."""
+    their views next to the marker. A batch already in the store is not asked for again. `marker`: the
+    chunk's marker, when its job has read it."""
     layout = Layout(settings)
     label = f"{processor}/{chunk}"
-    marker = read_marker(layout.marker(processor, chunk))
+    marker = marker or read_marker(layout.marker(processor, chunk))
     stored = store.get(layout, marker.batch_id) or _stored_views(layout, processor, chunk, marker.batch_id)
     if stored is not None:
         write_views(layout, processor, chunk, stored)

@@ -8,22 +8,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 T = TypeVar("T")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp alone gives 0600
 
 
 def canonical_json(value: Any) -> str:
@@ -165,9 +155,8 @@ def atomic_writer(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
     """A file written piece by piece, then renamed into place (fsynced first when `durable`): readers see
     the old file or the whole new one; an exception leaves no trace."""
     path = Path(path)
-    fd, tmp = making_folder(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    fd, tmp = making_folder(path, lambda: _temporary(path))
     try:
-        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             if durable:
@@ -178,6 +167,39 @@ def atomic_writer(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new file beside `path` for an atomic write, `.{name}.{8 hex digits}.tmp`, made exclusively with the mode
+    open() gives: what `tempfile.mkstemp` makes, without its cost per name (results are written by the
+    hundred thousand)."""
+    while True:
+        tmp = f"{path.parent}/.{path.name}.{os.urandom(4).hex()}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def write_new(path: Path, data: bytes) -> bool:
+    """Write `path` atomically (no fsync) only if no file is there: False, and nothing written, if one is.
+    For a file that was absent a moment ago, which another process may write meanwhile."""
+    fd, tmp = making_folder(path, lambda: _temporary(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: the same, but for a file made in between
+            if os.path.lexists(path):
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def link_or_copy(source: str | Path, target: str | Path) -> None:

@@ -54,10 +54,12 @@ __all__ = [
     "Unarchived",
     "UploadIntent",
     "Uploaded",
+    "WaitingMarker",
     "append",
     "is_sent",
     "read_chunks",
     "read_events",
+    "read_marker_or_waiting",
     "read_waiting",
     "write_waiting_marker",
 ]
@@ -662,9 +664,29 @@ def read_waiting(path: Path) -> tuple[str, str] | None:
         data = read_json(path)
     except (OSError, ValueError):
         return None
+    waiting = _waiting_in(data)
+    return (waiting.kind, waiting.reason) if waiting else None
+
+
+@dataclass(frozen=True)
+class WaitingMarker:
+    """A waiting marker's kind and reason (`write_waiting_marker`)."""
+
+    kind: str
+    reason: str
+
+
+def _waiting_in(data: Any) -> WaitingMarker | None:
     if isinstance(data, dict) and data.get("waiting"):
-        return str(data["waiting"]), str(data.get("reason", ""))
+        return WaitingMarker(str(data["waiting"]), str(data.get("reason", "")))
     return None
+
+
+def read_marker_or_waiting(path: Path) -> Marker | WaitingMarker:
+    """The marker at `path`, or what it waits for: one read of the file (a large chunk's marker holds its
+    table). OSError, ValueError or KeyError as `read_marker`."""
+    data = read_json(path)
+    return _waiting_in(data) or Marker.from_json(data)
 
 
 def write_marker(layout: Layout, history: ChunkHistory) -> Path:

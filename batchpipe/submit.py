@@ -159,20 +159,28 @@ def send_chunk(
     if chunk in plan.processors[processor].new and not layout.ledger(chunk).exists():
         rendered = render_chunk(plan, processor, chunk)
         ceiling = plan.processors[processor].new[chunk].ceiling_usd
-        write_requests(plan.settings, processor, chunk, rendered, group, log.quiet(), ceiling)
+        index = write_requests(plan.settings, processor, chunk, rendered, group, log.quiet(), ceiling)
+        return send(plan.settings, provider, processor, chunk, log, group, index)
     return send(plan.settings, provider, processor, chunk, log, group)
 
 
 def send(
-    settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog, group: str | None = None
+    settings: Settings,
+    provider: Provider,
+    processor: str,
+    chunk: str,
+    log: JobLog,
+    group: str | None = None,
+    index: ChunkIndex | None = None,
 ) -> Path:
     """Send a chunk whose request file is written, as its mode says (the ledger's once prepared, else the
-    config's): a batch, or now in realtime. Returns its marker."""
+    config's): a batch, or now in realtime. Returns its marker. `index`: the chunk's index as this job just
+    wrote it (`write_requests`), rather than read back (a large chunk's table is much of its submission)."""
     prepared = last(read_events(Layout(settings), chunk), Prepared)
     mode = (prepared.mode or "batch") if prepared else settings.mode
     if mode == "realtime":
-        return submit_realtime(settings, provider, processor, chunk, log, group=group)
-    return submit_batch(settings, provider, processor, chunk, log, group=group)
+        return submit_realtime(settings, provider, processor, chunk, log, group=group, index=index)
+    return submit_batch(settings, provider, processor, chunk, log, group=group, index=index)
 
 
 # --- the guard both modes share --------------------------------------------------------------------------
@@ -202,7 +210,13 @@ class _Chunk:
 
 
 def _prepare(
-    settings: Settings, provider: Provider, processor: str, chunk: str, group: str | None, mode: str
+    settings: Settings,
+    provider: Provider,
+    processor: str,
+    chunk: str,
+    group: str | None,
+    mode: str,
+    index: ChunkIndex | None = None,
 ) -> _Chunk:
     """The chunk's ledger, with `prepared` recorded before anything is sent (once), and its request file
     checked against it. Call with the chunk's lock held; look at `last(events, Created)` first."""
@@ -212,7 +226,7 @@ def _prepare(
         return sub
     sub.request_file, index_file = request_files(layout, processor, chunk)
     sub.content_hash = sha256_file(sub.request_file)
-    sub.index = read_index(index_file)
+    sub.index = index if index is not None and index.chunk == chunk else read_index(index_file)
     prepared = last(sub.events, Prepared)
     if prepared is None:
         index = sub.index
@@ -246,12 +260,18 @@ def _prepare(
 
 
 def submit_batch(
-    settings: Settings, provider: Provider, processor: str, chunk: str, log: JobLog, group: str | None = None
+    settings: Settings,
+    provider: Provider,
+    processor: str,
+    chunk: str,
+    log: JobLog,
+    group: str | None = None,
+    index: ChunkIndex | None = None,
 ) -> Path:
     """Submit a chunk's request file once; adopt the batch a crashed run made; write the marker."""
     layout = Layout(settings)
     with file_lock(layout.chunk_lock(chunk)):
-        sub = _prepare(settings, provider, processor, chunk, group, "batch")
+        sub = _prepare(settings, provider, processor, chunk, group, "batch", index)
         created = last(sub.events, Created)
         if created:
             log(f"{processor}/{chunk}: already submitted as {created.batch_id}; no new batch")
@@ -465,6 +485,7 @@ def submit_realtime(
     group: str | None = None,
     backoff: Backoff | None = None,
     gate: Gate | None = None,
+    index: ChunkIndex | None = None,
 ) -> Path:
     """Send a chunk's requests now (resuming from the journal); once all are answered, record and mark it."""
     layout = Layout(settings)
@@ -477,7 +498,7 @@ def submit_realtime(
             return write_marker(layout, ChunkHistory.of(chunk, events))
         if not provider.has_realtime:  # before anything is recorded or sent
             raise ProviderError(f"provider {provider.name} has no realtime mode; use mode: batch")
-        sub = _prepare(settings, provider, processor, chunk, group, "realtime")
+        sub = _prepare(settings, provider, processor, chunk, group, "realtime", index)
         lines = [json.loads(text) for text in sub.request_file.read_bytes().splitlines() if text.strip()]
         journal = layout.journal(chunk)
         answered = read_journal(journal)

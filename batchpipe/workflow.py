@@ -45,13 +45,14 @@ from .gitcommit import commit_results
 from .issues import NotAnIssueFile
 from .joblog import JobLog
 from .layout import Layout
-from .ledger import read_history, read_marker, read_waiting, write_marker, write_waiting_marker
+from .ledger import Marker, WaitingMarker, read_history, read_marker_or_waiting, write_marker, write_waiting_marker
 from .manifest import read_outcomes
 from .plan import Plan, build_plan, hold_over_caps, render_spec, spec_path, write_plan_folder, write_settled_round
 from .providers import Provider, make_provider, wire_for
 from .remote import adopt_remote_batches
 from .renderings import Renderings, drop_renderings
 from .repair import repair_views
+from .request import ChunkIndex
 from .scan import render_fingerprint
 from .submit import restore_request_files, resubmit, send, write_requests
 from .summary import blocked_chunks, summary_table, write_summary
@@ -236,7 +237,7 @@ def _tidy(layout: Layout, key: str) -> None:
 # --- per chunk --------------------------------------------------------------------------------------
 
 
-def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> None:
+def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan: str, log: str) -> ChunkIndex:
     """A new chunk's request file and custom_id table, from the spec its plan (the folder) wrote."""
     settings = settings_of(config)
     spec = spec_path(Path(plan), processor, chunk)
@@ -246,7 +247,7 @@ def run_write_requests(config: dict[str, Any], processor: str, chunk: str, plan:
             "again from the files; nothing is sent twice)"
         )
     data = read_json(spec)
-    write_requests(
+    return write_requests(
         settings,
         processor,
         chunk,
@@ -268,8 +269,9 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
     if _APART.wanted(settings):
         _APART.run(log, run_write_and_submit, config, processor, chunk, plan, log)
         return
+    index = None
     if plan:
-        run_write_requests(config, processor, chunk, plan, log)
+        index = run_write_requests(config, processor, chunk, plan, log)
     else:
         layout = Layout(settings)
         if not restore_request_files(layout, processor, chunk):
@@ -278,7 +280,7 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
                 "prepared before links were kept): run snakemake again (the chunk's marker is then rewritten "
                 "from the ledger; nothing is sent)"
             )
-    run_submit(config, processor, chunk, log)
+    run_submit(config, processor, chunk, log, index)
     if _large_chunks(settings) and not _IN_APART.is_set():  # its table was built several times over
         _give_back_memory(collect=False)
 
@@ -288,9 +290,9 @@ def _large_chunks(settings: Settings) -> bool:
     return settings.chunk_size == "auto" or settings.chunk_size >= LARGE_CHUNK
 
 
-def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> None:
+def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str, index: ChunkIndex | None = None) -> None:
     """The chunk's marker: sent once (a chunk the ledger knows as created is never sent again; its marker
-    is written from the ledger)."""
+    is written from the ledger). `index`: the chunk's index, when this job has just written it."""
     settings = settings_of(config)
     layout = Layout(settings)
     history = read_history(layout, chunk)
@@ -299,7 +301,7 @@ def run_submit(config: dict[str, Any], processor: str, chunk: str, log: str) -> 
         return
     job_log = JobLog(log)
     try:
-        send(settings, provider_for(settings), processor, chunk, job_log)
+        send(settings, provider_for(settings), processor, chunk, job_log, index=index)
     except ChunkWaits as exc:  # a finished job with a waiting state: the rest of the run goes on
         write_waiting_marker(layout, processor, chunk, exc.kind, str(exc))
         job_log(f"{processor}/{chunk} waits: {exc}")
@@ -318,22 +320,24 @@ def run_download(config: dict[str, Any], processor: str, chunk: str, log: str) -
 
 def download_and_collect(settings: Settings, processor: str, chunk: str, log: str) -> None:
     job_log = JobLog(log)
-    layout = Layout(settings)
-    waiting = read_waiting(layout.marker(processor, chunk))
-    if waiting is not None:
-        raise ChunkWaits(f"{processor}/{chunk} has no batch to download: it waits ({waiting[1]})", waiting[0])
-    if read_marker(layout.marker(processor, chunk)).mode == "realtime":
+    path = Layout(settings).marker(processor, chunk)
+    found = read_marker_or_waiting(path)  # read once: a large chunk's marker holds its table
+    if isinstance(found, WaitingMarker):
+        raise ChunkWaits(f"{processor}/{chunk} has no batch to download: it waits ({found.reason})", found.kind)
+    marker: Marker | None = found
+    if found.mode == "realtime":
         download_realtime(settings, processor, chunk, job_log)  # from the journal, no provider call
     else:
         provider = provider_for(settings)
         while True:
             try:
-                download_chunk(settings, provider, processor, chunk, job_log)
+                download_chunk(settings, provider, processor, chunk, job_log, marker=marker)
                 break
             except BatchRefused as exc:  # waiting: created again when the budget frees, in this run
                 job_log(str(exc))
                 resubmit(settings, provider, processor, chunk, job_log)
-    collect_chunk(settings, processor, chunk, job_log)
+                marker = None  # a new batch: its marker is read again
+    collect_chunk(settings, processor, chunk, job_log, marker=marker)
 
 
 class DownloadWorkers:

@@ -33,14 +33,14 @@ def _write_no_fsync(path, data: bytes) -> None:
     """atomic_write_bytes without the fsync: temp file, then rename."""
     import tempfile
 
-    from batchpipe.files import FILE_MODE
-
+    mask = os.umask(0)
+    os.umask(mask)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-    os.chmod(tmp, FILE_MODE)
+    os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, path)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+import batchpipe.collect as collect_module
 from batchpipe.collect import AnswerSchema, parse_answer, write_result
 from batchpipe.collect import collect_chunk as collect
 from batchpipe.config import load_settings_file
@@ -76,6 +77,14 @@ class Downloaded:
 
     def result_path(self, number: int) -> Path:
         return self.layout.result(self.key(number), PROC)
+
+    def edit_title(self, number: int):
+        """Edit an issue's title; the plan made then."""
+        path = self.ws.issues / f"{self.key(number)}.json"
+        data = json.loads(path.read_text())
+        data["issue"]["title"] += " (edited)"
+        path.write_text(json.dumps(data))
+        return build_plan(self.settings)
 
 
 def test_collect_writes_one_result_per_issue_and_the_manifest(tmp_path):
@@ -201,11 +210,7 @@ def test_collection_is_a_function_of_the_downloads_not_of_the_issue_files(tmp_pa
     """An issue edited since its request still gets the answer that was paid for (until a newer request's
     answer owns the file: `_Owners`); the plan sends the edited request, the summary counts it pending."""
     run = Downloaded(tmp_path)
-    path = run.ws.issues / f"{run.key(1)}.json"
-    data = json.loads(path.read_text())
-    data["issue"]["title"] += " (edited)"
-    path.write_text(json.dumps(data))
-    replanned = build_plan(run.settings)
+    replanned = run.edit_title(1)
     assert replanned.current_hash(run.key(1), PROC) != run.index.requests[run.cid_of(1)].request_hash
 
     manifest = collect(replanned.settings, PROC, run.chunk, run.log)
@@ -213,6 +218,33 @@ def test_collection_is_a_function_of_the_downloads_not_of_the_issue_files(tmp_pa
     assert manifest.succeeded == 3
     assert run.result_path(1).exists() and run.result_path(10).exists() and run.result_path(103).exists()
     assert run.key(1) not in build_plan(run.settings).processors[PROC].sources  # its current request is not done
+
+
+@pytest.mark.parametrize("listed", ["looked at each", "listed, there", "listed before it was made"])
+def test_an_older_chunk_collected_late_never_overwrites_a_newer_answer(tmp_path, monkeypatch, listed):
+    """Issue 1 edited and sent again in a second chunk, collected first; the first chunk, collected after,
+    writes issues 10 and 103 and leaves issue 1's newer answer, however the collection learnt the file was
+    there (a stat each, the folder's listing, or a listing made before the newer collection wrote it)."""
+    run = Downloaded(tmp_path)
+    replanned = run.edit_title(1)
+    (second,) = replanned.processors[PROC].new
+    provider = make_provider(run.settings)
+    send_chunk(replanned, provider, PROC, second, run.log)
+    download_chunk(run.settings, provider, PROC, second, run.log)
+    collect(run.settings, PROC, second, run.log)
+    newer = run.result_path(1).read_bytes()
+    assert json.loads(newer)["chunk"] == second
+    if listed != "looked at each":
+        monkeypatch.setattr(collect_module, "LISTED_FROM", 1)
+    if listed == "listed before it was made":
+        monkeypatch.setattr(collect_module, "_existing_results", lambda layout, requests: lambda path: False)
+
+    manifest = collect(run.settings, PROC, run.chunk, run.log)
+
+    assert run.result_path(1).read_bytes() == newer
+    assert json.loads(run.result_path(10).read_bytes())["chunk"] == run.chunk
+    assert sorted(manifest.results) == sorted(f"{run.key(n)}_{PROC}.json" for n in (10, 103))
+    assert not list(run.layout.results_dir.glob(".*"))  # no temporary left
 
 
 def test_realtime_results_say_so_and_are_charged_the_realtime_price(tmp_path):

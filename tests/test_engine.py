@@ -1099,6 +1099,35 @@ def test_a_crash_before_the_record_of_an_ended_batch_loses_no_answer(tmp_path, c
     assert not (tmp_path / "batches" / record.id / "pending.jsonl").exists()
 
 
+def test_a_batch_answered_before_an_upgrade_ends_with_the_same_lines(tmp_path, clock):
+    """pending.jsonl holds each outcome as its kind and its result line; a batch an earlier version answered
+    (a JSON outcome a line) ends with the same result lines, byte for byte."""
+    engine = BatchEngine(tmp_path, OfflineResponder(), Timing(in_progress=10, finalizing=5), clock=clock)
+    bad = chat_line("bad")
+    bad["body"]["response_format"] = {"type": "json_schema", "json_schema": {}}  # answered with an error
+    record = submit_openai(engine, [chat_line(f"r{i}") for i in range(4)] + [bad])
+    clock.advance(10)
+    assert engine.get_batch(record.id).status == "finalizing"
+    pending = tmp_path / "batches" / record.id / "pending.jsonl"
+    published = {}
+    earlier = []
+    for raw in pending.read_bytes().splitlines():
+        kind, _, line = raw.partition(b" ")
+        published[json.loads(line)["custom_id"]] = line
+        earlier.append(canonical_json({"kind": kind.decode(), "line": json.loads(line), "input_tokens": 1}))
+    assert set(published) == {"r0", "r1", "r2", "r3", "bad"}
+    pending.write_text("".join(f"{line}\n" for line in earlier))
+    clock.advance(5)
+
+    record = engine.get_batch(record.id)
+
+    assert record.status == "completed"
+    out = engine.file_content(record.output_file_id).splitlines()
+    err = engine.file_content(record.error_file_id).splitlines()
+    assert sorted(out + err) == sorted(published.values())
+    assert [json.loads(line)["custom_id"] for line in err] == ["bad"]
+
+
 class _KilledOnSecondBlock(Responder):
     def __init__(self):
         self.calls = 0

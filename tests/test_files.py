@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 from collections import OrderedDict
 from pathlib import Path
 
@@ -124,3 +126,39 @@ def test_atomic_write_json_that_fails_leaves_the_older_file(tmp_path):
         atomic_write_json(path, {"a": [1] * 10000 + [object()]})
     assert path.read_text(encoding="utf-8") == "{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["value.json"]
+
+
+def test_atomic_writes_give_the_mode_open_gives_and_leave_no_temporary(tmp_path):
+    old = os.umask(0o027)
+    try:
+        files.atomic_write_bytes(tmp_path / "a.json", b"{}\n")
+        assert files.write_new(tmp_path / "sub" / "b.json", b"[]\n")  # its folder made as well
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "sub" / "b.json").stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "b.json", "sub"]
+
+
+def test_write_new_never_replaces_a_file_that_is_there(tmp_path):
+    path = tmp_path / "r.json"
+    assert files.write_new(path, b"first\n")
+    assert not files.write_new(path, b"second\n")
+    assert path.read_bytes() == b"first\n"
+    link = tmp_path / "dangling.json"
+    link.symlink_to(tmp_path / "nowhere.json")
+    assert not files.write_new(link, b"x\n")  # a link is a file there, even to nothing
+    assert link.is_symlink() and not (tmp_path / "nowhere.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.json", "r.json"]
+
+
+def test_write_new_without_hard_links_still_never_replaces(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    path = tmp_path / "r.json"
+    assert files.write_new(path, b"first\n")
+    assert not files.write_new(path, b"second\n")
+    assert path.read_bytes() == b"first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

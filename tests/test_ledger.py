@@ -766,6 +766,17 @@ def test_read_marker(layout):
         ledger.read_marker(path.with_name("missing.submitted.json"))
 
 
+def test_read_marker_or_waiting_reads_the_file_once_for_either(layout):
+    path = write_marker(layout, submitted())
+    assert ledger.read_marker_or_waiting(path) == Marker.of(submitted())
+    waiting = ledger.write_waiting_marker(layout, "p", "c9", "budget", "the token budget is full")
+    assert ledger.read_marker_or_waiting(waiting) == ledger.WaitingMarker("budget", "the token budget is full")
+    assert ledger.read_waiting(waiting) == ("budget", "the token budget is full")
+    assert ledger.read_waiting(path) is None
+    with pytest.raises(OSError):
+        ledger.read_marker_or_waiting(path.with_name("missing.submitted.json"))
+
+
 # --- claimed batches ------------------------------------------------------------------------------------------
 
 

@@ -15,8 +15,9 @@ Layout of `state_dir`:
     batches/<batch_id>/batch.json     the BatchRecord (small: no request bodies)
     batches/<batch_id>/requests.jsonl the requests: a hard link to the OpenAI input file's content, or the
                                       inline Anthropic requests [{custom_id, params}] as JSONL
-    batches/<batch_id>/pending.jsonl  the requests answered, one outcome a line, until the batch ends (then
-                                      split into its results; removed once batch.json says it ended)
+    batches/<batch_id>/pending.jsonl  the requests answered, one outcome a line (its kind, a space, its result
+                                      line as published), until the batch ends (then split into its
+                                      results; removed once batch.json says it ended)
     batches/<batch_id>/pending.part, results.part   scratch files, written again from the start when used
     batches/<batch_id>/results.jsonl  Anthropic results, once ended (OpenAI results are output/error Files)
     batches/<batch_id>/lock           per-batch lock
@@ -693,7 +694,7 @@ class BatchEngine:
                     if outcome["kind"] == "succeeded":
                         rec.input_tokens += outcome["input_tokens"]
                         rec.output_tokens += outcome["output_tokens"]
-                pending.write(jsonl_bytes(outcomes))
+                pending.write(b"".join(_pending_line(outcome) for outcome in outcomes))
                 done += len(natives)
         os.replace(folder / "pending.part", folder / "pending.jsonl")
         rec.processed = count
@@ -805,9 +806,8 @@ class BatchEngine:
                 with pending.open("rb") as outcomes:
                     for raw in outcomes:
                         if raw.strip():
-                            outcome = json.loads(raw)
-                            line = (canonical_json(outcome["line"]) + "\n").encode("utf-8")
-                            spans.append((outcome["kind"] == "succeeded", out.tell(), len(line)))
+                            kind, line = _published(raw)
+                            spans.append((kind == "succeeded", out.tell(), len(line)))
                             out.write(line)
         order = shuffled(spans, rec.id)
         with scratch.open("rb") as lines:
@@ -892,6 +892,20 @@ class BatchEngine:
         self._save(rec)
         if run.ended:
             pending.unlink(missing_ok=True)
+
+
+def _pending_line(outcome: dict[str, Any]) -> bytes:
+    """An outcome in pending.jsonl: its kind, then its result line as it is published (encoded once)."""
+    return f"{outcome['kind']} {canonical_json(outcome['line'])}\n".encode()
+
+
+def _published(raw: bytes) -> tuple[str, bytes]:
+    """(kind, result line) of a pending.jsonl line; one an earlier version wrote is a JSON outcome."""
+    if raw.startswith(b"{"):
+        outcome = json.loads(raw)
+        return outcome["kind"], (canonical_json(outcome["line"]) + "\n").encode("utf-8")
+    kind, _, line = raw.partition(b" ")
+    return kind.decode(), line if line.endswith(b"\n") else line + b"\n"
 
 
 # --- Native request and response shapes --------------------------------------------------------
