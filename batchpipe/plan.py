@@ -340,7 +340,7 @@ def tokens_in_flight(existing: dict[str, dict[str, ChunkHistory]], model: str) -
 # --- planning ----------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Unit:
     """One unit of work of a processor: an issue, or a chained item."""
 

@@ -57,7 +57,7 @@ class Pending:
 RequestState = Done | Waiting | Failed | Pending
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One attempt of a request: the chunk that sent it, its custom_id and its table entry."""
 
