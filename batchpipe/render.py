@@ -7,8 +7,10 @@ request with the issues it answers (`RequestRecord`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ __all__ = [
     "neutral_bytes",
     "neutral_request",
     "render_request",
+    "request_line_json",
+    "schema_json",
 ]
 
 CUT_NOTE = "\n[... cut by batchpipe ...]"
@@ -37,24 +41,46 @@ CUT_NOTE = "\n[... cut by batchpipe ...]"
 def estimate_tokens(request: NeutralRequest) -> int:
     """The planner's estimate of a request's tokens: the prompt and its schema (which the providers count
     as input too) at 4 characters a token, plus max_tokens."""
-    schema = _schema_chars(request.schema) if request.schema is not None else 0
+    schema = len(schema_json(request.schema)) if request.schema is not None else 0
     return (len(request.system) + len(request.user) + schema) // 4 + (request.max_tokens or 0)
 
 
-_SCHEMA_CHARS: dict[int, tuple[Any, int]] = {}  # id -> (the schema, its canonical JSON's length)
+_SCHEMA_JSON: dict[int, tuple[Any, str]] = {}  # id -> (the schema, its canonical JSON)
+_SLOT: Any = "\x00batchpipe:schema\x00"  # stands for the schema in a request shape (`with_schema_json`)
+_SLOT_JSON = canonical_json(_SLOT)
 
 
-def _schema_chars(schema: Any) -> int:
-    """`len(canonical_json(schema))`, kept for the schema object: a processor's requests all share its schema,
-    loaded once and never changed (the object is kept beside its length, so that its id is not another's)."""
-    kept = _SCHEMA_CHARS.get(id(schema))
+def schema_json(schema: Any) -> str:
+    """`canonical_json(schema)`, kept for the schema object: a processor's requests all share its schema,
+    loaded once and never changed (the object is kept beside its text, so that its id is not another's)."""
+    kept = _SCHEMA_JSON.get(id(schema))
     if kept is not None and kept[0] is schema:
         return kept[1]
-    chars = len(canonical_json(schema))
-    if len(_SCHEMA_CHARS) >= 64:
-        _SCHEMA_CHARS.clear()
-    _SCHEMA_CHARS[id(schema)] = (schema, chars)
-    return chars
+    text = canonical_json(schema)
+    if len(_SCHEMA_JSON) >= 64:
+        _SCHEMA_JSON.clear()
+    _SCHEMA_JSON[id(schema)] = (schema, text)
+    return text
+
+
+def with_schema_json(slotted: Any, schema: Any, whole: Callable[[], Any]) -> str:
+    """`canonical_json(whole())`, where `slotted` is that value with `_SLOT` in the schema's place: the schema's
+    text is its processor's (`schema_json`), not encoded again for each request (about half of a labelling
+    request's encoding). A value whose own text holds the slot's (an issue quoting it) is encoded whole."""
+    text = canonical_json(slotted)
+    if text.count(_SLOT_JSON) != 1:
+        return canonical_json(whole())
+    return text.replace(_SLOT_JSON, schema_json(schema))
+
+
+def request_line_json(
+    request_line: Callable[[str, NeutralRequest], Any], custom_id: str, neutral: NeutralRequest
+) -> str:
+    """`canonical_json(request_line(custom_id, neutral))`: a provider's request line, its schema's text kept."""
+    if neutral.schema is None:
+        return canonical_json(request_line(custom_id, neutral))
+    slotted = dataclasses.replace(neutral, schema=_SLOT)
+    return with_schema_json(request_line(custom_id, slotted), neutral.schema, lambda: request_line(custom_id, neutral))
 
 
 @dataclass(frozen=True)
@@ -241,7 +267,11 @@ def _neutral_and_identity(
     identity: dict[str, Any] = {"provider": settings.provider, "request": neutral.identity()}
     if processor.version != "1.0":  # the first version is left out, so hashes made before versions counted stay
         identity["version"] = processor.version
-    text = canonical_json(identity).encode("utf-8")
+    if neutral.schema is None:
+        text = canonical_json(identity).encode("utf-8")
+    else:
+        slotted = {**identity, "request": {**identity["request"], "schema": _SLOT}}
+        text = with_schema_json(slotted, neutral.schema, lambda: identity).encode("utf-8")
     wrapper = len(canonical_json({**identity, "request": 0}).encode("utf-8")) - 1  # all but the request's bytes
     return neutral, text, _bytes_from_identity(neutral, len(text) - wrapper)
 

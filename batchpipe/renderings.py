@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from .files import atomic_writer, canonical_json, sha256_hex
 from .issues import split_locator
-from .render import Rendered
+from .render import Rendered, request_line_json
 from .request import IssueRef, NeutralRequest, RequestRecord
 
 __all__ = [
@@ -95,7 +95,7 @@ class RenderingWriter:
         returns where it is kept. None once a write failed (a full disk): the plan goes on without them."""
         if self._broken:
             return None
-        line = canonical_json(self.request_line(CUSTOM_ID_HOLE, rendered.neutral)).encode("utf-8") + b"\n"
+        line = request_line_json(self.request_line, CUSTOM_ID_HOLE, rendered.neutral).encode("utf-8") + b"\n"
         header = {
             "hash": rendered.request_hash,
             "path": path,

@@ -25,7 +25,6 @@ from .errors import ChunkWaits, ProviderError, SubmissionBlocked, TokenLimitReac
 from .files import (
     atomic_write_json,
     atomic_writer,
-    canonical_json,
     file_lock,
     link_or_copy,
     sha256_file,
@@ -52,7 +51,7 @@ from .ledger import (
 from .plan import Plan, read_sent_chunks, render_chunk, tokens_in_flight
 from .providers import BatchMatch, BatchStatus, Provider, wire_for
 from .realtime import Backoff, Gate, batch_id_for, read_journal, send_all
-from .render import Rendered
+from .render import Rendered, request_line_json
 from .renderings import KeptRendering
 from .request import ChunkIndex, RequestRecord, attempt_of, read_index
 
@@ -103,7 +102,7 @@ def write_requests(
                 out.write(request.line_for(cid))
                 model = request.model
             else:
-                out.write((canonical_json(wire.request_line(cid, request.neutral)) + "\n").encode("utf-8"))
+                out.write((request_line_json(wire.request_line, cid, request.neutral) + "\n").encode("utf-8"))
                 model = request.neutral.model
             records[cid] = request.record(attempt_of(cid))
             est_tokens += request.est_tokens

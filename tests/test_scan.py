@@ -15,6 +15,7 @@ import batchpipe.render
 import batchpipe.scan
 from batchpipe.config import Settings, load_settings_file
 from batchpipe.errors import IssueFileError
+from batchpipe.files import canonical_json, sha256_hex
 from batchpipe.issues import NotAnIssueFile, load_file, load_issue
 from batchpipe.layout import Layout
 from batchpipe.providers import wire_for
@@ -338,3 +339,28 @@ def test_a_requests_size_counted_from_its_hash_bytes_equals_it_encoded_again(ws,
         dataclasses.replace(rendered.neutral, messages=[*rendered.neutral.messages, {"role": "user", "content": "x"}]),
     ):
         assert batchpipe.render._bytes_from_identity(other, 1) == batchpipe.render.neutral_bytes(other)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"provider": "openai"}, {"provider": "anthropic", "cache": {"min_tokens": {"claude-haiku-4-5": 10}}}],
+)
+@pytest.mark.parametrize(
+    "body", ['Déjà vu ✓ 😀 \\ " end', "quoting the slot: \x00batchpipe:schema\x00", "\x00batchpipe:schema\x00"]
+)
+def test_a_requests_hash_and_line_keep_their_bytes_with_the_schema_encoded_once(ws, overrides, body):
+    """The schema's text is its processor's, put where the schema goes: the request hash and the request line
+    are those of the whole request encoded, also for an issue whose text holds the slot's own text."""
+    settings = settings_of(ws, **overrides)
+    wire = wire_for(settings.provider)
+    path = ws.files("data/issues/*.json")[0]
+    issue = dataclasses.replace(load_issue(path), body=body)
+    for processor in settings.processors:
+        rendered = render_request(issue, processor, settings, path)
+        identity = {"provider": settings.provider, "request": rendered.neutral.identity()}
+        assert rendered.request_hash == sha256_hex(canonical_json(identity))
+        system = dataclasses.replace(rendered.neutral, system=body)  # the slot's text in another place
+        for neutral in (rendered.neutral, system):
+            line = batchpipe.render.request_line_json(wire.request_line, "r1a1", neutral)
+            assert line == canonical_json(wire.request_line("r1a1", neutral))
+    assert any(p.schema for p in settings.processors)
