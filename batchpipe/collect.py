@@ -192,8 +192,9 @@ LISTED_FROM = 1000  # requests of a chunk from which the results folder is liste
 
 
 def _existing_results(layout: Layout, requests: int) -> Callable[[Path], bool]:
-    """Whether a result file exists as the collection starts: from one listing of the folder for a large
-    chunk, else a look each (a small chunk's job would spend more on listing a large folder)."""
+    """Whether a result file exists: for a large chunk, as one listing of the folder made when its collection
+    starts says; else as a look at the file when it is written (a small chunk's job would spend more on
+    listing a large folder)."""
     if requests >= LISTED_FROM:
         listing = FolderListing(layout.results_dir)
         return listing.exists

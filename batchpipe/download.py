@@ -249,10 +249,13 @@ def refresh_statuses(plan: Plan, provider: Provider, log: JobLog) -> int:
     return ended
 
 
-def download_realtime(settings: Settings, processor: str, chunk: str, log: JobLog) -> None:
-    """Assemble the chunk's native output and error files from its journal (no provider call)."""
+def download_realtime(
+    settings: Settings, processor: str, chunk: str, log: JobLog, marker: Marker | None = None
+) -> None:
+    """Assemble the chunk's native output and error files from its journal (no provider call). `marker`: the
+    chunk's marker, when its job has read it."""
     layout = Layout(settings)
-    marker = read_marker(layout.marker(processor, chunk))
+    marker = marker or read_marker(layout.marker(processor, chunk))
     requests = _requests(layout, marker)
     answered = read_journal(layout.journal(chunk))
     wire = wire_for(marker.provider or settings.provider)

@@ -170,9 +170,9 @@ def atomic_writer(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
 
 
 def _temporary(path: Path) -> tuple[int, str]:
-    """A new file beside `path` for an atomic write, `.{name}.{8 hex digits}.tmp`, made exclusively with the mode
-    open() gives: what `tempfile.mkstemp` makes, without its cost per name (results are written by the
-    hundred thousand)."""
+    """A new file beside `path` for an atomic write, `.{name}.{8 hex digits}.tmp`: the exclusive create
+    `tempfile.mkstemp` does, without its cost per name (results are written by the hundred thousand), and
+    with the mode open() gives (mkstemp's is 0600)."""
     while True:
         tmp = f"{path.parent}/.{path.name}.{os.urandom(4).hex()}.tmp"
         try:
@@ -183,7 +183,8 @@ def _temporary(path: Path) -> tuple[int, str]:
 
 def write_new(path: Path, data: bytes) -> bool:
     """Write `path` atomically (no fsync) only if no file is there: False, and nothing written, if one is.
-    For a file that was absent a moment ago, which another process may write meanwhile."""
+    For a file that was absent a moment ago, which another process may write meanwhile. Where the file system
+    has no hard links, a file made between the look and the rename is replaced (as a plain check would)."""
     fd, tmp = making_folder(path, lambda: _temporary(path))
     try:
         with os.fdopen(fd, "wb") as handle:

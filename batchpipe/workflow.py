@@ -281,6 +281,7 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
                 "from the ledger; nothing is sent)"
             )
     run_submit(config, processor, chunk, log, index)
+    del index  # its table, freed before the memory is given back
     if _large_chunks(settings) and not _IN_APART.is_set():  # its table was built several times over
         _give_back_memory(collect=False)
 
@@ -324,9 +325,11 @@ def download_and_collect(settings: Settings, processor: str, chunk: str, log: st
     found = read_marker_or_waiting(path)  # read once: a large chunk's marker holds its table
     if isinstance(found, WaitingMarker):
         raise ChunkWaits(f"{processor}/{chunk} has no batch to download: it waits ({found.reason})", found.kind)
+    realtime = found.mode == "realtime"
     marker: Marker | None = found
-    if found.mode == "realtime":
-        download_realtime(settings, processor, chunk, job_log)  # from the journal, no provider call
+    del found  # one reference to the table: a new batch's marker replaces it
+    if realtime:
+        download_realtime(settings, processor, chunk, job_log, marker=marker)  # from the journal, no provider call
     else:
         provider = provider_for(settings)
         while True:

@@ -28,19 +28,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import run_bench  # noqa: E402
 
+_UMASK = os.umask(0)  # read once, at import, before any thread writes: os.umask can only set it
+os.umask(_UMASK)
+
 
 def _write_no_fsync(path, data: bytes) -> None:
     """atomic_write_bytes without the fsync: temp file, then rename."""
     import tempfile
 
-    mask = os.umask(0)
-    os.umask(mask)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-    os.chmod(tmp, 0o666 & ~mask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 
