@@ -155,12 +155,12 @@ def send_chunk(
     The file is written just before it is recorded (no job of its own); a chunk the ledger knows is
     never rewritten, the ledger's content hash guards its file."""
     layout = plan.layout
+    index = None
     if chunk in plan.processors[processor].new and not layout.ledger(chunk).exists():
         rendered = render_chunk(plan, processor, chunk)
         ceiling = plan.processors[processor].new[chunk].ceiling_usd
         index = write_requests(plan.settings, processor, chunk, rendered, group, log.quiet(), ceiling)
-        return send(plan.settings, provider, processor, chunk, log, group, index)
-    return send(plan.settings, provider, processor, chunk, log, group)
+    return send(plan.settings, provider, processor, chunk, log, group, index)
 
 
 def send(
