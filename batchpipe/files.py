@@ -185,6 +185,10 @@ def write_new(path: Path, data: bytes) -> bool:
     """Write `path` atomically (no fsync) only if no file is there: False, and nothing written, if one is.
     For a file that was absent a moment ago, which another process may write meanwhile. Where the file system
     has no hard links, a file made between the look and the rename is replaced (as a plain check would)."""
+    if _UNNAMED[0]:
+        made = making_folder(path, lambda: _write_unnamed(path, data))
+        if made is not None:
+            return made
     fd, tmp = making_folder(path, lambda: _temporary(path))
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -201,6 +205,41 @@ def write_new(path: Path, data: bytes) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_UNNAMED = [hasattr(os, "O_TMPFILE")]  # False once this process found it unsupported (then: named temporaries)
+
+
+def _write_unnamed(path: Path, data: bytes) -> bool | None:
+    """`write_new` through a file with no name until it is linked in whole (Linux's `O_TMPFILE`): one entry
+    added to the folder, where a named temporary adds one, links and removes it (results are written by the
+    hundred thousand into one folder). None where the folder or the system does not allow it."""
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+    except FileNotFoundError:
+        raise  # no folder yet: `making_folder` makes it
+    except OSError:
+        _UNNAMED[0] = False
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        # linkat, which follows the /proc link to the open file; a dir_fd makes Python call it instead of
+        # link(), and is ignored for an absolute path
+        os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no /proc, or no hard links here: named temporaries
+        _UNNAMED[0] = False
+        return None
+    finally:
+        os.close(fd)
 
 
 def link_or_copy(source: str | Path, target: str | Path) -> None:

@@ -153,12 +153,43 @@ def test_write_new_never_replaces_a_file_that_is_there(tmp_path):
 
 
 def test_write_new_without_hard_links_still_never_replaces(tmp_path, monkeypatch):
-    def no_links(source, target):
+    def no_links(source, target, **kwargs):
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(files.os, "link", no_links)
+    monkeypatch.setattr(files, "_UNNAMED", [files._UNNAMED[0]])  # what it learns stays in this test
     path = tmp_path / "r.json"
     assert files.write_new(path, b"first\n")
     assert not files.write_new(path, b"second\n")
     assert path.read_bytes() == b"first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="Linux's unnamed files")
+def test_write_new_links_an_unnamed_file_where_the_system_allows(tmp_path, monkeypatch):
+    def no_named(path):
+        raise AssertionError(f"a named temporary beside {path}")
+
+    monkeypatch.setattr(files, "_UNNAMED", [True])
+    monkeypatch.setattr(files, "_temporary", no_named)
+    assert files.write_new(tmp_path / "sub" / "r.json", b"first\n")  # its folder made as well
+    assert not files.write_new(tmp_path / "sub" / "r.json", b"second\n")
+    assert (tmp_path / "sub" / "r.json").read_bytes() == b"first\n"
+    assert files._UNNAMED == [True]
+
+
+def test_write_new_falls_back_to_named_temporaries_where_unnamed_files_fail(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def no_unnamed(path, flags, *args, **kwargs):
+        if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+            raise OSError(95, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(files, "_UNNAMED", [hasattr(os, "O_TMPFILE")])
+    monkeypatch.setattr(files.os, "open", no_unnamed)
+    assert files.write_new(tmp_path / "r.json", b"first\n")
+    assert not files.write_new(tmp_path / "r.json", b"second\n")
+    assert (tmp_path / "r.json").read_bytes() == b"first\n"
+    assert files._UNNAMED == [False]  # learnt once: later files go the named way at once
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
