@@ -21,15 +21,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def pretty_json(value: Any) -> str:
+def pretty_json(value: Any, flat_depth: int | None = None) -> str:
     """Readable JSON, deterministic (sorted keys), ending in a newline: `json.dumps(value, sort_keys=True,
     indent=2, ensure_ascii=False)`, byte for byte. Its indented form runs the standard library's pure-Python
-    encoder, a generator per container; every result, manifest and task file is written this way, so plain
-    values (str keys; str, int, float, bool, None, list, tuple, dict) take a direct path, and anything else
-    the standard one."""
+    encoder, a generator per container; every result and task file is written this way, so plain values
+    (str keys; str, int, float, bool, None, list, tuple, dict) take a direct path, and anything else the
+    standard one. `flat_depth`: containers that many levels down are written as `canonical_json`, a line each."""
     parts: list[str] = []
     try:
-        _pretty(value, parts, "\n")
+        _pretty(value, parts, "\n", None, 0 if flat_depth is None else _flat(flat_depth))
     except (_NotPlain, RecursionError):
         return _standard_pretty(value)
     parts.append("\n")
@@ -52,9 +52,10 @@ _INF = float("inf")
 _FLUSH_AT = 4096  # pieces `_pretty` gathers before a writer's `flush` takes them
 
 
-def _pretty(value: Any, out: list[str], newline: str, flush: Callable[[], None] | None = None) -> None:
+def _pretty(value: Any, out: list[str], newline: str, flush: Callable[[], None] | None = None, flat: int = 0) -> None:
     # the order of json.encoder's checks: str, None, True, False, int, float, list/tuple, dict.
-    # `flush`: called between a container's items once `out` holds `_FLUSH_AT` pieces (it empties `out`)
+    # `flush`: called between a container's items once `out` holds `_FLUSH_AT` pieces (it empties `out`);
+    # `flat`: a container whose `newline` is this long or longer is written as `canonical_json` (0: none)
     if isinstance(value, str):
         out.append(_quote(value))
     elif value is None:
@@ -70,6 +71,9 @@ def _pretty(value: Any, out: list[str], newline: str, flush: Callable[[], None] 
             raise _NotPlain  # NaN and the infinities: the standard encoder's spelling
         out.append(float.__repr__(value))
     elif isinstance(value, (list, tuple)):
+        if flat and len(newline) >= flat:
+            out.append(canonical_json(value))
+            return
         if not value:
             out.append("[]")
             return
@@ -85,11 +89,14 @@ def _pretty(value: Any, out: list[str], newline: str, flush: Callable[[], None] 
             if isinstance(item, str):
                 out.append(_quote(item))
             else:
-                _pretty(item, out, inner, flush)
+                _pretty(item, out, inner, flush, flat)
                 if flush is not None and len(out) >= _FLUSH_AT:
                     flush()
         out.append(newline + "]")
     elif isinstance(value, dict):
+        if flat and len(newline) >= flat:
+            out.append(canonical_json(value))
+            return
         if not value:
             out.append("{}")
             return
@@ -109,7 +116,7 @@ def _pretty(value: Any, out: list[str], newline: str, flush: Callable[[], None] 
             if isinstance(item, str):
                 out.append(_quote(item))
             else:
-                _pretty(item, out, inner, flush)
+                _pretty(item, out, inner, flush, flat)
                 if flush is not None and len(out) >= _FLUSH_AT:
                     flush()
         out.append(newline + "}")
@@ -264,14 +271,36 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, value: Any) -> None:
-    """Write `pretty_json(value)` atomically and durably, piece by piece as it is made: a large table (a
-    chunk's index, marker or manifest, tens of MB) is never held whole as text, nor as its million pieces."""
+    """Write `pretty_json(value)` atomically and durably, piece by piece as it is made."""
     with atomic_writer(path) as handle:
         write_pretty_json(handle, value)
 
 
-def write_pretty_json(handle: BinaryIO, value: Any) -> None:
-    """`pretty_json(value)` written to a file opened for binary writing at its start, piece by piece."""
+TABLE_DEPTH = 2  # a table file's document -> its table (custom_id -> entry) -> one entry per line
+
+
+def table_json(value: Any) -> str:
+    """`pretty_json`, but each container `TABLE_DEPTH` levels down (a request's entry in a chunk's table)
+    on one line, as `canonical_json`: a file with one line per request, whose entries are encoded by the
+    standard library's C encoder, not indented a piece at a time (a chunk may have 50,000 requests)."""
+    return pretty_json(value, TABLE_DEPTH)
+
+
+def atomic_write_table(path: str | Path, value: Any) -> None:
+    """Write `table_json(value)` atomically and durably, piece by piece as it is made: a chunk's index,
+    marker or manifest (tens of MB for a large chunk) is never held whole as text."""
+    with atomic_writer(path) as handle:
+        write_pretty_json(handle, value, TABLE_DEPTH)
+
+
+def _flat(depth: int) -> int:
+    """`_pretty`'s `flat` for containers `depth` levels down: the length of their newline."""
+    return 1 + 2 * depth
+
+
+def write_pretty_json(handle: BinaryIO, value: Any, flat_depth: int | None = None) -> None:
+    """`pretty_json(value)` (`table_json` with `flat_depth`) written to a file opened for binary writing at
+    its start, piece by piece."""
     parts: list[str] = []
 
     def flush() -> None:
@@ -279,7 +308,7 @@ def write_pretty_json(handle: BinaryIO, value: Any) -> None:
         parts.clear()
 
     try:
-        _pretty(value, parts, "\n", flush)
+        _pretty(value, parts, "\n", flush, 0 if flat_depth is None else _flat(flat_depth))
     except (_NotPlain, RecursionError):  # the standard encoder's text, over what was written so far
         handle.seek(0)
         handle.truncate()

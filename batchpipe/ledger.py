@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from .files import append_line_durably, atomic_write_json, canonical_json, read_json
+from .files import append_line_durably, atomic_write_json, atomic_write_table, canonical_json, read_json
 from .layout import Layout
 from .manifest import RequestOutcome
 from .request import RequestRecord, Shared, table_from_json, table_to_json
@@ -708,5 +708,5 @@ def write_marker(layout: Layout, history: ChunkHistory) -> Path:
         pass
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         print(f"batchpipe: {path}: unreadable; rebuilt from the ledger", file=sys.stderr)
-    atomic_write_json(path, doc)
+    atomic_write_table(path, doc)
     return path

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .files import atomic_write_json, read_json
+from .files import atomic_write_table, read_json
 from .request import shared_text
 
 __all__ = [
@@ -117,7 +117,7 @@ class Manifest:
         )
 
     def write(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
+        atomic_write_table(path, self.to_json())
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -23,7 +23,7 @@ from .crash import crash_point
 from .download import record_status
 from .errors import ChunkWaits, ProviderError, SubmissionBlocked, TokenLimitReached, Unverifiable
 from .files import (
-    atomic_write_json,
+    atomic_write_table,
     atomic_writer,
     file_lock,
     link_or_copy,
@@ -109,7 +109,7 @@ def write_requests(
     index = ChunkIndex(
         chunk, processor, settings.provider, model, len(records), est_tokens, records, group, ceiling_usd
     )
-    atomic_write_json(layout.index_file(processor, chunk), index.to_json())
+    atomic_write_table(layout.index_file(processor, chunk), index.to_json())
     log(f"wrote {layout.request_file(processor, chunk)}: {len(records)} request(s), about {est_tokens} tokens")
     return index
 

@@ -119,6 +119,36 @@ def test_write_pretty_json_of_a_large_table_writes_it_in_pieces():
     assert len(Sink.sizes) > 10 and max(Sink.sizes) < len(whole) / 5  # never held whole
 
 
+def test_table_json_writes_each_entry_of_a_table_on_one_line(tmp_path, monkeypatch):
+    table = {f"r{i}a1": {"issues": [{"key": f"o_r_issue_{i}", "number": i}], "attempt": 1} for i in range(3)}
+    value = {"chunk": "c", "requests": table, "empty": {}, "tail": [1.5, [2]], "sizes": {"a.json": 3}}
+    text = files.table_json(value)
+    assert json.loads(text) == value
+    assert text.splitlines() == [
+        "{",
+        '  "chunk": "c",',
+        '  "empty": {},',
+        '  "requests": {',
+        '    "r0a1": {"attempt":1,"issues":[{"key":"o_r_issue_0","number":0}]},',
+        '    "r1a1": {"attempt":1,"issues":[{"key":"o_r_issue_1","number":1}]},',
+        '    "r2a1": {"attempt":1,"issues":[{"key":"o_r_issue_2","number":2}]}',
+        "  },",
+        '  "sizes": {',
+        '    "a.json": 3',
+        "  },",
+        '  "tail": [',
+        "    1.5,",
+        "    [2]",
+        "  ]",
+        "}",
+    ]
+    monkeypatch.setattr(files, "_FLUSH_AT", 2)  # written piece by piece, the same bytes
+    files.atomic_write_table(tmp_path / "t.json", value)
+    assert (tmp_path / "t.json").read_text(encoding="utf-8") == text
+    odd = {1: {"x": [float("nan")]}}  # what the direct path leaves to the standard encoder: its whole text
+    assert files.table_json(odd) == standard(odd)
+
+
 def test_atomic_write_json_that_fails_leaves_the_older_file(tmp_path):
     path = tmp_path / "value.json"
     path.write_text("{}\n", encoding="utf-8")

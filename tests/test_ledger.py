@@ -11,7 +11,7 @@ import pytest
 
 from batchpipe import ledger
 from batchpipe.config import Settings, load_settings
-from batchpipe.files import canonical_json, pretty_json
+from batchpipe.files import canonical_json, pretty_json, table_json
 from batchpipe.layout import Layout
 from batchpipe.ledger import (
     Archived,
@@ -733,7 +733,7 @@ def test_write_marker_writes_the_ledgers_marker_and_repairs_any_other(layout, ca
     path = write_marker(layout, hist)
     assert path == layout.marker("p", "c1")
     text = path.read_text(encoding="utf-8")
-    assert text == pretty_json(Marker.of(hist).to_json())
+    assert text == table_json(Marker.of(hist).to_json())
     assert json.loads(text)["batch_id"] == "batch_1"
     inode = path.stat().st_ino
     assert write_marker(layout, hist) == path and path.stat().st_ino == inode  # the ledger's: not rewritten
@@ -971,7 +971,7 @@ def test_old_ledger_reads_and_gives_the_old_marker(layout, name):
     marker = Marker.of(hist)
     assert marker.to_json() == old_marker_from_ledger(lines)
     path = write_marker(layout, hist)
-    assert path.read_text(encoding="utf-8") == pretty_json(old_marker_from_ledger(lines))  # the same bytes
+    assert path.read_text(encoding="utf-8") == table_json(old_marker_from_ledger(lines))  # the same bytes
     assert Marker.from_json(old_marker_from_ledger(lines)) == marker
 
 
