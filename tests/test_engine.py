@@ -22,7 +22,7 @@ import pytest
 import batchpipe.service.engine as engine_module
 from batchpipe.config import LocalConfig
 from batchpipe.errors import Conflict, InvalidRequest, NotFound, RateLimited
-from batchpipe.files import canonical_json, jsonl_bytes
+from batchpipe.files import canonical_json, jsonl_bytes, sha256_hex
 from batchpipe.request import NeutralRequest
 from batchpipe.service.engine import BatchEngine, Timing
 from batchpipe.service.responders import (
@@ -32,9 +32,11 @@ from batchpipe.service.responders import (
     Responder,
     _prefix_tokens,
     count_tokens,
+    find_title,
     generate_from_schema,
     input_tokens,
     make_responder,
+    offline_markdown,
     prompt_text,
 )
 
@@ -693,6 +695,22 @@ def test_offline_answers_satisfy_their_schema(schema):
         assert answer.output_tokens == len(re.findall(r"\w+|[^\w\s]", answer.as_text()))  # words and marks
         assert responder.respond(req) == answer  # deterministic
         jsonschema.Draft202012Validator(schema).validate(generate_from_schema(schema, random.Random(seed)))
+
+
+@pytest.mark.parametrize("schema", [None, LABELING_SCHEMA, {"enum": [1, 1.0, True, "é\u2028"]}])
+def test_offline_answers_are_seeded_from_the_whole_request_encoded(schema):
+    """The seed is the hash of `canonical_json([model, system, messages, schema])`: a request's simulated
+    answer stays the one it always was (an answer given again is the same)."""
+    req = NeutralRequest(
+        model="m-é", system=None, messages=[{"role": "user", "content": 'Title: déjà \u2028 "vu"'}], schema=schema
+    )
+    seed = int(sha256_hex(canonical_json([req.model, req.system, req.messages, req.schema]))[:16], 16)
+    answer = OfflineResponder().respond(req)
+    if schema is None:
+        assert answer.text == offline_markdown(find_title(req), random.Random(seed))
+    else:
+        assert answer.data == generate_from_schema(schema, random.Random(seed))
+    assert answer.input_tokens == count_tokens(prompt_text(req))
 
 
 def test_offline_text_quotes_the_title_and_has_steps():

@@ -109,10 +109,14 @@ def count_tokens(text: str) -> int:
     return len(ascii_text.translate(_WORDS_APART).split()) + marks
 
 
-def prefix_text(req: NeutralRequest) -> str:
+def prefix_text(req: NeutralRequest, schema_json: str | None = None) -> str:
     """The part of a request shared by a processor's requests, as it is sent first: the answer's schema (the
-    tool or response format), then the system prompt."""
-    schema = canonical_json(req.schema) if req.schema is not None else ""
+    tool or response format), then the system prompt. `schema_json`: `canonical_json(req.schema)`, when the
+    caller has it."""
+    if req.schema is None:
+        schema = ""
+    else:
+        schema = schema_json if schema_json is not None else canonical_json(req.schema)
     return "\n".join(part for part in (schema, req.system) if part)
 
 
@@ -121,10 +125,10 @@ def prompt_text(req: NeutralRequest) -> str:
     return "\n".join([prefix_text(req), *(m["content"] for m in req.messages)])
 
 
-def input_tokens(req: NeutralRequest) -> int:
+def input_tokens(req: NeutralRequest, schema_json: str | None = None) -> int:
     """`count_tokens(prompt_text(req))`, counted a part at a time: no token spans the line break joining two
     parts, and the shared prefix's count is kept (it is most of a short request's text)."""
-    return _prefix_tokens(prefix_text(req)) + sum(count_tokens(m["content"]) for m in req.messages)
+    return _prefix_tokens(prefix_text(req, schema_json)) + sum(count_tokens(m["content"]) for m in req.messages)
 
 
 @functools.lru_cache(maxsize=256)
@@ -150,7 +154,12 @@ class OfflineResponder(Responder):
     """Deterministic placeholder answers, seeded from a hash of the request. No network, no model."""
 
     def respond(self, req: NeutralRequest) -> NeutralAnswer:
-        seed_text = canonical_json([req.model, req.system, req.messages, req.schema])
+        # the seed is a hash of `canonical_json([model, system, messages, schema])`, made of its items' texts
+        # (a list's text is theirs, joined): the schema's is counted among the input tokens too
+        schema_json = canonical_json(req.schema)
+        seed_text = (
+            f"[{canonical_json(req.model)},{canonical_json(req.system)},{canonical_json(req.messages)},{schema_json}]"
+        )
         rng = random.Random(int(sha256_hex(seed_text)[:16], 16))
         if req.schema is not None:
             data = generate_from_schema(req.schema, rng)
@@ -159,7 +168,7 @@ class OfflineResponder(Responder):
             answer = NeutralAnswer(text=offline_markdown(find_title(req), rng))
         answer.model = req.model  # the model asked for: its price applies (the wire marks the answer simulated)
         answer.simulated = True
-        answer.input_tokens = input_tokens(req)
+        answer.input_tokens = input_tokens(req, schema_json)
         answer.output_tokens = output_tokens(req, answer.as_text())
         return answer
 
