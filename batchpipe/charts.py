@@ -26,7 +26,7 @@ from typing import Any
 from . import svg
 from .config import Settings
 from .errors import IssueFileError
-from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json
+from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json, read_with_stat
 from .issues import load_file
 from .joblog import JobLog
 from .layout import Layout
@@ -100,9 +100,16 @@ def _json_file(path: str) -> Any:
     """A file's JSON (a UTF-8 BOM dropped); None when it cannot be read or is not JSON, as the views of
     `batchpipe query` leave such a file out."""
     try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read().decode("utf-8-sig"))
-    except (OSError, ValueError):
+        return _json_of(read_with_stat(path)[0])
+    except OSError:
+        return None
+
+
+def _json_of(data: bytes) -> Any:
+    """`_json_file`'s value of a file's bytes."""
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except ValueError:
         return None
 
 
@@ -264,9 +271,9 @@ def _cached_labels(path: Path | None, root: str) -> dict[str, list[Any]]:
     }
 
 
-def _result_entry(path: str, size: int, mtime: int, root: str) -> list[Any]:
-    """A result file's memo entry; `[size, mtime]` alone for a group result or a file that is not JSON."""
-    doc = _json_file(path)
+def _result_entry(doc: Any, size: int, mtime: int, root: str) -> list[Any]:
+    """A result file's memo entry, from its JSON (`_json_of`); `[size, mtime]` alone for a group result or a
+    file that is not JSON."""
     ref = doc.get("issue_reference") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or not isinstance(ref, dict):
         return [size, mtime]
@@ -347,18 +354,19 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
             out.write(json.dumps(_cache_header(root)).encode() + b"\n")
         for name in names:
             path = os.path.join(results, name)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
             while ahead is not None and ahead[0] < name:  # the memo and the listing, both in name order
                 ahead = next(cached, None)
             known = ahead if ahead is not None and ahead[0] == name else None
-            if known is not None and known[1][:2] == [st.st_size, st.st_mtime_ns]:
-                _, entry, line = known
-            else:
-                entry = _result_entry(path, st.st_size, st.st_mtime_ns, root)
-                line = json.dumps([name, entry], separators=(",", ":")).encode() + b"\n"
+            try:  # a file the memo has is looked at, not read, while it is as the memo saw it
+                st = os.stat(path) if known is not None else None
+                if st is not None and known is not None and known[1][:2] == [st.st_size, st.st_mtime_ns]:
+                    _, entry, line = known
+                else:
+                    raw, st = read_with_stat(path)
+                    entry = _result_entry(_json_of(raw), st.st_size, st.st_mtime_ns, root)
+                    line = json.dumps([name, entry], separators=(",", ":")).encode() + b"\n"
+            except OSError:
+                continue
             if out is not None:
                 out.write(line)
             if len(entry) == 2:  # no per-issue result (a group result, or not JSON)

@@ -323,6 +323,25 @@ def jsonl_bytes(rows: Iterable[Any]) -> bytes:
     return "".join(canonical_json(row) + "\n" for row in rows).encode("utf-8")
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes (`Path.read_bytes`, without a file object: the result, issue and task files are read
+    by the hundred thousand)."""
+    return read_with_stat(path)[0]
+
+
+def read_with_stat(path: str | Path) -> tuple[bytes, os.stat_result]:
+    """A file's bytes and the stat of the very file read (a file replaced meanwhile is the other one whole)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        pieces = [os.read(fd, st.st_size + 1)]
+        while pieces[-1]:  # the file grew since the fstat, or a file system that gives less at a time
+            pieces.append(os.read(fd, max(st.st_size, 65536)))
+    finally:
+        os.close(fd)
+    return pieces[0] if len(pieces) == 2 else b"".join(pieces), st
+
+
 def read_json(path: str | Path) -> Any:
     """The parsed JSON of a UTF-8 file."""
     with open(path, encoding="utf-8") as handle:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IssueFileError
-from .files import sha256_hex
+from .files import read_bytes, sha256_hex
 
 __all__ = [
     "ISSUE_SUFFIXES",
@@ -579,7 +579,7 @@ def _parse(text: str, source: str, where: str = "") -> Any:
 def _read_text(path: str | Path) -> str:
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bytes(path)
     except OSError as err:
         raise IssueFileError(shown(source), f"cannot read the file: {err.strerror or err}") from None
     if not raw.strip():

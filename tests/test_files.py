@@ -223,3 +223,16 @@ def test_write_new_falls_back_to_named_temporaries_where_unnamed_files_fail(tmp_
     assert (tmp_path / "r.json").read_bytes() == b"first\n"
     assert files._UNNAMED == [False]  # learnt once: later files go the named way at once
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_read_with_stat_gives_the_bytes_and_the_stat_of_the_file_read(tmp_path):
+    path = tmp_path / "r.json"
+    for data in (b"", b"{}\n", "é".encode() * 100_000):
+        path.write_bytes(data)
+        got, st = files.read_with_stat(path)
+        assert got == data and files.read_bytes(path) == data
+        assert (st.st_size, st.st_ino) == (len(data), path.stat().st_ino)
+    with pytest.raises(IsADirectoryError):
+        files.read_with_stat(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        files.read_bytes(tmp_path / "missing.json")

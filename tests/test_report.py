@@ -203,8 +203,8 @@ def test_a_second_report_reads_only_the_files_that_changed_and_writes_the_same_p
     assert layout.report_cache.is_file() and layout.report_labels.is_file()
     memo = layout.report_cache.read_bytes()
     read = []
-    real = charts._json_file
-    monkeypatch.setattr(charts, "_json_file", lambda path: read.append(Path(path).name) or real(path))
+    real = charts.read_with_stat
+    monkeypatch.setattr(charts, "read_with_stat", lambda path: read.append(Path(path).name) or real(path))
     again = charts.ReportFiles.in_folder(tmp_path / "again")
     charts.write_report(settings, tiny / "results" / "summary.json", again, memo=True)
     assert read == [] and layout.report_cache.read_bytes() == memo  # its lines written again as they were

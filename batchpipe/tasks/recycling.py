@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TextIO, TypeAlias, TypeVar
 
 from ..errors import CommandError
-from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock, pretty_json, sha256_hex
+from ..files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_lock,
+    pretty_json,
+    read_with_stat,
+    sha256_hex,
+)
 from ..interrupt import die_with_parent
 from ..layout import Layout, task_name
 from .board import (
@@ -135,9 +143,7 @@ def _read_results(batch: list[_Work]) -> tuple[list[_Read], list[tuple[str, str]
     unreadable = 0
     for path, name, known, task_file in batch:
         try:
-            with open(path, "rb") as handle:
-                st = os.fstat(handle.fileno())  # the stamp of the very file read
-                data = handle.read()
+            data, st = read_with_stat(path)  # the stamp of the very file read
         except OSError as exc:
             unreadable += 1
             messages.append(f"recycle: {name}: cannot read ({exc.strerror}), skipped")
