@@ -879,7 +879,9 @@ def _kept_or_rendered(
         for member in members:
             kept = [reader.read(ref, path, member.request_hash) for path, ref in _zip_kept(member)]
             whole = [k for k in kept if k is not None]
-            if whole and len(whole) == len(kept):
+            if len(whole) == 1 and len(kept) == 1:  # one issue file: its rendering as it is
+                yield member.custom_id, whole[0]
+            elif whole and len(whole) == len(kept):
                 yield member.custom_id, dataclasses.replace(whole[-1], issues=[i for k in whole for i in k.issues])
             else:
                 yield from iter_members(settings, processor, [member])

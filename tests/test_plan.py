@@ -3,13 +3,16 @@ of the plan writes, byte for byte, also with the scan cache gone (every issue re
 
 from __future__ import annotations
 
+import os
 import shutil
 
+import pytest
 import yaml
 
 from batchpipe import dag
 from batchpipe.joblog import JobLog
 from batchpipe.plan import build_plan, write_plan_folder
+from batchpipe.render import relative_path
 from batchpipe.submit import write_request_file
 from batchpipe.workflow import run_write_requests, settings_of
 
@@ -100,3 +103,24 @@ def test_estimate_tokens_counts_each_schema_as_its_canonical_json_also_when_kept
         req = NeutralRequest.ask("m", "sys", "user text", 10, schema, "n")
         want = (3 + 9 + (len(canonical_json(schema)) if schema is not None else 0)) // 4 + 10
         assert estimate_tokens(req) == estimate_tokens(req) == want
+
+
+@pytest.mark.parametrize(
+    "path, root",
+    [
+        ("/a/b/c.json", "/a"),
+        ("/a/b/c.json", "/a/b"),
+        ("/a/b/c.json", "/a/b/c"),
+        ("a/b/c.json", "/elsewhere"),
+        ("c.json", "."),
+        ("./c.json", "."),
+        ("../x/c.json", "/a/b"),
+        ("/a/b/../c.json", "/a"),
+        ("/a/b/page.json#3", "/a"),
+        ("/a/b/", "/a"),
+    ],
+)
+def test_relative_path_is_relpath(path, root, monkeypatch, tmp_path):
+    for cwd in (tmp_path, tmp_path.parent):  # a relative path is relative to where the process is
+        monkeypatch.chdir(cwd)
+        assert relative_path(path, root) == os.path.relpath(path, root)
