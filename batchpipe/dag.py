@@ -113,8 +113,11 @@ def warm_chunk(settings: Settings, processor: str, chunk: str) -> str | None:
     return after if isinstance(after, str) else None
 
 
-def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False) -> Iterator[str]:
-    """`name size [mtime]` of the files directly in `folder` (with one of `suffixes`), sorted."""
+def _listing(
+    folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False, newest: list[int] | None = None
+) -> Iterator[str]:
+    """`name size [mtime]` of the files directly in `folder` (with one of `suffixes`), sorted; `newest`: its
+    one item becomes the latest mtime of those files."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
@@ -128,6 +131,8 @@ def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False)
             st = entry.stat()
         except OSError:
             continue
+        if newest is not None and st.st_mtime_ns > newest[0]:
+            newest[0] = st.st_mtime_ns
         yield f"{entry.name} {st.st_size} {st.st_mtime_ns}" if mtimes else f"{entry.name} {st.st_size}"
 
 
@@ -135,16 +140,22 @@ def state_digest(settings: Settings) -> str:
     """A name for the state a plan is made from: the config, the issue files, the markers, downloads and
     manifests (names, sizes, mtimes), the ledger, the result files (names and sizes) and the task board.
     Not the request files: once a chunk is sent they are copies of the ledger's (`ledger/kept/`)."""
+    return _state(settings)[0]
+
+
+def _state(settings: Settings) -> tuple[str, int]:
+    """`state_digest`, and the latest mtime of the issue files."""
     layout = Layout(settings)
+    newest = [0]
     parts: list[str] = [canonical_json(settings.values)]
-    parts += ["issues", *_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True)]
+    parts += ["issues", *_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True, newest=newest)]
     parts += ["ledger", *_listing(layout.ledger_dir, (".jsonl",))]
     for processor in settings.processor_names:
         # mtimes too: a settled run's DAG has no job of its chunks to see a chunk file newer than its round
         parts += [f"batches/{processor}", *_listing(layout.batches_dir / processor, mtimes=True)]
     parts += ["results", *_listing(layout.results_dir, (".json",))]
     parts += ["board", str(layout.board.exists())]
-    return sha256_hex("\n".join(parts))[:20]
+    return sha256_hex("\n".join(parts))[:20], newest[0]
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,7 @@ class RunKey:
     key: str
     settled: bool = False
     settled_ns: int = 0  # when the last run settled (settled.json's mtime)
+    issues_ns: int = 0  # the latest mtime of the issue files
 
     def made_before_settling(self, plan_folder: str | Path) -> bool:
         """Whether the plan in `plan_folder` is one the settled run made (every chunk file it lists was made
@@ -167,11 +179,19 @@ class RunKey:
         except OSError:
             return False
 
+    def issues_listed(self, issue_list: str | Path) -> bool:
+        """Whether every issue file is older than the run's issue list (`list_issues`' output): none was
+        edited since the run was planned (Snakemake's mtime trigger would not make the list again)."""
+        try:
+            return self.issues_ns < os.stat(issue_list).st_mtime_ns
+        except OSError:
+            return False
+
 
 def run_key(settings: Settings) -> RunKey:
     """The plan key of this run (read-only): the settled plan's while nothing changed since, else a new one."""
     layout = Layout(settings)
-    digest = state_digest(settings)
+    digest, issues_ns = _state(settings)
     try:
         settled_ns = layout.settled.stat().st_mtime_ns
         settled = json.loads(layout.settled.read_text(encoding="utf-8"))
@@ -179,7 +199,7 @@ def run_key(settings: Settings) -> RunKey:
         settled_ns, settled = 0, {}
     key = settled.get("key") if isinstance(settled, dict) else None
     if key and settled.get("digest") == digest and not settled.get("volatile") and (layout.plan_dir(key)).is_dir():
-        return RunKey(str(key), settled=True, settled_ns=settled_ns)
+        return RunKey(str(key), settled=True, settled_ns=settled_ns, issues_ns=issues_ns)
     if isinstance(settled, dict) and settled.get("volatile") and settled.get("digest") == digest:
         # the same files, but the provider's side may have moved on: look again (a fresh key per run)
         return RunKey(f"{digest}-{time.time_ns():x}")

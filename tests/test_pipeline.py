@@ -190,21 +190,23 @@ def rule_edges(dot: str) -> set[tuple[str, str]]:
 
 @pytest.mark.workflow
 def test_the_rulegraph_is_the_data_flow(small_workspace):
-    """Snakemake draws the jobs it knows: a planned run's (the plan's new chunks, written and sent by
-    submit_batch, then downloaded and gathered), and once a run settled, with nothing to do, only the plans
-    and what follows them (every chunk file is made and unchanged); once a new issue is planned, the next
+    """Snakemake draws the jobs it knows: a planned run's (the issue files listed, the plan's new chunks,
+    written and sent by submit_batch, then downloaded and gathered), and once a run settled, with nothing to
+    do, only the plans and what follows them (every chunk file is made and unchanged, every issue file is as
+    the key names it); once a new issue is planned, the next
     run's (the new chunk's jobs; a chunk an earlier run left whole is kept out of the plan's DAG, so no job of
     it is drawn). Together they are the data flow, issues to tasks."""
     ws = small_workspace
     ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")  # planned, not written nor sent
     assert not ws.files("batch_results/ledger/*.jsonl") and not ws.files("batch_requests/*/*.jsonl")
     edges = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
-    assert {("plan", "submit_batch"), ("submit_batch", "download_batch")} <= edges
+    assert {("list_issues", "plan"), ("plan", "submit_batch"), ("submit_batch", "download_batch")} <= edges
     assert "resume_batch" not in {rule for edge in edges for rule in edge}
     ws.snakemake("--cores", "4", "results/all")
     settled = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
     assert ("gather_round", "summarize_run") in settled
-    assert not {"submit_batch", "resume_batch", "download_batch"} & {rule for edge in settled for rule in edge}
+    # the issue files are as the settled key names them: no job of them either
+    assert not {"list_issues", "submit_batch", "resume_batch", "download_batch"} & {r for e in settled for r in e}
     new = sorted((REPO / "data" / "issues").glob("*.json"))[5]
     (ws.issues / new.name).write_bytes(new.read_bytes())
     ws.snakemake("--cores", "1", "--omit-from", "submit_batch", "results/all")
@@ -212,6 +214,7 @@ def test_the_rulegraph_is_the_data_flow(small_workspace):
     assert len(ws.files("batch_requests/*/*.jsonl")) == 1  # the first chunk's: a new one is written as it is sent
     later = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
     assert ("plan", "submit_batch") in later and "resume_batch" not in {rule for edge in later for rule in edge}
+    assert ("list_issues", "plan") in later
     edges |= later | settled
     flow = [
         ("plan", "submit_batch"),
