@@ -113,11 +113,8 @@ def warm_chunk(settings: Settings, processor: str, chunk: str) -> str | None:
     return after if isinstance(after, str) else None
 
 
-def _listing(
-    folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False, newest: list[int] | None = None
-) -> Iterator[str]:
-    """`name size [mtime]` of the files directly in `folder` (with one of `suffixes`), sorted; `newest`: its
-    one item becomes the latest mtime of those files."""
+def _listing(folder: Path, suffixes: tuple[str, ...] = (), mtimes: bool = False) -> Iterator[str]:
+    """`name size [mtime]` of the files directly in `folder` (with one of `suffixes`), sorted."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
@@ -131,8 +128,6 @@ def _listing(
             st = entry.stat()
         except OSError:
             continue
-        if newest is not None and st.st_mtime_ns > newest[0]:
-            newest[0] = st.st_mtime_ns
         yield f"{entry.name} {st.st_size} {st.st_mtime_ns}" if mtimes else f"{entry.name} {st.st_size}"
 
 
@@ -143,19 +138,32 @@ def state_digest(settings: Settings) -> str:
     return _state(settings)[0]
 
 
-def _state(settings: Settings) -> tuple[str, int]:
-    """`state_digest`, and the latest mtime of the issue files."""
+def issues_digest(settings: Settings) -> str:
+    """A name for the issue files as they are (names, sizes, mtimes): the part of `state_digest` of them."""
+    return _issues_digest(_issue_lines(Layout(settings)))
+
+
+def _issue_lines(layout: Layout) -> list[str]:
+    return list(_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True))
+
+
+def _issues_digest(lines: list[str]) -> str:
+    return sha256_hex("\n".join(lines))[:20]
+
+
+def _state(settings: Settings) -> tuple[str, str]:
+    """`state_digest`, and `issues_digest` (from one listing of the issue files)."""
     layout = Layout(settings)
-    newest = [0]
+    issues = _issue_lines(layout)
     parts: list[str] = [canonical_json(settings.values)]
-    parts += ["issues", *_listing(layout.issues_dir, (".json", ".jsonl"), mtimes=True, newest=newest)]
+    parts += ["issues", *issues]
     parts += ["ledger", *_listing(layout.ledger_dir, (".jsonl",))]
     for processor in settings.processor_names:
         # mtimes too: a settled run's DAG has no job of its chunks to see a chunk file newer than its round
         parts += [f"batches/{processor}", *_listing(layout.batches_dir / processor, mtimes=True)]
     parts += ["results", *_listing(layout.results_dir, (".json",))]
     parts += ["board", str(layout.board.exists())]
-    return sha256_hex("\n".join(parts))[:20], newest[0]
+    return sha256_hex("\n".join(parts))[:20], _issues_digest(issues)
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,7 @@ class RunKey:
     key: str
     settled: bool = False
     settled_ns: int = 0  # when the last run settled (settled.json's mtime)
-    issues_ns: int = 0  # the latest mtime of the issue files
+    planned: bool = False  # settled, and its first plan was made from the issue files as they are now
 
     def made_before_settling(self, plan_folder: str | Path) -> bool:
         """Whether the plan in `plan_folder` is one the settled run made (every chunk file it lists was made
@@ -179,19 +187,22 @@ class RunKey:
         except OSError:
             return False
 
-    def issues_listed(self, issue_list: str | Path) -> bool:
-        """Whether every issue file is older than the run's issue list (`list_issues`' output): none was
-        edited since the run was planned (Snakemake's mtime trigger would not make the list again)."""
-        try:
-            return self.issues_ns < os.stat(issue_list).st_mtime_ns
-        except OSError:
-            return False
+
+PLANNED_ISSUES = "issues.digest"  # in a run's first plan folder: `issues_digest` when the plan began
+
+
+def planned_issues(layout: Layout, key: str) -> str | None:
+    """`issues_digest` of the issue files the first plan of run `key` was made from (None: not recorded)."""
+    try:
+        return (layout.plan_folder(key, 0, 0) / PLANNED_ISSUES).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def run_key(settings: Settings) -> RunKey:
     """The plan key of this run (read-only): the settled plan's while nothing changed since, else a new one."""
     layout = Layout(settings)
-    digest, issues_ns = _state(settings)
+    digest, issues = _state(settings)
     try:
         settled_ns = layout.settled.stat().st_mtime_ns
         settled = json.loads(layout.settled.read_text(encoding="utf-8"))
@@ -199,7 +210,12 @@ def run_key(settings: Settings) -> RunKey:
         settled_ns, settled = 0, {}
     key = settled.get("key") if isinstance(settled, dict) else None
     if key and settled.get("digest") == digest and not settled.get("volatile") and (layout.plan_dir(key)).is_dir():
-        return RunKey(str(key), settled=True, settled_ns=settled_ns, issues_ns=issues_ns)
+        planned = planned_issues(layout, str(key))  # None: a plan made before they were recorded
+        if planned is None or planned == issues:
+            return RunKey(str(key), settled=True, settled_ns=settled_ns, planned=planned is not None)
+        # an issue file changed after the run was planned, while it waited (an edit, a file copied in with an
+        # older mtime): the settled state has it, its plan does not; planned again, under a key of its own
+        return RunKey(f"{digest}-{issues[:12]}")
     if isinstance(settled, dict) and settled.get("volatile") and settled.get("digest") == digest:
         # the same files, but the provider's side may have moved on: look again (a fresh key per run)
         return RunKey(f"{digest}-{time.time_ns():x}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -223,12 +225,14 @@ def _write_unnamed(path: Path, data: bytes) -> bool | None:
     hundred thousand into one folder). None where the folder or the system does not allow it."""
     try:
         fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
-    except FileNotFoundError:
-        raise  # no folder yet: `making_folder` makes it
-    except OSError:
-        _UNNAMED[0] = False
-        return None
+    except OSError as exc:
+        if exc.errno in _NO_UNNAMED_FILES:
+            _UNNAMED[0] = False
+            return None
+        raise  # no folder yet (`making_folder` makes it), a full disk, too many open files: as any write
     try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) == 0o666 and (umask := _umask()):  # kernels before 6.0 without ACLs
+            os.fchmod(fd, 0o666 & ~umask)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -242,11 +246,32 @@ def _write_unnamed(path: Path, data: bytes) -> bool | None:
         return True
     except FileExistsError:
         return False
-    except OSError:  # no /proc, or no hard links here: named temporaries
-        _UNNAMED[0] = False
-        return None
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.isdir("/proc/self/fd"):
+            raise  # the folder went meanwhile: `making_folder` makes it again
+        if exc.errno in _NO_LINKS:  # no /proc, or no hard links here
+            _UNNAMED[0] = False
+            return None
+        raise
     finally:
         os.close(fd)
+
+
+# why an unnamed file cannot be made here (an older kernel, a file system without them), or not linked in
+_NO_UNNAMED_FILES = {errno.EISDIR, errno.EOPNOTSUPP, errno.EINVAL}
+_NO_LINKS = {errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK}
+
+
+def _umask() -> int:
+    """The process's umask as Linux shows it (its status file; one cannot read it without setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def link_or_copy(source: str | Path, target: str | Path) -> None:

@@ -132,8 +132,10 @@ def run_plan(
         if stage == 0
         else None
     )
+    listed = None
     if stage == 0 and round_ == 0:
         _freeze_what_lasts()
+        listed = dag.issues_digest(settings)  # before they are read: a later change is seen as one
         plan = build_plan(settings, repairs=True, workers=threads, renderings=kept)
         for error in plan.skipped:
             if settings.strict and not isinstance(error, NotAnIssueFile):
@@ -174,6 +176,8 @@ def run_plan(
     plan.run_id = group
     hold_over_caps(plan, group)
     doc = write_plan_folder(plan, Path(folder), key, stage, round_, stages[stage], group)
+    if listed is not None:  # which issue files the run was planned from (`dag.run_key`)
+        atomic_write_text(Path(folder) / dag.PLANNED_ISSUES, listed + "\n")
     job_log(doc["describe"])
     print(doc["describe"], file=sys.stderr)
     del plan

@@ -86,9 +86,9 @@ def plan_files(plans):
 def get_plan_inputs(wildcards):
     """A plan's inputs: the first reads the issue files; a later round, the round before it; a later
     stage, every plan of the stage before it (its results are this stage's input). The first plan of a run
-    that settled, with nothing to do, takes none while every issue file is older than its issue list: its
-    key names the issue files (names, sizes, mtimes), so a change to them is a new key, or (an issue edited
-    while the last run waited) newer than the list; the DAG then builds no job of 100,000 issue files."""
+    that settled, with nothing to do, takes none while the issue files are those it was made from (names,
+    sizes, mtimes, as it recorded them; any other state of them is another key): the DAG then builds no job
+    of 100,000 issue files."""
     stage, round_ = int(wildcards.stage), int(wildcards.round)
     if wildcards.key != KEY:
         return []
@@ -96,10 +96,9 @@ def get_plan_inputs(wildcards):
         return plan_files([plan_of(stage, round_ - 1)])
     if stage > 0:
         return plan_files(stage_plans(stage - 1))
-    issue_list = ISSUE_LIST.format(key=KEY)
-    if RUN.made_before_settling(FIRST_PLAN) and RUN.issues_listed(issue_list):
+    if RUN.planned and RUN.made_before_settling(FIRST_PLAN):
         return []
-    return [issue_list]
+    return [ISSUE_LIST.format(key=KEY)]
 
 
 def get_issue_files(wildcards):

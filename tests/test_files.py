@@ -225,6 +225,26 @@ def test_write_new_falls_back_to_named_temporaries_where_unnamed_files_fail(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="Linux's unnamed files")
+def test_write_new_raises_a_full_disk_and_goes_on_with_unnamed_files(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def full(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(files, "_UNNAMED", [True])
+    monkeypatch.setattr(files.os, "open", full)
+    with pytest.raises(OSError, match="No space"):
+        files.write_new(tmp_path / "r.json", b"x\n")
+    assert files._UNNAMED == [True] and list(tmp_path.iterdir()) == []  # a passing error: nothing learnt
+    monkeypatch.setattr(files.os, "open", real_open)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub").rmdir()  # a folder gone meanwhile is made again
+    assert files.write_new(tmp_path / "sub" / "r.json", b"x\n") and files._UNNAMED == [True]
+
+
 def test_read_with_stat_gives_the_bytes_and_the_stat_of_the_file_read(tmp_path):
     path = tmp_path / "r.json"
     for data in (b"", b"{}\n", "é".encode() * 100_000):

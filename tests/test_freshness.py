@@ -153,3 +153,27 @@ def test_an_issue_edited_while_the_last_run_waited_is_sent(tmp_path):
     (new,) = [p for p in ws.files("batch_requests/product-labeling/*.jsonl") if "Edited while" in p.read_text()]
     assert len(new.read_text().splitlines()) == 1
     assert summary(ws)["totals"]["results"] == 5
+
+
+@pytest.mark.workflow
+def test_an_issue_copied_in_with_an_older_mtime_while_the_last_run_waited_is_sent(tmp_path):
+    """A file copied in with its mtime (`cp -p`, `rsync -a`) while the last run waited is older than that
+    run's issue list, so no mtime says it is new; the issue files are not those the run was planned from,
+    so it is planned again, under a key of its own, and the next run has nothing to do."""
+    ws = small(tmp_path)
+    ws.snakemake("--cores", "4", "results/all")
+    settled_file = ws.root / ".snakemake" / "batchpipe" / "settled.json"
+    first_key = json.loads(settled_file.read_text())["key"]
+    copied = ws.root / "data" / "issues" / ISSUES[5].name
+    shutil.copy2(ISSUES[5], copied)
+    os.utime(copied, (1_000_000_000, 1_000_000_000))  # 2001: older than any list
+    settled = json.loads(settled_file.read_text())
+    settled["digest"] = state_digest(load_settings_file(ws.root / "config.yaml"))  # as if it ended after the copy
+    settled_file.write_text(json.dumps(settled))
+    ws.snakemake("--cores", "4", "results/all")
+    assert len(ws.local_batches()) == 2 and summary(ws)["totals"]["results"] == 6
+    key = json.loads(settled_file.read_text())["key"]
+    assert key.startswith(settled["digest"] + "-") and key != first_key
+    again = ws.snakemake("--cores", "4", "results/all")
+    assert "Nothing to be done" in again.output and len(ws.local_batches()) == 2
+    assert json.loads(settled_file.read_text())["key"] == key
