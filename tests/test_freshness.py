@@ -177,3 +177,18 @@ def test_an_issue_copied_in_with_an_older_mtime_while_the_last_run_waited_is_sen
     again = ws.snakemake("--cores", "4", "results/all")
     assert "Nothing to be done" in again.output and len(ws.local_batches()) == 2
     assert json.loads(settled_file.read_text())["key"] == key
+
+
+@pytest.mark.workflow
+def test_a_settled_plan_made_before_it_recorded_its_issue_files_keeps_them_as_input(tmp_path):
+    """A workspace settled by an earlier version has no record of the issue files its plan was made from: the
+    plan keeps the issue list as its input (Snakemake's mtime trigger, as before), with nothing to do."""
+    ws = small(tmp_path)
+    ws.snakemake("--cores", "4", "results/all")
+    (record,) = ws.files("results/plan/*/s0r0/issues.digest")
+    graph = ws.snakemake("results/all", "--rulegraph").stdout
+    assert "list_issues" not in graph
+    record.unlink()
+    assert "list_issues" in ws.snakemake("results/all", "--rulegraph").stdout
+    again = ws.snakemake("--cores", "4", "results/all")
+    assert "Nothing to be done" in again.output and len(ws.local_batches()) == 1

@@ -192,8 +192,8 @@ def rule_edges(dot: str) -> set[tuple[str, str]]:
 def test_the_rulegraph_is_the_data_flow(small_workspace):
     """Snakemake draws the jobs it knows: a planned run's (the issue files listed, the plan's new chunks,
     written and sent by submit_batch, then downloaded and gathered), and once a run settled, with nothing to
-    do, only the plans and what follows them (every chunk file is made and unchanged, every issue file is as
-    the key names it); once a new issue is planned, the next
+    do, only the plans and what follows them (every chunk file is made and unchanged, the issue files are
+    those the first plan recorded); once a new issue is planned, the next
     run's (the new chunk's jobs; a chunk an earlier run left whole is kept out of the plan's DAG, so no job of
     it is drawn). Together they are the data flow, issues to tasks."""
     ws = small_workspace
@@ -205,7 +205,7 @@ def test_the_rulegraph_is_the_data_flow(small_workspace):
     ws.snakemake("--cores", "4", "results/all")
     settled = rule_edges(ws.snakemake("results/all", "--rulegraph").stdout)
     assert ("gather_round", "summarize_run") in settled
-    # the issue files are as the settled key names them: no job of them either
+    # the issue files are those the first plan was made from: no job of them either
     assert not {"list_issues", "submit_batch", "resume_batch", "download_batch"} & {r for e in settled for r in e}
     new = sorted((REPO / "data" / "issues").glob("*.json"))[5]
     (ws.issues / new.name).write_bytes(new.read_bytes())
