@@ -55,7 +55,7 @@ from .repair import repair_views
 from .request import ChunkIndex
 from .scan import render_fingerprint
 from .submit import restore_request_files, resubmit, send, write_requests
-from .summary import blocked_chunks, summary_table, write_summary
+from .summary import blocked_chunks, summarize, summary_from_bases, summary_table, write_summary, write_summary_base
 
 WORKERS_ENV = "BATCHPIPE_WORKERS"  # download worker processes (0: in the job's thread)
 LARGE_CHUNK = 1000  # requests a chunk from which downloads, not the scheduler, are a run's critical path
@@ -176,6 +176,7 @@ def run_plan(
     plan.run_id = group
     hold_over_caps(plan, group)
     doc = write_plan_folder(plan, Path(folder), key, stage, round_, stages[stage], group)
+    write_summary_base(plan, folder, doc)  # the summary job then needs no plan of its own
     if listed is not None:  # which issue files the run was planned from (`dag.run_key`)
         atomic_write_text(Path(folder) / dag.PLANNED_ISSUES, listed + "\n")
     job_log(doc["describe"])
@@ -590,22 +591,32 @@ def run_gather_round(config: dict[str, Any], plan_folder: str, round_path: str, 
 
 
 def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str) -> None:
-    """The run summary, for the run's selection (recorded by its first plan), from the files the run wrote;
-    then, with `commit_results`, the new result files are committed to git."""
+    """The run summary, for the run's selection (recorded by its first plan), from the files the run wrote:
+    its plans' summary bases and the manifests of the chunks they sent or collected (`summary_from_bases`),
+    else from a plan made again; then, with `commit_results`, the new result files are committed to git."""
     stopped = DOWNLOADS.stop()  # every download is done
-    _give_back_memory(collect=not stopped)  # what the chunks' jobs left is reused by the summary's plan
     settings = settings_of(config)
     job_log = JobLog(log, echo=False)
-    first = read_json(Path(min(plan_files, key=lambda p: Path(p).name)) / "plan.json")  # s0r0 sorts first
-    plan = build_plan(settings, chosen=first["issues"])
+    docs = {p: read_json(Path(p) / "plan.json") for p in plan_files}
+    first = docs[min(plan_files, key=lambda p: Path(p).name)]  # s0r0 sorts first
     last_round: dict[int, dict[str, Any]] = {}  # what a cap held: the last round of each stage says it
-    for doc in (read_json(Path(p) / "plan.json") for p in plan_files):
+    for doc in docs.values():
         if doc["round"] >= last_round.get(doc["stage"], {"round": -1})["round"]:
             last_round[doc["stage"]] = doc
     held = [doc["held"] for _, doc in sorted(last_round.items()) if doc.get("held")]
-    summary = write_summary(plan, summary_path, volatile=plan.volatile or bool(held), key=first["key"], held=held)
+    found = summary_from_bases(settings, plan_files)
+    if found is None:
+        _give_back_memory(collect=not stopped)  # what the chunks' jobs left is reused by the summary's plan
+        plan = build_plan(settings, chosen=first["issues"])
+        summary = summarize(plan)
+        volatile = plan.volatile
+        del plan
+        job_log("planned again: the run's plans do not tell every number (a failure, a batch in flight)")
+    else:
+        summary, volatile = found
+    summary = write_summary(summary, summary_path, volatile=volatile or bool(held), key=first["key"], held=held)
     job_log("\n" + summary_table(summary))
-    del plan
+    del summary
     _give_back_memory(collect=False)
     if settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(settings, log=job_log)

@@ -147,7 +147,7 @@ def test_write_summary_and_its_table(run):
     plan = build_plan(settings)
     json_path, table_path = ws.root / "results" / "summary.json", ws.root / "results" / "all"
 
-    summary = write_summary(plan, json_path)
+    summary = write_summary(summarize(plan), json_path)
     table = write_summary_table(json_path, table_path)
 
     assert json.loads(json_path.read_text()) == summary
@@ -214,3 +214,61 @@ def test_a_manifest_recorded_without_a_batch_id_still_counts(run, tmp_path):
     after = summarize(build_plan(settings))["processors"][PROC]
     assert after["batches"] == [{**before["batches"][0], "batch_id": None}]
     assert after["tokens"] == before["tokens"] and after["tokens"]["input_tokens"] > 0
+
+
+def _full_summary(ws) -> dict:
+    """The summary a plan made again gives (the slow way), for the run's selection, without what the run
+    adds (its key, what it held, volatile)."""
+    settings = load_settings_file(ws.root / "config.yaml")
+    run_key = json.loads((ws.root / "results" / "summary.json").read_text())["key"]
+    first = ws.root / "results" / "plan" / run_key / "s0r0" / "plan.json"
+    return summarize(build_plan(settings, chosen=json.loads(first.read_text())["issues"]))
+
+
+def _written_summary(ws) -> dict:
+    doc = json.loads((ws.root / "results" / "summary.json").read_text())
+    return {k: v for k, v in doc.items() if k not in ("held", "volatile", "key")}
+
+
+@pytest.mark.workflow
+def test_a_run_with_every_answer_is_summed_from_its_plans_as_a_plan_made_again_would(tmp_path):
+    """The summary of a run whose chunks got every answer is its plan's summary base plus their manifests:
+    no plan of every issue again (the log says when it plans again), and the same numbers as one, after a
+    cold run, an edited issue, a deleted result and a new issue whose answer is invalid (planned again)."""
+    issues = sorted((REPO / "data" / "issues").glob("*.json"))[:7]
+    ws = make_workspace(tmp_path / "ws", issues[:6])
+    ws.config(processors=[PROC, "issue-summary"], chunk_size=2, max_attempts=1, prices=PRICES)
+    log = ws.root / "logs" / "summarize_run.log"
+
+    ws.snakemake("--cores", "2", "results/all")
+    assert "planned again" not in log.read_text()
+    written = _written_summary(ws)
+    assert written == _full_summary(ws)
+    assert written["totals"]["results"] == 12 and written["totals"]["batches"] == 6
+    assert written["totals"]["cost_charged_usd"] > 0 and written["processors"][PROC]["pending"] == {}
+    assert ws.files("results/plan/*/s0r0/summary-base.json")
+
+    edited = ws.issues / issues[0].name
+    doc = json.loads(edited.read_text())
+    doc["issue"]["title"] += " (edited)"
+    edited.write_text(json.dumps(doc))
+    ws.snakemake("--cores", "2", "results/all")
+    assert "planned again" not in log.read_text()
+    written = _written_summary(ws)
+    assert written == _full_summary(ws)
+    assert written["totals"]["results"] == 12 and written["totals"]["batches"] == 8
+
+    (ws.root / "data" / "results" / f"{key(10)}_{PROC}.json").unlink()  # rewritten from its chunk's answer
+    ws.snakemake("--cores", "2", "results/all")
+    assert "planned again" not in log.read_text()
+    assert (ws.root / "data" / "results" / f"{key(10)}_{PROC}.json").exists()
+    assert _written_summary(ws) == _full_summary(ws)
+
+    shutil.copy2(issues[6], ws.issues / issues[6].name)
+    title = json.loads(issues[6].read_text())["issue"]["title"]
+    ws.config(local={"faults": {"requests": [{"match": title, "kind": "invalid_json"}]}})
+    ws.snakemake("--cores", "2", "results/all", code=3)  # failed for good: max_attempts 1
+    assert "planned again" in log.read_text()
+    written = _written_summary(ws)
+    assert written == _full_summary(ws)
+    assert written["totals"]["failed"] >= 1 and written["totals"]["results"] >= 12
