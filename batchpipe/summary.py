@@ -287,6 +287,8 @@ def write_summary_base(plan: Plan, folder: str | Path, doc: dict[str, Any]) -> N
     answered: set[tuple[str, str]] = set()
     for name in names:
         pp = plan.processors[name]
+        if pp.deferred:
+            return  # held back by the token budget: what the summary's plan would hold back is not known here
         parts: dict[str, Any] = {}
         for chunk in sorted(touched[name]):
             existing = pp.existing.get(chunk)
@@ -297,21 +299,27 @@ def write_summary_base(plan: Plan, folder: str | Path, doc: dict[str, Any]) -> N
         for key, (chunk, _) in pp.sources.items():
             if chunk in parts:
                 parts[chunk]["holds"].append(key)  # its result is (re)written from this chunk
-        for key, chunk in pp.waiting.items():
-            if chunk in parts:
-                parts[chunk]["answers"].append(key)
-                sent = {record.request_hash for record in pp.existing[chunk].requests.values()}
-                if _current_hash(plan, pp, key) not in sent:  # asked before a processor change: kept, outdated
-                    parts[chunk]["outdated"].append(key)
+        asked = {c: {r.request_hash for r in pp.existing[c].requests.values()} for c in parts if c in pp.existing}
+        elsewhere = {  # requests in flight in chunks this run does not collect
+            r.request_hash
+            for chunk, history in pp.existing.items()
+            if chunk not in parts and not history.collected
+            for r in history.requests.values()
+        }
         sends = {m.request_hash: chunk for chunk, new in pp.new.items() if chunk in parts for m in new.members}
         matched = set()
-        for key in pp.selected:  # the keys the new chunks answer: those whose request they send
-            if key in pp.sources or key in pp.failed or key in pp.waiting:
-                continue
+        for key in pp.selected:
             rhash = _current_hash(plan, pp, key)
-            if rhash in sends:
+            if rhash in sends:  # a new chunk sends its request (also for a key with an older answer: the same one)
                 parts[sends[rhash]]["answers"].append(key)
                 matched.add(rhash)
+            elif pp.waiting.get(key) in parts:
+                chunk = pp.waiting[key]
+                if rhash in elsewhere:
+                    return  # another attempt of it stays in flight: the summary's plan decides
+                parts[chunk]["answers"].append(key)
+                if rhash not in asked[chunk]:  # asked before a processor change: kept, outdated
+                    parts[chunk]["outdated"].append(key)
         if len(matched) != len(sends):
             return  # a request answers no key the base can name: plan again
         others = {}
@@ -345,11 +353,8 @@ def _volatile_after(plan: Plan, names: list[str], touched: dict[str, set[str]]) 
     settings = plan.settings
     if settings.recycle_force:
         return True
-    for name in names:
-        pp = plan.processors[name]
-        if pp.deferred:
-            return True
-        for chunk, history in pp.existing.items():
+    for name in names:  # none has chunks held back by the token budget (no base is written then)
+        for chunk, history in plan.processors[name].existing.items():
             if chunk in touched[name]:
                 continue
             if history.batch_id is None or (not settings.wait and not history.collected and not history.known_ended):
@@ -396,10 +401,9 @@ def summary_from_bases(settings: Settings, plan_folders: Sequence[str | Path]) -
             counted: set[str] = set()
             for chunk, expected in found["chunks"].items():
                 parts = read_outcomes_and_results(layout.manifest(name, chunk))
-                if parts is None or not all(rec.ok for rec in parts.outcomes.values()):
+                if parts is None or not parts.complete or not all(rec.ok for rec in parts.outcomes.values()):
                     return None
-                if parts.complete:
-                    p["batches"].append(_batch_entry(chunk, parts.batch_id, parts.outcomes))
+                p["batches"].append(_batch_entry(chunk, parts.batch_id, parts.outcomes))
                 tally.add(settings, parts.outcomes, expected["mode"])
                 for key in expected["answers"]:
                     for kind in ("pending", "failed", "waiting"):
@@ -421,6 +425,11 @@ def summary_from_bases(settings: Settings, plan_folders: Sequence[str | Path]) -
             p["batches"].sort(key=lambda entry: entry["chunk"])
     if summary is None:
         return None
+    order = {processor.name: i for i, processor in enumerate(settings.processors)}  # the plan's order
+    summary["processors"] = dict(sorted(summary["processors"].items(), key=lambda kv: order.get(kv[0], len(order))))
+    summary["blocked"] = dict(
+        sorted(summary["blocked"].items(), key=lambda kv: (order.get(kv[0].split("/")[0], len(order)), kv[0]))
+    )
     return _totalled(summary, tallies), volatile
 
 
