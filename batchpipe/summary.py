@@ -364,7 +364,15 @@ def _volatile_after(plan: Plan, names: list[str], touched: dict[str, set[str]]) 
 
 def summary_from_bases(settings: Settings, plan_folders: Sequence[str | Path]) -> tuple[dict[str, Any], bool] | None:
     """The run summary and whether it is volatile, from the summary base of each stage's last plan and the
-    manifests of the chunks each one touched; None when one of them cannot say (the caller plans again)."""
+    manifests of the chunks each one touched; None when one of them cannot say (the caller plans again),
+    a base that is not what a plan job writes included."""
+    try:
+        return _from_bases(settings, plan_folders)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _from_bases(settings: Settings, plan_folders: Sequence[str | Path]) -> tuple[dict[str, Any], bool] | None:
     layout = Layout(settings)
     stages: dict[int, list[tuple[int, Path, dict[str, Any]]]] = {}
     for folder in map(Path, plan_folders):

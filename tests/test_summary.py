@@ -16,7 +16,7 @@ from batchpipe.plan import build_plan
 from batchpipe.pricing import cost_of
 from batchpipe.providers import make_provider
 from batchpipe.submit import send_chunk
-from batchpipe.summary import summarize, summary_table, write_summary, write_summary_table
+from batchpipe.summary import summarize, summary_from_bases, summary_table, write_summary, write_summary_table
 
 from conftest import REPO, make_workspace
 
@@ -246,7 +246,14 @@ def test_a_run_with_every_answer_is_summed_from_its_plans_as_a_plan_made_again_w
     assert written == _full_summary(ws)
     assert written["totals"]["results"] == 12 and written["totals"]["batches"] == 6
     assert written["totals"]["cost_charged_usd"] > 0 and written["processors"][PROC]["pending"] == {}
-    assert ws.files("results/plan/*/s0r0/summary-base.json")
+    (base,) = ws.files("results/plan/*/s0r0/summary-base.json")
+    settings = load_settings_file(ws.root / "config.yaml")
+    folders = [p for p in base.parent.parent.iterdir() if p.is_dir()]  # the run's plans (s0r0, s0r1)
+    assert summary_from_bases(settings, folders) == (written, False)
+    kept = base.read_bytes()
+    base.write_text('{"summary": 1}')  # not what a plan job writes: the summary plans again
+    assert summary_from_bases(settings, folders) is None
+    base.write_bytes(kept)
 
     edited = ws.issues / issues[0].name
     doc = json.loads(edited.read_text())
