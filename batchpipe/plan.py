@@ -15,11 +15,8 @@ an issue or a group of issues (`chain`), made from its input processor's plan.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ from .issues import load_item
 from .layout import Layout, result_name
 from .ledger import ChunkHistory, read_chunks
 from .manifest import read_outcomes_and_results
+from .memory import collector_paused
 from .pricing import cost_of, price_for
 from .providers import wire_for
 from .render import Rendered, cacheable_prefix, label_list, render_request
@@ -367,37 +365,8 @@ def build_plan(
     """What this run has to do, from the files on disk (`_plan`), with the garbage collector paused: a plan
     makes millions of objects and no reference cycle, and each collection its allocations set off walks all
     it made so far (a third of a large plan's time)."""
-    with _collector_paused():
+    with collector_paused():
         return _plan(settings, chosen, write_cache, repairs, workers, renderings)
-
-
-class _CollectorPause:
-    """The garbage collector off while any plan of the process is made (the jobs of a run are threads of
-    one process), and as it was before once the last one ends. Process-wide: cycles the other threads make
-    meanwhile are collected once it is back on."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.plans = 0
-        self.was_enabled = False
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self.lock:
-            if self.plans == 0:
-                self.was_enabled = gc.isenabled()
-                gc.disable()
-            self.plans += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.plans -= 1
-                if self.plans == 0 and self.was_enabled:
-                    gc.enable()
-
-
-_collector_paused = _CollectorPause()
 
 
 def _plan(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import gc
 import json
 import multiprocessing
@@ -47,6 +46,7 @@ from .joblog import JobLog
 from .layout import Layout
 from .ledger import Marker, WaitingMarker, read_history, read_marker_or_waiting, write_marker, write_waiting_marker
 from .manifest import read_outcomes
+from .memory import collector_paused, freeze_what_lasts, give_back_memory, run_paused
 from .plan import Plan, build_plan, hold_over_caps, render_spec, spec_path, write_plan_folder, write_settled_round
 from .providers import Provider, make_provider, wire_for
 from .remote import adopt_remote_batches
@@ -121,7 +121,12 @@ def run_plan(
     """Make the plan of a stage's round. The first plan of a run also repairs damaged views, adopts the
     batches another checkout sent, learns which batches ended (`wait: false`), and tidies older plans.
     `threads`: processes for reading the issue files the scan cache lacks. What it renders is kept in the
-    folder for its new chunks' jobs (`renderings`)."""
+    folder for its new chunks' jobs (`renderings`). The garbage collector is paused throughout (`memory`)."""
+    with collector_paused():
+        _run_plan(config, key, stage, round_, folder, log, threads)
+
+
+def _run_plan(config: dict[str, Any], key: str, stage: int, round_: int, folder: str, log: str, threads: int) -> None:
     settings = settings_of(config)
     layout = Layout(settings)
     job_log = JobLog(log, echo=False)
@@ -134,7 +139,7 @@ def run_plan(
     )
     listed = None
     if stage == 0 and round_ == 0:
-        _freeze_what_lasts()
+        freeze_what_lasts()
         listed = dag.issues_digest(settings)  # before they are read: a later change is seen as one
         plan = build_plan(settings, repairs=True, workers=threads, renderings=kept)
         for error in plan.skipped:
@@ -182,28 +187,7 @@ def run_plan(
     job_log(doc["describe"])
     print(doc["describe"], file=sys.stderr)
     del plan
-    _give_back_memory(collect=False)
-
-
-def _freeze_what_lasts() -> None:
-    """Leave what the process holds when a run's first plan starts (Snakemake's workflow and DAG, the modules)
-    out of every later garbage collection, which then walks only what the jobs made: the collections the
-    plans' and the summary's allocations set off, and the one before the summary, stop walking it all.
-    Frozen objects that became garbage later would stay; those live for the run anyway. Once a process: a
-    first plan run again in it (a retried job) leaves what the jobs made since to the collector."""
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
-
-
-def _give_back_memory(collect: bool = True) -> None:
-    """A plan or summary job runs in the Snakemake process and reads every issue: what it freed goes back
-    to the system (glibc's malloc_trim; elsewhere nothing), so that the process does not keep its peak.
-    `collect=False` after a plan: it holds no reference cycles (reference counting freed it when it was
-    dropped), and a full collection walks all of Snakemake's objects too."""
-    if collect:
-        gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    give_back_memory(collect=False)
 
 
 def _all_succeeded(layout: Layout, before: dict[str, Any]) -> bool:
@@ -288,7 +272,7 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
     run_submit(config, processor, chunk, log, index)
     del index  # its table, freed before the memory is given back
     if _large_chunks(settings) and not _IN_APART.is_set():  # its table was built several times over
-        _give_back_memory(collect=False)
+        give_back_memory(collect=False)
 
 
 def _large_chunks(settings: Settings) -> bool:
@@ -464,9 +448,10 @@ def _download_in_worker(processor: str, chunk: str, log: str) -> None:
 
 
 def _for_parent(function: Any, *args: Any) -> None:
-    """`function(*args)` in a worker process, whose exception must travel back to the run's process."""
+    """`function(*args)` in a worker process (the collector paused, `memory`), whose exception must travel
+    back to the run's process."""
     try:
-        function(*args)
+        run_paused(function, *args)
     except Exception as exc:
         try:
             pickle.loads(pickle.dumps(exc))
@@ -595,6 +580,11 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     its plans' summary bases and the manifests of the chunks they sent or collected (`summary_from_bases`),
     else from a plan made again; then, with `commit_results`, the new result files are committed to git."""
     stopped = DOWNLOADS.stop()  # every download is done
+    with collector_paused():
+        _summarize(config, plan_files, summary_path, log, stopped)
+
+
+def _summarize(config: dict[str, Any], plan_files: list[str], summary_path: str, log: str, stopped: bool) -> None:
     settings = settings_of(config)
     job_log = JobLog(log, echo=False)
     docs = {p: read_json(Path(p) / "plan.json") for p in plan_files}
@@ -606,7 +596,7 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     held = [doc["held"] for _, doc in sorted(last_round.items()) if doc.get("held")]
     found = summary_from_bases(settings, plan_files)
     if found is None:
-        _give_back_memory(collect=not stopped)  # what the chunks' jobs left is reused by the summary's plan
+        give_back_memory(collect=not stopped)  # what the chunks' jobs left is reused by the summary's plan
         plan = build_plan(settings, chosen=first["issues"])
         summary = summarize(plan)
         volatile = plan.volatile
@@ -617,14 +607,15 @@ def run_summarize(config: dict[str, Any], plan_files: list[str], summary_path: s
     summary = write_summary(summary, summary_path, volatile=volatile or bool(held), key=first["key"], held=held)
     job_log("\n" + summary_table(summary))
     del summary
-    _give_back_memory(collect=False)
+    give_back_memory(collect=False)
     if settings.commit_results:  # new result and report files to git, naming their batch ids
         commit_results(settings, log=job_log)
 
 
 def run_report(config: dict[str, Any], summary_path: str, outputs: dict[str, str], log: str) -> None:
     """The pages of `snakemake --report` (`charts`): the summary as a table, the charts, the results table."""
-    report_job(settings_of(config), summary_path, outputs, log)
+    with collector_paused():
+        report_job(settings_of(config), summary_path, outputs, log)
 
 
 def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log: str) -> None:

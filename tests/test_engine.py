@@ -175,6 +175,32 @@ def clock() -> FakeClock:
 # --- lifecycle --------------------------------------------------------------------------------
 
 
+def test_an_uploaded_request_file_is_linked_not_copied_and_keeps_its_content(tmp_path, clock):
+    """The local upload of a request file (which is written whole, never rewritten in place) is a hard link to
+    it: a batch input file may be 200 MB. A request file written again later (a new file renamed into place)
+    or deleted leaves what was uploaded as it was."""
+    engine = BatchEngine(tmp_path / "service", OfflineResponder(), clock=clock)
+    request_file = tmp_path / "chunk.jsonl"
+    first = jsonl_bytes([chat_line(f"req-{i}") for i in range(3)])
+    request_file.write_bytes(first)
+    meta = engine.create_file_from(request_file, "batch")
+    assert meta["bytes"] == len(first) and meta["filename"] == "chunk.jsonl" and meta["purpose"] == "batch"
+    assert os.path.samefile(request_file, tmp_path / "service" / "files" / f"{meta['id']}.data")
+
+    replacement = tmp_path / "chunk.jsonl.new"
+    replacement.write_bytes(jsonl_bytes([chat_line("other")]))
+    os.replace(replacement, request_file)
+    assert engine.file_content(meta["id"]) == first
+    request_file.unlink()
+    record = engine.get_batch(engine.create_batch(request_format="openai", input_file_id=meta["id"]).id)
+    assert record.status == "completed" and record.total == 3
+    assert sorted(line["custom_id"] for line in read_lines(engine, record.output_file_id)) == [
+        "req-0",
+        "req-1",
+        "req-2",
+    ]
+
+
 def test_zero_delay_lifecycle_openai(tmp_path, clock):
     engine = BatchEngine(tmp_path, OfflineResponder(), clock=clock)
     lines = [chat_line(f"req-{i}", f"Title: Issue {i}\n\nbody", LABELING_SCHEMA if i % 2 else None) for i in range(8)]

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchpipe"
 
 # Lowest first. A module may import modules of its own layer or of lower layers, never higher ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes", "svg"),  # leaves
+    ("errors", "files", "lifecycle", "crash", "interrupt", "exitcodes", "svg", "memory"),  # leaves
     ("config", "issues", "request", "joblog"),
     ("layout", "pricing", "forecast", "render", "renderings", "manifest"),
     ("ledger", "views", "state", "store"),

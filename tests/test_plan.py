@@ -52,10 +52,9 @@ def test_request_files_from_the_plans_specs_equal_a_fresh_rendering(tmp_path, mo
 
 
 def test_a_plan_is_made_with_the_collector_paused_and_leaves_it_as_it_was(tmp_path, monkeypatch):
-    """A plan makes millions of objects and no cycle: the collector is off while any plan of the process is
-    made (plans overlap in the threads of one run), and as it was before once the last one ends."""
+    """A plan makes millions of objects and no cycle: the collector is off while it is made, and as it was
+    before once it ends (overlapping jobs: tests/test_memory.py)."""
     import gc
-    import threading
 
     from batchpipe import plan as plan_module
 
@@ -75,22 +74,6 @@ def test_a_plan_is_made_with_the_collector_paused_and_leaves_it_as_it_was(tmp_pa
         assert not gc.isenabled()
     finally:
         gc.enable()
-
-    inside, leave = threading.Event(), threading.Event()
-
-    def long_plan() -> None:
-        with plan_module._collector_paused():
-            inside.set()
-            leave.wait(10)
-
-    other = threading.Thread(target=long_plan)
-    other.start()
-    assert inside.wait(10)
-    build_plan(settings, write_cache=False)  # ends while the other plan is still being made
-    assert not gc.isenabled()
-    leave.set()
-    other.join(10)
-    assert gc.isenabled() and seen == [False, False, False]
 
 
 def test_estimate_tokens_counts_each_schema_as_its_canonical_json_also_when_kept():

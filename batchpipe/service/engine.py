@@ -236,33 +236,32 @@ class BatchEngine:
         return self._store_file(content, filename, purpose, self.clock(), expires_after)
 
     def create_file_from(self, path: Path, purpose: str, expires_after: int | None = None) -> dict[str, Any]:
-        """`create_file` of a file's content, copied as a stream (a batch input file may be 200 MB)."""
+        """`create_file` of a file's content: a hard link to it (a request file is written whole and never
+        rewritten in place, and a batch input file may be 200 MB), or a copy where the file system has none."""
         check_upload(path.name, purpose, path.stat().st_size, expires_after)
-
-        def copy(target: BinaryIO) -> None:
-            with path.open("rb") as source:
-                shutil.copyfileobj(source, target, 1 << 20)
-
-        return self._store_file(copy, path.name, purpose, self.clock(), expires_after)
+        return self._store_file(path, path.name, purpose, self.clock(), expires_after)
 
     def _store_file(
         self,
-        content: bytes | Callable[[BinaryIO], None],
+        content: bytes | Path | Callable[[BinaryIO], None],
         filename: str,
         purpose: str,
         at: float,
         ttl: int | None = None,
     ) -> dict[str, Any]:
-        """A new File of `content`: bytes, or what a writer writes into it."""
+        """A new File of `content`: bytes, a file (linked), or what a writer writes into it."""
         file_id = new_id("file-")
         if ttl is None and purpose in ("batch", "batch_output"):
             ttl = FILE_TTL
         data_path = self._files / f"{file_id}.data"
-        with atomic_writer(data_path) as target:  # content first: meta implies content
-            if isinstance(content, bytes):
-                target.write(content)
-            else:
-                content(target)
+        if isinstance(content, Path):  # content first: meta implies content
+            link_or_copy(content, data_path)
+        else:
+            with atomic_writer(data_path) as target:
+                if isinstance(content, bytes):
+                    target.write(content)
+                else:
+                    content(target)
         meta = {
             "id": file_id,
             "object": "file",
