@@ -2,7 +2,8 @@
 
 Written by `rules/report.smk` into `results/report/` from `results/summary.json` and the files: the per-issue
 results, the ledger's events, the issues' current labels. Each file is read and parsed once (not at all
-when the report's memo says it has not changed) and only what the pages show is kept (counts, and the
+when the report's memo, or the fact its collection kept, says it has not changed) and only what the pages
+show is kept (counts, and the
 table's rows), so a workspace of 100,000 results stays light. The charts are static SVG (`svg.py`):
 nothing to fetch or install to look at them, and the same files give the same bytes. Above `TABLE_ROWS`
 results, the table holds a sample spread over the processors (every result stays queryable with
@@ -26,6 +27,7 @@ from typing import Any
 from . import svg
 from .config import Settings
 from .errors import IssueFileError
+from .facts import ResultFact, label_names, read_fact_lines, report_entry
 from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json, read_with_stat
 from .issues import load_file
 from .joblog import JobLog
@@ -39,7 +41,6 @@ TABLE_ROWS = 10_000  # results in the browsable table; above it, a sample (the p
 GANTT_BATCHES = 300  # batches drawn one bar each over time; above it, a histogram of their durations
 TOP_LABELS = 25  # labels in the recommended-against-current chart
 LIST_ITEMS = 200  # failed, pending, ... items listed by name in the summary page; the rest are counted
-SUMMARY_CHARS = 300  # of an answer's summary in the table
 
 CHARTS = ("cost", "outcomes", "batches", "confidence", "labels")
 # A batch has ended when the ledger saw it so (the provider's word) or downloaded it.
@@ -128,21 +129,8 @@ def _issue_labels(path: str) -> list[str]:
     if isinstance(doc, dict):
         issue = doc.get("issue")
         nested = issue.get("labels") if isinstance(issue, dict) else None
-        labels = _label_names(nested if nested is not None else doc.get("labels"), "name")
+        labels = label_names(nested if nested is not None else doc.get("labels"), "name")
     return list(labels or ())
-
-
-def _label_names(value: Any, key: str) -> tuple[str, ...] | None:
-    """Label names of a JSON array (objects by `key`, or strings); None when it is not an array."""
-    if not isinstance(value, list):
-        return None
-    names = []
-    for item in value:
-        name = item.get(key) if isinstance(item, dict) else item
-        if name is None:
-            continue
-        names.append(name if isinstance(name, str) else json.dumps(name))
-    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -271,40 +259,12 @@ def _cached_labels(path: Path | None, root: str) -> dict[str, list[Any]]:
     }
 
 
-def _result_entry(doc: Any, size: int, mtime: int, root: str) -> list[Any]:
-    """A result file's memo entry, from its JSON (`_json_of`); `[size, mtime]` alone for a group result or a
-    file that is not JSON."""
-    ref = doc.get("issue_reference") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or not isinstance(ref, dict):
-        return [size, mtime]
-    kind = "_pull_" if ref.get("kind") == "pull_request" else "_issue_"
-    source = str(ref.get("source_file") or "")
-    processor = doc.get("processor")
-    analysis = doc.get("analysis")
-    analysis = analysis if isinstance(analysis, dict) else {}
-    try:
-        confidence: float | None = float(analysis["recommendation_confidence"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        confidence = None
-    text = next((analysis[k] for k in ("summary", "text", "reasoning") if analysis.get(k) is not None), "")
-    recommended = _label_names(analysis.get("recommended_labels"), "label")
-    return [
-        size,
-        mtime,
-        f"{ref.get('org')}_{ref.get('repo')}{kind}{ref.get('number')}",
-        str(processor.get("name") or "") if isinstance(processor, dict) else "",
-        confidence if confidence is None or math.isfinite(confidence) else None,
-        list(recommended) if recommended is not None else None,
-        os.path.normpath(source if os.path.isabs(source) else os.path.join(root, source)),
-        str(text)[:SUMMARY_CHARS],
-    ]
-
-
 def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
     """Every per-issue result (`data/results/*.json`; group results and files that are not JSON are left
     out), with the current labels of the issue file it was made from (an item of a page or of a JSONL file
     has none here). With `memo`, a file whose size and mtime are those the last report saw is not read
-    again (a one-issue change reads two results, not all of them), and the memo is written anew. Without a
+    again (a one-issue change reads two results, not all of them), and the memo is written anew. A file
+    its collection wrote since, unchanged, is not read either: its fact says what it holds (`facts`). Without a
     memo, an issue file's labels come from the scan cache while the file is as the scan read it
     (`scanned_labels`); with one, the few files it lacks are read."""
     layout = Layout(settings)
@@ -343,6 +303,7 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
         names = sorted(e.name for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith("."))
     except OSError:
         names = []
+    facts: dict[str, bytes] | None = None  # result file name -> its fact's line (`facts`)
     cached = _cached_results(layout.report_cache if memo else None, root)
     ahead = next(cached, None)
     with contextlib.ExitStack() as stack:
@@ -357,13 +318,20 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
             while ahead is not None and ahead[0] < name:  # the memo and the listing, both in name order
                 ahead = next(cached, None)
             known = ahead if ahead is not None and ahead[0] == name else None
-            try:  # a file the memo has is looked at, not read, while it is as the memo saw it
+            try:  # a file the memo or its collection's fact has is looked at, not read, while it is as they saw it
                 st = os.stat(path) if known is not None else None
                 if st is not None and known is not None and known[1][:2] == [st.st_size, st.st_mtime_ns]:
                     _, entry, line = known
                 else:
-                    raw, st = read_with_stat(path)
-                    entry = _result_entry(_json_of(raw), st.st_size, st.st_mtime_ns, root)
+                    if facts is None:  # the facts of the collections since the last report, on the first miss
+                        facts = dict(read_fact_lines(layout))
+                    fact = ResultFact.parse(facts[name]) if name in facts else None
+                    st = st or (os.stat(path) if fact is not None else None)
+                    if fact is not None and st is not None and fact.matches(st):
+                        entry = fact.report
+                    else:
+                        raw, st = read_with_stat(path)
+                        entry = report_entry(_json_of(raw), st.st_size, st.st_mtime_ns, root)
                     line = json.dumps([name, entry], separators=(",", ":")).encode() + b"\n"
             except OSError:
                 continue

@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from .config import Processor, Settings
+from .facts import FactsWriter
 from .files import FolderListing, atomic_write_bytes, atomic_write_text, pretty_json, write_new
 from .issues import item_kind
 from .joblog import JobLog
@@ -201,13 +202,18 @@ def _existing_results(layout: Layout, requests: int) -> Callable[[Path], bool]:
     return os.path.lexists
 
 
-def _write_issue_result(path: Path, doc: dict[str, Any], there: bool, owners: _Owners, chunk: str) -> int | None:
+def _write_issue_result(
+    path: Path, doc: dict[str, Any], there: bool, owners: _Owners, chunk: str, facts: FactsWriter
+) -> int | None:
     """`write_result`, for a result file this collection's listing had (`there`) or not: an absent one is
-    made without being read first (most of a cold run's results), unless another collection made it since,
-    which is then weighed as one that was there. None when a request sent later owns it."""
+    made without being read first (most of a cold run's results), and its fact kept for the report and the
+    recycling, unless another collection made it since, which is then weighed as one that was there. None
+    when a request sent later owns it."""
     if not there:
         data = pretty_json(doc).encode("utf-8")
-        if write_new(path, data):
+        st = write_new(path, data)
+        if st is not None:
+            facts.add(path.name, st, data, doc)
             return len(data)
         if owners.newer(path, chunk):
             return None
@@ -263,6 +269,7 @@ def collect_chunk(
         for o in wire.iter_results(layout.output(processor_name, chunk), layout.errors(processor_name, chunk))
     }
     manifest = Manifest(chunk, processor_name, marker.batch_id or "", marker.provider or settings.provider, {})
+    facts = FactsWriter(layout, processor_name, chunk)
     written = 0
     unwritten: list[str] = []
     for cid, record in requests.items():
@@ -290,7 +297,7 @@ def collect_chunk(
                             settings, processor, issue, record, marker, outcome, answer.value, mode=marker.mode
                         )
                         try:
-                            size = _write_issue_result(path, doc, there, owners, chunk)
+                            size = _write_issue_result(path, doc, there, owners, chunk, facts)
                         except OSError as exc:  # one result that cannot be written stops no other
                             unwritten.append(f"{path.name!r} ({exc.strerror or exc})")
                             continue
@@ -313,6 +320,8 @@ def collect_chunk(
             if outcome.error_type in NOT_COUNTED:
                 result.counts_as_attempt = False
         manifest.requests[cid] = result
+    facts.write()  # before the manifest: a collected chunk's facts are there for the report and the recycling
+    del facts
     manifest.write(layout.manifest(processor_name, chunk))
     failed = [cid for cid, r in manifest.requests.items() if not r.ok]
     # each failure in the job's log file only; on the console one line for the chunk, with counts by kind

@@ -13,7 +13,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -190,27 +190,30 @@ def _temporary(path: Path) -> tuple[int, str]:
             continue
 
 
-def write_new(path: Path, data: bytes) -> bool:
-    """Write `path` atomically (no fsync) only if no file is there: False, and nothing written, if one is.
-    For a file that was absent a moment ago, which another process may write meanwhile. Where the file system
-    has no hard links, a file made between the look and the rename is replaced (as a plain check would)."""
+def write_new(path: Path, data: bytes) -> os.stat_result | None:
+    """Write `path` atomically (no fsync) only if no file is there: the stat of the file written (its size,
+    mtime and inode as it lands), or None, and nothing written, if one is there. For a file that was absent a
+    moment ago, which another process may write meanwhile. Where the file system has no hard links, a file made
+    between the look and the rename is replaced (as a plain check would)."""
     if _UNNAMED[0]:
         made = making_folder(path, lambda: _write_unnamed(path, data))
         if made is not None:
-            return made
+            return made if isinstance(made, os.stat_result) else None
     fd, tmp = making_folder(path, lambda: _temporary(path))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            st = os.fstat(handle.fileno())  # a link or a rename keeps the inode, size and mtime
         try:
             os.link(tmp, path)
         except FileExistsError:
-            return False
+            return None
         except OSError:  # no hard links here: the same, but for a file made in between
             if os.path.lexists(path):
-                return False
+                return None
             os.replace(tmp, path)
-        return True
+        return st
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -219,10 +222,11 @@ def write_new(path: Path, data: bytes) -> bool:
 _UNNAMED = [hasattr(os, "O_TMPFILE")]  # False once this process found it unsupported (then: named temporaries)
 
 
-def _write_unnamed(path: Path, data: bytes) -> bool | None:
+def _write_unnamed(path: Path, data: bytes) -> os.stat_result | Literal[False] | None:
     """`write_new` through a file with no name until it is linked in whole (Linux's `O_TMPFILE`): one entry
     added to the folder, where a named temporary adds one, links and removes it (results are written by the
-    hundred thousand into one folder). None where the folder or the system does not allow it."""
+    hundred thousand into one folder). Its stat as written; False when a file is there; None where the folder
+    or the system does not allow it."""
     try:
         fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
     except OSError as exc:
@@ -236,6 +240,7 @@ def _write_unnamed(path: Path, data: bytes) -> bool | None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        st = os.fstat(fd)  # linking it in keeps its inode, size and mtime
     except BaseException:
         os.close(fd)
         raise
@@ -243,7 +248,7 @@ def _write_unnamed(path: Path, data: bytes) -> bool | None:
         # linkat, which follows the /proc link to the open file; a dir_fd makes Python call it instead of
         # link(), and is ignored for an absolute path
         os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
-        return True
+        return st
     except FileExistsError:
         return False
     except OSError as exc:

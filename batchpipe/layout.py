@@ -21,6 +21,7 @@ results/plan/{key}/issues.json                         the issue files a run pla
 results/plan/{key}/s{stage}r{round}/                    the plans of a run (a checkpoint each)
 results/plan/{key}/s{stage}r{round}.json                what a plan's chunks made (gather_round)
 .snakemake/batchpipe/                                  the scan cache, where the last run settled, the report's memo
+.snakemake/batchpipe/facts/{processor}/{chunk}.jsonl   what a collection learnt of the results it wrote
 ```
 """
 
@@ -271,6 +272,14 @@ class Layout:
     def report_cache(self) -> Path:
         """What the report read of each result file, by size and mtime (`charts.read_report_data`)."""
         return self.work_dir / "report-cache.jsonl"
+
+    @property
+    def facts_dir(self) -> Path:
+        """What collections learnt of the result files they wrote, for the report and the recycling (`facts`)."""
+        return self.work_dir / "facts"
+
+    def result_facts(self, processor: str, chunk: str) -> Path:
+        return self.facts_dir / processor / f"{chunk}.jsonl"
 
     @property
     def report_labels(self) -> Path:

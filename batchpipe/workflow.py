@@ -39,6 +39,7 @@ from .collect import collect_chunk
 from .config import Settings, coerce_command_line, load_settings
 from .download import download_chunk, download_realtime, refresh_statuses, store_earlier_downloads
 from .errors import BatchpipeError, BatchRefused, ChunkWaits, ConfigError, SubmissionBlocked
+from .facts import remove_facts
 from .files import atomic_write_json, atomic_write_text, canonical_json, read_json
 from .gitcommit import commit_results
 from .issues import NotAnIssueFile
@@ -630,7 +631,9 @@ def run_complete(config: dict[str, Any], summary_path: str, table_path: str, log
         "digest": dag.state_digest(settings),
         "volatile": bool(summary.get("volatile")),
     }
-    atomic_write_json(Layout(settings).settled, settled)  # bookkeeping beside Snakemake's own (.snakemake/)
+    layout = Layout(settings)
+    atomic_write_json(layout.settled, settled)  # bookkeeping beside Snakemake's own (.snakemake/)
+    remove_facts(layout)  # the report and the recycling, this job's inputs, took them in
     JobLog(log, echo=False)(f"wrote {table_path}")
     print(table, flush=True)
 

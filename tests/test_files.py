@@ -182,6 +182,19 @@ def test_write_new_never_replaces_a_file_that_is_there(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.json", "r.json"]
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_write_new_gives_the_stat_of_the_file_as_it_lands(tmp_path, monkeypatch, unnamed):
+    """Its size, mtime and inode are the file's once linked in: a fact of it stands for the file (`facts`)."""
+    monkeypatch.setattr(files, "_UNNAMED", [unnamed and files._UNNAMED[0]])
+    path = tmp_path / "sub" / "r.json"
+    st = files.write_new(path, b"first\n")
+    assert st is not None and not stat.S_ISDIR(st.st_mode)
+    now = path.stat()
+    assert (st.st_size, st.st_mtime_ns, st.st_ino) == (now.st_size, now.st_mtime_ns, now.st_ino)
+    assert st.st_size == 6
+    assert files.write_new(path, b"second\n") is None
+
+
 def test_write_new_without_hard_links_still_never_replaces(tmp_path, monkeypatch):
     def no_links(source, target, **kwargs):
         raise PermissionError(1, "Operation not permitted")

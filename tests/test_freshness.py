@@ -67,11 +67,16 @@ def test_collect_by_hand_then_a_plain_run_updates_summary_and_board(tmp_path):
     (batch,) = ws.local_batches()
     until(lambda: ws.cli("collect", batch["id"]).returncode == 0)
     assert len(ws.results()) == 5
+    facts = ws.root / ".snakemake" / "batchpipe" / "facts"
+    assert len(list(facts.glob("*/*.jsonl"))) == 1  # what the collection knows of its results (facts.py)
     run = ws.snakemake("--cores", "4", "results/all", "--config", "wait=false")
     assert "Nothing to be done" not in run.output
     totals = summary(ws)["totals"]
     assert totals["results"] == 5 and totals["waiting"] == 0
     assert len(board_results(ws)) == 5  # the board saw the collected results
+    memo = (ws.root / ".snakemake" / "batchpipe" / "report-cache.jsonl").read_text().splitlines()
+    assert len(memo) == 1 + 5  # and so did the report; then the facts were removed
+    assert list(facts.glob("*/*")) == []
     assert len(ws.local_batches()) == 1
     assert "Nothing to be done" in ws.snakemake("--cores", "4", "results/all", "--config", "wait=false").output
 

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "collect",
         "summary",
         "charts",
+        "facts",
         "gitcommit",
         "tasks",
         "tasks.*",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TextIO, TypeAlias, TypeVar
 
 from ..errors import CommandError
+from ..facts import ResultFact, read_fact_lines
 from ..files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -47,14 +48,14 @@ from .board import (
     timestamp,
     upsert_tasks,
 )
-from .extract import is_simulated, source_of, tasks_from_result
+from .extract import Source, is_simulated, source_of, tasks_from_result
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Iterable, Iterator
 
     from ..config import Settings
-    from .extract import Source, Task
+    from .extract import Task
 
 __all__ = [
     "PARALLEL_MIN_FILES",
@@ -121,9 +122,9 @@ PARALLEL_MIN_FILES = 2000
 class _Read:
     """What a worker learnt from one changed result file (not the parsed result: too big to send back)."""
 
-    path: Path
+    path: str  # strings, not `Path`s: 200,000 of them are made in a cold run's recycling
     name: str
-    task_file: Path
+    task_file: str
     digest: str
     tasks: list[Task]
     stamp: str  # `_stamp` of the file read
@@ -159,11 +160,11 @@ def _read_results(batch: list[_Work]) -> tuple[list[_Read], list[tuple[str, str]
             result = None
             unreadable += 1
             messages.append(f"recycle: {name}: not valid JSON, no tasks")
-        read.append(_read_one(Path(path), name, Path(task_file), digest, stamp, result))
+        read.append(_read_one(path, name, task_file, digest, stamp, result))
     return read, unchanged, messages, unreadable
 
 
-def _read_one(path: Path, name: str, task_file: Path, digest: str, stamp: str, result: Any) -> _Read:
+def _read_one(path: str, name: str, task_file: str, digest: str, stamp: str, result: Any) -> _Read:
     """What one parsed result gives (`result` None when it is not JSON: it supersedes nothing)."""
     tasks = tasks_from_result(result, name)
     return _Read(
@@ -292,7 +293,6 @@ def recycle(
     with file_lock(layout.recycle_lock):
         saved = _statuses_of_a_lost_board(layout, log)
         conn = open_board(layout.board)
-        written: list[concurrent.futures.Future[int]] = []
         try:
             known = {
                 row["result_file"]: (row["sha256"], row["stamp"], row["tasks"])
@@ -300,6 +300,7 @@ def recycle(
             }
             task_files = {e.name for e in os.scandir(layout.tasks_dir)} if layout.tasks_dir.is_dir() else set()
             work: list[_Work] = []
+            stamps: list[str] = []  # of each result in `work`
             tasks_dir = str(layout.tasks_dir)
             for path, stamp in files:
                 base = os.path.basename(path)
@@ -316,23 +317,15 @@ def recycle(
                             os.unlink(task_file)
                     continue
                 work.append((path, name, digest, task_file))
+                stamps.append(stamp)
             now = timestamp()
-            with conn, _executor(len(work), workers) as executor:
-                for read, unchanged, messages, unreadable in executor.map(_read_results, _slices(work, 32)):
-                    summary.results_unchanged += len(unchanged)
-                    summary.results_unreadable += unreadable
-                    for message in messages:
-                        _say(log, message)
-                    # rewritten with the same bytes: only the stamp is new
-                    conn.executemany(
-                        "UPDATE recycled_results SET stamp = ? WHERE result_file = ?",
-                        [(stamp, name) for name, stamp in unchanged],
-                    )
-                    writes = [(item, _apply(conn, item, now, saved, summary)) for item in read]
-                    if writes:
-                        written.append(executor.submit(_write_task_files, writes))
-                for future in written:
-                    future.result()  # a failed write raises here (and rolls the board back)
+            with conn:
+                work = _apply_facts(conn, layout, work, stamps, task_files, now, saved, summary)
+                del stamps
+                with _executor(len(work), workers) as executor:
+                    written = _read_and_apply(conn, executor, work, task_files, now, saved, summary, log)
+                    for future in written:
+                        future.result()  # a failed write raises here (and rolls the board back)
             summary.tasks_total = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
         finally:
             conn.close()
@@ -340,6 +333,74 @@ def recycle(
         atomic_write_json(summary_file, summary.as_dict())
     _report(summary, log)
     return summary
+
+
+def _apply_facts(
+    conn: sqlite3.Connection,
+    layout: Layout,
+    work: list[_Work],
+    stamps: list[str],
+    task_files: set[str],
+    now: str,
+    saved: dict[str, str],
+    summary: RecycleSummary,
+) -> list[_Work]:
+    """The results whose collection's fact still stands for them (the file is as it was written, and it gives
+    no task) onto the board from their facts, unread (`facts`). Returns the work left to read."""
+    if not work:
+        return work
+    left = {os.path.basename(item[0]): i for i, item in enumerate(work)}
+    for base, line in read_fact_lines(layout):
+        i = left.get(base)
+        fact = ResultFact.parse(line) if i is not None else None
+        if i is None or fact is None or fact.tasks or stamps[i] != f"{fact.size}:{fact.mtime_ns}:{fact.ino}":
+            continue
+        del left[base]
+        path, name, known, task_file = work[i]
+        if known == fact.sha256:  # rewritten with the same bytes: only the stamp is new
+            summary.results_unchanged += 1
+            conn.execute("UPDATE recycled_results SET stamp = ? WHERE result_file = ?", (stamps[i], name))
+            continue
+        source = Source(fact.issue, fact.processor, None, None, name) if fact.issue and fact.processor else None
+        item = _Read(path, name, task_file, fact.sha256, [], stamps[i], source, fact.simulated)
+        _apply(conn, item, now, saved, summary)
+        if os.path.basename(task_file) in task_files:  # its tasks of an earlier answer: it gives none now
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(task_file)
+    return [work[i] for i in sorted(left.values())] if len(left) < len(work) else work
+
+
+def _read_and_apply(
+    conn: sqlite3.Connection,
+    executor: concurrent.futures.Executor,
+    work: list[_Work],
+    task_files: set[str],
+    now: str,
+    saved: dict[str, str],
+    summary: RecycleSummary,
+    log: TextIO | None,
+) -> list[concurrent.futures.Future[int]]:
+    """Read and extract the `work` results in slices (`executor`), each onto the board as it comes; returns the
+    writes of their task files (a result that gives no task and had no task file has nothing to write)."""
+    written: list[concurrent.futures.Future[int]] = []
+    for read, unchanged, messages, unreadable in executor.map(_read_results, _slices(work, 32)):
+        summary.results_unchanged += len(unchanged)
+        summary.results_unreadable += unreadable
+        for message in messages:
+            _say(log, message)
+        # rewritten with the same bytes: only the stamp is new
+        conn.executemany(
+            "UPDATE recycled_results SET stamp = ? WHERE result_file = ?",
+            [(stamp, name) for name, stamp in unchanged],
+        )
+        writes = []
+        for item in read:
+            ids = _apply(conn, item, now, saved, summary)
+            if item.tasks or os.path.basename(item.task_file) in task_files:
+                writes.append((item, ids))
+        if writes:
+            written.append(executor.submit(_write_task_files, writes))
+    return written
 
 
 def _apply(
@@ -501,7 +562,7 @@ def recycle_file(settings: Settings, path: str | Path, log: TextIO | None = None
     data, st, result = _read_result(path, name)
     results_shown = display_path(layout.results_dir, settings.root)
     name = path.name if results_shown == "." else f"{results_shown}/{path.name}"  # as `recycle` records it
-    item = _read_one(path, name, layout.task_file(path), sha256_hex(data), _stamp(st), result)
+    item = _read_one(str(path), name, str(layout.task_file(path)), sha256_hex(data), _stamp(st), result)
     summary = RecycleSummary(
         board=display_path(layout.board, settings.root),
         active_file=display_path(layout.active_tasks, settings.root),
