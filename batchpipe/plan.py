@@ -628,26 +628,21 @@ def _warms_cache(settings: Settings, processor: Processor, chunks: dict[str, Chu
 def _split(
     settings: Settings, model: str, members: list[ChunkMember], tokens: dict[str, int], sizes: dict[str, int]
 ) -> list[list[ChunkMember]]:
-    """The new chunks, in file order: `chunk_size` requests each, or with `chunk_size: auto` as many as fit
-    the provider's documented limits (requests, bytes, with a margin) and the model's enqueued-token budget
-    (a batch over it would be refused whole). A request alone over a limit makes a chunk of its own."""
+    """The new chunks, in file order: `chunk_size` requests each, or with `chunk_size: auto` as few as the
+    provider's documented limits (requests, bytes, with a margin) and the model's enqueued-token budget (a
+    batch over it would be refused whole) allow, evened out. A request alone over a limit makes a chunk of
+    its own."""
     wire = wire_for(settings.provider)
     if settings.chunk_size != "auto":
         size = min(int(settings.chunk_size), wire.max_requests)
         return [members[i : i + size] for i in range(0, len(members), size)]
-    max_bytes = int(wire.max_bytes * AUTO_BYTES_MARGIN)
-    max_tokens = settings.token_limit(model) or 0
+    limits = _Limits(wire.max_requests, int(wire.max_bytes * AUTO_BYTES_MARGIN), settings.token_limit(model) or 0)
     parts: list[list[ChunkMember]] = []
     part: list[ChunkMember] = []
     used_bytes = used_tokens = 0
     for member in members:
         b, t = sizes.get(member.request_hash, 0), tokens.get(member.request_hash, 0)
-        full = (
-            len(part) >= wire.max_requests
-            or used_bytes + b > max_bytes
-            or (max_tokens and used_tokens + t > max_tokens)
-        )
-        if part and full:
+        if part and limits.over(len(part) + 1, used_bytes + b, used_tokens + t):
             parts.append(part)
             part, used_bytes, used_tokens = [], 0, 0
         part.append(member)
@@ -655,7 +650,41 @@ def _split(
         used_tokens += t
     if part:
         parts.append(part)
-    return parts
+    return _evened(parts, members, limits, tokens, sizes)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one batch of `chunk_size: auto` may hold (`tokens` 0: no budget)."""
+
+    requests: int
+    bytes: int
+    tokens: int
+
+    def over(self, requests: int, used_bytes: int, used_tokens: int) -> bool:
+        return requests > self.requests or used_bytes > self.bytes or bool(self.tokens and used_tokens > self.tokens)
+
+
+def _evened(
+    parts: list[list[ChunkMember]],
+    members: list[ChunkMember],
+    limits: _Limits,
+    tokens: dict[str, int],
+    sizes: dict[str, int],
+) -> list[list[ChunkMember]]:
+    """As many chunks as filling them one after another makes, with about as many requests each, when each
+    still fits the limits (else the filled ones): filling leaves a small last chunk beside full ones, and a
+    run's submissions and collections end with its largest chunk, which a collection holds whole in memory."""
+    n = len(parts)
+    if n < 2:
+        return parts
+    even = [members[len(members) * i // n : len(members) * (i + 1) // n] for i in range(n)]
+    for part in even:
+        used_bytes = sum(sizes.get(m.request_hash, 0) for m in part)
+        used_tokens = sum(tokens.get(m.request_hash, 0) for m in part)
+        if limits.over(len(part), used_bytes, used_tokens):
+            return parts
+    return even
 
 
 def _record_state(pp: ProcessorPlan, key: str, state: RequestState, needed: list[str], has_result: bool) -> bool:

@@ -277,7 +277,7 @@ def run_write_and_submit(config: dict[str, Any], processor: str, chunk: str, pla
 
 
 def _large_chunks(settings: Settings) -> bool:
-    """Chunks of `LARGE_CHUNK` requests and more (`chunk_size: auto` fills batches to the provider's limits)."""
+    """Chunks of `LARGE_CHUNK` requests and more (`chunk_size: auto` makes them as large as the limits allow)."""
     return settings.chunk_size == "auto" or settings.chunk_size >= LARGE_CHUNK
 
 

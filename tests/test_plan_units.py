@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import batchpipe.plan as plan_module
 from batchpipe.config import Settings, load_settings, load_settings_file, read_config
 from batchpipe.forecast import describe_forecasts
 from batchpipe.issues import load_issue
@@ -369,15 +370,29 @@ def test_auto_chunks_fill_each_batch_to_the_providers_limits_and_the_token_budge
     settings = settings_of(
         ws, provider=provider, chunk_size="auto", processors=["issue-summary"], truncation={"body_chars": 30000}
     )
+
+    def request_files(plan) -> list[tuple[int, int]]:
+        """(bytes, requests) of each new chunk's request file."""
+        found = []
+        for chunk in plan.processors["issue-summary"].new.values():
+            write_request_file(plan, "issue-summary", chunk.chunk, JobLog(None, echo=False))
+            size = Layout(settings).request_file("issue-summary", chunk.chunk).stat().st_size
+            found.append((size, len(chunk.members)))
+        return found
+
+    with monkeypatch.context() as filling:  # filled one after another: as few as the limits allow
+        filling.setattr(plan_module, "_evened", lambda parts, *args: parts)
+        filled = request_files(build_plan(settings))
+    assert sum(n for _, n in filled) == 60 and len(filled) > 2
+    for size, n in filled[:-1]:
+        assert size > wire.max_bytes * 0.6 or n == wire.max_requests
     plan = build_plan(settings)
     chunks = list(plan.processors["issue-summary"].new.values())
-    assert sum(len(c.members) for c in chunks) == 60 and len(chunks) > 2
-    for i, chunk in enumerate(chunks):
-        write_request_file(plan, "issue-summary", chunk.chunk, JobLog(None, echo=False))
-        size = Layout(settings).request_file("issue-summary", chunk.chunk).stat().st_size
-        assert size <= wire.max_bytes and len(chunk.members) <= wire.max_requests  # what the provider allows
-        if i < len(chunks) - 1:
-            assert size > wire.max_bytes * 0.6 or len(chunk.members) == wire.max_requests  # and filled
+    evened = request_files(plan)
+    assert len(evened) == len(filled) and sum(n for _, n in evened) == 60  # as many, evened out
+    assert max(n for _, n in evened) - min(n for _, n in evened) <= 1
+    for size, n in evened:
+        assert size <= wire.max_bytes and n <= wire.max_requests  # what the provider allows
 
     budget = max(c.est_tokens for c in chunks) // 2  # the enqueued-token budget now binds
     limited = build_plan(dataclasses.replace(settings, enqueued_token_limit=budget))
