@@ -2,8 +2,8 @@
 
 Written by `rules/report.smk` into `results/report/` from `results/summary.json` and the files: the per-issue
 results, the ledger's events, the issues' current labels. Each file is read and parsed once (not at all
-when the report's memo, or the fact its collection kept, says it has not changed) and only what the pages
-show is kept (counts, and the
+when the report's memo, or the fact its collection kept, says it has not changed; the facts' lines are held
+while the report is made) and only what the pages show is kept (counts, and the
 table's rows), so a workspace of 100,000 results stays light. The charts are static SVG (`svg.py`):
 nothing to fetch or install to look at them, and the same files give the same bytes. Above `TABLE_ROWS`
 results, the table holds a sample spread over the processors (every result stays queryable with
@@ -27,7 +27,7 @@ from typing import Any
 from . import svg
 from .config import Settings
 from .errors import IssueFileError
-from .facts import ResultFact, label_names, read_fact_lines, report_entry
+from .facts import ResultFact, entry_ok, label_names, read_fact_lines, report_entry
 from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json, read_with_stat
 from .issues import load_file
 from .joblog import JobLog
@@ -220,25 +220,11 @@ def _cached_results(path: Path | None, root: str) -> Iterator[tuple[str, list[An
                 return
             for line in handle:
                 name, entry = json.loads(line)
-                if not (isinstance(name, str) and _entry_ok(entry)) or not line.endswith(b"\n"):
+                if not (isinstance(name, str) and entry_ok(entry)) or not line.endswith(b"\n"):
                     return
                 yield name, entry, line
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return
-
-
-def _entry_ok(entry: Any) -> bool:
-    """A result's memo entry of the expected shape (see above)."""
-    if not isinstance(entry, list) or len(entry) not in (2, 8) or not all(type(v) is int for v in entry[:2]):
-        return False
-    if len(entry) == 2:
-        return True
-    _, _, key, processor, confidence, recommended, source, summary = entry
-    return (
-        all(isinstance(v, str) for v in (key, processor, source, summary))
-        and (confidence is None or type(confidence) in (int, float))
-        and (recommended is None or (isinstance(recommended, list) and all(isinstance(v, str) for v in recommended)))
-    )
 
 
 def _cached_labels(path: Path | None, root: str) -> dict[str, list[Any]]:

@@ -32,6 +32,7 @@ __all__ = [
     "SUMMARY_CHARS",
     "FactsWriter",
     "ResultFact",
+    "entry_ok",
     "label_names",
     "read_fact_lines",
     "remove_facts",
@@ -90,6 +91,20 @@ def report_entry(doc: Any, size: int, mtime: int, root: str) -> list[Any]:
     ]
 
 
+def entry_ok(entry: Any) -> bool:
+    """A `report_entry` of the expected shape (a memo's or a fact's: either may be torn or foreign)."""
+    if not isinstance(entry, list) or len(entry) not in (2, 8) or not all(type(v) is int for v in entry[:2]):
+        return False
+    if len(entry) == 2:
+        return True
+    _, _, key, processor, confidence, recommended, source, summary = entry
+    return (
+        all(isinstance(v, str) for v in (key, processor, source, summary))
+        and (confidence is None or type(confidence) in (int, float))
+        and (recommended is None or (isinstance(recommended, list) and all(isinstance(v, str) for v in recommended)))
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ResultFact:
     """One result file as its collection wrote it."""
@@ -115,13 +130,11 @@ class ResultFact:
         try:
             name, _, rest = line.decode("utf-8").partition("\t")
             size, mtime, ino, digest, report, tasks, simulated, issue, processor = json.loads(rest)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return None
         ints = all(type(v) is int for v in (size, mtime, ino, tasks))
         texts = isinstance(digest, str) and all(v is None or isinstance(v, str) for v in (issue, processor))
-        if not (
-            ints and texts and isinstance(report, list) and report[:2] == [size, mtime] and type(simulated) is bool
-        ):
+        if not (ints and texts and entry_ok(report) and report[:2] == [size, mtime] and type(simulated) is bool):
             return None
         return cls(name, size, mtime, ino, digest, report, tasks, simulated, issue, processor)
 
@@ -196,7 +209,7 @@ def remove_facts(layout: Layout) -> int:
     """Remove the facts files (after the report and the recycling took them in); returns how many."""
     removed = 0
     for path in _facts_files(layout):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # a speed-up only: one left is read, or removed next time
             path.unlink()
             removed += 1
     return removed

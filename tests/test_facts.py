@@ -80,6 +80,7 @@ def test_the_report_and_the_recycling_take_unchanged_results_from_their_facts(co
     recycled = recycle(run.settings)
     assert reads.report == [] and reads.recycling == []
     assert (recycled.results_seen, recycled.results_read, recycled.results_simulated) == (3, 3, 3)
+    assert recycled.results_from_facts == 3
     board_from_facts = board(run)
     # the same as reading every file: no facts, no memo, a new board
     remove_facts(run.layout)
@@ -110,21 +111,45 @@ def test_a_result_changed_since_its_collection_is_read(collected, monkeypatch):
     assert kept.name not in reads.report + reads.recycling
 
 
-@pytest.mark.parametrize("damage", ["torn", "foreign", "garbled"])
-def test_a_torn_or_foreign_facts_file_only_means_the_files_are_read(collected, monkeypatch, damage):
+def garbled(line: bytes, report: object) -> bytes:
+    """The line, well formed, with its report entry replaced (stamp kept)."""
+    name, _, rest = line.partition(b"\t")
+    fact = json.loads(rest)
+    fact[4] = report(fact[4]) if callable(report) else report
+    return name + b"\t" + json.dumps(fact).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    "damage", ["torn", "foreign", "not whole", "short entry", "labels not a list", "source not text", "too deep"]
+)
+def test_a_torn_foreign_or_garbled_facts_file_only_means_the_files_are_read(collected, monkeypatch, damage):
     run = collected
     path = run.layout.result_facts(PROC, run.chunk)
     lines = path.read_bytes().splitlines(keepends=True)
-    if damage == "torn":  # the last line cut: that result is read, the others are not
-        path.write_bytes(b"".join(lines[:-1]) + lines[-1][:-9])
-    elif damage == "foreign":  # another workspace's (a copied .snakemake/): every file is read
+    last = {
+        "torn": lines[-1][:-9],  # the last line cut: that result is read, the others are not
+        "not whole": lines[-1].split(b"\t")[0] + b'\t[1, 2, "x"]\n',
+        "short entry": garbled(lines[-1], lambda entry: entry[:3]),
+        "labels not a list": garbled(lines[-1], lambda entry: [*entry[:5], 7, *entry[6:]]),
+        "source not text": garbled(lines[-1], lambda entry: [*entry[:6], 7, entry[7]]),
+        "too deep": lines[-1].split(b"\t")[0] + b"\t" + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    }
+    if damage == "foreign":  # another workspace's (a copied .snakemake/): every file is read
         path.write_bytes(lines[0].replace(b'"root": "', b'"root": "/elsewhere') + b"".join(lines[1:]))
-    else:  # a line whose fact is not whole: that result is read
-        path.write_bytes(b"".join(lines[:-1]) + lines[-1].split(b"\t")[0] + b'\t[1, 2, "x"]\n')
+    else:  # a line that is no whole fact: that result is read
+        path.write_bytes(b"".join(lines[:-1]) + last[damage])
     reads = Reads(monkeypatch)
     want = 3 if damage == "foreign" else 1
     assert pages(run)[0] == 3 and len(reads.report) == want
     assert recycle(run.settings).results_read == 3 and len(reads.recycling) == want
+
+
+def test_a_forced_recycling_reads_every_result(collected, monkeypatch):
+    """`recycle_force` extracts everything again by the code of now: no fact stands in for a file."""
+    reads = Reads(monkeypatch)
+    forced = recycle(collected.settings, force=True)
+    assert sorted(reads.recycling) == sorted(p.name for p in collected.layout.results_dir.iterdir())
+    assert forced.results_read == 3 and forced.results_from_facts == 0
 
 
 def test_facts_are_removed_once_taken_in(collected):

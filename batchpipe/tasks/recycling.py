@@ -87,6 +87,7 @@ class RecycleSummary:
     results_unchanged: int = 0
     results_unreadable: int = 0
     results_simulated: int = 0  # read, and holding a simulated answer: no tasks taken from them
+    results_from_facts: int = 0  # of those read: taken from what their collection recorded, unopened (`facts`)
     tasks_found: int = 0
     tasks_new: int = 0
     tasks_updated: int = 0
@@ -320,7 +321,8 @@ def recycle(
                 stamps.append(stamp)
             now = timestamp()
             with conn:
-                work = _apply_facts(conn, layout, work, stamps, task_files, now, saved, summary)
+                if not force:  # forced: every result extracted again, by this code
+                    work = _apply_facts(conn, layout, work, stamps, task_files, now, saved, summary)
                 del stamps
                 with _executor(len(work), workers) as executor:
                     written = _read_and_apply(conn, executor, work, task_files, now, saved, summary, log)
@@ -346,7 +348,8 @@ def _apply_facts(
     summary: RecycleSummary,
 ) -> list[_Work]:
     """The results whose collection's fact still stands for them (the file is as it was written, and it gives
-    no task) onto the board from their facts, unread (`facts`). Returns the work left to read."""
+    no task) onto the board from their facts, unread (`facts`), before the results read. Returns the work left
+    to read."""
     if not work:
         return work
     left = {os.path.basename(item[0]): i for i, item in enumerate(work)}
@@ -364,6 +367,7 @@ def _apply_facts(
         source = Source(fact.issue, fact.processor, None, None, name) if fact.issue and fact.processor else None
         item = _Read(path, name, task_file, fact.sha256, [], stamps[i], source, fact.simulated)
         _apply(conn, item, now, saved, summary)
+        summary.results_from_facts += 1
         if os.path.basename(task_file) in task_files:  # its tasks of an earlier answer: it gives none now
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(task_file)
@@ -463,7 +467,8 @@ def _report(summary: RecycleSummary, log: TextIO | None) -> None:
         )
     _say(
         log,
-        f"recycle: {summary.results_read} result(s) read ({summary.results_unchanged} unchanged), "
+        f"recycle: {summary.results_read} result(s) read ({summary.results_from_facts} of them from their "
+        f"collection's facts, unopened; {summary.results_unchanged} unchanged), "
         f"{summary.tasks_new} new task(s), {summary.tasks_superseded} superseded, {summary.tasks_total} on the "
         f"board, {summary.tasks_active} active",
     )
