@@ -207,8 +207,11 @@ def _write_task_files(batch: list[tuple[_Read, dict[str, _Row]]]) -> int:
     return len(batch)
 
 
-def _stamp(st: os.stat_result) -> str:
-    """Size, mtime and inode: a result file rewritten (atomically: a new inode) has another stamp."""
+def _stamp(st: os.stat_result | ResultFact) -> str:
+    """Size, mtime and inode (of a file, or as its collection's fact recorded them): a result file rewritten
+    (atomically: a new inode) has another stamp."""
+    if isinstance(st, ResultFact):
+        return f"{st.size}:{st.mtime_ns}:{st.ino}"
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
@@ -356,7 +359,7 @@ def _apply_facts(
     for base, line in read_fact_lines(layout):
         i = left.get(base)
         fact = ResultFact.parse(line) if i is not None else None
-        if i is None or fact is None or fact.tasks or stamps[i] != f"{fact.size}:{fact.mtime_ns}:{fact.ino}":
+        if i is None or fact is None or fact.tasks or stamps[i] != _stamp(fact):
             continue
         del left[base]
         path, name, known, task_file = work[i]
@@ -369,8 +372,7 @@ def _apply_facts(
         _apply(conn, item, now, saved, summary)
         summary.results_from_facts += 1
         if os.path.basename(task_file) in task_files:  # its tasks of an earlier answer: it gives none now
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(task_file)
+            _write_task_files([(item, {})])
     return [work[i] for i in sorted(left.values())] if len(left) < len(work) else work
 
 
