@@ -739,6 +739,28 @@ def test_offline_answers_are_seeded_from_the_whole_request_encoded(schema):
     assert answer.input_tokens == count_tokens(prompt_text(req))
 
 
+def test_offline_answers_do_not_depend_on_the_requests_before():
+    """The responder keeps what a batch's requests share (schema text, seed bytes) between requests: an
+    answer is the one a fresh responder gives, whatever came before, even after a schema that equals this
+    one in Python but not in JSON (`1 == 1.0 == True`)."""
+    schemas = [
+        {"type": "object", "properties": {"n": {"enum": [1]}}, "required": ["n"]},
+        {"type": "object", "properties": {"n": {"enum": [1.0]}}, "required": ["n"]},
+        {"type": "object", "properties": {"n": {"enum": [True]}}, "required": ["n"]},
+        LABELING_SCHEMA,
+        None,
+    ]
+    reqs = [
+        NeutralRequest(model=model, system=system, messages=[{"role": "user", "content": f"Title: {i}"}], schema=s)
+        for i, (model, system, s) in enumerate(
+            (model, system, s) for model in ("m", "m2") for system in ("s", "s2") for s in schemas * 2
+        )
+    ]
+    kept = OfflineResponder()
+    for req in reqs + reqs[::-1]:
+        assert kept.respond(req) == OfflineResponder().respond(req)
+
+
 def test_offline_text_quotes_the_title_and_has_steps():
     prompt = "Summarise this issue.\n\nTitle: Wallet fails to load\n\nBody"
     req = NeutralRequest(model="m", system="Summarise.", messages=[{"role": "user", "content": prompt}])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..files import canonical_json, sha256_hex
+from ..files import canonical_json
 from ..request import NeutralRequest
 
 if TYPE_CHECKING:
@@ -103,10 +104,12 @@ def count_tokens(text: str) -> int:
     character, so a request's count never exceeds its bytes (the forecast's ceiling), and it is not the
     planner's estimate. The offline responder counts every request, so it is counted on bytes, not by the
     regex: the text as ASCII with each other character replaced by one of its class, then its word runs
-    (`split`) and its punctuation marks (what is left once word and space bytes are deleted)."""
+    (counted where one starts, with no list of them made) and its punctuation marks (what is left once word
+    and space bytes are deleted)."""
     ascii_text = text.encode("ascii", _TOKEN_CLASS)
     marks = len(ascii_text.translate(None, _NOT_MARKS))
-    return len(ascii_text.translate(_WORDS_APART).split()) + marks
+    runs = ascii_text.translate(_WORDS_APART)  # a run starts at an "a" after a space, or at the start
+    return runs.count(b" a") + runs.startswith(b"a") + marks
 
 
 def prefix_text(req: NeutralRequest, schema_json: str | None = None) -> str:
@@ -150,17 +153,67 @@ _WORDS = (
 ).split()
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What a processor's requests share, encoded once: the model, system prompt and schema they are
+    compared by, the schema's text, and the seed text's bytes around the messages."""
+
+    model: str
+    system: str | None
+    schema: Any
+    scalars: list[tuple[tuple[Any, ...], type]]  # where the schema holds a number or boolean, and its type
+    schema_json: str
+    head: bytes  # `[model,system,`
+    tail: bytes  # `,schema]`
+
+    def fits(self, req: NeutralRequest) -> bool:
+        """Whether `req` shares these parts. Equal schemas may differ in text where `1 == 1.0 == True`: the
+        types at the schema's numbers and booleans are compared too."""
+        if self.model != req.model or self.system != req.system or self.schema != req.schema:
+            return False
+        for path, kind in self.scalars:
+            value: Any = req.schema
+            for step in path:
+                value = value[step]
+            if type(value) is not kind:
+                return False
+        return True
+
+
+def _scalars(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], type]]:
+    """The paths to the numbers and booleans in a JSON value, with their types."""
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _scalars(item, (*path, key))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _scalars(item, (*path, index))]
+    return [(path, type(value))] if isinstance(value, (bool, int, float)) else []
+
+
 class OfflineResponder(Responder):
     """Deterministic placeholder answers, seeded from a hash of the request. No network, no model."""
+
+    _shared: _Shared | None = None  # the last request's shared parts (a batch's requests mostly share them)
+
+    def _parts(self, req: NeutralRequest) -> _Shared:
+        shared = self._shared
+        if shared is None or not shared.fits(req):
+            schema_json = canonical_json(req.schema)
+            head = f"[{canonical_json(req.model)},{canonical_json(req.system)},".encode()
+            shared = _Shared(
+                req.model, req.system, req.schema, _scalars(req.schema), schema_json, head, f",{schema_json}]".encode()
+            )
+            self._shared = shared
+        return shared
 
     def respond(self, req: NeutralRequest) -> NeutralAnswer:
         # the seed is a hash of `canonical_json([model, system, messages, schema])`, made of its items' texts
         # (a list's text is theirs, joined): the schema's is counted among the input tokens too
-        schema_json = canonical_json(req.schema)
-        seed_text = (
-            f"[{canonical_json(req.model)},{canonical_json(req.system)},{canonical_json(req.messages)},{schema_json}]"
-        )
-        rng = random.Random(int(sha256_hex(seed_text)[:16], 16))
+        shared = self._parts(req)
+        seed = hashlib.sha256(shared.head)
+        seed.update(canonical_json(req.messages).encode())
+        seed.update(shared.tail)
+        schema_json = shared.schema_json
+        rng = random.Random(int(seed.hexdigest()[:16], 16))
         if req.schema is not None:
             data = generate_from_schema(req.schema, rng)
             answer = NeutralAnswer(data=data, text=json.dumps(data, ensure_ascii=False))
