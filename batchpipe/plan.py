@@ -26,7 +26,7 @@ from typing import Any
 from .chain import ChainedItem, EarlierStage, chained_items, issue_item, render_group, stage_numbers
 from .config import Processor, Settings
 from .errors import IssueFileError, PlanOutdated
-from .files import FolderListing, atomic_write_json, canonical_json, sha256_hex
+from .files import FolderListing, atomic_write_json, atomic_write_table, canonical_json, sha256_hex
 from .forecast import EXPECTED_OUTPUT_SHARE, Forecast, Tally, ceiling_usd, describe_forecasts, forecast
 from .issues import load_item
 from .layout import Layout, result_name
@@ -907,8 +907,8 @@ def write_plan_folder(
     new: dict[str, list[str]] = {}
     kept: dict[str, list[str]] = {}  # collected before, views whole: no job of theirs in the DAG
     for name in processors:
-        for chunk in plan.processors[name].new:
-            atomic_write_json(spec_path(folder, name, chunk), chunk_spec(plan, name, chunk, group))
+        for chunk in plan.processors[name].new:  # a member a line (a large chunk has 50,000)
+            atomic_write_table(spec_path(folder, name, chunk), chunk_spec(plan, name, chunk, group))
         needed, submit[name] = plan.needs(name)
         whole = plan.whole(name)
         collect[name] = [chunk for chunk in needed if chunk not in whole]

@@ -163,9 +163,15 @@ def test_an_edited_file_is_read_again(ws, monkeypatch):
             assert all(after.hashes[p] != before.hashes[p] for p in PROCESSORS)
         else:
             assert after == before
-    # the cache now holds the edit
+    # the cache now holds the edit, its other records kept: the cache a scan of every file writes
+    cache = Layout(settings).scan_cache
+    patched = json.loads(cache.read_text())
     monkeypatch.setattr(batchpipe.scan, "load_file", no_reading)
     assert scan_issues(settings)[0] == second
+    monkeypatch.undo()
+    cache.unlink()
+    scan_issues(settings)
+    assert json.loads(cache.read_text()) == patched and len(patched["files"]) == 6
 
 
 def test_a_changed_setting_reads_every_file_again(ws, monkeypatch):
