@@ -15,6 +15,12 @@ from /proc every 50 ms) and the largest single process's max RSS (GNU time -v, w
 exists), job counts per rule (Snakemake's "Job stats"), and batches (ledger files). Prints a Markdown
 table and writes bench/out/results.json (and each phase's stdout/stderr under bench/out/N/).
 
+The workspaces are removed when every size is done, not between sizes: on an ext4 file system without a
+journal (this project's test VM), a file made within a minute or so of many deletions costs up to 20 times
+the kernel time (inode allocation skips the recently deleted ones, looking each up: `recently_deleted`),
+which would be charged to the next size's run. For the same reason, compare runs made alike: back to back
+invocations each start after the one before removed its workspaces (`--keep`, then remove them at the end).
+
 --py-spy (py-spy must be installed) also records a sampling profile (all threads) of every phase in
 bench/out/N/PHASE.pyspy.txt (collapsed stacks) and prints the top functions.
 """
@@ -442,8 +448,7 @@ def bench_size(
         if py_spy:
             print(top_functions(outdir / f"{name}.pyspy.txt"), file=sys.stderr)
     record["batches"] = len(list((ws / "batch_results" / "ledger").glob("*.jsonl")))
-    if not keep:
-        shutil.rmtree(ws, ignore_errors=True)
+    record["_workspace"] = str(ws)  # removed once every size is done (`main`), unless kept
     return record
 
 
@@ -611,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.hollow,
             )
         )
+    if not args.keep:  # not between sizes: files made soon after many were deleted cost more (docstring)
+        for record in records:
+            shutil.rmtree(record["_workspace"], ignore_errors=True)
+    for record in records:
+        del record["_workspace"]
     doc = {
         "machine": info,
         "targets": TARGETS,
