@@ -12,14 +12,13 @@ import json
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .errors import IssueFileError
-from .files import atomic_writer, canonical_json, read_json, sha256_hex
+from .files import atomic_write_text, canonical_json, read_json, sha256_hex
 from .interrupt import die_with_parent
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
@@ -121,9 +120,8 @@ def _row(
     ], kept
 
 
-# A file's items as cache rows, its bad items as (file, reason), where each row's renderings are kept, and its
-# cache record (`[stamp, rows, bad items]`) as JSON: encoded where the file was read, not in the plan's process
-_Read = tuple[list[list[Any]], list[list[str]], list[dict[str, Ref]], str]
+# A file's items as cache rows, its bad items as (file, reason), and where each row's renderings are kept
+_Read = tuple[list[list[Any]], list[list[str]], list[dict[str, Ref]]]
 
 
 def _read(path: Path, settings: Settings, writer: RenderingWriter | None, stamp: list[int]) -> _Read:
@@ -136,8 +134,7 @@ def _read(path: Path, settings: Settings, writer: RenderingWriter | None, stamp:
         row, refs = _row(issue, settings, notes.get(issue.source, ""), writer, stamp)
         rows.append(row)
         kept.append(refs)
-    problems = [[e.path, e.reason] for e in items.errors]
-    return rows, problems, kept, json.dumps([stamp, rows, problems])
+    return rows, [[e.path, e.reason] for e in items.errors], kept
 
 
 def _read_slice(
@@ -161,26 +158,20 @@ def _read_slice(
 
 def _read_all(
     paths: list[tuple[str, list[int]]], settings: Settings, workers: int, spill: Spill | None
-) -> Iterator[_Read | IssueFileError]:
+) -> list[_Read | IssueFileError]:
     """`_read_slice` of every path, in order: spread over `workers` spawned processes (a fresh interpreter:
     the plan job is a thread of the Snakemake process, which must not be forked) when there are enough files
-    for that to pay (reading and rendering them is most of a cold plan's work), else here. A slice's reads
-    are yielded as it comes back, so that the plan takes them in while the workers read on."""
+    for that to pay (reading and rendering them is most of a cold plan's work), else here."""
     if workers < 2 or len(paths) < PARALLEL_FROM:
-        yield from _read_slice(paths, settings, spill, 0)
-        return
+        return _read_slice(paths, settings, spill, 0)
     size = -(-len(paths) // (workers * 4))  # a few slices a worker: one slow file does not hold the rest
     slices = [paths[i : i + size] for i in range(0, len(paths), size)]
     n = len(slices)
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(os.getpid(),)
     ) as pool:
-        try:
-            for part in pool.map(_read_slice, slices, [settings] * n, [spill] * n, range(n)):
-                yield from part
-        except BaseException:  # the plan stopped taking them (an error, Ctrl-C): the slices not begun are dropped
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        parts = pool.map(_read_slice, slices, [settings] * n, [spill] * n, range(n))
+        return [read for part in parts for read in part]
 
 
 def _start_worker(parent: int) -> None:
@@ -243,7 +234,6 @@ def scan_issues(
         found.append((name, path, [st.st_size, st.st_mtime_ns]))
     misses = [(f[1], f[2]) for f in found if not isinstance(f, IssueFileError) and not _hit(cached.get(f[0]), f[2])]
     reads = iter(_read_all(misses, settings, workers, renderings.spill() if renderings else None))
-    texts: dict[str, str] = {}  # the cache records read now, as JSON
     for item in found:
         if isinstance(item, IssueFileError):
             errors.append(item)
@@ -257,7 +247,7 @@ def scan_issues(
             if isinstance(read, IssueFileError):
                 errors.append(read)
                 continue
-            rows, problems, kept, texts[name] = read
+            rows, problems, kept = read
             record = [stamp, rows, problems]
             if renderings is not None:
                 for row, refs in zip(rows, kept, strict=True):
@@ -301,24 +291,10 @@ def scan_issues(
             )
     if fresh != cached and write_cache:
         try:
-            _write_cache(cache_path, fingerprint, fresh, texts)
+            atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
         except OSError:
             pass  # a read-only checkout still plans, just without the cache
     return entries, errors
-
-
-def _write_cache(path: Path, fingerprint: str, records: dict[str, Any], texts: dict[str, str]) -> None:
-    """Write the scan cache, `{"fingerprint": ..., "files": records}`, a record at a time: those of `texts`
-    (the files read now) as their workers encoded them, the others (taken from the cache) encoded here at
-    once. Not fsynced: it is a speed-up, and a damaged one is read as none."""
-    others = json.dumps({name: r for name, r in records.items() if name not in texts})[1:-1]
-    with atomic_writer(path, durable=False) as handle:
-        handle.write(f'{{"fingerprint": {json.dumps(fingerprint)}, "files": {{{others}'.encode())
-        separator = ", " if others else ""
-        for name, text in texts.items():
-            handle.write(f"{separator}{json.dumps(name)}: {text}".encode())
-            separator = ", "
-        handle.write(b"}}")
 
 
 def scanned_labels(settings: Settings) -> dict[str, tuple[list[int], list[str]]]:
