@@ -759,6 +759,11 @@ def test_offline_answers_do_not_depend_on_the_requests_before():
     kept = OfflineResponder()
     for req in reqs + reqs[::-1]:
         assert kept.respond(req) == OfflineResponder().respond(req)
+    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 1}}, "required": ["s"]}
+    for value in (1, 2, 3):  # one schema object, changed in place between requests (the seed is of its text)
+        schema["properties"]["s"]["minLength"] = value
+        req = NeutralRequest(model="m", system="s", messages=[{"role": "user", "content": "Title: t"}], schema=schema)
+        assert kept.respond(req) == OfflineResponder().respond(req)
 
 
 def test_offline_text_quotes_the_title_and_has_steps():

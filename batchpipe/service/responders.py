@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import codecs
+import copy
 import functools
 import hashlib
 import json
@@ -197,10 +198,11 @@ class OfflineResponder(Responder):
     def _parts(self, req: NeutralRequest) -> _Shared:
         shared = self._shared
         if shared is None or not shared.fits(req):
-            schema_json = canonical_json(req.schema)
+            schema = copy.deepcopy(req.schema)  # its own: a caller's schema changed in place is another one
+            schema_json = canonical_json(schema)
             head = f"[{canonical_json(req.model)},{canonical_json(req.system)},".encode()
             shared = _Shared(
-                req.model, req.system, req.schema, _scalars(req.schema), schema_json, head, f",{schema_json}]".encode()
+                req.model, req.system, schema, _scalars(schema), schema_json, head, f",{schema_json}]".encode()
             )
             self._shared = shared
         return shared
