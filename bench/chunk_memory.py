@@ -5,6 +5,10 @@ engine answering it, download), in a process of its own. A benchmark, not a test
     .venv/bin/python bench/chunk_memory.py                      # a synthetic chunk: 27,500 requests, 180 MB
     .venv/bin/python bench/chunk_memory.py --requests 5000      # a smaller one
     .venv/bin/python bench/chunk_memory.py --file batch_requests/product-labeling/<chunk>.jsonl
+    .venv/bin/python bench/chunk_memory.py --file ... --package DIR   # DIR/batchpipe: another revision's
+
+`--package` compares two revisions on the same request file (`git archive REV batchpipe | tar -x -C DIR`);
+alternate them, the machine is noisy.
 
 The engine reads, answers and writes a batch a block of requests at a time, so the peak should not grow
 with the chunk (BENCHMARKS.md, "Issue 12 at 100,000 issues").
@@ -19,9 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from batchpipe.config import LocalConfig
-from batchpipe.providers.local import LocalProvider
 
 SYSTEM = "You triage GitHub issues by assigning product labels. " * 20
 
@@ -51,7 +52,13 @@ def main() -> int:
     parser.add_argument("--file", type=Path, help="a request file (default: a synthetic one)")
     parser.add_argument("--requests", type=int, default=27_500, help="requests of the synthetic chunk")
     parser.add_argument("--text-bytes", type=int, default=5_500, help="bytes of each synthetic issue text")
+    parser.add_argument("--package", type=Path, help="a folder holding the batchpipe package to measure")
     args = parser.parse_args()
+    if args.package is not None:
+        sys.path.insert(0, str(args.package.resolve()))
+    from batchpipe.config import LocalConfig
+    from batchpipe.providers.local import LocalProvider
+
     with tempfile.TemporaryDirectory() as tmp:
         request_file = args.file
         if request_file is None:
