@@ -42,6 +42,7 @@ __all__ = [
     "running_key",
     "stages",
     "state_digest",
+    "submission_priority",
 ]
 
 
@@ -49,6 +50,22 @@ def stages(settings: Settings) -> list[list[str]]:
     """The processors of each stage (0: from issues; n: from stage n-1's results)."""
     numbers = stage_numbers(settings.processors)
     return [[p for p, n in numbers.items() if n == k] for k in range(max(numbers.values(), default=0) + 1)]
+
+
+def submission_priority(settings: Settings) -> int:
+    """The Snakemake priority of the jobs that send a chunk (`submit_batch`, `resume_batch`) over the downloads.
+    1 in a waiting run whose batches take time (a provider's; the `local` engine's with delays or at a
+    `base_url`): a download waiting on its batch holds a job slot, and Snakemake prefers the ready job with the
+    larger inputs (a download: its marker holds the chunk's table), so the batches would go out in waves of
+    `--cores`, each once the one before ended. 0 where a download only works (the `local` engine answers at
+    once): there a large chunk's submission waits for the one before it (`workflow.Apart`), and preferred,
+    those waits would hold the slots the downloads run in."""
+    if not settings.wait:
+        return 0  # a download looks once and leaves a batch in flight to a later run
+    if settings.provider != "local":
+        return 1
+    local = settings.local
+    return 1 if local.base_url or any(delay > 0 for delay in local.delays.values()) else 0
 
 
 def issue_files(settings: Settings) -> list[str]:

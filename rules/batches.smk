@@ -13,7 +13,9 @@ ruleorder: resume_batch > submit_batch
 # A new chunk: its request file and index, written from its plan's spec, then sent, in one job (one job per
 # chunk less: Snakemake's own cost per job is about the work of a chunk, BENCHMARKS.md). Once the ledger knows
 # the chunk, both files are linked beside it (Snakemake deletes a failed job's outputs, and those of a job
-# before it runs again): the submission resumes from them, and a job run again restores them.
+# before it runs again): the submission resumes from them, and a job run again restores them. In a run that
+# waits on a provider's batches, submissions go before downloads (`SUBMIT_PRIORITY`): every batch is sent before
+# any download holds a job slot waiting for one to end.
 rule submit_batch:
     input:
         unpack(get_new_chunk_inputs),
@@ -23,6 +25,7 @@ rule submit_batch:
         marker=MARKER,
     log:
         "logs/submit_batch/{processor}/{chunk}.log",
+    priority: SUBMIT_PRIORITY
     localrule: True
     resources:
         api_calls=1,
@@ -40,6 +43,7 @@ rule resume_batch:
         marker=MARKER,
     log:
         "logs/resume_batch/{processor}/{chunk}.log",
+    priority: SUBMIT_PRIORITY
     localrule: True
     resources:
         api_calls=1,

@@ -23,6 +23,8 @@ STAGES = bp_dag.stages(SETTINGS)  # the processors of each stage: 0 reads issues
 # in a job's own process (no threads, a cluster), the key of the run that started it.
 RUN = bp_dag.run_key(SETTINGS) if workflow.is_main_process else bp_dag.RunKey(bp_dag.running_key(SETTINGS))
 KEY = RUN.key
+# Sending before waiting: a download waiting on its batch must not hold the job slot a submission needs.
+SUBMIT_PRIORITY = bp_dag.submission_priority(SETTINGS)
 
 # File patterns of the rules, from the one Layout (its root is the working directory).
 PLAN = str(LAYOUT.plan_folder("{key}", "{stage}", "{round}"))

@@ -354,6 +354,24 @@ def test_enqueued_token_budget_keeps_one_batch_in_flight_at_a_time(small_workspa
 
 
 @pytest.mark.workflow
+def test_a_waiting_run_sends_every_chunk_before_it_waits_on_any(tmp_path):
+    """More chunks than --cores, batches that take a while: every batch is created before the first one ends.
+    A download waiting on its batch holds a job slot; preferred to a submission (Snakemake's scheduler prefers
+    larger inputs: a marker of 8 requests is larger than the plan folder), the batches would go out in waves of
+    --cores, each once the one before ended."""
+    issues = sorted((REPO / "data" / "issues").glob("*.json"))[:40]
+    ws = make_workspace(tmp_path / "ws", issues)
+    cfg = yaml.safe_load((ws.root / "config.yaml").read_text())
+    cfg["local"]["delays"] = {"validating": 0, "in_progress": 3, "finalizing": 0}
+    cfg.update(processors=["product-labeling"], chunk_size=8, poll_interval=0.2, max_poll_interval=0.2)
+    (ws.root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    ws.snakemake("--cores", "2", "results/all")
+    batches = ws.local_batches()
+    assert len(batches) == 5 and len(ws.results()) == 40
+    assert max(b["created_at"] for b in batches) < min(b["completed_at"] for b in batches)
+
+
+@pytest.mark.workflow
 def test_html_report_holds_the_run_summary(small_workspace):
     ws = small_workspace
     ws.snakemake("--cores", "4", "results/all")

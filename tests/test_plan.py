@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from batchpipe import dag
+from batchpipe.config import load_settings_file
 from batchpipe.joblog import JobLog
 from batchpipe.plan import build_plan, write_plan_folder
 from batchpipe.render import relative_path
@@ -107,3 +108,19 @@ def test_relative_path_is_relpath(path, root, monkeypatch, tmp_path):
     for cwd in (tmp_path, tmp_path.parent):  # a relative path is relative to where the process is
         monkeypatch.chdir(cwd)
         assert relative_path(path, root) == os.path.relpath(path, root)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "priority"),
+    [
+        ({}, 0),  # the local engine answers at once: downloads only work
+        ({"local": {"delays": {"in_progress": 40}}}, 1),
+        ({"local": {"base_url": "http://127.0.0.1:8000"}}, 1),  # a service's batches take their time
+        ({"provider": "openai"}, 1),
+        ({"provider": "anthropic"}, 1),
+        ({"provider": "openai", "wait": False}, 0),  # a download looks once: it never holds a slot long
+    ],
+)
+def test_submissions_go_first_where_downloads_wait_on_batches(overrides, priority):
+    settings = load_settings_file(REPO / "config.yaml", overrides)
+    assert dag.submission_priority(settings) == priority
