@@ -14,8 +14,8 @@ ruleorder: resume_batch > submit_batch
 # chunk less: Snakemake's own cost per job is about the work of a chunk, BENCHMARKS.md). Once the ledger knows
 # the chunk, both files are linked beside it (Snakemake deletes a failed job's outputs, and those of a job
 # before it runs again): the submission resumes from them, and a job run again restores them. In a run that
-# waits on a provider's batches, submissions go before downloads (`SUBMIT_PRIORITY`): every batch is sent before
-# any download holds a job slot waiting for one to end.
+# waits on a provider's batches, submissions go before downloads (`SUBMIT_PRIORITY`), so that downloads waiting
+# on batches do not hold the job slots the sending needs (within Snakemake's sample of ready jobs: README).
 rule submit_batch:
     input:
         unpack(get_new_chunk_inputs),
