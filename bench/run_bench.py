@@ -11,7 +11,8 @@ scripts copied from the repository; N generated issues in data/issues, see gener
   change  one issue's body edited, then python -m snakemake --cores 4 results/all
 
 Each phase is measured for wall time, peak RSS of the whole process tree (sum over the tree, polled
-from /proc every 50 ms) and the largest single process's max RSS (GNU time -v, when /usr/bin/time
+from /proc every 50 ms; a child still running its parent's command line, forked and not yet exec'd, is
+left out: it shares its parent's pages) and the largest single process's max RSS (GNU time -v, when /usr/bin/time
 exists), job counts per rule (Snakemake's "Job stats"), and batches (ledger files). Prints a Markdown
 table and writes bench/out/results.json (and each phase's stdout/stderr under bench/out/N/).
 
@@ -67,8 +68,19 @@ def _label(pid: int) -> str:
     return " ".join(words)[:80]
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
 class TreeRss:
-    """Polls /proc for the summed RSS of a process and all its descendants; keeps the peak."""
+    """Polls /proc for the summed RSS of a process and all its descendants; keeps the peak. A descendant whose
+    command line is its parent's is a fork between `fork`/`vfork` and `exec` (a spawned worker, a subprocess
+    in its first instants): it shares its parent's pages (a vfork its very address space), so counting it would
+    count the parent twice (a 100,000-issue run's Snakemake process, 328 MB, once showed up so)."""
 
     def __init__(self, root_pid: int, interval: float = 0.05):
         self.root = root_pid
@@ -108,10 +120,13 @@ class TreeRss:
 
     def sample(self) -> None:
         kids = self._children()
-        todo, total, count, each = [self.root], 0, 0, []
+        todo, total, count, each = [(self.root, b"")], 0, 0, []
         while todo:
-            pid = todo.pop()
-            todo.extend(kids.get(pid, ()))
+            pid, parent_cmdline = todo.pop()
+            cmdline = _cmdline(pid)
+            todo.extend((kid, cmdline) for kid in kids.get(pid, ()))
+            if cmdline and cmdline == parent_cmdline:  # forked, not yet exec'd: its parent's pages
+                continue
             try:
                 with open(f"/proc/{pid}/statm", "rb") as handle:
                     rss = int(handle.read().split()[1]) * PAGE
