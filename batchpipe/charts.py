@@ -27,7 +27,7 @@ from typing import Any
 from . import svg
 from .config import Settings
 from .errors import IssueFileError
-from .facts import ResultFact, entry_ok, label_names, read_fact_lines, report_entry
+from .facts import FactLines, ResultFact, entry_ok, label_names, report_entry
 from .files import atomic_write_bytes, atomic_write_text, atomic_writer, read_json, read_with_stat
 from .issues import load_file
 from .joblog import JobLog
@@ -276,7 +276,8 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
                 elif st is not None:
                     if scanned is None:  # a cold report (no memo): the plan's scan read every issue just now
                         scanned = scanned_labels(settings) if not old_labels else {}
-                    stamp, names = scanned.get(os.path.basename(source), (None, []))
+                    # taken out as used (each issue file once): its lists move to `new_labels`
+                    stamp, names = scanned.pop(os.path.basename(source), (None, []))
                     if stamp == [st.st_size, st.st_mtime_ns]:
                         entry = [st.st_size, st.st_mtime_ns, names]
                     else:
@@ -289,7 +290,7 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
         names = sorted(e.name for e in os.scandir(results) if e.name.endswith(".json") and not e.name.startswith("."))
     except OSError:
         names = []
-    facts: dict[str, bytes] | None = None  # result file name -> its fact's line (`facts`)
+    facts: FactLines | None = None  # result file name -> its fact's line (`facts`)
     cached = _cached_results(layout.report_cache if memo else None, root)
     ahead = next(cached, None)
     with contextlib.ExitStack() as stack:
@@ -310,8 +311,8 @@ def read_report_data(settings: Settings, memo: bool = False) -> ReportData:
                     _, entry, line = known
                 else:
                     if facts is None:  # the facts of the collections since the last report, on the first miss
-                        facts = dict(read_fact_lines(layout))
-                    fact = ResultFact.parse(facts[name]) if name in facts else None
+                        facts = stack.enter_context(FactLines(layout))
+                    fact = ResultFact.parse(fact_line) if (fact_line := facts.get(name)) is not None else None
                     st = st or (os.stat(path) if fact is not None else None)
                     if fact is not None and st is not None and fact.matches(st):
                         entry = fact.report

@@ -20,16 +20,18 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .files import atomic_writer, sha256_hex
 from .layout import Layout
 
 __all__ = [
     "SUMMARY_CHARS",
+    "FactLines",
     "FactsWriter",
     "ResultFact",
     "entry_ok",
@@ -203,6 +205,53 @@ def read_fact_lines(layout: Layout) -> Iterator[tuple[str, bytes]]:
                                 yield name.decode("utf-8"), line
         except OSError:
             continue
+
+
+class FactLines:
+    """The facts files' lines by result name, for a reader that takes them in an order of its own (the report
+    takes them in the results' name order). Each line is copied to an unnamed scratch file beside the facts
+    and read back when asked for: the reader holds an offset a result, not its line (at 100,000 issues and two
+    processors the lines are some 140 MB in memory). Where no scratch file can be written, they are held."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._at: dict[str, int | bytes] = {}  # name -> offset << 32 | length in the scratch file, or the line
+        self._scratch: IO[bytes] | None = None
+        try:
+            offset = 0
+            for name, line in read_fact_lines(layout):
+                if self._scratch is None:
+                    self._scratch = tempfile.TemporaryFile(dir=layout.work_dir)  # unnamed: gone with its handle
+                self._scratch.write(line)
+                self._at[name] = offset << 32 | len(line)
+                offset += len(line)
+            if self._scratch is not None:
+                self._scratch.flush()
+        except OSError:  # no room for it: the lines in memory
+            self.close()
+            self._at = dict(read_fact_lines(layout))
+
+    def get(self, name: str) -> bytes | None:
+        """The fact line of a result file (`ResultFact.parse`), or None (none, or the scratch file unreadable:
+        the file is read)."""
+        at = self._at.get(name)
+        if at is None or isinstance(at, bytes) or self._scratch is None:
+            return at if isinstance(at, bytes) else None
+        try:
+            return os.pread(self._scratch.fileno(), at & 0xFFFFFFFF, at >> 32)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            with contextlib.suppress(OSError):
+                self._scratch.close()
+            self._scratch = None
+
+    def __enter__(self) -> FactLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def remove_facts(layout: Layout) -> int:

@@ -269,6 +269,12 @@ class Layout:
         return self.work_dir / "scan-cache.json"
 
     @property
+    def scan_labels(self) -> Path:
+        """The scan cache's label names of each one-issue file, apart (`scan.scanned_labels`): the report reads
+        them without the whole cache."""
+        return self.work_dir / "scan-labels.json"
+
+    @property
     def report_cache(self) -> Path:
         """What the report read of each result file, by size and mtime (`charts.read_report_data`)."""
         return self.work_dir / "report-cache.jsonl"

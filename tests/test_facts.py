@@ -14,7 +14,7 @@ from test_collect import PROC, Downloaded
 import batchpipe.charts as charts
 import batchpipe.tasks.recycling as recycling
 from batchpipe.collect import collect_chunk
-from batchpipe.facts import ResultFact, read_fact_lines, remove_facts, report_entry
+from batchpipe.facts import FactLines, ResultFact, read_fact_lines, remove_facts, report_entry
 from batchpipe.files import sha256_hex
 from batchpipe.tasks import recycle
 
@@ -71,6 +71,32 @@ def test_a_collection_keeps_a_fact_of_each_result_it_writes(collected):
         doc = json.loads(data)
         assert (fact.tasks, fact.simulated) == (0, True)  # the offline responder's answers give no task
         assert (fact.issue, fact.processor) == (doc["issue_reference"]["ref"], PROC)
+
+
+@pytest.mark.parametrize("scratch", [True, False], ids=["scratch file", "no room for one"])
+def test_the_reports_fact_lines_are_every_facts_files_lines_by_name(collected, monkeypatch, scratch):
+    """The report holds an offset a result, its line in an unnamed scratch file (or, with no room for
+    one, the lines): the same lines as reading every facts file, a later file's fact of a name winning."""
+    run = collected
+    (path,) = run.layout.facts_dir.glob("*/*.jsonl")
+    lines = dict(read_fact_lines(run.layout))
+    first = sorted(lines)[0]
+    later = path.parent / "zz-later.jsonl"  # a later collection's fact of the same file
+    newer = lines[first].replace(b'"product-labeling"]', b'"product-labeling"] ')
+    assert newer != lines[first]
+    later.write_bytes(path.read_bytes().splitlines(keepends=True)[0] + newer)
+    if not scratch:
+
+        def no_room(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("tempfile.TemporaryFile", no_room)
+    before = sorted(os.listdir(run.layout.work_dir))
+    with FactLines(run.layout) as facts:
+        assert {name: facts.get(name) for name in lines} == {**lines, first: newer}
+        assert facts.get("no-such-result.json") is None
+        assert sorted(os.listdir(run.layout.work_dir)) == before  # the scratch file has no name
+    assert facts.get(first) is None or not scratch  # closed: its lines are gone with it
 
 
 def test_the_report_and_the_recycling_take_unchanged_results_from_their_facts(collected, monkeypatch, tmp_path):

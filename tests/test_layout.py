@@ -110,6 +110,7 @@ def test_run_files(layout, root):
     assert layout.plan_folder("k1", 2, 0) == root / "results" / "plan" / "k1" / "s2r0"
     assert layout.settled == root / ".snakemake" / "batchpipe" / "settled.json"
     assert layout.scan_cache == root / ".snakemake" / "batchpipe" / "scan-cache.json"
+    assert layout.scan_labels == root / ".snakemake" / "batchpipe" / "scan-labels.json"
     assert layout.trigger("plan") == root / ".snakemake" / "batchpipe" / "plan.trigger"
     assert layout.command_log("archive") == root / "logs" / "batchpipe" / "archive.log"
 

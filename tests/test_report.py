@@ -270,9 +270,25 @@ def test_a_cold_report_takes_the_issues_labels_from_the_scan_cache_while_their_f
     read.clear()
     assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and read == []  # the same, from the cache
 
-    # a scan cache written before its rows held labels (11 fields) is still used by the plan; the report
-    # then reads each issue file itself
-    cache_path = Layout(settings).scan_cache
+    # the labels come from the scan's file of labels, not the whole cache (at 100,000 issues some 200 MB in
+    # memory): a cache the report cannot read changes nothing while that file is there
+    layout = Layout(settings)
+    cache_path = layout.scan_cache
+    whole_cache = cache_path.read_bytes()
+    cache_path.write_text("{torn")
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and read == []
+    # without that file (a workspace whose last scan wrote none), from the cache
+    labels_file = layout.scan_labels.read_bytes()
+    cache_path.write_bytes(whole_cache)
+    layout.scan_labels.unlink()
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and read == []
+    # and a plan's scan writes that file again, even with nothing new in the cache
+    scan_issues(settings)
+    assert layout.scan_labels.read_bytes() == labels_file and cache_path.read_bytes() == whole_cache
+
+    # a scan cache written before its rows held labels (11 fields), with no file of labels, is still used by
+    # the plan; the report then reads each issue file itself
+    layout.scan_labels.unlink()
     cache = json.loads(cache_path.read_text())
     for record in cache["files"].values():
         record[1] = [row[:11] for row in record[1]]
