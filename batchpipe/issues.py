@@ -722,8 +722,9 @@ def list_inputs(folder: str | Path) -> tuple[list[str], list[NotAnIssueFile]]:
     others: list[NotAnIssueFile] = []
     inside = os.path.realpath(folder) + os.sep
     with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
+        entries = sorted(it, key=lambda e: e.name, reverse=True)
+    while entries:
+        entry = entries.pop()  # let go as it is looked at: each holds its stat once asked (100,000 of them)
         name = entry.name
         if name.startswith("."):
             continue
