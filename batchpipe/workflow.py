@@ -80,6 +80,7 @@ __all__ = [
     "run_write_requests",
     "settings_of",
     "unthrottle_local_jobs",
+    "weigh_small_jobs_only",
 ]
 
 
@@ -643,10 +644,12 @@ _STARTED: list[float] = []
 
 def on_start(config: dict[str, Any], workflow: Any = None) -> None:
     """The run starts (Snakemake's `onstart`, in its main thread): SIGINT/SIGTERM end every wait at once;
-    downloads of a workspace made before the store are kept in it; local jobs are not rate limited."""
+    downloads of a workspace made before the store are kept in it; local jobs are not rate limited, and
+    jobs of thousands of inputs are not weighed by their sizes."""
     _STARTED.append(time.time())
     if workflow is not None:
         unthrottle_local_jobs(workflow)
+        weigh_small_jobs_only(workflow)
     interrupt.install()
     DownloadWorkers.count()  # a bad BATCHPIPE_WORKERS stops the run before anything is sent
     layout = Layout(settings_of(config))
@@ -668,6 +671,39 @@ def unthrottle_local_jobs(workflow: Any) -> bool:
         return False
     scheduler.job_rate_limiter = None
     return True
+
+
+LARGE_JOB_INPUTS = 1000  # inputs from which a ready job is not weighed by their sizes (`weigh_small_jobs_only`)
+
+
+def weigh_small_jobs_only(workflow: Any) -> bool:
+    """Leave jobs of more than `LARGE_JOB_INPUTS` inputs out of the sizes Snakemake's scheduler weighs ready
+    jobs by; True when done.
+
+    Each scheduling round, Snakemake asks the size of every input of every ready job (an asyncio task each), to
+    prefer the jobs with more input. `list_issues` takes every issue file: at 100,000 issues that is seconds
+    of the one core while nothing else can run (the first plan waits for it, and it is alone ready). A job
+    left out weighs as if its inputs were empty; a job of few inputs is weighed as before. The attributes are
+    Snakemake's own: without them, nothing changes."""
+    scheduler = getattr(workflow, "scheduler", None)
+    update = getattr(scheduler, "update_input_sizes", None)
+    sizes = getattr(scheduler, "_input_sizes", None)
+    if scheduler is None or update is None or type(sizes) is not dict:
+        return False
+
+    async def update_small(jobs: Any) -> None:
+        await update([job for job in jobs if len(job.input) <= LARGE_JOB_INPUTS])
+
+    scheduler._input_sizes = _Unweighed(sizes)
+    scheduler.update_input_sizes = update_small
+    return True
+
+
+class _Unweighed(dict[Any, Any]):
+    """Input sizes where an input never asked has none (the scheduler sums `sizes[f] or 0`)."""
+
+    def __missing__(self, key: Any) -> None:
+        return None
 
 
 def on_end(config: dict[str, Any], success: bool) -> None:

@@ -107,3 +107,42 @@ def test_the_local_executor_runs_without_a_job_rate_limit_and_others_keep_it():
     cluster = SimpleNamespace(scheduler=SimpleNamespace(job_rate_limiter=limiter), local_exec=False)
     assert not unthrottle_local_jobs(cluster) and cluster.scheduler.job_rate_limiter is limiter
     assert not unthrottle_local_jobs(SimpleNamespace(scheduler=None, local_exec=True))  # a dry run has none
+
+
+def test_a_job_of_thousands_of_inputs_is_not_weighed_by_their_sizes():
+    """Snakemake's scheduler asks the size of every input of every ready job each round; `list_issues` takes
+    every issue file. A job of more than LARGE_JOB_INPUTS inputs is left out of the ask and weighs as empty;
+    the others as before. The attributes are Snakemake's own (checked too: without them this is a no-op)."""
+    import asyncio
+    import inspect
+    from types import SimpleNamespace
+
+    from snakemake.scheduling.greedy import Scheduler as Greedy
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    from batchpipe.workflow import LARGE_JOB_INPUTS, weigh_small_jobs_only
+
+    assert "self._input_sizes = {}" in inspect.getsource(JobScheduler.__init__)
+    assert "self.update_input_sizes(jobs)" in inspect.getsource(JobScheduler.job_selector)
+    assert "input_sizes[f] or 0 for f in job.input" in inspect.getsource(Greedy.job_reward)
+
+    asked: list[str] = []
+
+    class Scheduler:
+        def __init__(self):
+            self._input_sizes: dict = {}
+
+        async def update_input_sizes(self, jobs):
+            for job in jobs:
+                asked.extend(job.input)
+                self._input_sizes.update((f, 7) for f in job.input)
+
+    scheduler = Scheduler()
+    assert weigh_small_jobs_only(SimpleNamespace(scheduler=scheduler))
+    small = SimpleNamespace(input=["a", "b"])
+    large = SimpleNamespace(input=[f"issue_{i}.json" for i in range(LARGE_JOB_INPUTS + 1)])
+    asyncio.run(scheduler.update_input_sizes([small, large]))
+    assert asked == ["a", "b"]
+    sizes = scheduler._input_sizes
+    assert [sizes[f] for f in small.input] == [7, 7] and sum(sizes[f] or 0 for f in large.input) == 0
+    assert not weigh_small_jobs_only(SimpleNamespace(scheduler=None))  # a dry run has none
