@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import IssueFileError
-from .files import atomic_write_text, canonical_json, read_json, sha256_hex
+from .files import atomic_write_bytes, atomic_write_text, canonical_json, read_json, sha256_hex
 from .interrupt import die_with_parent
 from .issues import Issue, ItemKind, list_inputs, load_file, shown, split_locator
 from .layout import Layout
@@ -295,10 +295,12 @@ def scan_issues(
     if write_cache:
         try:
             if fresh != cached:
+                layout.scan_labels.unlink(missing_ok=True)  # never a file of labels older than the cache
                 atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
             if fresh != cached or not layout.scan_labels.exists():
                 labels = {name: [rec[0], one[11]] for name, rec in fresh.items() if (one := _labelled(rec)) is not None}
-                atomic_write_text(layout.scan_labels, json.dumps({"fingerprint": fingerprint, "files": labels}))
+                doc = json.dumps({"fingerprint": fingerprint, "files": labels})
+                atomic_write_bytes(layout.scan_labels, doc.encode("utf-8"), durable=False)  # a memo: no fsync
         except OSError:
             pass  # a read-only checkout still plans, just without the cache
     return entries, errors

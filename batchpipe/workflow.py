@@ -700,10 +700,11 @@ def weigh_small_jobs_only(workflow: Any) -> bool:
 
 
 class _Unweighed(dict[Any, Any]):
-    """Input sizes where an input never asked has none (the scheduler sums `sizes[f] or 0`)."""
+    """Input sizes where an input never asked weighs 0 (the greedy scheduler sums `sizes[f] or 0`, the ILP one
+    divides them)."""
 
-    def __missing__(self, key: Any) -> None:
-        return None
+    def __missing__(self, key: Any) -> int:
+        return 0
 
 
 def on_end(config: dict[str, Any], success: bool) -> None:

@@ -11,10 +11,11 @@ scripts copied from the repository; N generated issues in data/issues, see gener
   change  one issue's body edited, then python -m snakemake --cores 4 results/all
 
 Each phase is measured for wall time, peak RSS of the whole process tree (sum over the tree, polled
-from /proc every 50 ms; a child still running its parent's command line, forked and not yet exec'd, is
-left out: it shares its parent's pages) and the largest single process's max RSS (GNU time -v, when /usr/bin/time
-exists), job counts per rule (Snakemake's "Job stats"), and batches (ledger files). Prints a Markdown
-table and writes bench/out/results.json (and each phase's stdout/stderr under bench/out/N/).
+from /proc every 50 ms; a child in its first second still running its parent's command line, forked and
+not yet exec'd, is left out: it shares its parent's pages) and the largest single process's max RSS
+(GNU time -v, when /usr/bin/time exists), job counts per rule (Snakemake's "Job stats"), and batches
+(ledger files). Prints a Markdown table and writes bench/out/results.json (and each phase's stdout/stderr
+under bench/out/N/).
 
 The workspaces are removed when every size is done, not between sizes: on an ext4 file system without a
 journal (this project's test VM), a file made within a minute or so of many deletions costs up to 20 times
@@ -49,6 +50,7 @@ COPY = ["Snakefile", "config.yaml", "rules", "schemas", "prompts", "profiles", "
 PACKAGE = "batchpipe"  # copied too: the workspace (first on sys.path, and PYTHONPATH) then runs a snapshot
 GNU_TIME = "/usr/bin/time"
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat times
 TARGETS = {"cold_s": 60.0, "noop_s": 3.0, "change_s": 10.0, "peak_mb": 500.0}
 
 sys.path.insert(0, str(HERE))
@@ -78,9 +80,10 @@ def _cmdline(pid: int) -> bytes:
 
 class TreeRss:
     """Polls /proc for the summed RSS of a process and all its descendants; keeps the peak. A descendant whose
-    command line is its parent's is a fork between `fork`/`vfork` and `exec` (a spawned worker, a subprocess
-    in its first instants): it shares its parent's pages (a vfork its very address space), so counting it would
-    count the parent twice (a 100,000-issue run's Snakemake process, 328 MB, once showed up so)."""
+    command line is its parent's, started within the second, is a fork between `fork`/`vfork` and `exec` (a
+    spawned worker, a subprocess in its first instants): it shares its parent's pages (a vfork its very address
+    space), so counting it would count the parent twice (a 100,000-issue run's Snakemake process, 328 MB, once
+    showed up so). One that keeps its parent's command line longer (a forked pool's worker) counts."""
 
     def __init__(self, root_pid: int, interval: float = 0.05):
         self.root = root_pid
@@ -105,6 +108,7 @@ class TreeRss:
 
     def _children(self) -> dict[int, list[int]]:
         kids: dict[int, list[int]] = {}
+        self._started: dict[int, float] = {}  # pid -> its start, in seconds since boot
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
@@ -113,10 +117,23 @@ class TreeRss:
                     stat = handle.read()
             except OSError:
                 continue
-            # field 4 (ppid) follows the ")" that closes the command name
-            ppid = int(stat[stat.rindex(b")") + 2 :].split(None, 2)[1])
-            kids.setdefault(ppid, []).append(int(name))
+            # fields 3 on follow the ")" that closes the command name: 4 is the ppid, 22 the start time
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            kids.setdefault(int(fields[1]), []).append(int(name))
+            self._started[int(name)] = int(fields[19]) / TICKS
         return kids
+
+    def _forking(self, pid: int, cmdline: bytes, parent_cmdline: bytes) -> bool:
+        """Whether `pid` is a fork not yet exec'd: its parent's command line, and started within the second (a
+        worker forked for good, which keeps it, counts once it has run a second)."""
+        if not cmdline or cmdline != parent_cmdline:
+            return False
+        try:
+            with open("/proc/uptime", "rb") as handle:
+                now = float(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return True
+        return now - self._started.get(pid, now) < 1.0
 
     def sample(self) -> None:
         kids = self._children()
@@ -125,7 +142,7 @@ class TreeRss:
             pid, parent_cmdline = todo.pop()
             cmdline = _cmdline(pid)
             todo.extend((kid, cmdline) for kid in kids.get(pid, ()))
-            if cmdline and cmdline == parent_cmdline:  # forked, not yet exec'd: its parent's pages
+            if self._forking(pid, cmdline, parent_cmdline):  # its parent's pages, until it execs
                 continue
             try:
                 with open(f"/proc/{pid}/statm", "rb") as handle:

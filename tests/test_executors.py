@@ -119,12 +119,14 @@ def test_a_job_of_thousands_of_inputs_is_not_weighed_by_their_sizes():
 
     from snakemake.scheduling.greedy import Scheduler as Greedy
     from snakemake.scheduling.job_scheduler import JobScheduler
+    from snakemake.scheduling.milp import Scheduler as Ilp
 
     from batchpipe.workflow import LARGE_JOB_INPUTS, weigh_small_jobs_only
 
     assert "self._input_sizes = {}" in inspect.getsource(JobScheduler.__init__)
     assert "self.update_input_sizes(jobs)" in inspect.getsource(JobScheduler.job_selector)
     assert "input_sizes[f] or 0 for f in job.input" in inspect.getsource(Greedy.job_reward)
+    assert "input_sizes[f] / 1e9 for f in temp_files" in inspect.getsource(Ilp.select_jobs)
 
     asked: list[str] = []
 
@@ -144,5 +146,5 @@ def test_a_job_of_thousands_of_inputs_is_not_weighed_by_their_sizes():
     asyncio.run(scheduler.update_input_sizes([small, large]))
     assert asked == ["a", "b"]
     sizes = scheduler._input_sizes
-    assert [sizes[f] for f in small.input] == [7, 7] and sum(sizes[f] or 0 for f in large.input) == 0
+    assert [sizes[f] for f in small.input] == [7, 7] and [sizes[f] for f in large.input[:2]] == [0, 0]
     assert not weigh_small_jobs_only(SimpleNamespace(scheduler=None))  # a dry run has none

@@ -285,10 +285,24 @@ def test_a_cold_report_takes_the_issues_labels_from_the_scan_cache_while_their_f
     # and a plan's scan writes that file again, even with nothing new in the cache
     scan_issues(settings)
     assert layout.scan_labels.read_bytes() == labels_file and cache_path.read_bytes() == whole_cache
+    # a file of labels that cannot be written once the cache changed leaves none behind (never one older
+    # than the cache): the report then takes them from the cache
+    import batchpipe.scan as scan_module
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    real_write = scan_module.atomic_write_bytes
+    monkeypatch.setattr(scan_module, "atomic_write_bytes", full)
+    changed.write_text(changed.read_text() + "\n")  # the same issue, another size: the cache changes
+    scan_issues(settings)
+    monkeypatch.setattr(scan_module, "atomic_write_bytes", real_write)
+    assert not layout.scan_labels.exists() and cache_path.read_bytes() != whole_cache
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and read == []
 
     # a scan cache written before its rows held labels (11 fields), with no file of labels, is still used by
     # the plan; the report then reads each issue file itself
-    layout.scan_labels.unlink()
+    layout.scan_labels.unlink(missing_ok=True)
     cache = json.loads(cache_path.read_text())
     for record in cache["files"].values():
         record[1] = [row[:11] for row in record[1]]
