@@ -234,8 +234,10 @@ class FactLines:
         """The fact line of a result file (`ResultFact.parse`), or None (none, or the scratch file unreadable:
         the file is read)."""
         at = self._at.get(name)
-        if at is None or isinstance(at, bytes) or self._scratch is None:
-            return at if isinstance(at, bytes) else None
+        if at is None or isinstance(at, bytes):
+            return at
+        if self._scratch is None:  # closed
+            return None
         try:
             return os.pread(self._scratch.fileno(), at & 0xFFFFFFFF, at >> 32)
         except OSError:

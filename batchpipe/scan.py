@@ -294,10 +294,11 @@ def scan_issues(
             )
     if write_cache:
         try:
-            if fresh != cached:
+            changed = fresh != cached
+            if changed:
                 layout.scan_labels.unlink(missing_ok=True)  # never a file of labels older than the cache
                 atomic_write_text(cache_path, json.dumps({"fingerprint": fingerprint, "files": fresh}))
-            if fresh != cached or not layout.scan_labels.exists():
+            if changed or not layout.scan_labels.exists():
                 labels = {name: [rec[0], one[11]] for name, rec in fresh.items() if (one := _labelled(rec)) is not None}
                 doc = json.dumps({"fingerprint": fingerprint, "files": labels})
                 atomic_write_bytes(layout.scan_labels, doc.encode("utf-8"), durable=False)  # a memo: no fsync

@@ -61,21 +61,21 @@ import generate_issues  # noqa: E402
 
 def _label(pid: int) -> str:
     """A short name for a process: its command line's last meaningful words."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            words = [w.decode(errors="replace") for w in handle.read().split(b"\0") if w]
-    except OSError:
+    raw = _cmdline(pid)
+    if raw is None:
         return str(pid)
+    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
     words = [os.path.basename(w) if "/" in w else w for w in words]
     return " ".join(words)[:80]
 
 
-def _cmdline(pid: int) -> bytes:
+def _cmdline(pid: int) -> bytes | None:
+    """A process's command line as /proc holds it (NUL-separated); None once it is gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             return handle.read()
     except OSError:
-        return b""
+        return None
 
 
 class TreeRss:
@@ -140,7 +140,7 @@ class TreeRss:
         todo, total, count, each = [(self.root, b"")], 0, 0, []
         while todo:
             pid, parent_cmdline = todo.pop()
-            cmdline = _cmdline(pid)
+            cmdline = _cmdline(pid) or b""
             todo.extend((kid, cmdline) for kid in kids.get(pid, ()))
             if self._forking(pid, cmdline, parent_cmdline):  # its parent's pages, until it execs
                 continue
