@@ -322,7 +322,7 @@ def scanned_labels(settings: Settings) -> dict[str, tuple[list[int], list[str]]]
             return {
                 name: (entry[0], entry[1])
                 for name, entry in files.items()
-                if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list)
+                if isinstance(entry, list) and len(entry) == 2 and _names(entry[1])
             }
     try:
         cache = read_json(layout.scan_cache)
@@ -345,9 +345,15 @@ def _labelled(record: Any) -> list[Any] | None:
         (row,) = rows
     except (TypeError, ValueError):
         return None
-    if isinstance(row, list) and len(row) > 11 and row[0] == 0 and isinstance(row[11], list):
+    if isinstance(row, list) and len(row) > 11 and row[0] == 0 and _names(row[11]):
         return row
     return None
+
+
+def _names(value: Any) -> bool:
+    """Whether a kept list of label names is one (a hand-edited file may hold anything): else the issue file
+    is read."""
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
 
 
 def _hit(cached: Any, stamp: list[int]) -> bool:

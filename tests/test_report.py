@@ -285,6 +285,15 @@ def test_a_cold_report_takes_the_issues_labels_from_the_scan_cache_while_their_f
     # and a plan's scan writes that file again, even with nothing new in the cache
     scan_issues(settings)
     assert layout.scan_labels.read_bytes() == labels_file and cache_path.read_bytes() == whole_cache
+    # a file of labels whose lists hold other things than names (edited by hand) is not trusted: the issue
+    # files are read
+    garbled = json.loads(labels_file)
+    for entry in garbled["files"].values():
+        entry[1] = [1, None]
+    layout.scan_labels.write_text(json.dumps(garbled))
+    assert labels_shown() == {**expected, issues[0].stem: "Edited\ufffd"} and sorted(read) == sorted(expected)
+    read.clear()
+    layout.scan_labels.write_bytes(labels_file)
     # a file of labels that cannot be written once the cache changed leaves none behind (never one older
     # than the cache): the report then takes them from the cache
     import batchpipe.scan as scan_module
